@@ -1,0 +1,226 @@
+/** The runner against real databases: the same cases on the PostgreSQL server and on PGlite. */
+import { afterEach, describe, expect, test } from "bun:test";
+import postgres from "postgres";
+import {
+  DatabaseError,
+  migrate,
+  readHistory,
+  readMigrations,
+  type RunOptions,
+  splitStatements,
+} from "../safemigrate.ts";
+import { appliedIds, BACKENDS, cleanup, columns, migrationsDir, open, SERVER_REQUIRED, SERVER_URL, tables } from "./helpers.ts";
+
+afterEach(cleanup);
+
+const pre: RunOptions = { phase: "pre", mode: "strict" };
+const all: RunOptions = { phase: "all", mode: "strict" };
+
+async function failure(run: Promise<unknown>): Promise<Error> {
+  try {
+    await run;
+  } catch (error) {
+    return error as Error;
+  }
+  throw new Error("expected the run to fail");
+}
+
+test("server tests are required under CI", () => {
+  if (SERVER_REQUIRED) expect(SERVER_URL).not.toBeNull();
+});
+
+for (const backend of BACKENDS) {
+  describe.skipIf(!backend.available)(`runner on ${backend.name}`, () => {
+    test("--pre applies the safe migrations with their history rows; --all applies the rest", async () => {
+      const dir = migrationsDir({
+        "0001_users": "-- safe: before_deploy\ncreate table users (id int, name text);\n-- migrate:down\ndrop table users;",
+        "0002_email": "-- safe: always\nalter table users add column email text;",
+        "0003_drop_name": "-- safe: after_deploy\nalter table users drop column name;",
+      });
+      const db = await open(await backend.databaseUrl());
+      const migrations = readMigrations(dir);
+
+      const first = await migrate(db, migrations, pre);
+      expect(first.applied.map((a) => a.id)).toEqual(["0001_users", "0002_email"]);
+      expect(await columns(db, "users")).toEqual(["id", "name", "email"]);
+
+      const history = await readHistory(db);
+      expect(history.map((h) => [h.id, h.safe, h.phase])).toEqual([
+        ["0001_users", "before_deploy", "pre"],
+        ["0002_email", "always", "pre"],
+      ]);
+      expect(history[0].checksum).toBe(migrations[0].checksum);
+      expect(history[0].downSql).toBe("drop table users;");
+      expect(history[1].downSql).toBeNull();
+      expect(history[0].appliedAt).toBeInstanceOf(Date);
+
+      const second = await migrate(db, migrations, all);
+      expect(second.applied.map((a) => a.id)).toEqual(["0003_drop_name"]);
+      expect(await columns(db, "users")).toEqual(["id", "email"]);
+      expect((await readHistory(db)).find((h) => h.id === "0003_drop_name")?.phase).toBe("all");
+
+      const third = await migrate(db, migrations, all);
+      expect(third.applied).toEqual([]);
+    });
+
+    test("a SQL error rolls back its whole migration and stops the run", async () => {
+      const dir = migrationsDir({
+        "0001_ok": "-- safe: before_deploy\ncreate table ok (id int);",
+        "0002_bad": "-- safe: before_deploy\n\ncreate table half (id int);\ninsert into missing_table values (1);\n",
+        "0003_later": "-- safe: before_deploy\ncreate table later (id int);",
+      });
+      const db = await open(await backend.databaseUrl());
+      const error = await failure(migrate(db, readMigrations(dir), pre));
+      expect(error).toBeInstanceOf(DatabaseError);
+      expect(error.message).toContain(`${dir}/0002_bad.sql:4: migration 0002_bad failed: relation "missing_table" does not exist`);
+      expect(error.message).toContain("rolled back");
+      expect(await tables(db)).toEqual(["ok", "safemigrate_history"]);
+      expect(await appliedIds(db)).toEqual(["0001_ok"]);
+    });
+
+    test("transaction: false runs statement by statement, outside a transaction", async () => {
+      const dir = migrationsDir({
+        "0001_table": "-- safe: before_deploy\ncreate table items (id int, sku text);",
+        "0002_index": [
+          "-- safe: before_deploy",
+          "-- transaction: false",
+          "create index concurrently items_sku_idx on items (sku);",
+          "-- a function whose body holds semicolons",
+          "create function sku_of(i items) returns text language sql as $$ select i.sku; $$;",
+        ].join("\n"),
+      });
+      const db = await open(await backend.databaseUrl());
+      await migrate(db, readMigrations(dir), pre);
+      const [index] = await db.query<{ valid: boolean }>(
+        `select indisvalid as valid from pg_index where indexrelid = 'items_sku_idx'::regclass`,
+      );
+      expect(index.valid).toBe(true);
+      expect(await appliedIds(db)).toEqual(["0001_table", "0002_index"]);
+    });
+
+    test("a failing statement of a transaction: false migration names its line; earlier statements stay", async () => {
+      const dir = migrationsDir({
+        "0001_split": [
+          "-- safe: before_deploy",
+          "-- transaction: false",
+          "create table first_half (id int);",
+          "",
+          "insert into nowhere values (1);",
+          "create table never (id int);",
+        ].join("\n"),
+      });
+      const db = await open(await backend.databaseUrl());
+      const error = await failure(migrate(db, readMigrations(dir), pre));
+      expect(error.message).toContain(`${dir}/0001_split.sql:5: migration 0001_split failed: relation "nowhere" does not exist`);
+      expect(error.message).toContain("statement 2 of 3 failed");
+      expect(error.message).toContain("(lines 3) took effect");
+      expect(await tables(db)).toEqual(["first_half", "safemigrate_history"]);
+      expect(await appliedIds(db)).toEqual([]);
+    });
+
+    test("a strict refusal applies nothing and records no detection", async () => {
+      const dir = migrationsDir({
+        "0001_contract": "-- safe: after_deploy\n-- delay: 1d\ncreate table a (id int);",
+        "0002_expand": "-- safe: before_deploy\ncreate table b (id int);",
+      });
+      const db = await open(await backend.databaseUrl());
+      const result = await migrate(db, readMigrations(dir), pre);
+      expect(result.plan.refused).toBe(true);
+      expect(result.plan.blocked).toEqual([{ id: "0002_expand", safe: "before_deploy", blockedBy: ["0001_contract"] }]);
+      expect(await tables(db)).toEqual(["safemigrate_history"]);
+      expect(await readHistory(db)).toEqual([]);
+    });
+
+    test("--pre records the first detection of a delayed migration and keeps it on later runs", async () => {
+      const dir = migrationsDir({ "0001_drop": "-- delay: 7d\ncreate table gone (id int);" });
+      const db = await open(await backend.databaseUrl());
+      const migrations = readMigrations(dir);
+      const first = await migrate(db, migrations, pre);
+      expect(first.plan.detect).toEqual(["0001_drop"]);
+      const [seen] = await readHistory(db);
+      expect(seen.detectedAt).toBeInstanceOf(Date);
+      expect(seen.appliedAt).toBeNull();
+
+      const second = await migrate(db, migrations, pre);
+      expect(second.plan.detect).toEqual([]);
+      expect((await readHistory(db))[0].detectedAt).toEqual(seen.detectedAt);
+
+      // Eight days later by the clock, --pre applies it.
+      const later = await migrate(db, migrations, { ...pre, now: () => new Date(Date.now() + 8 * 86_400_000) });
+      expect(later.applied.map((a) => a.id)).toEqual(["0001_drop"]);
+      expect(await tables(db)).toContain("gone");
+    });
+
+    test("a dry run changes nothing, not even the history table", async () => {
+      const dir = migrationsDir({ "0001_a": "-- safe: before_deploy\ncreate table a (id int);", "0002_b": "-- delay: 1d\nselect 1;" });
+      const db = await open(await backend.databaseUrl());
+      const result = await migrate(db, readMigrations(dir), { ...pre, dryRun: true });
+      expect(result.plan.apply.map((m) => m.id)).toEqual(["0001_a"]);
+      expect(result.plan.detect).toEqual(["0002_b"]);
+      expect(await tables(db)).toEqual([]);
+    });
+
+    test("drift in an applied migration is refused before anything runs", async () => {
+      const db = await open(await backend.databaseUrl());
+      await migrate(db, readMigrations(migrationsDir({ "0001_a": "-- safe: before_deploy\ncreate table a (id int);" })), pre);
+      const edited = migrationsDir({
+        "0001_a": "-- safe: before_deploy\ncreate table a (id bigint);",
+        "0002_b": "-- safe: before_deploy\ncreate table b (id int);",
+      });
+      const error = await failure(migrate(db, readMigrations(edited), pre));
+      expect(error.message).toContain("0001_a.sql: the up SQL changed after the migration was applied");
+      expect(await tables(db)).toEqual(["a", "safemigrate_history"]);
+    });
+  });
+}
+
+describe.skipIf(!SERVER_URL)("the migration lock on the server", () => {
+  test("a run waits for the lock and gives up after --lock-wait without applying anything", async () => {
+    const url = await BACKENDS[0].databaseUrl();
+    const holder = postgres(url, { max: 1 });
+    try {
+      await holder`select pg_advisory_lock(${0x5afe}, ${1})`;
+      const db = await open(url);
+      const dir = migrationsDir({ "0001_a": "-- safe: before_deploy\ncreate table a (id int);" });
+      let waited = false;
+      const error = await failure(
+        migrate(db, readMigrations(dir), { ...pre, lockWaitMs: 300, onEvent: (e) => (waited ||= e.type === "waiting-for-lock") }),
+      );
+      expect(waited).toBe(true);
+      expect(error).toBeInstanceOf(DatabaseError);
+      expect(error.message).toContain("another safemigrate run has held the migration lock");
+      expect(await tables(db)).toEqual([]);
+
+      // Released while a run waits: the run proceeds.
+      const running = migrate(db, readMigrations(dir), { ...pre, lockWaitMs: 10_000 });
+      await Bun.sleep(200);
+      await holder`select pg_advisory_unlock(${0x5afe}, ${1})`;
+      expect((await running).applied.map((a) => a.id)).toEqual(["0001_a"]);
+    } finally {
+      await holder.end();
+    }
+  });
+});
+
+describe("splitting statements with the PostgreSQL parser", () => {
+  test("semicolons in strings, dollar quotes and comments do not split; each statement knows its line", async () => {
+    const sql = [
+      "create table t (v text default 'a;b');", // line 10
+      "-- a comment; with a semicolon",
+      "create function f() returns int language plpgsql as $body$",
+      "begin return 1; end;",
+      "$body$;",
+      "/* block; comment */ insert into t values ('é;');",
+    ].join("\n");
+    const statements = await splitStatements({ sql, line: 10, transaction: false }, "x.sql");
+    expect(statements.map((s) => s.line)).toEqual([10, 12, 15]);
+    expect(statements[1].sql).toStartWith("create function f()");
+    expect(statements[1].sql).toEndWith("$body$");
+    expect(statements[2].sql).toContain("insert into t values ('é;')");
+  });
+
+  test("a syntax error names the file and line", async () => {
+    const error = await failure(splitStatements({ sql: "select 1;\nselect from from;", line: 3, transaction: false }, "m.sql"));
+    expect(error.message).toStartWith("m.sql:4: SQL syntax error");
+  });
+});
