@@ -45,6 +45,9 @@ export type Phase = "pre" | "all";
 
 export const EXIT = { ok: 0, failed: 1, invalid: 2, blocked: 3 } as const;
 
+/** The table safemigrate keeps its history in, in the current schema. */
+export const HISTORY_TABLE = "safemigrate_history";
+
 /** A SQL section of a migration file (up or down) and where it starts in the file. */
 export interface SqlSection {
   sql: string;
@@ -80,6 +83,8 @@ export interface HistoryRow {
   appliedAt: Date | null;
   durationMs: number | null;
   downSql: string | null;
+  /** Dependencies as declared when it was applied, so a migration whose file is gone can still be ordered. */
+  depends: string[] | null;
 }
 
 /** An error meant for the user: one readable message and the exit code it maps to. */
@@ -709,6 +714,180 @@ export function migrationStatus(migrations: readonly Migration[], history: reado
   });
 }
 
+// ---- Rollback, sync and --check (pure) ----------------------------------------
+
+/** One applied migration to undo, with the down SQL that will undo it. */
+export interface RevertStep {
+  id: string;
+  /** Where the down SQL comes from, for messages: the file, or the copy stored when it was applied. */
+  source: string;
+  down: SqlSection | null;
+}
+
+/**
+ * The down SQL to undo an applied migration: the copy stored in the history
+ * when it was applied (so a migration whose file is gone on this branch can
+ * still be undone), else the file's.
+ */
+export function downFor(row: HistoryRow, file: Migration | undefined): Omit<RevertStep, "id"> {
+  if (row.downSql === null) return { source: file?.file ?? row.id, down: file?.down ?? null };
+  if (file?.down && file.down.raw === row.downSql) return { source: file.file, down: file.down };
+  const source = `${row.id} (down SQL stored in ${HISTORY_TABLE})`;
+  const down = parseMigration(row.id, source, `-- migrate:down\n${row.downSql}`).down!;
+  return { source, down: { ...down, line: down.line - 1 } };
+}
+
+/** Dependencies of an applied migration: from its file if present, else as recorded when applied. */
+function dependenciesOf(id: string, files: Map<string, Migration>, rows: Map<string, HistoryRow>): string[] {
+  return files.get(id)?.depends ?? rows.get(id)?.depends ?? [];
+}
+
+/**
+ * The applied migrations to undo so that `roots` can be undone: the roots and
+ * every applied migration that depends on one of them, transitively, newest first.
+ */
+export function revertSteps(
+  roots: Iterable<string>,
+  migrations: readonly Migration[],
+  history: readonly HistoryRow[],
+): RevertStep[] {
+  const files = new Map(migrations.map((m) => [m.id, m]));
+  const rows = new Map(history.filter(isApplied).map((row) => [row.id, row]));
+  const undo = new Set(roots);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const id of rows.keys()) {
+      if (!undo.has(id) && dependenciesOf(id, files, rows).some((d) => undo.has(d))) {
+        undo.add(id);
+        grew = true;
+      }
+    }
+  }
+  return [...undo]
+    .map((id) => rows.get(id)!)
+    .sort((a, b) => b.appliedAt!.getTime() - a.appliedAt!.getTime() || compareIds(b.id, a.id))
+    .map((row) => ({ id: row.id, ...downFor(row, files.get(row.id)) }));
+}
+
+function refuseWithoutDown(steps: RevertStep[], what: string): void {
+  const missing = steps.filter((s) => s.down === null);
+  if (missing.length === 0) return;
+  throw new InputError(
+    `cannot ${what}: ${missing.map((s) => `${s.id} (${s.source})`).join(", ")} ` +
+      `${missing.length === 1 ? "has" : "have"} no "-- migrate:down" section. Nothing was changed. ` +
+      `Add one to the file (the down SQL is not part of the checksum, so that is not drift), ` +
+      `or undo it by hand and delete its row from ${HISTORY_TABLE}`,
+  );
+}
+
+/** `--rollback <id>` (or the most recently applied with `last`): what to undo, newest first. */
+export function rollbackPlan(
+  target: string | { last: true },
+  migrations: readonly Migration[],
+  history: readonly HistoryRow[],
+): RevertStep[] {
+  const applied = history.filter(isApplied);
+  let id: string;
+  if (typeof target === "string") {
+    id = target.replace(/\.sql$/, "");
+    if (!applied.some((row) => row.id === id)) {
+      const known = [...migrations.map((m) => m.id), ...applied.map((row) => row.id)];
+      const meant = known.includes(id) ? null : closest(id, known);
+      throw new InputError(
+        known.includes(id) ? `${id} is not applied; there is nothing to roll back`
+          : `no migration "${id}" is known${meant ? ` — did you mean "${meant}"?` : ""}`,
+      );
+    }
+  } else {
+    if (applied.length === 0) throw new InputError("no migration is applied; there is nothing to roll back");
+    id = applied.reduce((latest, row) => (row.appliedAt! > latest.appliedAt! ? row : latest)).id;
+  }
+  const steps = revertSteps([id], migrations, history);
+  refuseWithoutDown(steps, `roll back ${id}`);
+  return steps;
+}
+
+export interface SyncPlan {
+  revert: RevertStep[];
+  apply: Migration[];
+}
+
+/**
+ * `--sync`: make the database match this branch's migrations directory. Undo
+ * the applied migrations that are gone from the directory or whose up SQL
+ * changed (and what depends on them), then apply everything pending.
+ */
+export function syncPlan(migrations: readonly Migration[], history: readonly HistoryRow[], now: Date): SyncPlan {
+  const files = new Map(migrations.map((m) => [m.id, m]));
+  const diverged = history
+    .filter(isApplied)
+    .filter((row) => !files.has(row.id) || (row.checksum !== null && row.checksum !== files.get(row.id)!.checksum))
+    .map((row) => row.id);
+  const revert = revertSteps(diverged, migrations, history);
+  refuseWithoutDown(revert, "switch the database to this branch");
+  const undone = new Set(revert.map((s) => s.id));
+  const remaining = history.filter((row) => !undone.has(row.id));
+  return { revert, apply: planRun({ migrations, history: remaining, now, mode: "strict", phase: "all" }).apply };
+}
+
+/** The version number at the start of an id (`0042` of `0042_add_orders`), if it has one. */
+const versionOf = (id: string): string | null => /^(\d+)[_-]/.exec(id)?.[1] ?? null;
+
+/**
+ * `--check` on the files alone: what a merge of two branches typically breaks.
+ * Exactly one leaf per independent chain (one whose root declares `depends: []`
+ * or is the first migration), and no two migrations sharing a version number.
+ */
+export function treeProblems(migrations: readonly Migration[]): string[] {
+  const problems: string[] = [];
+  const byVersion = new Map<string, Migration[]>();
+  for (const m of migrations) {
+    const version = versionOf(m.id);
+    if (version) byVersion.set(version, [...(byVersion.get(version) ?? []), m]);
+  }
+  for (const [version, same] of byVersion) {
+    if (same.length < 2 || same.slice(1).every((m) => m.dependsLine !== null)) continue;
+    const last = migrations[migrations.length - 1].id;
+    const next = String(Number(versionOf(last) ?? version) + 1).padStart(version.length, "0");
+    problems.push(
+      `${same.map((m) => m.id).join(" and ")} share the number ${version}: two branches both added a migration. ` +
+        `Rename the one that is not applied anywhere yet so it sorts last ` +
+        `(${same[same.length - 1].file} -> ${next}_${same[same.length - 1].id.slice(version.length + 1)}.sql), ` +
+        `or declare the order with "-- depends:"`,
+    );
+  }
+
+  // Leaves per connected component of the dependency graph.
+  const ids = migrations.map((m) => m.id);
+  const component = new Map(ids.map((id) => [id, id]));
+  const find = (id: string): string => {
+    while (component.get(id) !== id) id = component.get(id)!;
+    return id;
+  };
+  const dependedOn = new Set<string>();
+  for (const m of migrations) {
+    for (const d of m.depends) {
+      if (!component.has(d)) continue;
+      dependedOn.add(d);
+      component.set(find(m.id), find(d));
+    }
+  }
+  const leaves = new Map<string, string[]>();
+  for (const id of ids) {
+    if (dependedOn.has(id)) continue;
+    leaves.set(find(id), [...(leaves.get(find(id)) ?? []), id]);
+  }
+  for (const group of leaves.values()) {
+    if (group.length < 2) continue;
+    problems.push(
+      `${group.join(", ")} are separate leaves of one dependency chain: nothing orders them, which usually means two ` +
+        `branches each added migrations on the same parent. Make one depend on the other ` +
+        `("-- depends: ${group[0]}" in ${group[group.length - 1]}), or rename it so it sorts last and drop its explicit "depends:"`,
+    );
+  }
+  return problems;
+}
+
 // ============================================================================
 // 5. Database adapters
 // ============================================================================
@@ -896,8 +1075,6 @@ export function connect(url: string): Promise<Database> {
 // 6. Executing a plan
 // ============================================================================
 
-export const HISTORY_TABLE = "safemigrate_history";
-
 const CREATE_HISTORY = `
 create table if not exists ${HISTORY_TABLE} (
   id          text primary key,
@@ -908,6 +1085,7 @@ create table if not exists ${HISTORY_TABLE} (
   applied_at  timestamptz,
   duration_ms integer,
   down_sql    text,
+  depends     text,
   note        text
 )`;
 
@@ -918,17 +1096,18 @@ export async function historyTableExists(db: Queryable): Promise<boolean> {
 
 export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
   if (!(await historyTableExists(db))) return [];
-  return await db.query<HistoryRow>(
+  const rows = await db.query<HistoryRow & { depends: string | null }>(
     `select id, checksum, safe, phase, detected_at as "detectedAt", applied_at as "appliedAt",
-            duration_ms as "durationMs", down_sql as "downSql"
+            duration_ms as "durationMs", down_sql as "downSql", depends
        from ${HISTORY_TABLE} order by id`,
   );
+  return rows.map((row) => ({ ...row, depends: row.depends === null ? null : JSON.parse(row.depends) }));
 }
 
 export type RunEvent =
   | { type: "waiting-for-lock" }
-  | { type: "applying"; migration: Migration }
-  | { type: "applied"; migration: Migration; durationMs: number };
+  | { type: "applied"; migration: Migration; durationMs: number }
+  | { type: "reverted"; step: RevertStep; durationMs: number };
 
 export interface AppliedMigration {
   id: string;
@@ -942,14 +1121,17 @@ export interface RunResult {
   dryRun: boolean;
 }
 
-export interface RunOptions {
+export interface LockOptions {
+  lockWaitMs?: number;
+  onEvent?: (event: RunEvent) => void;
+}
+
+export interface RunOptions extends LockOptions {
   phase: Phase;
   mode: Mode;
   /** Show the plan only: no lock, no history table, no detection. */
   dryRun?: boolean;
-  lockWaitMs?: number;
   now?: () => Date;
-  onEvent?: (event: RunEvent) => void;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -974,6 +1156,24 @@ export async function acquireLock(db: Database, waitMs: number, onWait?: () => v
   }
 }
 
+/**
+ * Everything that writes runs here: under the lock, with the history table
+ * in place, reading the history only once the lock is held.
+ */
+export async function underLock<T>(
+  db: Database,
+  options: LockOptions,
+  work: (history: HistoryRow[]) => Promise<T>,
+): Promise<T> {
+  await acquireLock(db, options.lockWaitMs ?? 5 * 60_000, () => options.onEvent?.({ type: "waiting-for-lock" }));
+  try {
+    await db.exec(CREATE_HISTORY);
+    return await work(await readHistory(db));
+  } finally {
+    await db.unlock();
+  }
+}
+
 /** 1-based file line of a 1-based character position inside a SQL section. */
 function lineAt(section: SqlSection, position: number): number {
   return section.line + (section.sql.slice(0, Math.max(0, position - 1)).match(/\n/g)?.length ?? 0);
@@ -986,13 +1186,6 @@ function describeServerError(error: unknown): string {
   if (e?.detail) text += `\n  detail: ${e.detail}`;
   if (e?.hint) text += `\n  hint: ${e.hint}`;
   return text;
-}
-
-function migrationFailure(migration: Migration, line: number, error: unknown, extra = ""): DatabaseError {
-  if (error instanceof SafemigrateError) return error;
-  return new DatabaseError(
-    redact(`${migration.file}:${line}: migration ${migration.id} failed: ${describeServerError(error)}${extra}`),
-  );
 }
 
 /** A statement of a SQL section, with the file line it starts on. */
@@ -1027,55 +1220,106 @@ export async function splitStatements(section: SqlSection, file: string): Promis
   }).filter((s) => s.sql !== "");
 }
 
-async function recordApplied(db: Queryable, migration: Migration, phase: Phase, durationMs: number): Promise<void> {
-  await db.query(
-    `insert into ${HISTORY_TABLE} (id, checksum, safe, phase, applied_at, duration_ms, down_sql)
-     values ($1, $2, $3, $4, clock_timestamp(), $5, $6)
-     on conflict (id) do update set checksum = excluded.checksum, safe = excluded.safe, phase = excluded.phase,
-       applied_at = excluded.applied_at, duration_ms = excluded.duration_ms, down_sql = excluded.down_sql`,
-    [migration.id, migration.checksum, migration.safe, phase, Math.round(durationMs), migration.down?.raw ?? null],
-  );
-}
-
-/** Runs one migration's up SQL; its history row commits with it or not at all. */
-export async function applyMigration(db: Database, migration: Migration, phase: Phase): Promise<number> {
+/**
+ * Runs one SQL section (the up or down of a migration) and then `record`,
+ * which writes the history. In a transaction both commit together or not at
+ * all; with `transaction: false` the statements run one by one and `record`
+ * runs after the last. Returns the duration in ms.
+ */
+export async function runSection(
+  db: Database,
+  section: SqlSection,
+  what: { id: string; file: string; verb: string },
+  record: (db: Queryable, durationMs: number) => Promise<void>,
+): Promise<number> {
   const started = performance.now();
-  if (migration.up.transaction) {
+  const failure = (line: number, error: unknown, consequence: string) =>
+    error instanceof SafemigrateError ? error : new DatabaseError(
+      redact(`${what.file}:${line}: ${what.verb} ${what.id} failed: ${describeServerError(error)}\n  ${consequence}`),
+    );
+
+  if (section.transaction) {
     try {
       await db.transaction(async (tx) => {
-        await tx.exec(migration.up.sql);
-        await recordApplied(tx, migration, phase, performance.now() - started);
+        if (section.sql.trim() !== "") await tx.exec(section.sql);
+        await record(tx, performance.now() - started);
       });
     } catch (error) {
       const position = Number((error as { position?: string | number }).position ?? 0);
-      throw migrationFailure(migration, position ? lineAt(migration.up, position) : migration.up.line, error,
-        "\n  the migration was rolled back; nothing of it was applied");
+      throw failure(position ? lineAt(section, position) : section.line, error, "it was rolled back; nothing of it took effect");
     }
     return performance.now() - started;
   }
 
   // Outside a transaction (CREATE INDEX CONCURRENTLY): one statement at a time.
-  const statements = await splitStatements(migration.up, migration.file);
+  const statements = await splitStatements(section, what.file);
   for (const [index, statement] of statements.entries()) {
     try {
       await db.exec(statement.sql);
     } catch (error) {
       const done = statements.slice(0, index);
-      throw migrationFailure(
-        migration,
+      throw failure(
         statement.line,
         error,
-        `\n  statement ${index + 1} of ${statements.length} failed; this migration runs without a transaction, so ` +
+        `statement ${index + 1} of ${statements.length} failed; this runs without a transaction, so ` +
           (done.length === 0
             ? "nothing of it took effect"
             : `the statements before it (lines ${done.map((s) => s.line).join(", ")}) took effect and stay`) +
-          `; the migration is not recorded as applied. Make its statements safe to re-run (IF NOT EXISTS) before retrying`,
+          `; it is not recorded. Make its statements safe to re-run (IF NOT EXISTS) before retrying`,
       );
     }
   }
   const durationMs = performance.now() - started;
-  await recordApplied(db, migration, phase, durationMs);
+  await record(db, durationMs);
   return durationMs;
+}
+
+async function recordApplied(
+  db: Queryable,
+  migration: Migration,
+  phase: string,
+  durationMs: number | null,
+  note: string | null = null,
+): Promise<void> {
+  await db.query(
+    `insert into ${HISTORY_TABLE} (id, checksum, safe, phase, applied_at, duration_ms, down_sql, depends, note)
+     values ($1, $2, $3, $4, clock_timestamp(), $5, $6, $7, $8)
+     on conflict (id) do update set checksum = excluded.checksum, safe = excluded.safe, phase = excluded.phase,
+       applied_at = excluded.applied_at, duration_ms = excluded.duration_ms, down_sql = excluded.down_sql,
+       depends = excluded.depends, note = excluded.note`,
+    [
+      migration.id,
+      migration.checksum,
+      migration.safe,
+      phase,
+      durationMs === null ? null : Math.round(durationMs),
+      migration.down?.raw ?? null,
+      JSON.stringify(migration.depends),
+      note,
+    ],
+  );
+}
+
+/** Runs one migration's up SQL; its history row commits with it or not at all. */
+export function applyMigration(db: Database, migration: Migration, phase: string): Promise<number> {
+  return runSection(
+    db,
+    migration.up,
+    { id: migration.id, file: migration.file, verb: "migration" },
+    (q, durationMs) => recordApplied(q, migration, phase, durationMs),
+  );
+}
+
+/** Runs one migration's down SQL; its history row goes with it or not at all. */
+export function revertMigration(db: Database, step: RevertStep): Promise<number> {
+  return runSection(
+    db,
+    step.down!,
+    { id: step.id, file: step.source, verb: "rollback of" },
+    async (q) => {
+      await q.query(`delete from ${HISTORY_TABLE} where id = $1`, [step.id]);
+    },
+  );
 }
 
 async function recordDetected(db: Queryable, plan: Plan, migrations: readonly Migration[]): Promise<void> {
@@ -1089,37 +1333,324 @@ async function recordDetected(db: Queryable, plan: Plan, migrations: readonly Mi
   }
 }
 
-/**
- * The whole run: take the lock, make sure the history table exists, plan
- * against the history as it is once the lock is held, apply, record detection.
- */
+async function applyAll(db: Database, migrations: readonly Migration[], phase: string, options: LockOptions) {
+  const applied: AppliedMigration[] = [];
+  for (const migration of migrations) {
+    const durationMs = await applyMigration(db, migration, phase);
+    applied.push({ id: migration.id, safe: migration.safe, durationMs });
+    options.onEvent?.({ type: "applied", migration, durationMs });
+  }
+  return applied;
+}
+
+async function revertAll(db: Database, steps: readonly RevertStep[], options: LockOptions) {
+  const reverted: { id: string; durationMs: number }[] = [];
+  for (const step of steps) {
+    const durationMs = await revertMigration(db, step);
+    reverted.push({ id: step.id, durationMs });
+    options.onEvent?.({ type: "reverted", step, durationMs });
+  }
+  return reverted;
+}
+
+/** `--pre` / `--all`: plan against the history as it is once the lock is held, apply, record detection. */
 export async function migrate(db: Database, migrations: readonly Migration[], options: RunOptions): Promise<RunResult> {
   const now = options.now ?? (() => new Date());
+  const plan = (history: HistoryRow[]) =>
+    planRun({ migrations, history, now: now(), mode: options.mode, phase: options.phase });
+  if (options.dryRun) return { plan: plan(await readHistory(db)), applied: [], dryRun: true };
+
+  return await underLock(db, options, async (history) => {
+    const result = { plan: plan(history), applied: [] as AppliedMigration[], dryRun: false };
+    if (result.plan.refused) return result;
+    result.applied = await applyAll(db, result.plan.apply, options.phase, options);
+    await recordDetected(db, result.plan, migrations);
+    return result;
+  });
+}
+
+export interface RollbackResult {
+  steps: RevertStep[];
+  reverted: { id: string; durationMs: number }[];
+  dryRun: boolean;
+}
+
+/** `--rollback <id>` / `--rollback --last`: undo it and what depends on it, newest first. */
+export async function rollback(
+  db: Database,
+  migrations: readonly Migration[],
+  target: string | { last: true },
+  options: LockOptions & { dryRun?: boolean },
+): Promise<RollbackResult> {
   if (options.dryRun) {
-    const history = await readHistory(db);
-    const plan = planRun({ migrations, history, now: now(), mode: options.mode, phase: options.phase });
-    return { plan, applied: [], dryRun: true };
+    return { steps: rollbackPlan(target, migrations, await readHistory(db)), reverted: [], dryRun: true };
   }
+  return await underLock(db, options, async (history) => {
+    const steps = rollbackPlan(target, migrations, history);
+    return { steps, reverted: await revertAll(db, steps, options), dryRun: false };
+  });
+}
 
-  await acquireLock(db, options.lockWaitMs ?? 5 * 60_000, () => options.onEvent?.({ type: "waiting-for-lock" }));
-  try {
-    await db.exec(CREATE_HISTORY);
-    const history = await readHistory(db);
-    const plan = planRun({ migrations, history, now: now(), mode: options.mode, phase: options.phase });
-    const applied: AppliedMigration[] = [];
-    if (plan.refused) return { plan, applied, dryRun: false };
+export interface SyncResult {
+  plan: SyncPlan;
+  reverted: { id: string; durationMs: number }[];
+  applied: AppliedMigration[];
+  dryRun: boolean;
+}
 
-    for (const migration of plan.apply) {
-      options.onEvent?.({ type: "applying", migration });
-      const durationMs = await applyMigration(db, migration, options.phase);
-      applied.push({ id: migration.id, safe: migration.safe, durationMs });
-      options.onEvent?.({ type: "applied", migration, durationMs });
+/** `--sync`: undo what this branch does not have, then apply what it has. */
+export async function sync(
+  db: Database,
+  migrations: readonly Migration[],
+  options: LockOptions & { dryRun?: boolean; onPlan?: (plan: SyncPlan) => void; now?: () => Date },
+): Promise<SyncResult> {
+  const now = options.now ?? (() => new Date());
+  if (options.dryRun) {
+    const plan = syncPlan(migrations, await readHistory(db), now());
+    options.onPlan?.(plan);
+    return { plan, reverted: [], applied: [], dryRun: true };
+  }
+  return await underLock(db, options, async (history) => {
+    const plan = syncPlan(migrations, history, now());
+    options.onPlan?.(plan);
+    const reverted = await revertAll(db, plan.revert, options);
+    const applied = await applyAll(db, plan.apply, "sync", options);
+    return { plan, reverted, applied, dryRun: false };
+  });
+}
+
+/**
+ * `--fake <id>` records one migration as applied without running it;
+ * `--baseline <id>` records it and everything it depends on (adopting a
+ * database whose schema already has them). Both refuse an applied target.
+ */
+export async function recordWithoutRunning(
+  db: Database,
+  migrations: readonly Migration[],
+  target: string,
+  kind: "fake" | "baseline",
+  options: LockOptions = {},
+): Promise<string[]> {
+  const files = new Map(migrations.map((m) => [m.id, m]));
+  const id = target.replace(/\.sql$/, "");
+  if (!files.has(id)) {
+    const meant = closest(id, [...files.keys()]);
+    throw new InputError(`no migration file "${id}" in the migrations directory${meant ? ` — did you mean "${meant}"?` : ""}`);
+  }
+  return await underLock(db, options, async (history) => {
+    const applied = new Set(history.filter(isApplied).map((row) => row.id));
+    if (applied.has(id)) throw new InputError(`${id} is already applied; --${kind} only records migrations that are not`);
+    const wanted = new Set([id]);
+    if (kind === "baseline") {
+      for (let grew = true; grew;) {
+        grew = false;
+        for (const w of [...wanted]) {
+          for (const d of files.get(w)?.depends ?? []) {
+            if (!wanted.has(d) && !applied.has(d) && files.has(d)) {
+              wanted.add(d);
+              grew = true;
+            }
+          }
+        }
+      }
     }
-    await recordDetected(db, plan, migrations);
-    return { plan, applied, dryRun: false };
-  } finally {
-    await db.unlock();
+    const record = dependencyOrder(migrations.filter((m) => wanted.has(m.id)));
+    await db.transaction(async (tx) => {
+      for (const m of record) {
+        await recordApplied(tx, m, kind, null, `recorded by --${kind} ${id} without running its SQL`);
+      }
+    });
+    return record.map((m) => m.id);
+  });
+}
+
+/** `--accept-changed <id>`: take the edited file's checksum as the applied one, and say so in the history. */
+export async function acceptChanged(
+  db: Database,
+  migrations: readonly Migration[],
+  target: string,
+  options: LockOptions = {},
+): Promise<{ id: string; from: string; to: string }> {
+  const id = target.replace(/\.sql$/, "");
+  const m = migrations.find((x) => x.id === id);
+  if (!m) throw new InputError(`no migration file "${id}" in the migrations directory`);
+  return await underLock(db, options, async (history) => {
+    const row = history.find((r) => r.id === id);
+    if (!isApplied(row)) throw new InputError(`${id} is not applied; there is no recorded checksum to replace`);
+    if (row!.checksum === m.checksum) throw new InputError(`${id} has not changed since it was applied; nothing to accept`);
+    const from = row!.checksum ?? "none";
+    await db.query(
+      `update ${HISTORY_TABLE} set checksum = $2, down_sql = $3,
+         note = concat_ws(E'\\n', note, $4::text) where id = $1`,
+      [id, m.checksum, m.down?.raw ?? null, `accepted changed up SQL at ${new Date().toISOString()}: checksum ${from} -> ${m.checksum}`],
+    );
+    return { id, from, to: m.checksum };
+  });
+}
+
+// ---- Rehearsal: prove the down migrations on a scratch database ---------------
+
+/** Catalog objects by a key ("column public.users.email") and their definition. */
+export type SchemaSnapshot = Map<string, string>;
+
+const USER_SCHEMAS = `n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
+  and n.nspname not like 'pg\\_temp%'`;
+const NOT_HISTORY = `not (c.relname = '${HISTORY_TABLE}')`;
+/** Objects that belong to an extension are the extension's business, not the migration's. */
+const NOT_EXTENSION = (catalog: string, oid: string) =>
+  `not exists (select from pg_depend dep where dep.classid = '${catalog}'::regclass and dep.objid = ${oid} and dep.deptype = 'e')`;
+
+const SNAPSHOT_QUERIES: string[] = [
+  `select 'schema ' || quote_ident(n.nspname) as key, '' as def from pg_namespace n
+    where ${USER_SCHEMAS} and ${NOT_EXTENSION("pg_namespace", "n.oid")}`,
+  `select 'extension ' || extname as key, extversion as def from pg_extension`,
+  `select (case c.relkind when 'r' then 'table ' when 'p' then 'table ' when 'v' then 'view ' when 'm' then 'materialized view '
+           when 'S' then 'sequence ' when 'f' then 'foreign table ' end) || format('%I.%I', n.nspname, c.relname) as key,
+          case when c.relkind in ('v', 'm') then pg_get_viewdef(c.oid) else '' end as def
+     from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.relkind in ('r', 'p', 'v', 'm', 'S', 'f') and ${USER_SCHEMAS} and ${NOT_HISTORY}
+      and ${NOT_EXTENSION("pg_class", "c.oid")}`,
+  `select format('column %I.%I.%I', n.nspname, c.relname, a.attname) as key,
+          format_type(a.atttypid, a.atttypmod)
+          || case when a.attnotnull then ' not null' else '' end
+          || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+          || case a.attidentity when 'a' then ' generated always as identity' when 'd' then ' generated by default as identity' else '' end
+          || case a.attgenerated when 's' then ' stored' else '' end
+          || coalesce(' collate ' || nullif(co.collname, 'default'), '') as def
+     from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
+     left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+     left join pg_collation co on co.oid = a.attcollation and a.attcollation <> 0
+    where a.attnum > 0 and not a.attisdropped and c.relkind in ('r', 'p', 'v', 'm', 'f')
+      and ${USER_SCHEMAS} and ${NOT_HISTORY} and ${NOT_EXTENSION("pg_class", "c.oid")}`,
+  `select format('constraint %I.%I.%I', n.nspname, c.relname, con.conname) as key, pg_get_constraintdef(con.oid) as def
+     from pg_constraint con join pg_class c on c.oid = con.conrelid join pg_namespace n on n.oid = c.relnamespace
+    where ${USER_SCHEMAS} and ${NOT_HISTORY}`,
+  `select format('index %I.%I', n.nspname, c.relname) as key, pg_get_indexdef(i.indexrelid) as def
+     from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+     join pg_class t on t.oid = i.indrelid
+    where ${USER_SCHEMAS} and t.relname <> '${HISTORY_TABLE}'`,
+  `select format('sequence %I.%I', n.nspname, c.relname) as key,
+          format('%s start %s increment %s min %s max %s cache %s%s', format_type(s.seqtypid, null), s.seqstart,
+                 s.seqincrement, s.seqmin, s.seqmax, s.seqcache, case when s.seqcycle then ' cycle' else '' end) as def
+     from pg_sequence s join pg_class c on c.oid = s.seqrelid join pg_namespace n on n.oid = c.relnamespace
+    where ${USER_SCHEMAS}`,
+  `select format('function %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)) as key,
+          case when p.prokind in ('f', 'p') then pg_get_functiondef(p.oid) else p.prokind::text end as def
+     from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    where ${USER_SCHEMAS} and ${NOT_EXTENSION("pg_proc", "p.oid")}`,
+  `select format('trigger %I.%I.%I', n.nspname, c.relname, t.tgname) as key, pg_get_triggerdef(t.oid) as def
+     from pg_trigger t join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
+    where not t.tgisinternal and ${USER_SCHEMAS}`,
+  `select format('type %I.%I', n.nspname, t.typname) as key,
+          case t.typtype when 'e' then 'enum (' || (select string_agg(quote_literal(e.enumlabel), ', ' order by e.enumsortorder)
+                                                   from pg_enum e where e.enumtypid = t.oid) || ')'
+                         when 'd' then 'domain ' || format_type(t.typbasetype, t.typtypmod)
+                         else t.typtype::text end as def
+     from pg_type t join pg_namespace n on n.oid = t.typnamespace
+    where t.typtype in ('e', 'd', 'c') and ${USER_SCHEMAS}
+      and not exists (select from pg_class c where c.oid = t.typrelid and c.relkind <> 'c')
+      and ${NOT_EXTENSION("pg_type", "t.oid")}`,
+];
+
+/** The user-visible schema, read from the catalog (no pg_dump needed; the same on PGlite and a server). */
+export async function snapshotSchema(db: Queryable): Promise<SchemaSnapshot> {
+  const snapshot: SchemaSnapshot = new Map();
+  for (const query of SNAPSHOT_QUERIES) {
+    for (const row of await db.query<{ key: string; def: string | null }>(query)) snapshot.set(row.key, row.def ?? "");
   }
+  return snapshot;
+}
+
+/** What differs between two snapshots, one line per object. */
+export function diffSchemas(before: SchemaSnapshot, after: SchemaSnapshot): string[] {
+  const lines: string[] = [];
+  for (const [key, def] of before) {
+    if (!after.has(key)) lines.push(`missing: ${key}${def ? ` (${def.replace(/\s+/g, " ").trim()})` : ""}`);
+    else if (after.get(key) !== def) {
+      lines.push(`changed: ${key}: ${def.replace(/\s+/g, " ").trim()} -> ${after.get(key)!.replace(/\s+/g, " ").trim()}`);
+    }
+  }
+  for (const [key, def] of after) {
+    if (!before.has(key)) lines.push(`left behind: ${key}${def ? ` (${def.replace(/\s+/g, " ").trim()})` : ""}`);
+  }
+  return lines.sort();
+}
+
+export type RehearsalProblem =
+  | { id: string; file: string; kind: "up failed"; message: string }
+  | { id: string; file: string; kind: "no down"; message: string }
+  | { id: string; file: string; kind: "down failed"; message: string }
+  | { id: string; file: string; kind: "down does not restore"; message: string; differences: string[] }
+  | { id: string; file: string; kind: "up fails again"; message: string };
+
+export interface RehearsalResult {
+  rehearsed: string[];
+  problems: RehearsalProblem[];
+}
+
+/**
+ * For each migration in order on a scratch database: snapshot the schema,
+ * apply up, apply down, compare with the snapshot, apply up again. A failing
+ * up stops the rehearsal (what follows would run on a schema it never expects).
+ */
+export async function rehearse(
+  db: Database,
+  migrations: readonly Migration[],
+  onStep?: (id: string, problems: RehearsalProblem[]) => void,
+): Promise<RehearsalResult> {
+  const problems = consistencyProblems(migrations, []);
+  if (problems.length > 0) throw new InputError(problems.join("\n"));
+  await db.exec(CREATE_HISTORY);
+  const result: RehearsalResult = { rehearsed: [], problems: [] };
+  const message = (error: unknown) => (error as Error).message;
+
+  for (const m of dependencyOrder(migrations)) {
+    const found: RehearsalProblem[] = [];
+    const report = () => {
+      result.rehearsed.push(m.id);
+      result.problems.push(...found);
+      onStep?.(m.id, found);
+    };
+    const before = await snapshotSchema(db);
+    try {
+      await applyMigration(db, m, "rehearse");
+    } catch (error) {
+      found.push({ id: m.id, file: m.file, kind: "up failed", message: message(error) });
+      report();
+      break;
+    }
+    if (!m.down) {
+      found.push({ id: m.id, file: m.file, kind: "no down", message: `${m.file}: has no "-- migrate:down" section` });
+      report();
+      continue;
+    }
+    try {
+      await revertMigration(db, { id: m.id, source: m.file, down: m.down });
+    } catch (error) {
+      found.push({ id: m.id, file: m.file, kind: "down failed", message: message(error) });
+      report();
+      break;
+    }
+    const differences = diffSchemas(before, await snapshotSchema(db));
+    if (differences.length > 0) {
+      found.push({
+        id: m.id,
+        file: m.file,
+        kind: "down does not restore",
+        message: `${m.file}:${m.down.line}: the down section does not restore the schema from before the up`,
+        differences,
+      });
+    }
+    try {
+      await applyMigration(db, m, "rehearse");
+    } catch (error) {
+      found.push({ id: m.id, file: m.file, kind: "up fails again", message: message(error) });
+      report();
+      break;
+    }
+    report();
+  }
+  return result;
 }
 
 // ============================================================================
@@ -1153,6 +1684,8 @@ export function humanRunEvent(output: Output, event: RunEvent): void {
     output.err("waiting for another safemigrate run to release the migration lock...");
   } else if (event.type === "applied") {
     output.out(`  ${green(output, "applied")}  ${event.migration.id}  ${dim(output, `(${event.migration.safe})`)}  ${ms(event.durationMs)}`);
+  } else if (event.type === "reverted") {
+    output.out(`  ${yellow(output, "rolled back")}  ${event.step.id}  ${dim(output, `(down SQL from ${event.step.source})`)}  ${ms(event.durationMs)}`);
   }
 }
 
@@ -1226,6 +1759,25 @@ export function humanStatus(output: Output, rows: StatusRow[]): void {
   }
 }
 
+export function humanRevertPlan(output: Output, title: string, steps: readonly RevertStep[], apply: readonly Migration[] = []): void {
+  output.out(title);
+  if (steps.length === 0 && apply.length === 0) output.out("  nothing to do");
+  for (const s of steps) output.out(`  ${yellow(output, "roll back")}  ${s.id}  ${dim(output, `(down SQL from ${s.source})`)}`);
+  for (const m of apply) output.out(`  ${green(output, "apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+}
+
+export function humanRehearsalStep(output: Output, id: string, problems: readonly RehearsalProblem[]): void {
+  if (problems.length === 0) {
+    output.out(`  ${green(output, "ok")}  ${id}  ${dim(output, "(up, down, schema restored, up again)")}`);
+    return;
+  }
+  for (const p of problems) {
+    output.out(`  ${red(output, p.kind)}  ${id}`);
+    for (const line of p.message.split("\n")) output.out(`      ${line}`);
+    if (p.kind === "down does not restore") for (const d of p.differences) output.out(`        ${d}`);
+  }
+}
+
 // ============================================================================
 // 8. The command line
 // ============================================================================
@@ -1233,36 +1785,56 @@ export function humanStatus(output: Output, rows: StatusRow[]): void {
 export const USAGE = `safemigrate ${VERSION} — deploy-safe PostgreSQL migrations
 
 Usage:
-  bun safemigrate.ts --pre      apply the migrations that are safe before the deploy (release step)
-  bun safemigrate.ts --all      apply every pending migration (after the deploy)
-  bun safemigrate.ts --status   list every migration and its state
+  bun safemigrate.ts --pre              apply the migrations that are safe before the deploy (release step)
+  bun safemigrate.ts --all              apply every pending migration (after the deploy)
+  bun safemigrate.ts --status           list every migration and its state
+  bun safemigrate.ts --rollback <id>    undo <id> and the applied migrations that depend on it, newest first
+  bun safemigrate.ts --rollback --last  undo the most recently applied migration
+  bun safemigrate.ts --sync             make the database match this branch's migrations (development only)
+  bun safemigrate.ts --fake <id>        record <id> as applied without running it
+  bun safemigrate.ts --baseline <id>    record <id> and everything it depends on as applied without running them
+  bun safemigrate.ts --accept-changed <id>  accept the edited up SQL of an applied migration
+  bun safemigrate.ts --check            check the files (and, with --database-url, the history) for CI and pre-commit
+  bun safemigrate.ts --rehearse         apply, undo and re-apply every migration on a scratch database
 
 Options:
-  --plan                 with --pre or --all: show what would happen, change nothing
+  --plan                 with --pre, --all, --rollback or --sync: show what would happen, change nothing
   --json                 print one JSON object on stdout
   --dir <path>           migrations directory (default ./migrations)
   --database-url <url>   postgres://user:pass@host:5432/db, pglite:<dir> or pglite:memory
                          (default: env DATABASE_URL, else an embedded PGlite in .safemigrate/)
   --mode <mode>          strict | nonstrict | disabled (default: env SAFEMIGRATE, else strict)
   --lock-wait <time>     how long to wait for another run's lock, e.g. 30s, 5m (default 5m)
+  --force                let --sync run in a release environment
   -h, --help             show this help
   --version              print the version
 
 Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
-2 invalid input (usage, front-matter, dependency graph, checksum drift),
+2 invalid input (usage, front-matter, dependency graph, checksum drift, a failed check or rehearsal),
 3 strict mode found migrations blocked by after_deploy ones.
 `;
 
-const BOOLEAN_FLAGS = ["pre", "all", "plan", "status", "json", "help", "version"];
-const STRING_FLAGS = ["dir", "database-url", "mode", "lock-wait"];
+const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "rollback", "fake", "baseline", "accept-changed"] as const;
+type Command = (typeof COMMANDS)[number];
+const ID_COMMANDS: readonly Command[] = ["rollback", "fake", "baseline", "accept-changed"];
+const PLANNABLE: readonly Command[] = ["pre", "all", "rollback", "sync"];
+const BOOLEAN_FLAGS = ["pre", "all", "status", "sync", "check", "rehearse", "plan", "json", "last", "force", "help", "version"];
+const STRING_FLAGS = ["dir", "database-url", "mode", "lock-wait", "rollback", "fake", "baseline", "accept-changed"];
+/** A missing URL here is an error: a release step must never migrate a local toy database. */
 const RELEASE_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER", "CI"];
+/** Where --sync refuses without --force: deployed apps (CI runs review apps, so it is not listed). */
+const DEPLOYED_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER"];
 export const DEFAULT_PGLITE_DIR = ".safemigrate";
 
 export interface CliOptions {
-  command: "pre" | "all" | "status" | "help" | "version";
+  command: Command | "help" | "version";
+  /** The migration id for --rollback, --fake, --baseline, --accept-changed; null for --rollback --last. */
+  target: string | null;
   plan: boolean;
   json: boolean;
+  force: boolean;
   dir: string;
+  /** From --database-url only; the environment is consulted in resolveDatabaseUrl. */
   databaseUrl: string | null;
   mode: Mode;
   lockWaitMs: number;
@@ -1271,50 +1843,63 @@ export interface CliOptions {
 /** Turns argv and the environment into options; every mistake is an InputError. */
 export function parseArgs(argv: string[], env: Record<string, string | undefined>): CliOptions {
   const args = mri(argv, { boolean: BOOLEAN_FLAGS, string: STRING_FLAGS, alias: { h: "help" } });
+  const options: CliOptions = {
+    command: "help",
+    target: null,
+    plan: Boolean(args.plan),
+    json: Boolean(args.json),
+    force: Boolean(args.force),
+    dir: "./migrations",
+    databaseUrl: null,
+    mode: "strict",
+    lockWaitMs: 5 * 60_000,
+  };
   for (const key of Object.keys(args)) {
     if (key === "_" || key === "h" || BOOLEAN_FLAGS.includes(key) || STRING_FLAGS.includes(key)) continue;
     const meant = closest(key, [...BOOLEAN_FLAGS, ...STRING_FLAGS]);
     throw new InputError(`unknown option --${key}${meant ? ` — did you mean --${meant}?` : ""} (see --help)`);
   }
+  if (args.help) return options;
+  if (args.version) return { ...options, command: "version" };
   if (args._.length > 0) throw new InputError(`unexpected argument "${args._[0]}" (see --help)`);
   for (const key of STRING_FLAGS) {
     if (Array.isArray(args[key])) throw new InputError(`--${key} is given more than once`);
-    if (args[key] === "") throw new InputError(`--${key} needs a value`);
+    const lastIsTheValue = key === "rollback" && args.last;
+    if (args[key] === "" && !lastIsTheValue) {
+      throw new InputError(`--${key} needs a value${key === "rollback" ? " (a migration id, or --last)" : ""}`);
+    }
   }
 
-  const commands = (["pre", "all", "status"] as const).filter((c) => args[c]);
-  if (args.help) return { ...defaults(), command: "help" };
-  if (args.version) return { ...defaults(), command: "version" };
+  const commands = COMMANDS.filter((c) => args[c] !== undefined && args[c] !== false);
   if (commands.length === 0) {
-    throw new InputError(args.plan ? "--plan goes with --pre or --all" : "say what to do: --pre, --all or --status (see --help)");
+    throw new InputError(
+      args.plan ? "--plan goes with --pre, --all, --rollback or --sync" : "say what to do: --pre, --all, --status, ... (see --help)",
+    );
   }
   if (commands.length > 1) throw new InputError(`choose one of ${commands.map((c) => `--${c}`).join(", ")}`);
-  if (args.plan && commands[0] === "status") throw new InputError("--plan goes with --pre or --all, not --status");
+  options.command = commands[0];
+  if (args.plan && !PLANNABLE.includes(options.command)) {
+    throw new InputError(`--plan goes with --pre, --all, --rollback or --sync, not --${options.command}`);
+  }
+  if (args.last && options.command !== "rollback") throw new InputError("--last goes with --rollback");
+  if (options.command === "rollback" && args.last && args.rollback !== "") {
+    throw new InputError("give --rollback either a migration id or --last, not both");
+  }
+  if (ID_COMMANDS.includes(options.command)) options.target = args[options.command] || null;
 
   const modeText = args.mode ?? env.SAFEMIGRATE ?? "strict";
   if (!(MODES as readonly string[]).includes(modeText)) {
-    const source = args.mode ? "--mode" : "SAFEMIGRATE";
-    throw new InputError(`${source} must be strict, nonstrict or disabled, not "${modeText}"`);
+    throw new InputError(`${args.mode ? "--mode" : "SAFEMIGRATE"} must be strict, nonstrict or disabled, not "${modeText}"`);
   }
-  let lockWaitMs = 5 * 60_000;
+  options.mode = modeText as Mode;
   if (args["lock-wait"] !== undefined) {
     const parsed = parseDuration(args["lock-wait"]);
     if (parsed === null) throw new InputError(`--lock-wait "${args["lock-wait"]}" is not a duration (like 30s or 5m)`);
-    lockWaitMs = parsed;
+    options.lockWaitMs = parsed;
   }
-  return {
-    command: commands[0],
-    plan: Boolean(args.plan),
-    json: Boolean(args.json),
-    dir: args.dir ?? "./migrations",
-    databaseUrl: args["database-url"] ?? (env.DATABASE_URL || null),
-    mode: modeText as Mode,
-    lockWaitMs,
-  };
-
-  function defaults(): CliOptions {
-    return { command: "help", plan: false, json: false, dir: "./migrations", databaseUrl: null, mode: "strict", lockWaitMs: 0 };
-  }
+  options.dir = args.dir ?? options.dir;
+  options.databaseUrl = args["database-url"] ?? null;
+  return options;
 }
 
 /** The URL to use; without one, the embedded default — but never in a release environment. */
@@ -1323,7 +1908,8 @@ export function resolveDatabaseUrl(
   env: Record<string, string | undefined>,
   output: Output,
 ): string {
-  if (options.databaseUrl) return options.databaseUrl;
+  const url = options.databaseUrl ?? (env.DATABASE_URL || null);
+  if (url) return url;
   const release = RELEASE_ENVIRONMENT.filter((name) => env[name]);
   if (release.length > 0) {
     throw new InputError(
@@ -1335,6 +1921,34 @@ export function resolveDatabaseUrl(
   return `pglite:${DEFAULT_PGLITE_DIR}`;
 }
 
+/** A scratch database for --rehearse: a temporary one on the given server, else an in-memory PGlite. */
+async function scratchDatabase(url: string | null): Promise<{ db: Database; drop: () => Promise<void> }> {
+  if (!url || url.startsWith("pglite:")) {
+    const db = await connect("pglite:memory");
+    return { db, drop: () => db.close() };
+  }
+  const admin = await connect(url);
+  const name = `safemigrate_rehearsal_${Date.now()}_${Math.random().toString(36).slice(2, 8)}`;
+  try {
+    await admin.exec(`create database ${name}`);
+  } catch (error) {
+    await admin.close();
+    throw new DatabaseError(`could not create a scratch database on ${admin.label}: ${(error as Error).message}`);
+  }
+  const scratchUrl = new URL(url);
+  scratchUrl.pathname = `/${name}`;
+  const db = await connect(scratchUrl.toString());
+  return {
+    db,
+    drop: async () => {
+      await db.close();
+      await admin.exec(`drop database if exists ${name} with (force)`).catch(() => {});
+      await admin.close();
+    },
+  };
+}
+
+/** Runs one command; returns the exit code. Never throws: every error becomes one message. */
 export async function main(
   argv: string[],
   env: Record<string, string | undefined> = process.env,
@@ -1342,6 +1956,7 @@ export async function main(
 ): Promise<number> {
   let json = argv.includes("--json");
   let db: Database | null = null;
+  const printJson = (value: unknown) => output.out(JSON.stringify(value));
   try {
     const options = parseArgs(argv, env);
     json = options.json;
@@ -1353,49 +1968,153 @@ export async function main(
       output.out(VERSION);
       return EXIT.ok;
     }
-
     const migrations = readMigrations(options.dir);
+    const onEvent = json ? undefined : (event: RunEvent) => humanRunEvent(output, event);
+    const lock = { lockWaitMs: options.lockWaitMs, onEvent };
+    const started = performance.now();
+
+    // Commands that need no database of the user's.
+    if (options.command === "check") return await runCheck(migrations, options, output);
+    if (options.command === "rehearse") {
+      const scratch = await scratchDatabase(options.databaseUrl);
+      try {
+        if (!json) output.out(`safemigrate --rehearse on a scratch database (${scratch.db.label})`);
+        const result = await rehearse(scratch.db, migrations, json ? undefined : (id, p) => humanRehearsalStep(output, id, p));
+        const ok = result.problems.length === 0;
+        if (json) printJson({ ok, exitCode: ok ? 0 : 2, command: "rehearse", ...result });
+        else {
+          output.out(ok
+            ? `Rehearsed ${plural(result.rehearsed.length, "migration")}: every down restores the schema and every up re-applies.`
+            : `${plural(result.problems.length, "problem")} in ${plural(result.rehearsed.length, "rehearsed migration")}.`);
+        }
+        return ok ? EXIT.ok : EXIT.invalid;
+      } finally {
+        await scratch.drop();
+      }
+    }
+
+    if (options.command === "sync" && !options.force && !options.plan) {
+      const deployed = DEPLOYED_ENVIRONMENT.filter((name) => env[name]);
+      if (deployed.length > 0) {
+        throw new InputError(
+          `--sync rolls back migrations and is meant for development and review apps; this looks like a deployed ` +
+            `environment (${deployed.join(", ")} set). Pass --force if you really mean it`,
+        );
+      }
+    }
+
     let url = resolveDatabaseUrl(options, env, output);
-    // --plan changes nothing, not even by creating an embedded database.
+    // --plan and --status change nothing, not even by creating an embedded database.
     const readOnly = options.plan || options.command === "status";
-    if (readOnly && url.startsWith("pglite:") && url !== "pglite:memory" && !existsSync(url.slice(7))) {
+    if (readOnly && url.startsWith("pglite:") && url !== "pglite:memory" && !existsSync(url.slice("pglite:".length))) {
       url = "pglite:memory";
     }
     db = await connect(url);
     const label = db.label;
+    const header = (title: string) => !json && !options.plan && output.out(`safemigrate ${title} on ${label}`);
 
-    if (options.command === "status") {
-      const rows = migrationStatus(migrations, await readHistory(db));
-      if (json) output.out(JSON.stringify({ ok: true, exitCode: 0, command: "status", database: label, migrations: rows }));
-      else humanStatus(output, rows);
-      return EXIT.ok;
+    switch (options.command) {
+      case "status": {
+        const rows = migrationStatus(migrations, await readHistory(db));
+        if (json) printJson({ ok: true, exitCode: 0, command: "status", database: label, migrations: rows });
+        else humanStatus(output, rows);
+        return EXIT.ok;
+      }
+      case "pre":
+      case "all": {
+        header(`--${options.command}${options.command === "pre" ? ` (${options.mode})` : ""}`);
+        const result = await migrate(db, migrations, {
+          ...lock,
+          phase: options.command,
+          mode: options.mode,
+          dryRun: options.plan,
+        });
+        if (json) printJson(runResultJson(result, label));
+        else humanRunSummary(output, result, performance.now() - started, new Date());
+        return result.plan.refused ? EXIT.blocked : EXIT.ok;
+      }
+      case "rollback": {
+        const target = options.target ?? { last: true as const };
+        header(`--rollback ${options.target ?? "--last"}`);
+        const result = await rollback(db, migrations, target, { ...lock, dryRun: options.plan });
+        if (json) printJson({ ok: true, exitCode: 0, command: "rollback", database: label, dryRun: result.dryRun, steps: result.steps.map(({ id, source }) => ({ id, source })), reverted: result.reverted });
+        else if (result.dryRun) humanRevertPlan(output, `plan for --rollback ${options.target ?? "--last"}:`, result.steps);
+        else output.out(`Rolled back ${plural(result.reverted.length, "migration")} in ${ms(performance.now() - started)}.`);
+        return EXIT.ok;
+      }
+      case "sync": {
+        header("--sync");
+        const result = await sync(db, migrations, {
+          ...lock,
+          dryRun: options.plan,
+          onPlan: json ? undefined : (plan) => humanRevertPlan(output, options.plan ? "plan for --sync:" : "sync plan:", plan.revert, plan.apply),
+        });
+        if (json) {
+          printJson({
+            ok: true, exitCode: 0, command: "sync", database: label, dryRun: result.dryRun,
+            revert: result.plan.revert.map(({ id, source }) => ({ id, source })),
+            apply: result.plan.apply.map((m) => m.id), reverted: result.reverted, applied: result.applied,
+          });
+        } else if (!result.dryRun) {
+          output.out(`Rolled back ${plural(result.reverted.length, "migration")}, applied ${plural(result.applied.length, "migration")} in ${ms(performance.now() - started)}.`);
+        }
+        return EXIT.ok;
+      }
+      case "fake":
+      case "baseline": {
+        const recorded = await recordWithoutRunning(db, migrations, options.target!, options.command, lock);
+        if (json) printJson({ ok: true, exitCode: 0, command: options.command, database: label, recorded });
+        else output.out(`Recorded as applied without running them: ${recorded.join(", ")}.`);
+        return EXIT.ok;
+      }
+      case "accept-changed": {
+        const accepted = await acceptChanged(db, migrations, options.target!, lock);
+        if (json) printJson({ ok: true, exitCode: 0, command: "accept-changed", database: label, ...accepted });
+        else {
+          output.out(`Accepted the changed up SQL of ${accepted.id} (checksum ${accepted.from.slice(0, 12)} -> ${accepted.to.slice(0, 12)}); ` +
+            `the history notes it. The edit is not run: apply any schema change it implies in a new migration.`);
+        }
+        return EXIT.ok;
+      }
     }
-
-    const started = performance.now();
-    if (!json && !options.plan) {
-      const mode = options.command === "pre" ? ` (${options.mode})` : "";
-      output.out(`safemigrate --${options.command}${mode} on ${label}`);
-    }
-    const result = await migrate(db, migrations, {
-      phase: options.command,
-      mode: options.mode,
-      dryRun: options.plan,
-      lockWaitMs: options.lockWaitMs,
-      onEvent: json ? undefined : (event) => humanRunEvent(output, event),
-    });
-    if (json) output.out(JSON.stringify(runResultJson(result, label)));
-    else humanRunSummary(output, result, performance.now() - started, new Date());
-    return result.plan.refused ? EXIT.blocked : EXIT.ok;
+    return EXIT.ok;
   } catch (error) {
     const known = error instanceof SafemigrateError;
     const exitCode = known ? error.exitCode : EXIT.failed;
     const message = redact(known ? error.message : `unexpected error: ${(error as Error)?.message ?? error}`);
     output.err(red(output, `safemigrate: error: ${message}`));
-    if (json) output.out(JSON.stringify({ ok: false, exitCode, error: message }));
+    if (json) printJson({ ok: false, exitCode, error: message });
     return exitCode;
   } finally {
     await db?.close().catch(() => {});
   }
+}
+
+/** `--check`: files (and with --database-url, the history) without changing anything. */
+async function runCheck(
+  migrations: Migration[],
+  options: CliOptions,
+  output: Output,
+): Promise<number> {
+  let history: HistoryRow[] = [];
+  if (options.databaseUrl) {
+    const db = await connect(options.databaseUrl);
+    try {
+      history = await readHistory(db);
+    } finally {
+      await db.close();
+    }
+  }
+  const problems = [...consistencyProblems(migrations, history), ...treeProblems(migrations)];
+  if (options.json) {
+    output.out(JSON.stringify({ ok: problems.length === 0, exitCode: problems.length ? 2 : 0, command: "check", migrations: migrations.length, problems }));
+  } else if (problems.length === 0) {
+    output.out(`ok: ${plural(migrations.length, "migration")}, front-matter valid, dependency graph complete and acyclic` +
+      (options.databaseUrl ? ", consistent with the database's history" : ""));
+  } else {
+    for (const problem of problems) output.err(`safemigrate: ${problem}`);
+  }
+  return problems.length === 0 ? EXIT.ok : EXIT.invalid;
 }
 
 export function consoleOutput(env: Record<string, string | undefined>): Output {
