@@ -12,11 +12,12 @@
  *   1. types and errors
  *   2. reading migration files and their front-matter
  *   3. the dependency graph and the consistency checks
- *   4. the planner (pure: files + history + clock + mode -> plan)
- *   5. database adapters (postgres.js and PGlite behind one interface)
- *   6. executing a plan (lock, history table, transactions)
- *   7. output (human and JSON)
- *   8. the command line
+ *   4. the planner (pure: files + history + clock + mode -> plan), rollback and sync plans
+ *   5. deploy-safety analysis (the parse tree of each migration against its phase)
+ *   6. database adapters (postgres.js and PGlite behind one interface)
+ *   7. executing a plan (lock, history, transactions, timeouts and retries, rehearsal)
+ *   8. output (human, JSON, GitHub annotations)
+ *   9. the command line
  *
  * Runs under Bun (`bun safemigrate.ts`) and Deno (`deno run -A safemigrate.ts`).
  */
@@ -71,6 +72,11 @@ export interface Migration {
   down: (SqlSection & { raw: string }) | null;
   /** sha256 of the up SQL with normalised line endings; front-matter and down excluded. */
   checksum: string;
+  /** `lock-timeout:` and `statement-timeout:` from the front-matter; null when not set, 0 for off. */
+  lockTimeoutMs: number | null;
+  statementTimeoutMs: number | null;
+  /** The whole file, line endings normalised: the analysis reads waivers from it. */
+  source: string;
 }
 
 /** One row of `safemigrate_history`. A row with `appliedAt` null was only detected (delays). */
@@ -113,7 +119,7 @@ export class DatabaseError extends SafemigrateError {
 // 2. Reading migration files and their front-matter
 // ============================================================================
 
-const DIRECTIVES = ["safe", "depends", "delay", "transaction"] as const;
+const DIRECTIVES = ["safe", "depends", "delay", "transaction", "lock-timeout", "statement-timeout"] as const;
 type Directive = (typeof DIRECTIVES)[number];
 
 /** `-- key: value`; the key must start with a letter so `-- 12:30` stays a comment. */
@@ -123,6 +129,7 @@ const SECTION_MARKER = /^--\s*migrate:(up|down)\b(.*)$/i;
 const COMMENT_LINE = /^\s*--/;
 
 const DURATION_UNITS: Record<string, number> = {
+  ms: 1,
   s: 1_000,
   m: 60_000,
   h: 3_600_000,
@@ -130,12 +137,12 @@ const DURATION_UNITS: Record<string, number> = {
   w: 604_800_000,
 };
 
-/** Parses `7d`, `90s`, `1h30m` into milliseconds; null when it is not a duration. */
+/** Parses `7d`, `90s`, `1h30m`, `500ms` into milliseconds; null when it is not a duration. */
 export function parseDuration(text: string): number | null {
   const value = text.trim().toLowerCase();
-  if (!/^(\d+[smhdw])+$/.test(value)) return null;
+  if (!/^(\d+(ms|[smhdw]))+$/.test(value)) return null;
   let total = 0;
-  for (const [, amount, unit] of value.matchAll(/(\d+)([smhdw])/g)) {
+  for (const [, amount, unit] of value.matchAll(/(\d+)(ms|[smhdw])/g)) {
     total += Number(amount) * DURATION_UNITS[unit];
   }
   return total;
@@ -191,12 +198,18 @@ export function compareIds(a: string, b: string): number {
   return left.length - right.length;
 }
 
+/** Waiver comments are excluded, so waiving a finding in an applied migration is not drift. */
 export function checksumOf(upSql: string): string {
-  const normalised = upSql.replace(/\r\n?/g, "\n").trim();
+  const normalised = upSql.replace(/\r\n?/g, "\n").split("\n").filter((line) => !WAIVER_LINE.test(line)).join("\n").trim();
   return createHash("sha256").update(normalised).digest("hex");
 }
 
+/** `-- safemigrate-ignore: rule[, rule] -- reason` directly above a statement. */
+const WAIVER_LINE = /^\s*--\s*safemigrate-ignore\s*:/i;
+
 interface ParsedDirectives {
+  "lock-timeout"?: { value: number; line: number };
+  "statement-timeout"?: { value: number; line: number };
   safe?: { value: Safe; line: number };
   depends?: { value: string[]; line: number };
   delay?: { value: number; text: string; line: number };
@@ -235,6 +248,10 @@ function isValidValue(key: Directive, value: string): boolean {
       return parseDuration(value) !== null;
     case "transaction":
       return value === "true" || value === "false";
+    case "lock-timeout":
+      return parseDuration(value) !== null;
+    case "statement-timeout":
+      return value === "off" || value === "0" || parseDuration(value) !== null;
     case "depends":
       return false;
   }
@@ -275,6 +292,17 @@ function applyDirective(
         );
       }
       parsed.delay = { value: ms, text: value, line };
+      return;
+    }
+    case "lock-timeout":
+    case "statement-timeout": {
+      if (!isValidValue(key, value)) {
+        throw new InputError(
+          `${where}: "${key}: ${value}" is not a duration — use a number and a unit s, m or h, like "${key}: 5s"` +
+            (key === "statement-timeout" ? ` (or "off")` : ""),
+        );
+      }
+      parsed[key] = { value: value === "off" || value === "0" ? 0 : parseDuration(value)!, line };
       return;
     }
     case "transaction": {
@@ -395,6 +423,9 @@ export function parseMigration(id: string, file: string, text: string): Omit<Mig
     safe: up.safe?.value ?? "after_deploy",
     declaredDepends: up.depends ?? null,
     delayMs: up.delay?.value ?? null,
+    lockTimeoutMs: up["lock-timeout"]?.value ?? null,
+    statementTimeoutMs: up["statement-timeout"]?.value ?? null,
+    source: lines.join("\n"),
     up: { sql: upSql, line: upStart < 0 ? 1 : upStart + 1, transaction: up.transaction?.value ?? true },
     down: downSection,
     checksum: checksumOf(upSql),
@@ -434,6 +465,62 @@ export function readMigrations(dir: string): Migration[] {
   }
   if (problems.length > 0) throw new InputError(problems.join("\n"));
   return migrations;
+}
+
+/** 1-based file line of a 1-based character position inside a SQL section. */
+function lineAt(section: SqlSection, position: number): number {
+  return section.line + (section.sql.slice(0, Math.max(0, position - 1)).match(/\n/g)?.length ?? 0);
+}
+
+/** A statement of a SQL section: its text, the file line it starts on, and its parse tree. */
+export interface Statement {
+  sql: string;
+  line: number;
+  /** libpg-query's parse tree of the statement (`{ CreateStmt: {...} }`). */
+  node: Record<string, unknown>;
+  /** Byte offset of the statement's first token in the section. */
+  offset: number;
+}
+
+export interface ParsedSection {
+  statements: Statement[];
+  /** File line and column of a byte offset in the section (parse-tree locations count UTF-8 bytes). */
+  place(offset: number): { line: number; column: number };
+}
+
+/**
+ * Parses a SQL section with the real PostgreSQL parser, so semicolons in
+ * strings, dollar quotes and comments are handled. libpg-query is loaded only here.
+ */
+export async function parseSection(section: SqlSection, file: string): Promise<ParsedSection> {
+  const { parse } = await import("libpg-query");
+  let tree: Awaited<ReturnType<typeof parse>>;
+  try {
+    tree = await parse(section.sql);
+  } catch (error) {
+    const position = (error as { sqlDetails?: { cursorPosition?: number } }).sqlDetails?.cursorPosition ?? 0;
+    throw new InputError(`${file}:${lineAt(section, position)}: SQL syntax error: ${(error as Error).message}`);
+  }
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+  const bytes = encoder.encode(section.sql);
+  const place = (offset: number) => {
+    const before = decoder.decode(bytes.subarray(0, offset));
+    return {
+      line: section.line + (before.match(/\n/g)?.length ?? 0),
+      column: before.length - (before.lastIndexOf("\n") + 1) + 1,
+    };
+  };
+  const statements = (tree.stmts ?? []).flatMap(({ stmt, stmt_location, stmt_len }) => {
+    const start = stmt_location ?? 0;
+    const raw = decoder.decode(bytes.subarray(start, stmt_len ? start + stmt_len : bytes.length));
+    // The parser may count comments before a statement as part of it; its line is that of its first token.
+    const leading = /^(\s|--[^\n]*\n?)*/.exec(raw)![0];
+    const offset = start + encoder.encode(leading).length;
+    const sql = raw.slice(leading.length).trim();
+    return stmt && sql ? [{ sql, line: place(offset).line, node: stmt as Record<string, unknown>, offset }] : [];
+  });
+  return { statements, place };
 }
 
 // ============================================================================
@@ -889,7 +976,334 @@ export function treeProblems(migrations: readonly Migration[]): string[] {
 }
 
 // ============================================================================
-// 5. Database adapters
+// 5. Deploy-safety analysis (the parse tree of each migration, checked against its phase)
+// ============================================================================
+
+/**
+ * What a rule is about. Phase rules: old code must keep working after a
+ * before_deploy (or always) migration, so contraction belongs in after_deploy.
+ * Lock rules: what holds a strong lock on an existing table for long.
+ */
+export interface Rule {
+  kind: "phase" | "lock" | "waiver";
+  /** How to do the same thing safely. */
+  fix: string;
+}
+
+const EXPAND_CONTRACT = "expand/contract: add the new thing now, backfill, switch the code, and remove the old thing in an after_deploy migration";
+
+export const RULES = {
+  "drop-table": { kind: "phase", fix: `stop using the table in the code, deploy, then drop it in an after_deploy migration (${EXPAND_CONTRACT})` },
+  "drop-column": { kind: "phase", fix: `deploy code that no longer reads or writes the column first, then drop it in an after_deploy migration (${EXPAND_CONTRACT})` },
+  "drop-view": { kind: "phase", fix: "stop using the view in the code, deploy, then drop it in an after_deploy migration" },
+  "drop-function": { kind: "phase", fix: "stop calling the function, deploy, then drop it in an after_deploy migration" },
+  "rename-table": { kind: "phase", fix: `old code still uses the old name: create the new table (or a view under the new name), switch the code, drop the old one after the deploy (${EXPAND_CONTRACT})` },
+  "rename-column": { kind: "phase", fix: `add the new column, backfill it, write both from the code, switch reads, drop the old column in an after_deploy migration (${EXPAND_CONTRACT})` },
+  "change-column-type": { kind: "phase", fix: `old code may write values the new type rejects: add a column of the new type, backfill, switch the code, drop the old column after the deploy (${EXPAND_CONTRACT})` },
+  "add-not-null": { kind: "phase", fix: "old code may still write NULL: set NOT NULL in an after_deploy migration, once the deployed code always writes the column" },
+  "not-null-column-without-default": { kind: "phase", fix: "old code's INSERTs do not name the new column and would fail: give it a DEFAULT, or add it nullable now and set NOT NULL after the deploy" },
+  "drop-default": { kind: "phase", fix: "old code may rely on the default when it inserts: drop the default in an after_deploy migration" },
+  "index-not-concurrently": { kind: "lock", fix: "use CREATE INDEX CONCURRENTLY in a migration with \"-- transaction: false\"" },
+  "concurrently-in-transaction": { kind: "lock", fix: "CONCURRENTLY cannot run inside a transaction block: add \"-- transaction: false\" to the front-matter" },
+  "foreign-key-not-valid": { kind: "lock", fix: "add the foreign key NOT VALID (brief lock), then ALTER TABLE ... VALIDATE CONSTRAINT in a later statement or migration (no write lock while it scans)" },
+  "check-not-valid": { kind: "lock", fix: "add the CHECK constraint NOT VALID, then VALIDATE CONSTRAINT it in a later statement or migration" },
+  "set-not-null-scan": { kind: "lock", fix: "first ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID and VALIDATE CONSTRAINT it; then SET NOT NULL skips the scan (PostgreSQL 12+) and the check can be dropped" },
+  "volatile-default": { kind: "lock", fix: "a volatile default rewrites the table: add the column without a default (or with a constant one), then SET DEFAULT, and backfill existing rows in batches" },
+  "type-change-rewrite": { kind: "lock", fix: `a type change rewrites the table and its indexes under an ACCESS EXCLUSIVE lock: add a new column of the new type and backfill it (${EXPAND_CONTRACT}); only varchar -> text/varchar widening is free` },
+  "vacuum-full": { kind: "lock", fix: "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: use plain VACUUM, or pg_repack outside the migration" },
+  "cluster": { kind: "lock", fix: "CLUSTER rewrites the table under an ACCESS EXCLUSIVE lock: use pg_repack outside the migration" },
+  "reindex-not-concurrently": { kind: "lock", fix: "use REINDEX ... CONCURRENTLY in a migration with \"-- transaction: false\"" },
+  "lock-table": { kind: "lock", fix: "an explicit LOCK TABLE queues every other query behind it: remove it and let each statement take the lock it needs" },
+  "transaction-control": { kind: "lock", fix: "safemigrate runs each migration in its own transaction; a BEGIN/COMMIT inside it would commit half a migration: remove it" },
+  "waiver-without-reason": { kind: "waiver", fix: "say why: -- safemigrate-ignore: <rule> -- <reason>" },
+  "unknown-rule": { kind: "waiver", fix: "name a rule from the README's list of rules" },
+} satisfies Record<string, Rule>;
+
+export type RuleId = keyof typeof RULES;
+
+export interface Finding {
+  rule: RuleId;
+  migration: string;
+  file: string;
+  line: number;
+  column: number;
+  message: string;
+  fix: string;
+  /** The reason from the waiver, when one covers the finding. */
+  waived: string | null;
+}
+
+// The parse tree is libpg-query's JSON; these are the few shapes the rules read.
+type Node = Record<string, any>;
+interface RangeVar {
+  schemaname?: string;
+  relname: string;
+  location?: number;
+}
+
+/** Functions whose default value differs row by row, so ADD COLUMN ... DEFAULT f() rewrites the table. */
+const VOLATILE_FUNCTIONS = new Set([
+  "random", "gen_random_uuid", "uuid_generate_v1", "uuid_generate_v1mc", "uuid_generate_v4", "uuidv4", "uuidv7",
+  "clock_timestamp", "timeofday", "nextval", "txid_current", "statement_timestamp", "setseed",
+]);
+const SERIAL_TYPES = new Set(["serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"]);
+
+const tableKey = (rel: RangeVar): string => (rel.schemaname && rel.schemaname !== "public" ? `${rel.schemaname}.${rel.relname}` : rel.relname);
+const quoted = (rel: RangeVar): string => (rel.schemaname ? `${rel.schemaname}.${rel.relname}` : rel.relname);
+const typeNameOf = (typeName: Node | undefined): string =>
+  (typeName?.names ?? []).map((n: Node) => n.String?.sval).filter((n: string) => n !== "pg_catalog").join(".");
+
+/** Every FuncCall name inside an expression tree. */
+function functionsIn(node: unknown, into: string[] = []): string[] {
+  if (Array.isArray(node)) for (const item of node) functionsIn(item, into);
+  else if (node && typeof node === "object") {
+    const call = (node as Node).FuncCall;
+    if (call) into.push(call.funcname.map((n: Node) => n.String?.sval).pop());
+    for (const value of Object.values(node)) functionsIn(value, into);
+  }
+  return into;
+}
+
+/** State the rules carry from one migration to the next, in dependency order. */
+export interface AnalysisState {
+  /** CHECK (col IS NOT NULL) constraints by "table.constraint" -> column. */
+  notNullChecks: Map<string, string>;
+  /** "table.column" pairs with a validated NOT NULL check: SET NOT NULL on them skips the scan. */
+  provenNotNull: Set<string>;
+}
+
+export const newAnalysisState = (): AnalysisState => ({ notNullChecks: new Map(), provenNotNull: new Set() });
+
+interface RawFinding {
+  rule: RuleId;
+  message: string;
+  /** Byte offset into the statement's SQL section, for line:column. */
+  location: number;
+}
+
+/** The findings of one statement, before waivers. */
+function statementFindings(
+  stmt: Node,
+  at: number,
+  migration: Migration,
+  createdHere: Set<string>,
+  state: AnalysisState,
+): RawFinding[] {
+  const found: RawFinding[] = [];
+  const contractionMatters = migration.safe !== "after_deploy";
+  const phase = migration.safe === "always" ? "an always migration (it may run before the deploy)" : "a before_deploy migration";
+  const phaseFinding = (rule: RuleId, what: string, location = at, why = "the old code still serving traffic may use it") => {
+    if (contractionMatters) found.push({ rule, message: `${what} in ${phase}: ${why}`, location });
+  };
+  const lockFinding = (rule: RuleId, message: string, location = at) => found.push({ rule, message, location });
+  const existing = (rel: RangeVar | undefined) => rel !== undefined && !createdHere.has(tableKey(rel));
+  const [kind, node] = Object.entries(stmt)[0] as [string, Node];
+
+  switch (kind) {
+    case "CreateStmt":
+      createdHere.add(tableKey(node.relation));
+      break;
+    case "CreateTableAsStmt":
+      if (node.into?.rel) createdHere.add(tableKey(node.into.rel));
+      break;
+    case "DropStmt": {
+      const names = (node.objects ?? []).map((o: Node) =>
+        (o.List?.items ?? o.ObjectWithArgs?.objname ?? []).map((i: Node) => i.String?.sval).join(".")
+      );
+      const fresh = names.every((n: string) => createdHere.has(n));
+      if (fresh) break;
+      const removeType = node.removeType as string;
+      if (removeType === "OBJECT_TABLE") phaseFinding("drop-table", `DROP TABLE ${names.join(", ")}`);
+      else if (removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") phaseFinding("drop-view", `DROP VIEW ${names.join(", ")}`);
+      else if (removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") {
+        phaseFinding("drop-function", `DROP FUNCTION ${names.join(", ")}`);
+      }
+      break;
+    }
+    case "RenameStmt": {
+      if (!existing(node.relation)) break;
+      if (node.renameType === "OBJECT_TABLE") {
+        phaseFinding("rename-table", `renaming table ${quoted(node.relation)} to ${node.newname}`, node.relation.location ?? at);
+      } else if (node.renameType === "OBJECT_COLUMN") {
+        phaseFinding("rename-column", `renaming column ${quoted(node.relation)}.${node.subname} to ${node.newname}`, node.relation.location ?? at);
+      }
+      break;
+    }
+    case "IndexStmt": {
+      if (node.concurrent && migration.up.transaction) {
+        lockFinding("concurrently-in-transaction", "CREATE INDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+      } else if (!node.concurrent && existing(node.relation)) {
+        lockFinding("index-not-concurrently", `CREATE INDEX on ${quoted(node.relation)} blocks every write to it until the index is built`);
+      }
+      break;
+    }
+    case "ReindexStmt": {
+      const concurrently = (node.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently");
+      if (concurrently && migration.up.transaction) {
+        lockFinding("concurrently-in-transaction", "REINDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+      } else if (!concurrently) {
+        lockFinding("reindex-not-concurrently", "REINDEX without CONCURRENTLY blocks writes (and reads through the index) until it finishes");
+      }
+      break;
+    }
+    case "VacuumStmt":
+      if ((node.options ?? []).some((o: Node) => o.DefElem?.defname === "full")) {
+        lockFinding("vacuum-full", "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock");
+      }
+      break;
+    case "ClusterStmt":
+      lockFinding("cluster", `CLUSTER${node.relation ? ` ${quoted(node.relation)}` : ""} rewrites the table under an ACCESS EXCLUSIVE lock`);
+      break;
+    case "LockStmt":
+      lockFinding("lock-table", "LOCK TABLE takes a lock that queues every later query on the table behind it");
+      break;
+    case "TransactionStmt":
+      if (migration.up.transaction) {
+        lockFinding("transaction-control", `${node.kind.replace("TRANS_STMT_", "")} inside a migration that safemigrate already runs in a transaction`);
+      }
+      break;
+    case "AlterTableStmt": {
+      const rel = node.relation as RangeVar;
+      if (!existing(rel)) break;
+      const table = quoted(rel);
+      const location = rel.location ?? at;
+      for (const { AlterTableCmd: cmd } of node.cmds ?? []) {
+        if (!cmd) continue;
+        switch (cmd.subtype) {
+          case "AT_DropColumn":
+            phaseFinding("drop-column", `dropping column ${table}.${cmd.name}`, location);
+            break;
+          case "AT_AlterColumnType": {
+            phaseFinding("change-column-type", `changing the type of ${table}.${cmd.name}`, location, "the old code may write values the new type rejects");
+            const target = typeNameOf(cmd.def?.ColumnDef?.typeName);
+            const free = ["text", "varchar"].includes(target) && !cmd.def?.ColumnDef?.raw_default;
+            if (!free) lockFinding("type-change-rewrite", `changing ${table}.${cmd.name} to ${target} rewrites the table under an ACCESS EXCLUSIVE lock`, location);
+            break;
+          }
+          case "AT_SetNotNull": {
+            phaseFinding("add-not-null", `SET NOT NULL on ${table}.${cmd.name}`, location, "the old code may still write NULL");
+            if (!state.provenNotNull.has(`${tableKey(rel)}.${cmd.name}`)) {
+              lockFinding("set-not-null-scan", `SET NOT NULL on ${table}.${cmd.name} scans the whole table under an ACCESS EXCLUSIVE lock`, location);
+            }
+            break;
+          }
+          case "AT_ColumnDefault":
+            if (!cmd.def) phaseFinding("drop-default", `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
+            break;
+          case "AT_AddColumn": {
+            const column = cmd.def?.ColumnDef ?? {};
+            const constraints = (column.constraints ?? []).map((c: Node) => c.Constraint);
+            const hasDefault = constraints.find((c: Node) => c.contype === "CONSTR_DEFAULT");
+            const generated = constraints.some((c: Node) => c.contype === "CONSTR_IDENTITY" || c.contype === "CONSTR_GENERATED");
+            const type = typeNameOf(column.typeName);
+            if (constraints.some((c: Node) => c.contype === "CONSTR_NOTNULL" || c.contype === "CONSTR_PRIMARY") && !hasDefault && !generated && !SERIAL_TYPES.has(type)) {
+              phaseFinding("not-null-column-without-default", `adding NOT NULL column ${table}.${column.colname} without a default`, location, "the old code's INSERTs do not name it and will fail");
+            }
+            const volatile = functionsIn(hasDefault?.raw_expr).filter((f) => VOLATILE_FUNCTIONS.has(f));
+            if (volatile.length > 0 || SERIAL_TYPES.has(type) || generated) {
+              const why = volatile.length > 0 ? `${volatile[0]}()` : SERIAL_TYPES.has(type) ? type : "an identity or generated value";
+              lockFinding("volatile-default", `adding ${table}.${column.colname} with ${why} as its default rewrites the table under an ACCESS EXCLUSIVE lock`, location);
+            }
+            if (constraints.some((c: Node) => c.contype === "CONSTR_FOREIGN")) {
+              lockFinding("foreign-key-not-valid", `adding ${table}.${column.colname} with REFERENCES validates under a lock on both tables`, location);
+            }
+            break;
+          }
+          case "AT_AddConstraint": {
+            const constraint = cmd.def?.Constraint ?? {};
+            if (constraint.contype === "CONSTR_FOREIGN" && !constraint.skip_validation) {
+              lockFinding("foreign-key-not-valid", `adding foreign key ${constraint.conname ?? ""} on ${table} without NOT VALID checks every row under a lock on both tables`.replace("  ", " "), location);
+            }
+            if (constraint.contype === "CONSTR_CHECK") {
+              if (!constraint.skip_validation) {
+                lockFinding("check-not-valid", `adding CHECK ${constraint.conname ?? ""} on ${table} without NOT VALID scans every row under an ACCESS EXCLUSIVE lock`.replace("  ", " "), location);
+              }
+              const test = constraint.raw_expr?.NullTest;
+              const column = test?.nulltesttype === "IS_NOT_NULL" ? test.arg?.ColumnRef?.fields?.at(-1)?.String?.sval : null;
+              if (column && constraint.conname) state.notNullChecks.set(`${tableKey(rel)}.${constraint.conname}`, column);
+              if (column && !constraint.skip_validation) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
+            }
+            break;
+          }
+          case "AT_ValidateConstraint": {
+            const column = state.notNullChecks.get(`${tableKey(rel)}.${cmd.name}`);
+            if (column) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
+            break;
+          }
+        }
+      }
+      break;
+    }
+  }
+  return found;
+}
+
+/** Waivers written directly above the statement starting on `line` (1-based file line). */
+function waiversAbove(lines: string[], line: number): { rules: string[]; reason: string; line: number; column: number }[] {
+  const waivers = [];
+  for (let i = line - 2; i >= 0 && /^\s*--/.test(lines[i]); i--) {
+    if (!WAIVER_LINE.test(lines[i])) continue;
+    const body = lines[i].replace(/^\s*--\s*safemigrate-ignore\s*:/i, "");
+    const [ruleText, ...reasonParts] = body.split(/\s--\s?/);
+    waivers.push({
+      rules: ruleText.split(/[\s,]+/).filter(Boolean),
+      reason: reasonParts.join(" -- ").trim(),
+      line: i + 1,
+      column: lines[i].indexOf("--") + 1,
+    });
+  }
+  return waivers;
+}
+
+/**
+ * Analyses one migration's up SQL with the real PostgreSQL parser. Pure but
+ * for loading the parser; `state` carries what earlier migrations proved.
+ */
+export async function analyzeMigration(migration: Migration, state: AnalysisState = newAnalysisState()): Promise<Finding[]> {
+  if (migration.up.sql.trim() === "") return [];
+  const { statements, place } = await parseSection(migration.up, migration.file);
+  const fileLines = migration.source.split("\n");
+  const findings: Finding[] = [];
+  const createdHere = new Set<string>();
+  for (const statement of statements) {
+    const waivers = waiversAbove(fileLines, statement.line);
+
+    for (const waiver of waivers) {
+      const where = { migration: migration.id, file: migration.file, line: waiver.line, column: waiver.column, waived: null };
+      if (!waiver.reason) {
+        findings.push({ ...where, rule: "waiver-without-reason", message: `waiver of ${waiver.rules.join(", ")} gives no reason`, fix: RULES["waiver-without-reason"].fix });
+      }
+      for (const rule of waiver.rules.filter((r) => !(r in RULES))) {
+        const meant = closest(rule, Object.keys(RULES));
+        findings.push({ ...where, rule: "unknown-rule", message: `the waiver names no known rule "${rule}"${meant ? ` — did you mean "${meant}"?` : ""}`, fix: RULES["unknown-rule"].fix });
+      }
+    }
+    for (const raw of statementFindings(statement.node, statement.offset, migration, createdHere, state)) {
+      const waiver = waivers.find((w) => w.rules.includes(raw.rule) && w.reason);
+      findings.push({
+        rule: raw.rule,
+        migration: migration.id,
+        file: migration.file,
+        ...place(raw.location),
+        message: raw.message,
+        fix: RULES[raw.rule].fix,
+        waived: waiver?.reason ?? null,
+      });
+    }
+  }
+  return findings;
+}
+
+/** Analyses migrations in dependency order, so what one proves (a validated NOT NULL check) counts for the next. */
+export async function analyzeMigrations(migrations: readonly Migration[]): Promise<Finding[]> {
+  const state = newAnalysisState();
+  const findings: Finding[] = [];
+  for (const m of dependencyOrder(migrations)) findings.push(...(await analyzeMigration(m, state)));
+  return findings;
+}
+
+// ============================================================================
+// 6. Database adapters
 // ============================================================================
 
 /** What the runner needs from a connection: run SQL, with or without parameters. */
@@ -1072,7 +1486,7 @@ export function connect(url: string): Promise<Database> {
 }
 
 // ============================================================================
-// 6. Executing a plan
+// 7. Executing a plan
 // ============================================================================
 
 const CREATE_HISTORY = `
@@ -1107,7 +1521,9 @@ export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
 export type RunEvent =
   | { type: "waiting-for-lock" }
   | { type: "applied"; migration: Migration; durationMs: number }
-  | { type: "reverted"; step: RevertStep; durationMs: number };
+  | { type: "reverted"; step: RevertStep; durationMs: number }
+  | { type: "lock-timeout"; id: string; file: string; line: number; attempt: number; attempts: number; waitMs: number }
+  | { type: "dropped-invalid-index"; name: string };
 
 export interface AppliedMigration {
   id: string;
@@ -1119,16 +1535,26 @@ export interface RunResult {
   plan: Plan;
   applied: AppliedMigration[];
   dryRun: boolean;
+  /** Invalid indexes found before the run (left by a failed CREATE INDEX CONCURRENTLY), and whether they were dropped. */
+  invalidIndexes: { name: string; definition: string; dropped: boolean }[];
 }
 
 export interface LockOptions {
   lockWaitMs?: number;
   onEvent?: (event: RunEvent) => void;
+  /** Timeouts and retries for the statements that run; DEFAULT_EXECUTION when absent. */
+  execution?: Omit<ExecutionSettings, "onEvent">;
 }
+
+const executionOf = (options: LockOptions): ExecutionSettings => ({ ...(options.execution ?? DEFAULT_EXECUTION), onEvent: options.onEvent });
 
 export interface RunOptions extends LockOptions {
   phase: Phase;
   mode: Mode;
+  /** false skips the deploy-safety analysis (--no-lint). */
+  lint?: boolean;
+  /** Drop invalid indexes left by a failed CREATE INDEX CONCURRENTLY before applying (--repair-invalid-indexes). */
+  repairInvalidIndexes?: boolean;
   /** Show the plan only: no lock, no history table, no detection. */
   dryRun?: boolean;
   now?: () => Date;
@@ -1174,11 +1600,6 @@ export async function underLock<T>(
   }
 }
 
-/** 1-based file line of a 1-based character position inside a SQL section. */
-function lineAt(section: SqlSection, position: number): number {
-  return section.line + (section.sql.slice(0, Math.max(0, position - 1)).match(/\n/g)?.length ?? 0);
-}
-
 function describeServerError(error: unknown): string {
   const e = error as { message?: string; code?: string; detail?: string; hint?: string };
   let text = e?.message ?? String(error);
@@ -1188,90 +1609,111 @@ function describeServerError(error: unknown): string {
   return text;
 }
 
-/** A statement of a SQL section, with the file line it starts on. */
-export interface Statement {
-  sql: string;
-  line: number;
+/** How statements run: the timeouts safemigrate sets and how often a lock timeout is retried. */
+export interface ExecutionSettings {
+  /** lock_timeout in ms (default 5 s): a statement waiting this long for a lock gives up instead of queueing everyone behind it. */
+  lockTimeoutMs: number;
+  /** statement_timeout in ms; 0 for off (the default). */
+  statementTimeoutMs: number;
+  /** Attempts for a statement that hit lock_timeout (default 5). */
+  attempts: number;
+  onEvent?: (event: RunEvent) => void;
 }
 
-/**
- * Splits SQL into statements with the real PostgreSQL parser, so semicolons in
- * strings, dollar quotes and comments are handled. libpg-query is loaded only here.
- */
-export async function splitStatements(section: SqlSection, file: string): Promise<Statement[]> {
-  const { parse } = await import("libpg-query");
-  let result: Awaited<ReturnType<typeof parse>>;
-  try {
-    result = await parse(section.sql);
-  } catch (error) {
-    const position = (error as { sqlDetails?: { cursorPosition?: number } }).sqlDetails?.cursorPosition ?? 0;
-    throw new InputError(`${file}:${lineAt(section, position)}: SQL syntax error: ${(error as Error).message}`);
-  }
-  // stmt_location and stmt_len count UTF-8 bytes.
-  const bytes = new TextEncoder().encode(section.sql);
-  const decoder = new TextDecoder();
-  return (result.stmts ?? []).map((stmt) => {
-    const start = stmt.stmt_location ?? 0;
-    const end = stmt.stmt_len ? start + stmt.stmt_len : bytes.length;
-    const raw = decoder.decode(bytes.subarray(start, end));
-    const leading = /^(\s|--[^\n]*\n?)*/.exec(raw)![0];
-    const before = decoder.decode(bytes.subarray(0, start)) + leading;
-    return { sql: raw.slice(leading.length).trim(), line: section.line + (before.match(/\n/g)?.length ?? 0) };
-  }).filter((s) => s.sql !== "");
-}
+export const DEFAULT_EXECUTION: ExecutionSettings = { lockTimeoutMs: 5_000, statementTimeoutMs: 0, attempts: 5 };
+
+const LOCK_NOT_AVAILABLE = "55P03";
+const isLockTimeout = (error: unknown) => (error as { code?: string })?.code === LOCK_NOT_AVAILABLE;
+/** 0.5 s, 1 s, 2 s, ... up to 30 s, with jitter so competing runs don't retry in step. */
+const backoffMs = (attempt: number) => Math.min(500 * 2 ** (attempt - 1), 30_000) * (0.75 + Math.random() / 2);
 
 /**
  * Runs one SQL section (the up or down of a migration) and then `record`,
  * which writes the history. In a transaction both commit together or not at
- * all; with `transaction: false` the statements run one by one and `record`
- * runs after the last. Returns the duration in ms.
+ * all, and a lock timeout retries the whole transaction; with
+ * `transaction: false` the statements run one by one, a lock timeout retries
+ * only the statement that hit it, and `record` runs after the last.
+ * Returns the duration in ms.
  */
 export async function runSection(
   db: Database,
   section: SqlSection,
-  what: { id: string; file: string; verb: string },
+  what: { id: string; file: string; verb: string; lockTimeoutMs?: number | null; statementTimeoutMs?: number | null },
   record: (db: Queryable, durationMs: number) => Promise<void>,
+  settings: ExecutionSettings = DEFAULT_EXECUTION,
 ): Promise<number> {
   const started = performance.now();
-  const failure = (line: number, error: unknown, consequence: string) =>
-    error instanceof SafemigrateError ? error : new DatabaseError(
-      redact(`${what.file}:${line}: ${what.verb} ${what.id} failed: ${describeServerError(error)}\n  ${consequence}`),
-    );
+  const lockTimeout = what.lockTimeoutMs ?? settings.lockTimeoutMs;
+  const statementTimeout = what.statementTimeoutMs ?? settings.statementTimeoutMs;
+  const failure = (line: number, error: unknown, consequence: string, attempts: number) =>
+    error instanceof SafemigrateError ? error : new DatabaseError(redact(
+      `${what.file}:${line}: ${what.verb} ${what.id} failed: ${describeServerError(error)}` +
+        (isLockTimeout(error)
+          ? `\n  it waited ${formatDuration(lockTimeout)} for a lock ${plural(attempts, "time")}; another session holds a lock on the table ` +
+            `(look in pg_locks and pg_stat_activity), or raise "-- lock-timeout:" / --lock-timeout`
+          : "") +
+        `\n  ${consequence}`,
+    ));
+  /** Runs `attempt` until it does not fail on lock_timeout, at most settings.attempts times. */
+  const withRetries = async (line: number, attempt: () => Promise<void>) => {
+    for (let n = 1;; n++) {
+      try {
+        return await attempt();
+      } catch (error) {
+        if (!isLockTimeout(error) || n >= settings.attempts) throw Object.assign(error as object, { attempts: n });
+        const waitMs = backoffMs(n);
+        settings.onEvent?.({ type: "lock-timeout", id: what.id, file: what.file, line, attempt: n, attempts: settings.attempts, waitMs });
+        await sleep(waitMs);
+      }
+    }
+  };
+  const timeouts = (scope: "local" | "session") =>
+    `set ${scope === "local" ? "local " : ""}lock_timeout = ${lockTimeout}; set ${scope === "local" ? "local " : ""}statement_timeout = ${statementTimeout}`;
+  const attemptsOf = (error: unknown) => (error as { attempts?: number })?.attempts ?? 1;
 
   if (section.transaction) {
     try {
-      await db.transaction(async (tx) => {
-        if (section.sql.trim() !== "") await tx.exec(section.sql);
-        await record(tx, performance.now() - started);
-      });
+      await withRetries(section.line, () =>
+        db.transaction(async (tx) => {
+          await tx.exec(timeouts("local"));
+          if (section.sql.trim() !== "") await tx.exec(section.sql);
+          await record(tx, performance.now() - started);
+        })
+      );
     } catch (error) {
       const position = Number((error as { position?: string | number }).position ?? 0);
-      throw failure(position ? lineAt(section, position) : section.line, error, "it was rolled back; nothing of it took effect");
+      throw failure(position ? lineAt(section, position) : section.line, error, "it was rolled back; nothing of it took effect", attemptsOf(error));
     }
     return performance.now() - started;
   }
 
   // Outside a transaction (CREATE INDEX CONCURRENTLY): one statement at a time.
-  const statements = await splitStatements(section, what.file);
-  for (const [index, statement] of statements.entries()) {
-    try {
-      await db.exec(statement.sql);
-    } catch (error) {
-      const done = statements.slice(0, index);
-      throw failure(
-        statement.line,
-        error,
-        `statement ${index + 1} of ${statements.length} failed; this runs without a transaction, so ` +
-          (done.length === 0
-            ? "nothing of it took effect"
-            : `the statements before it (lines ${done.map((s) => s.line).join(", ")}) took effect and stay`) +
-          `; it is not recorded. Make its statements safe to re-run (IF NOT EXISTS) before retrying`,
-      );
+  const { statements } = await parseSection(section, what.file);
+  await db.exec(timeouts("session"));
+  try {
+    for (const [index, statement] of statements.entries()) {
+      try {
+        await withRetries(statement.line, () => db.exec(statement.sql));
+      } catch (error) {
+        const done = statements.slice(0, index);
+        throw failure(
+          statement.line,
+          error,
+          `statement ${index + 1} of ${statements.length} failed; this runs without a transaction, so ` +
+            (done.length === 0
+              ? "nothing of it took effect"
+              : `the statements before it (lines ${done.map((s) => s.line).join(", ")}) took effect and stay`) +
+            `; it is not recorded. Make its statements safe to re-run (IF NOT EXISTS) before retrying`,
+          attemptsOf(error),
+        );
+      }
     }
+    const durationMs = performance.now() - started;
+    await record(db, durationMs);
+    return durationMs;
+  } finally {
+    await db.exec("reset lock_timeout; reset statement_timeout").catch(() => {});
   }
-  const durationMs = performance.now() - started;
-  await record(db, durationMs);
-  return durationMs;
 }
 
 async function recordApplied(
@@ -1301,17 +1743,23 @@ async function recordApplied(
 }
 
 /** Runs one migration's up SQL; its history row commits with it or not at all. */
-export function applyMigration(db: Database, migration: Migration, phase: string): Promise<number> {
+export function applyMigration(
+  db: Database,
+  migration: Migration,
+  phase: string,
+  settings: ExecutionSettings = DEFAULT_EXECUTION,
+): Promise<number> {
   return runSection(
     db,
     migration.up,
-    { id: migration.id, file: migration.file, verb: "migration" },
+    { id: migration.id, file: migration.file, verb: "migration", lockTimeoutMs: migration.lockTimeoutMs, statementTimeoutMs: migration.statementTimeoutMs },
     (q, durationMs) => recordApplied(q, migration, phase, durationMs),
+    settings,
   );
 }
 
 /** Runs one migration's down SQL; its history row goes with it or not at all. */
-export function revertMigration(db: Database, step: RevertStep): Promise<number> {
+export function revertMigration(db: Database, step: RevertStep, settings: ExecutionSettings = DEFAULT_EXECUTION): Promise<number> {
   return runSection(
     db,
     step.down!,
@@ -1319,6 +1767,7 @@ export function revertMigration(db: Database, step: RevertStep): Promise<number>
     async (q) => {
       await q.query(`delete from ${HISTORY_TABLE} where id = $1`, [step.id]);
     },
+    settings,
   );
 }
 
@@ -1336,7 +1785,7 @@ async function recordDetected(db: Queryable, plan: Plan, migrations: readonly Mi
 async function applyAll(db: Database, migrations: readonly Migration[], phase: string, options: LockOptions) {
   const applied: AppliedMigration[] = [];
   for (const migration of migrations) {
-    const durationMs = await applyMigration(db, migration, phase);
+    const durationMs = await applyMigration(db, migration, phase, executionOf(options));
     applied.push({ id: migration.id, safe: migration.safe, durationMs });
     options.onEvent?.({ type: "applied", migration, durationMs });
   }
@@ -1346,7 +1795,7 @@ async function applyAll(db: Database, migrations: readonly Migration[], phase: s
 async function revertAll(db: Database, steps: readonly RevertStep[], options: LockOptions) {
   const reverted: { id: string; durationMs: number }[] = [];
   for (const step of steps) {
-    const durationMs = await revertMigration(db, step);
+    const durationMs = await revertMigration(db, step, executionOf(options));
     reverted.push({ id: step.id, durationMs });
     options.onEvent?.({ type: "reverted", step, durationMs });
   }
@@ -1358,15 +1807,77 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
   const now = options.now ?? (() => new Date());
   const plan = (history: HistoryRow[]) =>
     planRun({ migrations, history, now: now(), mode: options.mode, phase: options.phase });
-  if (options.dryRun) return { plan: plan(await readHistory(db)), applied: [], dryRun: true };
+  if (options.dryRun) {
+    const invalidIndexes = (await findInvalidIndexes(db)).map((index) => ({ ...index, dropped: false }));
+    return { plan: plan(await readHistory(db)), applied: [], dryRun: true, invalidIndexes };
+  }
 
   return await underLock(db, options, async (history) => {
-    const result = { plan: plan(history), applied: [] as AppliedMigration[], dryRun: false };
-    if (result.plan.refused) return result;
+    const result: RunResult = { plan: plan(history), applied: [], dryRun: false, invalidIndexes: [] };
+    if (result.plan.refused || result.plan.apply.length === 0) {
+      if (!result.plan.refused) await recordDetected(db, result.plan, migrations);
+      return result;
+    }
+    if (options.lint !== false) await refuseUnsafe(migrations, result.plan.apply);
+    result.invalidIndexes = await repairInvalidIndexes(db, Boolean(options.repairInvalidIndexes), options.onEvent);
     result.applied = await applyAll(db, result.plan.apply, options.phase, options);
     await recordDetected(db, result.plan, migrations);
     return result;
   });
+}
+
+/** Findings that stop a run: raised before anything is applied, exit 2. */
+export class LintError extends InputError {
+  constructor(readonly findings: Finding[]) {
+    super(
+      `refusing to apply: ${plural(findings.length, "unwaived finding")} in migrations about to run:\n` +
+        findings.map((f) => `  ${formatFinding(f)}`).join("\n") +
+        `\nFix the migration, waive a finding with "-- safemigrate-ignore: <rule> -- <reason>" above the statement, or pass --no-lint`,
+    );
+  }
+}
+
+/** The analysis over every migration (what earlier ones prove counts), reported for those about to run. */
+async function refuseUnsafe(migrations: readonly Migration[], toApply: readonly Migration[]): Promise<void> {
+  const ids = new Set(toApply.map((m) => m.id));
+  const findings = (await analyzeMigrations(migrations)).filter((f) => ids.has(f.migration) && f.waived === null);
+  if (findings.length > 0) throw new LintError(findings);
+}
+
+/** Indexes a failed CREATE INDEX CONCURRENTLY left behind: they cost writes and are never used. */
+export async function findInvalidIndexes(db: Queryable): Promise<{ name: string; definition: string }[]> {
+  return await db.query<{ name: string; definition: string }>(
+    `select format('%I.%I', n.nspname, c.relname) as name, pg_get_indexdef(i.indexrelid) as definition
+       from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+      where not i.indisvalid and n.nspname not in ('pg_catalog', 'information_schema') order by 1`,
+  );
+}
+
+/**
+ * A migration re-run over an invalid index would fail ("already exists") or,
+ * with IF NOT EXISTS, succeed and keep the broken index: refuse, or drop them
+ * when asked to.
+ */
+async function repairInvalidIndexes(
+  db: Database,
+  repair: boolean,
+  onEvent?: (event: RunEvent) => void,
+): Promise<RunResult["invalidIndexes"]> {
+  const invalid = await findInvalidIndexes(db);
+  if (invalid.length === 0) return [];
+  if (!repair) {
+    throw new InputError(
+      `invalid ${invalid.length === 1 ? "index" : "indexes"} left by a failed CREATE INDEX CONCURRENTLY: ` +
+        `${invalid.map((i) => i.name).join(", ")}. Re-running the migration would fail or keep the broken index; ` +
+        `run again with --repair-invalid-indexes to drop ${invalid.length === 1 ? "it" : "them"} first ` +
+        `(or DROP INDEX CONCURRENTLY by hand)`,
+    );
+  }
+  for (const index of invalid) {
+    await db.exec(`drop index concurrently if exists ${index.name}`);
+    onEvent?.({ type: "dropped-invalid-index", name: index.name });
+  }
+  return invalid.map((index) => ({ ...index, dropped: true }));
 }
 
 export interface RollbackResult {
@@ -1654,7 +2165,7 @@ export async function rehearse(
 }
 
 // ============================================================================
-// 7. Output
+// 8. Output
 // ============================================================================
 
 export interface Output {
@@ -1684,6 +2195,13 @@ export function humanRunEvent(output: Output, event: RunEvent): void {
     output.err("waiting for another safemigrate run to release the migration lock...");
   } else if (event.type === "applied") {
     output.out(`  ${green(output, "applied")}  ${event.migration.id}  ${dim(output, `(${event.migration.safe})`)}  ${ms(event.durationMs)}`);
+  } else if (event.type === "lock-timeout") {
+    output.err(
+      `  ${yellow(output, "lock timeout")}  ${event.id}  ${dim(output, `(${event.file}:${event.line})`)}  attempt ${event.attempt} of ${event.attempts}, ` +
+        `retrying in ${(event.waitMs / 1000).toFixed(1)} s`,
+    );
+  } else if (event.type === "dropped-invalid-index") {
+    output.out(`  ${yellow(output, "dropped invalid index")}  ${event.name}`);
   } else if (event.type === "reverted") {
     output.out(`  ${yellow(output, "rolled back")}  ${event.step.id}  ${dim(output, `(down SQL from ${event.step.source})`)}  ${ms(event.durationMs)}`);
   }
@@ -1759,6 +2277,19 @@ export function humanStatus(output: Output, rows: StatusRow[]): void {
   }
 }
 
+/** `file:line:column: rule: message` and the fix on the next line. */
+export function formatFinding(f: Finding): string {
+  return `${f.file}:${f.line}:${f.column}: ${f.rule}: ${f.message}\n    fix: ${f.fix}` + (f.waived ? `\n    waived: ${f.waived}` : "");
+}
+
+/** A GitHub Actions workflow command: the finding shows as an annotation on the file in the pull request. */
+export function githubAnnotation(f: Finding): string {
+  const escape = (text: string) => text.replace(/%/g, "%25").replace(/\r/g, "%0D").replace(/\n/g, "%0A");
+  const property = (text: string) => escape(text).replace(/:/g, "%3A").replace(/,/g, "%2C");
+  return `::error file=${property(f.file)},line=${f.line},col=${f.column},title=${property(`safemigrate ${f.rule}`)}::` +
+    escape(`${f.message}. Fix: ${f.fix}`);
+}
+
 export function humanRevertPlan(output: Output, title: string, steps: readonly RevertStep[], apply: readonly Migration[] = []): void {
   output.out(title);
   if (steps.length === 0 && apply.length === 0) output.out("  nothing to do");
@@ -1779,7 +2310,7 @@ export function humanRehearsalStep(output: Output, id: string, problems: readonl
 }
 
 // ============================================================================
-// 8. The command line
+// 9. The command line
 // ============================================================================
 
 export const USAGE = `safemigrate ${VERSION} — deploy-safe PostgreSQL migrations
@@ -1796,6 +2327,7 @@ Usage:
   bun safemigrate.ts --accept-changed <id>  accept the edited up SQL of an applied migration
   bun safemigrate.ts --check            check the files (and, with --database-url, the history) for CI and pre-commit
   bun safemigrate.ts --rehearse         apply, undo and re-apply every migration on a scratch database
+  bun safemigrate.ts --lint             check each migration's SQL against its declared phase and for long locks
 
 Options:
   --plan                 with --pre, --all, --rollback or --sync: show what would happen, change nothing
@@ -1806,6 +2338,12 @@ Options:
   --mode <mode>          strict | nonstrict | disabled (default: env SAFEMIGRATE, else strict)
   --lock-wait <time>     how long to wait for another run's lock, e.g. 30s, 5m (default 5m)
   --force                let --sync run in a release environment
+  --format <f>           --lint output: human (default), github (Actions annotations) or json
+  --no-lint              let --pre/--all apply migrations with unwaived findings
+  --lock-timeout <t>     lock_timeout for every statement (default 5s; a file's "-- lock-timeout:" wins)
+  --statement-timeout <t>  statement_timeout (default off; a file's "-- statement-timeout:" wins)
+  --lock-retries <n>     attempts for a statement that hits lock_timeout (default 5)
+  --repair-invalid-indexes  drop invalid indexes left by a failed CREATE INDEX CONCURRENTLY, then run
   -h, --help             show this help
   --version              print the version
 
@@ -1814,12 +2352,17 @@ Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
 3 strict mode found migrations blocked by after_deploy ones.
 `;
 
-const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "rollback", "fake", "baseline", "accept-changed"] as const;
+const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "lint", "rollback", "fake", "baseline", "accept-changed"] as const;
 type Command = (typeof COMMANDS)[number];
 const ID_COMMANDS: readonly Command[] = ["rollback", "fake", "baseline", "accept-changed"];
 const PLANNABLE: readonly Command[] = ["pre", "all", "rollback", "sync"];
-const BOOLEAN_FLAGS = ["pre", "all", "status", "sync", "check", "rehearse", "plan", "json", "last", "force", "help", "version"];
-const STRING_FLAGS = ["dir", "database-url", "mode", "lock-wait", "rollback", "fake", "baseline", "accept-changed"];
+const BOOLEAN_FLAGS = [
+  "pre", "all", "status", "sync", "check", "rehearse", "lint", "plan", "json", "last", "force", "repair-invalid-indexes", "help", "version",
+];
+const STRING_FLAGS = [
+  "dir", "database-url", "mode", "lock-wait", "rollback", "fake", "baseline", "accept-changed", "format", "lock-timeout",
+  "statement-timeout", "lock-retries",
+];
 /** A missing URL here is an error: a release step must never migrate a local toy database. */
 const RELEASE_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER", "CI"];
 /** Where --sync refuses without --force: deployed apps (CI runs review apps, so it is not listed). */
@@ -1838,6 +2381,11 @@ export interface CliOptions {
   databaseUrl: string | null;
   mode: Mode;
   lockWaitMs: number;
+  format: "human" | "github" | "json";
+  /** false with --no-lint. */
+  lint: boolean;
+  repairInvalidIndexes: boolean;
+  execution: Omit<ExecutionSettings, "onEvent">;
 }
 
 /** Turns argv and the environment into options; every mistake is an InputError. */
@@ -1853,6 +2401,10 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     databaseUrl: null,
     mode: "strict",
     lockWaitMs: 5 * 60_000,
+    format: args.json ? "json" : "human",
+    lint: args.lint !== false,
+    repairInvalidIndexes: Boolean(args["repair-invalid-indexes"]),
+    execution: { ...DEFAULT_EXECUTION },
   };
   for (const key of Object.keys(args)) {
     if (key === "_" || key === "h" || BOOLEAN_FLAGS.includes(key) || STRING_FLAGS.includes(key)) continue;
@@ -1870,6 +2422,7 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     }
   }
 
+  // mri reads --no-lint as lint: false, which is an option, not the --lint command.
   const commands = COMMANDS.filter((c) => args[c] !== undefined && args[c] !== false);
   if (commands.length === 0) {
     throw new InputError(
@@ -1892,10 +2445,29 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     throw new InputError(`${args.mode ? "--mode" : "SAFEMIGRATE"} must be strict, nonstrict or disabled, not "${modeText}"`);
   }
   options.mode = modeText as Mode;
-  if (args["lock-wait"] !== undefined) {
-    const parsed = parseDuration(args["lock-wait"]);
-    if (parsed === null) throw new InputError(`--lock-wait "${args["lock-wait"]}" is not a duration (like 30s or 5m)`);
-    options.lockWaitMs = parsed;
+  const duration = (flag: string, allowOff = false): number | undefined => {
+    const text = args[flag];
+    if (text === undefined) return undefined;
+    if (allowOff && (text === "off" || text === "0")) return 0;
+    const parsed = parseDuration(text);
+    if (parsed === null) throw new InputError(`--${flag} "${text}" is not a duration (like 500ms, 30s or 5m${allowOff ? `, or "off"` : ""})`);
+    return parsed;
+  };
+  options.lockWaitMs = duration("lock-wait") ?? options.lockWaitMs;
+  options.execution.lockTimeoutMs = duration("lock-timeout") ?? options.execution.lockTimeoutMs;
+  options.execution.statementTimeoutMs = duration("statement-timeout", true) ?? options.execution.statementTimeoutMs;
+  if (args["lock-retries"] !== undefined) {
+    const attempts = Number(args["lock-retries"]);
+    if (!Number.isInteger(attempts) || attempts < 1) throw new InputError(`--lock-retries must be a whole number of attempts, 1 or more`);
+    options.execution.attempts = attempts;
+  }
+  if (args.format !== undefined) {
+    if (!["human", "github", "json"].includes(args.format)) {
+      throw new InputError(`--format must be human, github or json, not "${args.format}"`);
+    }
+    if (options.command !== "lint") throw new InputError("--format goes with --lint");
+    options.format = args.format;
+    options.json ||= args.format === "json";
   }
   options.dir = args.dir ?? options.dir;
   options.databaseUrl = args["database-url"] ?? null;
@@ -1970,11 +2542,12 @@ export async function main(
     }
     const migrations = readMigrations(options.dir);
     const onEvent = json ? undefined : (event: RunEvent) => humanRunEvent(output, event);
-    const lock = { lockWaitMs: options.lockWaitMs, onEvent };
+    const lock = { lockWaitMs: options.lockWaitMs, onEvent, execution: options.execution };
     const started = performance.now();
 
     // Commands that need no database of the user's.
     if (options.command === "check") return await runCheck(migrations, options, output);
+    if (options.command === "lint") return await runLint(migrations, options, output);
     if (options.command === "rehearse") {
       const scratch = await scratchDatabase(options.databaseUrl);
       try {
@@ -2028,6 +2601,8 @@ export async function main(
           phase: options.command,
           mode: options.mode,
           dryRun: options.plan,
+          lint: options.lint,
+          repairInvalidIndexes: options.repairInvalidIndexes,
         });
         if (json) printJson(runResultJson(result, label));
         else humanRunSummary(output, result, performance.now() - started, new Date());
@@ -2083,11 +2658,31 @@ export async function main(
     const exitCode = known ? error.exitCode : EXIT.failed;
     const message = redact(known ? error.message : `unexpected error: ${(error as Error)?.message ?? error}`);
     output.err(red(output, `safemigrate: error: ${message}`));
-    if (json) printJson({ ok: false, exitCode, error: message });
+    if (json) printJson({ ok: false, exitCode, error: message, ...(error instanceof LintError ? { findings: error.findings } : {}) });
     return exitCode;
   } finally {
     await db?.close().catch(() => {});
   }
+}
+
+/** `--lint`: the deploy-safety analysis over every migration file; no database needed. */
+async function runLint(migrations: Migration[], options: CliOptions, output: Output): Promise<number> {
+  const findings = await analyzeMigrations(migrations);
+  const open = findings.filter((f) => f.waived === null);
+  const exitCode = open.length === 0 ? EXIT.ok : EXIT.invalid;
+  if (options.format === "json") {
+    output.out(JSON.stringify({ ok: open.length === 0, exitCode, command: "lint", migrations: migrations.length, findings }));
+  } else if (options.format === "github") {
+    for (const f of open) output.out(githubAnnotation(f));
+  } else {
+    for (const f of open) output.out(formatFinding(f));
+    const waived = findings.length - open.length;
+    output.out(
+      (open.length === 0 ? `ok: ${plural(migrations.length, "migration")}, no findings` : `${plural(open.length, "finding")}`) +
+        (waived > 0 ? ` (${waived} waived)` : "") + ".",
+    );
+  }
+  return exitCode;
 }
 
 /** `--check`: files (and with --database-url, the history) without changing anything. */

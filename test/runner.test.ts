@@ -7,7 +7,7 @@ import {
   readHistory,
   readMigrations,
   type RunOptions,
-  splitStatements,
+  parseSection,
 } from "../safemigrate.ts";
 import { appliedIds, BACKENDS, cleanup, columns, migrationsDir, open, SERVER_REQUIRED, SERVER_URL, tables } from "./helpers.ts";
 
@@ -212,7 +212,7 @@ describe("splitting statements with the PostgreSQL parser", () => {
       "$body$;",
       "/* block; comment */ insert into t values ('é;');",
     ].join("\n");
-    const statements = await splitStatements({ sql, line: 10, transaction: false }, "x.sql");
+    const { statements } = await parseSection({ sql, line: 10, transaction: false }, "x.sql");
     expect(statements.map((s) => s.line)).toEqual([10, 12, 15]);
     expect(statements[1].sql).toStartWith("create function f()");
     expect(statements[1].sql).toEndWith("$body$");
@@ -220,7 +220,7 @@ describe("splitting statements with the PostgreSQL parser", () => {
   });
 
   test("a syntax error names the file and line", async () => {
-    const error = await failure(splitStatements({ sql: "select 1;\nselect from from;", line: 3, transaction: false }, "m.sql"));
+    const error = await failure(parseSection({ sql: "select 1;\nselect from from;", line: 3, transaction: false }, "m.sql"));
     expect(error.message).toStartWith("m.sql:4: SQL syntax error");
   });
 });
