@@ -1,0 +1,255 @@
+/** The deploy-safety analysis against the real parser: each rule's true positives and the near misses that must not fire. */
+import { afterEach, describe, expect, test } from "bun:test";
+import { analyzeMigration, analyzeMigrations, type Finding, type Migration, parseMigration, readMigrations } from "../safemigrate.ts";
+import { cleanup, migration, migrationsDir, runCli } from "./helpers.ts";
+
+afterEach(cleanup);
+
+/** A migration file 0002_m.sql with this front-matter and SQL. */
+function file(sql: string, front: string[] = ["-- safe: before_deploy"]): Migration {
+  const { declaredDepends: _, ...rest } = parseMigration("0002_m", "migrations/0002_m.sql", [...front, sql].join("\n"));
+  return { ...rest, depends: [], dependsLine: null };
+}
+
+async function rules(sql: string, front?: string[]): Promise<string[]> {
+  return (await analyzeMigration(file(sql, front))).filter((f) => f.waived === null).map((f) => f.rule);
+}
+
+describe("phase rules: contraction in a before_deploy or always migration", () => {
+  const cases: [string, string][] = [
+    ["drop-table", "drop table orders;"],
+    ["drop-column", "alter table users drop column name;"],
+    ["drop-view", "drop view active_users;"],
+    ["drop-function", "drop function full_name(users);"],
+    ["rename-table", "alter table users rename to accounts;"],
+    ["rename-column", "alter table users rename column name to full_name;"],
+    ["drop-default", "alter table users alter column status drop default;"],
+  ];
+  for (const [rule, sql] of cases) {
+    test(`${rule}: flagged in before_deploy and always, not in after_deploy`, async () => {
+      expect(await rules(sql)).toEqual([rule]);
+      expect(await rules(sql, ["-- safe: always"])).toEqual([rule]);
+      expect(await rules(sql, ["-- safe: after_deploy"])).toEqual([]);
+    });
+  }
+
+  test("change-column-type: a phase finding, and a lock finding when it rewrites", async () => {
+    expect(await rules("alter table users alter column age type bigint;")).toEqual(["change-column-type", "type-change-rewrite"]);
+    expect(await rules("alter table users alter column age type bigint;", ["-- safe: after_deploy"])).toEqual(["type-change-rewrite"]);
+  });
+
+  test("add-not-null: SET NOT NULL breaks old code that writes NULL, and scans the table", async () => {
+    expect(await rules("alter table users alter column email set not null;")).toEqual(["add-not-null", "set-not-null-scan"]);
+  });
+
+  test("not-null-column-without-default: old INSERTs would fail", async () => {
+    expect(await rules("alter table users add column tenant_id int not null;")).toEqual(["not-null-column-without-default"]);
+  });
+
+  test("near misses: a NOT NULL column with a constant default, or a nullable one, is fine on PG 11+", async () => {
+    expect(await rules("alter table users add column status text not null default 'active';")).toEqual([]);
+    expect(await rules("alter table users add column nickname text;")).toEqual([]);
+    expect(await rules("alter table users add column created_at timestamptz not null default now();")).toEqual([]);
+  });
+
+  test("the message explains the expand/contract recipe", async () => {
+    const [finding] = await analyzeMigration(file("alter table users drop column name;"));
+    expect(finding.message).toContain("in a before_deploy migration");
+    expect(finding.fix).toContain("after_deploy");
+    expect(finding.fix).toContain("expand/contract");
+  });
+});
+
+describe("lock rules", () => {
+  test("index-not-concurrently, and the CONCURRENTLY near miss in a transaction: false migration", async () => {
+    expect(await rules("create index users_email on users (email);")).toEqual(["index-not-concurrently"]);
+    expect(await rules("create index concurrently users_email on users (email);", ["-- safe: before_deploy", "-- transaction: false"])).toEqual([]);
+  });
+
+  test("concurrently-in-transaction: CONCURRENTLY fails inside safemigrate's transaction", async () => {
+    expect(await rules("create index concurrently users_email on users (email);")).toEqual(["concurrently-in-transaction"]);
+    expect(await rules("reindex index concurrently users_email;")).toEqual(["concurrently-in-transaction"]);
+  });
+
+  test("tables created in the same migration are exempt", async () => {
+    const sql = [
+      "create table orders (id bigint, user_id bigint, note text);",
+      "create index orders_user on orders (user_id);",
+      "alter table orders add constraint orders_user_fk foreign key (user_id) references users (id);",
+      "alter table orders alter column note set not null;",
+      "alter table orders drop column note;",
+    ].join("\n");
+    expect(await rules(sql)).toEqual([]);
+  });
+
+  test("CONCURRENTLY on a table created earlier in the same file is not flagged", async () => {
+    const sql = "create table events (id bigint);\ncreate index concurrently events_id on events (id);";
+    expect(await rules(sql, ["-- safe: before_deploy", "-- transaction: false"])).toEqual([]);
+  });
+
+  test("foreign-key-not-valid and check-not-valid; NOT VALID then VALIDATE is the near miss", async () => {
+    expect(await rules("alter table orders add constraint fk foreign key (user_id) references users (id);")).toEqual([
+      "foreign-key-not-valid",
+    ]);
+    expect(await rules("alter table orders add column user_id bigint references users (id);")).toEqual(["foreign-key-not-valid"]);
+    expect(await rules("alter table orders add constraint positive check (total > 0);")).toEqual(["check-not-valid"]);
+    expect(
+      await rules([
+        "alter table orders add constraint fk foreign key (user_id) references users (id) not valid;",
+        "alter table orders validate constraint fk;",
+        "alter table orders add constraint positive check (total > 0) not valid;",
+        "alter table orders validate constraint positive;",
+      ].join("\n")),
+    ).toEqual([]);
+  });
+
+  test("set-not-null-scan: not after a validated CHECK (col IS NOT NULL), in this or an earlier migration", async () => {
+    const recipe = [
+      "alter table users add constraint email_present check (email is not null) not valid;",
+      "alter table users validate constraint email_present;",
+      "alter table users alter column email set not null;",
+    ].join("\n");
+    expect(await rules(recipe, ["-- safe: after_deploy"])).toEqual([]);
+
+    const first = migration("0001_check", { safe: "before_deploy", depends: [] }, [
+      "alter table users add constraint email_present check (email is not null) not valid;",
+      "alter table users validate constraint email_present;",
+    ].join("\n"));
+    const second = migration("0002_not_null", { safe: "after_deploy", depends: ["0001_check"] },
+      "alter table users alter column email set not null;");
+    expect((await analyzeMigrations([first, second])).map((f) => f.rule)).toEqual([]);
+    // Without the check, or with one never validated, it scans.
+    expect(await rules("alter table users alter column email set not null;", ["-- safe: after_deploy"])).toEqual(["set-not-null-scan"]);
+    expect(
+      await rules(
+        "alter table users add constraint p check (email is not null) not valid;\nalter table users alter column email set not null;",
+        ["-- safe: after_deploy"],
+      ),
+    ).toEqual(["set-not-null-scan"]);
+  });
+
+  test("volatile-default: gen_random_uuid(), random(), serial; a constant or now() is the near miss", async () => {
+    expect(await rules("alter table users add column token uuid default gen_random_uuid();")).toEqual(["volatile-default"]);
+    expect(await rules("alter table users add column r float8 default random();")).toEqual(["volatile-default"]);
+    expect(await rules("alter table users add column n bigserial;")).toEqual(["volatile-default"]);
+    expect(await rules("alter table users add column flag boolean default false;")).toEqual([]);
+    expect(await rules("alter table users add column seen_at timestamptz default now();")).toEqual([]);
+  });
+
+  test("type-change-rewrite: widening varchar to text is the near miss", async () => {
+    const after = ["-- safe: after_deploy"];
+    expect(await rules("alter table users alter column id type bigint;", after)).toEqual(["type-change-rewrite"]);
+    expect(await rules("alter table users alter column name type text;", after)).toEqual([]);
+    expect(await rules("alter table users alter column name type varchar(200);", after)).toEqual([]);
+    expect(await rules("alter table users alter column n type text using n::text;", after)).toEqual(["type-change-rewrite"]);
+  });
+
+  test("vacuum-full, cluster, reindex-not-concurrently, lock-table", async () => {
+    const after = ["-- safe: after_deploy"];
+    expect(await rules("vacuum full users;", after)).toEqual(["vacuum-full"]);
+    expect(await rules("vacuum users;", ["-- safe: after_deploy", "-- transaction: false"])).toEqual([]);
+    expect(await rules("cluster users using users_pkey;", after)).toEqual(["cluster"]);
+    expect(await rules("reindex table users;", after)).toEqual(["reindex-not-concurrently"]);
+    expect(await rules("reindex table concurrently users;", ["-- safe: after_deploy", "-- transaction: false"])).toEqual([]);
+    expect(await rules("lock table users in access exclusive mode;", after)).toEqual(["lock-table"]);
+  });
+
+  test("transaction-control: BEGIN/COMMIT inside a transactional migration", async () => {
+    expect(await rules("begin;\nalter table users add column x int;\ncommit;")).toEqual(["transaction-control", "transaction-control"]);
+  });
+});
+
+describe("waivers", () => {
+  test("a waiver with a reason directly above the statement covers it", async () => {
+    const findings = await analyzeMigration(file([
+      "-- safemigrate-ignore: index-not-concurrently -- the table has 40 rows",
+      "create index tiny_idx on tiny (a);",
+      "create index other_idx on other (a);",
+    ].join("\n")));
+    expect(findings.map((f) => [f.line, f.rule, f.waived])).toEqual([
+      [3, "index-not-concurrently", "the table has 40 rows"],
+      [4, "index-not-concurrently", null],
+    ]);
+  });
+
+  test("a waiver in the front-matter covers the first statement", async () => {
+    expect(await rules("create index tiny_idx on tiny (a);", [
+      "-- safe: before_deploy",
+      "-- safemigrate-ignore: index-not-concurrently -- tiny lookup table",
+    ])).toEqual([]);
+  });
+
+  test("a waiver without a reason is itself a finding and waives nothing", async () => {
+    const found = await rules("-- safemigrate-ignore: drop-column\nalter table users drop column name;");
+    expect(found).toEqual(["waiver-without-reason", "drop-column"]);
+  });
+
+  test("a waiver naming an unknown rule is a finding with a suggestion", async () => {
+    const findings = await analyzeMigration(file("-- safemigrate-ignore: drop-colum -- old code gone\nalter table users drop column name;"));
+    expect(findings.find((f) => f.rule === "unknown-rule")?.message).toContain('did you mean "drop-column"?');
+  });
+
+  test("a waiver comment does not change the checksum, so waiving an applied migration is not drift", () => {
+    const plain = file("alter table a add column b int;\nalter table a drop column c;");
+    const waived = file("alter table a add column b int;\n-- safemigrate-ignore: drop-column -- code stopped using c in v41\nalter table a drop column c;");
+    expect(waived.checksum).toBe(plain.checksum);
+  });
+});
+
+describe("findings point at file:line:column", () => {
+  test("the line and column of the table in the statement", async () => {
+    const [f]: Finding[] = await analyzeMigration(file("select 1;\n\n  alter table users drop column name;"));
+    expect([f.file, f.line, f.column]).toEqual(["migrations/0002_m.sql", 4, 15]);
+  });
+});
+
+describe("--lint on the command line", () => {
+  const bad = {
+    "0001_users": "-- safe: before_deploy\ncreate table users (id int, name text);",
+    "0002_drop": "-- safe: before_deploy\n\nalter table users drop column name;",
+  };
+
+  test("the project's own migrations lint clean", async () => {
+    const run = await runCli(["--lint"]);
+    expect(run.code).toBe(0);
+    expect(run.stdout).toContain("no findings");
+  });
+
+  test("findings print file:line:column, rule, message and fix, exit 2", async () => {
+    const dir = migrationsDir(bad);
+    const run = await runCli(["--lint", "--dir", dir]);
+    expect(run.code).toBe(2);
+    expect(run.stdout).toContain(`${dir}/0002_drop.sql:3:13: drop-column: dropping column users.name in a before_deploy migration`);
+    expect(run.stdout).toContain("fix: deploy code that no longer reads or writes the column first");
+  });
+
+  test("--format github prints Actions annotations; --json one object", async () => {
+    const dir = migrationsDir(bad);
+    const github = await runCli(["--lint", "--format", "github", "--dir", dir]);
+    expect(github.code).toBe(2);
+    expect(github.stdout.trim()).toStartWith(`::error file=${dir}/0002_drop.sql,line=3,col=13,title=safemigrate drop-column::`);
+    const json = await runCli(["--lint", "--json", "--dir", dir]);
+    const parsed = JSON.parse(json.stdout);
+    expect(parsed.ok).toBe(false);
+    expect(parsed.findings.map((f: Finding) => f.rule)).toEqual(["drop-column"]);
+  });
+
+  test("--pre refuses a migration with unwaived findings before applying anything, unless --no-lint", async () => {
+    const dir = migrationsDir(bad);
+    const url = `pglite:${migrationsDir({})}/db`;
+    const refused = await runCli(["--pre", "--dir", dir, "--database-url", url]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain("refusing to apply: 1 unwaived finding");
+    expect(refused.stderr).toContain("0002_drop.sql:3:13: drop-column");
+    expect(refused.stdout).not.toContain("applied  0001_users");
+
+    const forced = await runCli(["--pre", "--no-lint", "--dir", dir, "--database-url", url]);
+    expect(forced.code).toBe(0);
+    expect(forced.stdout).toContain("applied  0002_drop");
+  });
+
+  test("a file-level lock-timeout typo is caught like any directive", () => {
+    const dir = migrationsDir({ "0001": "-- lock_timeout: 2s\nselect 1;" });
+    expect(() => readMigrations(dir)).toThrow('did you mean "lock-timeout:"?');
+  });
+});
