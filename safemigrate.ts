@@ -806,7 +806,7 @@ export function migrationStatus(migrations: readonly Migration[], history: reado
 /** One applied migration to undo, with the down SQL that will undo it. */
 export interface RevertStep {
   id: string;
-  /** Where the down SQL comes from, for messages: the file, or the copy stored when it was applied. */
+  /** Where the down SQL comes from, for messages: the file, or `safemigrate_history[<id>]` for the copy stored when it was applied. */
   source: string;
   down: SqlSection | null;
 }
@@ -819,7 +819,7 @@ export interface RevertStep {
 export function downFor(row: HistoryRow, file: Migration | undefined): Omit<RevertStep, "id"> {
   if (row.downSql === null) return { source: file?.file ?? row.id, down: file?.down ?? null };
   if (file?.down && file.down.raw === row.downSql) return { source: file.file, down: file.down };
-  const source = `${row.id} (down SQL stored in ${HISTORY_TABLE})`;
+  const source = `${HISTORY_TABLE}[${row.id}]`;
   const down = parseMigration(row.id, source, `-- migrate:down\n${row.downSql}`).down!;
   return { source, down: { ...down, line: down.line - 1 } };
 }
@@ -2190,6 +2190,9 @@ function delayNote(d: DelayedMigration, now: Date): string {
     (d.dueAt <= now ? "" : ` (in ${formatDuration(Math.ceil((d.dueAt.getTime() - now.getTime()) / 60_000) * 60_000)})`);
 }
 
+const downSource = (step: RevertStep) =>
+  step.source.startsWith(`${HISTORY_TABLE}[`) ? `down SQL stored in ${HISTORY_TABLE} when it was applied` : `down SQL from ${step.source}`;
+
 export function humanRunEvent(output: Output, event: RunEvent): void {
   if (event.type === "waiting-for-lock") {
     output.err("waiting for another safemigrate run to release the migration lock...");
@@ -2203,7 +2206,7 @@ export function humanRunEvent(output: Output, event: RunEvent): void {
   } else if (event.type === "dropped-invalid-index") {
     output.out(`  ${yellow(output, "dropped invalid index")}  ${event.name}`);
   } else if (event.type === "reverted") {
-    output.out(`  ${yellow(output, "rolled back")}  ${event.step.id}  ${dim(output, `(down SQL from ${event.step.source})`)}  ${ms(event.durationMs)}`);
+    output.out(`  ${yellow(output, "rolled back")}  ${event.step.id}  ${dim(output, `(${downSource(event.step)})`)}  ${ms(event.durationMs)}`);
   }
 }
 
@@ -2293,7 +2296,7 @@ export function githubAnnotation(f: Finding): string {
 export function humanRevertPlan(output: Output, title: string, steps: readonly RevertStep[], apply: readonly Migration[] = []): void {
   output.out(title);
   if (steps.length === 0 && apply.length === 0) output.out("  nothing to do");
-  for (const s of steps) output.out(`  ${yellow(output, "roll back")}  ${s.id}  ${dim(output, `(down SQL from ${s.source})`)}`);
+  for (const s of steps) output.out(`  ${yellow(output, "roll back")}  ${s.id}  ${dim(output, `(${downSource(s)})`)}`);
   for (const m of apply) output.out(`  ${green(output, "apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
 }
 
@@ -2333,7 +2336,7 @@ Options:
   --plan                 with --pre, --all, --rollback or --sync: show what would happen, change nothing
   --json                 print one JSON object on stdout
   --dir <path>           migrations directory (default ./migrations)
-  --database-url <url>   postgres://user:pass@host:5432/db, pglite:<dir> or pglite:memory
+  --database-url <url>   postgres://user@host:5432/db (sslmode honoured), pglite:<dir> or pglite:memory
                          (default: env DATABASE_URL, else an embedded PGlite in .safemigrate/)
   --mode <mode>          strict | nonstrict | disabled (default: env SAFEMIGRATE, else strict)
   --lock-wait <time>     how long to wait for another run's lock, e.g. 30s, 5m (default 5m)
