@@ -68,7 +68,7 @@ export interface Migration {
   dependsLine: number | null;
   delayMs: number | null;
   up: SqlSection;
-  /** The down section as written (its own directives included); null when the file has none. */
+  /** The down section as written, from its `-- migrate:down` marker on; null when the file has none. */
   down: (SqlSection & { raw: string }) | null;
   /** sha256 of the up SQL with normalised line endings; front-matter and down excluded. */
   checksum: string;
@@ -411,7 +411,8 @@ export function parseMigration(id: string, file: string, text: string): Omit<Mig
   const downSection = downMarker < 0
     ? null
     : {
-      raw: lines.slice(downMarker + 1).join("\n").trim(),
+      // From the marker on, so dbmate's `-- migrate:down transaction:false` survives in the stored copy.
+      raw: lines.slice(downMarker).join("\n").trim(),
       sql: downStart < 0 ? "" : lines.slice(downStart).join("\n").trimEnd(),
       line: downStart < 0 ? downMarker + 2 : downStart + 1,
       transaction: down.transaction?.value ?? true,
@@ -493,6 +494,7 @@ export interface ParsedSection {
  * strings, dollar quotes and comments are handled. libpg-query is loaded only here.
  */
 export async function parseSection(section: SqlSection, file: string): Promise<ParsedSection> {
+  if (section.sql.trim() === "") return { statements: [], place: () => ({ line: section.line, column: 1 }) };
   const { parse } = await import("libpg-query");
   let tree: Awaited<ReturnType<typeof parse>>;
   try {
@@ -600,7 +602,7 @@ export function consistencyProblems(migrations: readonly Migration[], history: r
   for (const m of migrations) {
     for (const d of m.depends) {
       if (files.has(d) || isApplied(rows.get(d))) continue;
-      const meant = closest(d, [...files.keys()]);
+      const meant = closest(d, [...files.keys()].filter((id) => id !== m.id));
       problems.push(
         `${m.file}:${m.dependsLine ?? 1}: depends on "${d}", which is neither a file in the migrations directory nor applied` +
           (meant ? ` — did you mean "${meant}"?` : ""),
@@ -820,8 +822,7 @@ export function downFor(row: HistoryRow, file: Migration | undefined): Omit<Reve
   if (row.downSql === null) return { source: file?.file ?? row.id, down: file?.down ?? null };
   if (file?.down && file.down.raw === row.downSql) return { source: file.file, down: file.down };
   const source = `${HISTORY_TABLE}[${row.id}]`;
-  const down = parseMigration(row.id, source, `-- migrate:down\n${row.downSql}`).down!;
-  return { source, down: { ...down, line: down.line - 1 } };
+  return { source, down: parseMigration(row.id, source, row.downSql).down! };
 }
 
 /** Dependencies of an applied migration: from its file if present, else as recorded when applied. */
@@ -850,10 +851,21 @@ export function revertSteps(
       }
     }
   }
-  return [...undo]
-    .map((id) => rows.get(id)!)
-    .sort((a, b) => b.appliedAt!.getTime() - a.appliedAt!.getTime() || compareIds(b.id, a.id))
-    .map((row) => ({ id: row.id, ...downFor(row, files.get(row.id)) }));
+  // Dependents before what they depend on; among the free ones, the latest applied first.
+  const steps: RevertStep[] = [];
+  const left = new Set(undo);
+  while (left.size > 0) {
+    const free = [...left].filter((id) => ![...left].some((other) => dependenciesOf(other, files, rows).includes(id)));
+    const next = newestFirst(free.map((id) => rows.get(id)!))[0] ?? rows.get([...left][0])!;
+    left.delete(next.id);
+    steps.push({ id: next.id, ...downFor(next, files.get(next.id)) });
+  }
+  return steps;
+}
+
+/** Latest applied first; ties (same millisecond, as --baseline records) by id, last first. */
+function newestFirst(rows: HistoryRow[]): HistoryRow[] {
+  return [...rows].sort((a, b) => b.appliedAt!.getTime() - a.appliedAt!.getTime() || compareIds(b.id, a.id));
 }
 
 function refuseWithoutDown(steps: RevertStep[], what: string): void {
@@ -887,7 +899,11 @@ export function rollbackPlan(
     }
   } else {
     if (applied.length === 0) throw new InputError("no migration is applied; there is nothing to roll back");
-    id = applied.reduce((latest, row) => (row.appliedAt! > latest.appliedAt! ? row : latest)).id;
+    // The latest applied among those no other applied migration depends on.
+    const files = new Map(migrations.map((m) => [m.id, m]));
+    const rows = new Map(applied.map((row) => [row.id, row]));
+    const dependedOn = new Set(applied.flatMap((row) => dependenciesOf(row.id, files, rows)));
+    id = newestFirst(applied.filter((row) => !dependedOn.has(row.id)))[0]?.id ?? newestFirst(applied)[0].id;
   }
   const steps = revertSteps([id], migrations, history);
   refuseWithoutDown(steps, `roll back ${id}`);
@@ -997,16 +1013,16 @@ export const RULES = {
   "drop-column": { kind: "phase", fix: `deploy code that no longer reads or writes the column first, then drop it in an after_deploy migration (${EXPAND_CONTRACT})` },
   "drop-view": { kind: "phase", fix: "stop using the view in the code, deploy, then drop it in an after_deploy migration" },
   "drop-function": { kind: "phase", fix: "stop calling the function, deploy, then drop it in an after_deploy migration" },
-  "rename-table": { kind: "phase", fix: `old code still uses the old name: create the new table (or a view under the new name), switch the code, drop the old one after the deploy (${EXPAND_CONTRACT})` },
+  "rename-table": { kind: "phase", fix: `keep both names for one release: create a view under the new name (or the new table and backfill), switch the code, drop the old name after the deploy (${EXPAND_CONTRACT})` },
   "rename-column": { kind: "phase", fix: `add the new column, backfill it, write both from the code, switch reads, drop the old column in an after_deploy migration (${EXPAND_CONTRACT})` },
   "change-column-type": { kind: "phase", fix: `old code may write values the new type rejects: add a column of the new type, backfill, switch the code, drop the old column after the deploy (${EXPAND_CONTRACT})` },
   "add-not-null": { kind: "phase", fix: "old code may still write NULL: set NOT NULL in an after_deploy migration, once the deployed code always writes the column" },
   "not-null-column-without-default": { kind: "phase", fix: "old code's INSERTs do not name the new column and would fail: give it a DEFAULT, or add it nullable now and set NOT NULL after the deploy" },
   "drop-default": { kind: "phase", fix: "old code may rely on the default when it inserts: drop the default in an after_deploy migration" },
-  "index-not-concurrently": { kind: "lock", fix: "use CREATE INDEX CONCURRENTLY in a migration with \"-- transaction: false\"" },
-  "concurrently-in-transaction": { kind: "lock", fix: "CONCURRENTLY cannot run inside a transaction block: add \"-- transaction: false\" to the front-matter" },
-  "foreign-key-not-valid": { kind: "lock", fix: "add the foreign key NOT VALID (brief lock), then ALTER TABLE ... VALIDATE CONSTRAINT in a later statement or migration (no write lock while it scans)" },
-  "check-not-valid": { kind: "lock", fix: "add the CHECK constraint NOT VALID, then VALIDATE CONSTRAINT it in a later statement or migration" },
+  "index-not-concurrently": { kind: "lock", fix: "use CREATE [UNIQUE] INDEX CONCURRENTLY in a migration with \"-- transaction: false\"; for a constraint, then ADD CONSTRAINT ... UNIQUE/PRIMARY KEY USING INDEX" },
+  "concurrently-in-transaction": { kind: "lock", fix: "CONCURRENTLY (and VACUUM) cannot run inside a transaction block: add \"-- transaction: false\" to the front-matter" },
+  "foreign-key-not-valid": { kind: "lock", fix: "add the foreign key NOT VALID (brief lock), then ALTER TABLE ... VALIDATE CONSTRAINT in a later migration, or later in a \"transaction: false\" one (no write lock while it scans)" },
+  "check-not-valid": { kind: "lock", fix: "add the CHECK constraint NOT VALID, then VALIDATE CONSTRAINT it in a later migration, or later in a \"transaction: false\" one" },
   "set-not-null-scan": { kind: "lock", fix: "first ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID and VALIDATE CONSTRAINT it; then SET NOT NULL skips the scan (PostgreSQL 12+) and the check can be dropped" },
   "volatile-default": { kind: "lock", fix: "a volatile default rewrites the table: add the column without a default (or with a constant one), then SET DEFAULT, and backfill existing rows in batches" },
   "type-change-rewrite": { kind: "lock", fix: `a type change rewrites the table and its indexes under an ACCESS EXCLUSIVE lock: add a new column of the new type and backfill it (${EXPAND_CONTRACT}); only varchar -> text/varchar widening is free` },
@@ -1064,15 +1080,23 @@ function functionsIn(node: unknown, into: string[] = []): string[] {
   return into;
 }
 
+/** A column type as written: `varchar` with modifiers [255], `numeric` with [10, 2]. */
+interface ColumnType {
+  name: string;
+  modifiers: number[];
+}
+
 /** State the rules carry from one migration to the next, in dependency order. */
 export interface AnalysisState {
   /** CHECK (col IS NOT NULL) constraints by "table.constraint" -> column. */
   notNullChecks: Map<string, string>;
   /** "table.column" pairs with a validated NOT NULL check: SET NOT NULL on them skips the scan. */
   provenNotNull: Set<string>;
+  /** Column types by "table.column", as the migrations declared them, to tell a widening from a rewrite. */
+  columnTypes: Map<string, ColumnType>;
 }
 
-export const newAnalysisState = (): AnalysisState => ({ notNullChecks: new Map(), provenNotNull: new Set() });
+export const newAnalysisState = (): AnalysisState => ({ notNullChecks: new Map(), provenNotNull: new Set(), columnTypes: new Map() });
 
 interface RawFinding {
   rule: RuleId;
@@ -1081,56 +1105,127 @@ interface RawFinding {
   location: number;
 }
 
+const columnTypeOf = (typeName: Node | undefined): ColumnType => ({
+  name: typeNameOf(typeName),
+  modifiers: (typeName?.typmods ?? []).map((m: Node) => m.A_Const?.ival?.ival ?? NaN),
+});
+
+/**
+ * A type change that keeps every value valid and needs no rewrite (binary
+ * coercible): widening varchar or numeric, or varchar to text. With `from`
+ * unknown (the table predates the migrations) only varchar/text targets pass.
+ */
+function isFreeWidening(from: ColumnType | undefined, to: ColumnType, using: boolean): boolean {
+  if (using) return false;
+  const textual = (t: ColumnType) => t.name === "text" || t.name === "varchar";
+  if (!from) return textual(to) && to.modifiers.length === 0;
+  if (textual(from) && to.name === "text") return true;
+  if (from.name === "varchar" && to.name === "varchar") {
+    return to.modifiers.length === 0 || (from.modifiers.length > 0 && to.modifiers[0] >= from.modifiers[0]);
+  }
+  if (from.name === "text" && to.name === "varchar") return to.modifiers.length === 0;
+  if (from.name === "numeric" && to.name === "numeric") {
+    if (to.modifiers.length === 0) return true;
+    const [p1, s1 = 0] = from.modifiers;
+    const [p2, s2 = 0] = to.modifiers;
+    return from.modifiers.length > 0 && s1 === s2 && p2 >= p1;
+  }
+  return false;
+}
+
+/** Views and functions the migration creates anywhere: dropping or replacing them in it is its own business. */
+function objectsCreatedIn(statements: readonly Statement[]): Set<string> {
+  const created = new Set<string>();
+  for (const { node } of statements) {
+    const [kind, body] = Object.entries(node)[0] as [string, Node];
+    if (kind === "ViewStmt") created.add(tableKey(body.view));
+    if (kind === "CreateFunctionStmt") created.add(body.funcname.map((n: Node) => n.String?.sval).filter((n: string) => n !== "public").join("."));
+  }
+  return created;
+}
+
+const TRANSACTION_CONTROL = new Set([
+  "TRANS_STMT_BEGIN", "TRANS_STMT_START", "TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK", "TRANS_STMT_PREPARE",
+  "TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED",
+]);
+
+/** What one migration has done so far, statement by statement. */
+interface MigrationScope {
+  /** Tables created earlier in this migration (not `IF NOT EXISTS`: that table may be an old one). */
+  tables: Set<string>;
+  /** Views and functions created anywhere in this migration. */
+  objects: Set<string>;
+  /** Constraints added NOT VALID in this migration, "table.constraint": validating them in the same transaction scans under that lock. */
+  notValidHere: Map<string, RuleId>;
+}
+
 /** The findings of one statement, before waivers. */
 function statementFindings(
   stmt: Node,
   at: number,
   migration: Migration,
-  createdHere: Set<string>,
+  scope: MigrationScope,
   state: AnalysisState,
 ): RawFinding[] {
   const found: RawFinding[] = [];
-  const contractionMatters = migration.safe !== "after_deploy";
+  const beforeDeploy = migration.safe !== "after_deploy";
   const phase = migration.safe === "always" ? "an always migration (it may run before the deploy)" : "a before_deploy migration";
   const phaseFinding = (rule: RuleId, what: string, location = at, why = "the old code still serving traffic may use it") => {
-    if (contractionMatters) found.push({ rule, message: `${what} in ${phase}: ${why}`, location });
+    if (beforeDeploy) found.push({ rule, message: `${what} in ${phase}: ${why}`, location });
   };
   const lockFinding = (rule: RuleId, message: string, location = at) => found.push({ rule, message, location });
-  const existing = (rel: RangeVar | undefined) => rel !== undefined && !createdHere.has(tableKey(rel));
+  const inTransaction = migration.up.transaction;
+  const existing = (rel: RangeVar | undefined) => rel !== undefined && !scope.tables.has(tableKey(rel));
   const [kind, node] = Object.entries(stmt)[0] as [string, Node];
 
   switch (kind) {
-    case "CreateStmt":
-      createdHere.add(tableKey(node.relation));
+    case "CreateStmt": {
+      if (!node.if_not_exists) scope.tables.add(tableKey(node.relation));
+      for (const element of node.tableElts ?? []) {
+        const column = element.ColumnDef;
+        if (column) state.columnTypes.set(`${tableKey(node.relation)}.${column.colname}`, columnTypeOf(column.typeName));
+      }
       break;
+    }
     case "CreateTableAsStmt":
-      if (node.into?.rel) createdHere.add(tableKey(node.into.rel));
+      if (node.into?.rel && !node.if_not_exists) scope.tables.add(tableKey(node.into.rel));
       break;
     case "DropStmt": {
-      const names = (node.objects ?? []).map((o: Node) =>
-        (o.List?.items ?? o.ObjectWithArgs?.objname ?? []).map((i: Node) => i.String?.sval).join(".")
+      const names: string[] = (node.objects ?? []).map((o: Node) =>
+        (o.List?.items ?? o.ObjectWithArgs?.objname ?? [o]).map((i: Node) => i.String?.sval).filter((n: string) => n !== "public").join(".")
       );
-      const fresh = names.every((n: string) => createdHere.has(n));
-      if (fresh) break;
       const removeType = node.removeType as string;
-      if (removeType === "OBJECT_TABLE") phaseFinding("drop-table", `DROP TABLE ${names.join(", ")}`);
-      else if (removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") phaseFinding("drop-view", `DROP VIEW ${names.join(", ")}`);
-      else if (removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") {
+      if (node.concurrent && inTransaction) {
+        lockFinding("concurrently-in-transaction", "DROP INDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+      }
+      if (removeType === "OBJECT_TABLE" && !names.every((n) => scope.tables.has(n))) {
+        phaseFinding("drop-table", `DROP TABLE ${names.join(", ")}`);
+      } else if (removeType === "OBJECT_SCHEMA") {
+        phaseFinding("drop-table", `DROP SCHEMA ${names.join(", ")}`, at, "the old code may use the tables in it");
+      } else if ((removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") && !names.every((n) => scope.objects.has(n))) {
+        phaseFinding("drop-view", `DROP VIEW ${names.join(", ")}`);
+      } else if ((removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") && !names.every((n) => scope.objects.has(n))) {
         phaseFinding("drop-function", `DROP FUNCTION ${names.join(", ")}`);
       }
       break;
     }
     case "RenameStmt": {
-      if (!existing(node.relation)) break;
-      if (node.renameType === "OBJECT_TABLE") {
-        phaseFinding("rename-table", `renaming table ${quoted(node.relation)} to ${node.newname}`, node.relation.location ?? at);
+      // A rename breaks the code on one side of the deploy whatever the phase: old code before it, new code after it.
+      const why = "old code breaks if it runs before the deploy, new code if it runs after; no phase makes a rename safe";
+      const relation = node.relation as RangeVar | undefined;
+      if (!existing(relation)) break;
+      const location = relation!.location ?? at;
+      if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
+        lockFinding("rename-table", `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation!)} to ${node.newname}: ${why}`, location);
       } else if (node.renameType === "OBJECT_COLUMN") {
-        phaseFinding("rename-column", `renaming column ${quoted(node.relation)}.${node.subname} to ${node.newname}`, node.relation.location ?? at);
+        lockFinding("rename-column", `renaming column ${quoted(relation!)}.${node.subname} to ${node.newname}: ${why}`, location);
+        const type = state.columnTypes.get(`${tableKey(relation!)}.${node.subname}`);
+        if (type) state.columnTypes.set(`${tableKey(relation!)}.${node.newname}`, type);
       }
       break;
     }
     case "IndexStmt": {
-      if (node.concurrent && migration.up.transaction) {
+      if (node.concurrent && inTransaction) {
         lockFinding("concurrently-in-transaction", "CREATE INDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
       } else if (!node.concurrent && existing(node.relation)) {
         lockFinding("index-not-concurrently", `CREATE INDEX on ${quoted(node.relation)} blocks every write to it until the index is built`);
@@ -1139,7 +1234,7 @@ function statementFindings(
     }
     case "ReindexStmt": {
       const concurrently = (node.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently");
-      if (concurrently && migration.up.transaction) {
+      if (concurrently && inTransaction) {
         lockFinding("concurrently-in-transaction", "REINDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
       } else if (!concurrently) {
         lockFinding("reindex-not-concurrently", "REINDEX without CONCURRENTLY blocks writes (and reads through the index) until it finishes");
@@ -1149,6 +1244,8 @@ function statementFindings(
     case "VacuumStmt":
       if ((node.options ?? []).some((o: Node) => o.DefElem?.defname === "full")) {
         lockFinding("vacuum-full", "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock");
+      } else if (node.is_vacuumcmd && inTransaction) {
+        lockFinding("concurrently-in-transaction", "VACUUM cannot run inside the transaction this migration runs in");
       }
       break;
     case "ClusterStmt":
@@ -1158,30 +1255,48 @@ function statementFindings(
       lockFinding("lock-table", "LOCK TABLE takes a lock that queues every later query on the table behind it");
       break;
     case "TransactionStmt":
-      if (migration.up.transaction) {
+      if (inTransaction && TRANSACTION_CONTROL.has(node.kind)) {
         lockFinding("transaction-control", `${node.kind.replace("TRANS_STMT_", "")} inside a migration that safemigrate already runs in a transaction`);
       }
       break;
     case "AlterTableStmt": {
       const rel = node.relation as RangeVar;
-      if (!existing(rel)) break;
+      if (!existing(rel)) {
+        // Still learn the columns of a table created earlier in this migration.
+        for (const { AlterTableCmd: cmd } of node.cmds ?? []) {
+          if (cmd?.subtype === "AT_AddColumn" || cmd?.subtype === "AT_AlterColumnType") {
+            const name = cmd.def?.ColumnDef?.colname ?? cmd.name;
+            state.columnTypes.set(`${tableKey(rel)}.${name}`, columnTypeOf(cmd.def?.ColumnDef?.typeName));
+          }
+        }
+        break;
+      }
       const table = quoted(rel);
       const location = rel.location ?? at;
+      const notNull = (column: string) => {
+        phaseFinding("add-not-null", `NOT NULL on ${table}.${column}`, location, "the old code may still write NULL");
+      };
       for (const { AlterTableCmd: cmd } of node.cmds ?? []) {
         if (!cmd) continue;
         switch (cmd.subtype) {
           case "AT_DropColumn":
             phaseFinding("drop-column", `dropping column ${table}.${cmd.name}`, location);
+            state.columnTypes.delete(`${tableKey(rel)}.${cmd.name}`);
             break;
           case "AT_AlterColumnType": {
-            phaseFinding("change-column-type", `changing the type of ${table}.${cmd.name}`, location, "the old code may write values the new type rejects");
-            const target = typeNameOf(cmd.def?.ColumnDef?.typeName);
-            const free = ["text", "varchar"].includes(target) && !cmd.def?.ColumnDef?.raw_default;
-            if (!free) lockFinding("type-change-rewrite", `changing ${table}.${cmd.name} to ${target} rewrites the table under an ACCESS EXCLUSIVE lock`, location);
+            const key = `${tableKey(rel)}.${cmd.name}`;
+            const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
+            const free = isFreeWidening(state.columnTypes.get(key), target, Boolean(cmd.def?.ColumnDef?.raw_default));
+            const known = state.columnTypes.has(key);
+            if (!(free && known)) {
+              phaseFinding("change-column-type", `changing the type of ${table}.${cmd.name} to ${target.name}`, location, "the old code may write values the new type rejects");
+            }
+            if (!free) lockFinding("type-change-rewrite", `changing ${table}.${cmd.name} to ${target.name} rewrites the table under an ACCESS EXCLUSIVE lock`, location);
+            state.columnTypes.set(key, target);
             break;
           }
           case "AT_SetNotNull": {
-            phaseFinding("add-not-null", `SET NOT NULL on ${table}.${cmd.name}`, location, "the old code may still write NULL");
+            notNull(cmd.name);
             if (!state.provenNotNull.has(`${tableKey(rel)}.${cmd.name}`)) {
               lockFinding("set-not-null-scan", `SET NOT NULL on ${table}.${cmd.name} scans the whole table under an ACCESS EXCLUSIVE lock`, location);
             }
@@ -1196,38 +1311,80 @@ function statementFindings(
             const hasDefault = constraints.find((c: Node) => c.contype === "CONSTR_DEFAULT");
             const generated = constraints.some((c: Node) => c.contype === "CONSTR_IDENTITY" || c.contype === "CONSTR_GENERATED");
             const type = typeNameOf(column.typeName);
-            if (constraints.some((c: Node) => c.contype === "CONSTR_NOTNULL" || c.contype === "CONSTR_PRIMARY") && !hasDefault && !generated && !SERIAL_TYPES.has(type)) {
-              phaseFinding("not-null-column-without-default", `adding NOT NULL column ${table}.${column.colname} without a default`, location, "the old code's INSERTs do not name it and will fail");
+            state.columnTypes.set(`${tableKey(rel)}.${column.colname}`, columnTypeOf(column.typeName));
+            const required = constraints.some((c: Node) => c.contype === "CONSTR_NOTNULL" || c.contype === "CONSTR_PRIMARY");
+            if (required && !hasDefault && !generated && !SERIAL_TYPES.has(type)) {
+              const what = `adding NOT NULL column ${table}.${column.colname} without a default`;
+              if (beforeDeploy) phaseFinding("not-null-column-without-default", what, location, "the old code's INSERTs do not name it and will fail");
+              else lockFinding("not-null-column-without-default", `${what}: it fails on a table that has rows`, location);
             }
             const volatile = functionsIn(hasDefault?.raw_expr).filter((f) => VOLATILE_FUNCTIONS.has(f));
             if (volatile.length > 0 || SERIAL_TYPES.has(type) || generated) {
               const why = volatile.length > 0 ? `${volatile[0]}()` : SERIAL_TYPES.has(type) ? type : "an identity or generated value";
               lockFinding("volatile-default", `adding ${table}.${column.colname} with ${why} as its default rewrites the table under an ACCESS EXCLUSIVE lock`, location);
             }
-            if (constraints.some((c: Node) => c.contype === "CONSTR_FOREIGN")) {
-              lockFinding("foreign-key-not-valid", `adding ${table}.${column.colname} with REFERENCES validates under a lock on both tables`, location);
+            // A new column whose default is NULL has nothing to validate; with a default every row is checked.
+            if (hasDefault && constraints.some((c: Node) => c.contype === "CONSTR_FOREIGN")) {
+              lockFinding("foreign-key-not-valid", `adding ${table}.${column.colname} with a default and REFERENCES validates every row under a lock on both tables`, location);
+            }
+            if (constraints.some((c: Node) => c.contype === "CONSTR_UNIQUE" || c.contype === "CONSTR_PRIMARY")) {
+              lockFinding("index-not-concurrently", `adding ${table}.${column.colname} as UNIQUE or PRIMARY KEY builds its index while blocking writes`, location);
             }
             break;
           }
           case "AT_AddConstraint": {
             const constraint = cmd.def?.Constraint ?? {};
-            if (constraint.contype === "CONSTR_FOREIGN" && !constraint.skip_validation) {
-              lockFinding("foreign-key-not-valid", `adding foreign key ${constraint.conname ?? ""} on ${table} without NOT VALID checks every row under a lock on both tables`.replace("  ", " "), location);
+            const name = constraint.conname ? ` ${constraint.conname}` : "";
+            if (constraint.skip_validation && constraint.conname) {
+              scope.notValidHere.set(`${tableKey(rel)}.${constraint.conname}`, constraint.contype === "CONSTR_FOREIGN" ? "foreign-key-not-valid" : "check-not-valid");
             }
-            if (constraint.contype === "CONSTR_CHECK") {
-              if (!constraint.skip_validation) {
-                lockFinding("check-not-valid", `adding CHECK ${constraint.conname ?? ""} on ${table} without NOT VALID scans every row under an ACCESS EXCLUSIVE lock`.replace("  ", " "), location);
+            switch (constraint.contype) {
+              case "CONSTR_FOREIGN":
+                if (!constraint.skip_validation) {
+                  lockFinding("foreign-key-not-valid", `adding foreign key${name} on ${table} without NOT VALID checks every row under a lock on both tables`, location);
+                }
+                break;
+              case "CONSTR_CHECK": {
+                const test = constraint.raw_expr?.NullTest;
+                const column = test?.nulltesttype === "IS_NOT_NULL" ? test.arg?.ColumnRef?.fields?.at(-1)?.String?.sval : null;
+                // NOT VALID still checks new rows: old code writing NULL breaks at once.
+                if (column) notNull(column);
+                if (!constraint.skip_validation) {
+                  lockFinding("check-not-valid", `adding CHECK${name} on ${table} without NOT VALID scans every row under an ACCESS EXCLUSIVE lock`, location);
+                }
+                if (column && constraint.conname) state.notNullChecks.set(`${tableKey(rel)}.${constraint.conname}`, column);
+                if (column && !constraint.skip_validation) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
+                break;
               }
-              const test = constraint.raw_expr?.NullTest;
-              const column = test?.nulltesttype === "IS_NOT_NULL" ? test.arg?.ColumnRef?.fields?.at(-1)?.String?.sval : null;
-              if (column && constraint.conname) state.notNullChecks.set(`${tableKey(rel)}.${constraint.conname}`, column);
-              if (column && !constraint.skip_validation) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
+              case "CONSTR_NOTNULL": {
+                // PostgreSQL 18: ADD CONSTRAINT name NOT NULL column [NOT VALID].
+                for (const key of constraint.keys ?? []) {
+                  const column = key.String?.sval;
+                  notNull(column);
+                  if (!constraint.skip_validation && !state.provenNotNull.has(`${tableKey(rel)}.${column}`)) {
+                    lockFinding("set-not-null-scan", `NOT NULL on ${table}.${column} scans the whole table under an ACCESS EXCLUSIVE lock`, location);
+                  }
+                }
+                break;
+              }
+              case "CONSTR_PRIMARY":
+              case "CONSTR_UNIQUE":
+              case "CONSTR_EXCLUSION":
+                if (!constraint.indexname) {
+                  lockFinding("index-not-concurrently", `adding a ${constraint.contype.replace("CONSTR_", "").toLowerCase()} constraint${name} on ${table} builds its index while blocking writes`, location);
+                }
+                break;
             }
             break;
           }
           case "AT_ValidateConstraint": {
-            const column = state.notNullChecks.get(`${tableKey(rel)}.${cmd.name}`);
+            const key = `${tableKey(rel)}.${cmd.name}`;
+            const column = state.notNullChecks.get(key);
             if (column) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
+            const rule = scope.notValidHere.get(key);
+            if (rule && inTransaction) {
+              lockFinding(rule, `VALIDATE CONSTRAINT ${cmd.name} in the same transaction that added it NOT VALID scans while that lock is still held`, location);
+            }
             break;
           }
         }
@@ -1264,7 +1421,7 @@ export async function analyzeMigration(migration: Migration, state: AnalysisStat
   const { statements, place } = await parseSection(migration.up, migration.file);
   const fileLines = migration.source.split("\n");
   const findings: Finding[] = [];
-  const createdHere = new Set<string>();
+  const scope: MigrationScope = { tables: new Set(), objects: objectsCreatedIn(statements), notValidHere: new Map() };
   for (const statement of statements) {
     const waivers = waiversAbove(fileLines, statement.line);
 
@@ -1278,7 +1435,7 @@ export async function analyzeMigration(migration: Migration, state: AnalysisStat
         findings.push({ ...where, rule: "unknown-rule", message: `the waiver names no known rule "${rule}"${meant ? ` — did you mean "${meant}"?` : ""}`, fix: RULES["unknown-rule"].fix });
       }
     }
-    for (const raw of statementFindings(statement.node, statement.offset, migration, createdHere, state)) {
+    for (const raw of statementFindings(statement.node, statement.offset, migration, scope, state)) {
       const waiver = waivers.find((w) => w.rules.includes(raw.rule) && w.reason);
       findings.push({
         rule: raw.rule,
@@ -1330,10 +1487,19 @@ const LOCK_KEY = [0x5afe, 0x1] as const;
 /** Secrets that must never reach any output; filled as URLs are parsed. */
 const secrets = new Set<string>();
 
+/**
+ * Hides passwords: any `scheme://user:password@` in the text, and each known
+ * password where it stands as `:password@` or, if long enough not to be an
+ * ordinary word, on its own. (Replacing every occurrence of a password like
+ * "postgres" would mangle the output and tell the reader what it was.)
+ */
 export function redact(text: string): string {
-  let out = text;
-  for (const secret of secrets) if (secret) out = out.split(secret).join("***");
-  return out.replace(/(\w+:\/\/[^:/@\s]*:)[^@\s]*@/g, "$1***@");
+  let out = text.replace(/(\w+:\/\/[^:/@\s]*:)[^@\s]*@/g, "$1***@");
+  for (const secret of secrets) {
+    out = out.split(`:${secret}@`).join(":***@");
+    if (secret.length >= 12) out = out.split(secret).join("***");
+  }
+  return out;
 }
 
 /** `postgres://user@host:5432/db` for messages; the password never appears. */
@@ -1671,24 +1837,36 @@ export async function runSection(
     `set ${scope === "local" ? "local " : ""}lock_timeout = ${lockTimeout}; set ${scope === "local" ? "local " : ""}statement_timeout = ${statementTimeout}`;
   const attemptsOf = (error: unknown) => (error as { attempts?: number })?.attempts ?? 1;
 
+  // Statement by statement, so an error names the statement that failed even when the server gives no position.
+  const { statements } = await parseSection(section, what.file);
+  const lineOf = (statement: Statement, error: unknown) => {
+    const position = Number((error as { position?: string | number }).position ?? 0);
+    return statement.line + (position ? statement.sql.slice(0, position - 1).match(/\n/g)?.length ?? 0 : 0);
+  };
+
   if (section.transaction) {
+    let failed: Statement | null = null;
     try {
       await withRetries(section.line, () =>
         db.transaction(async (tx) => {
           await tx.exec(timeouts("local"));
-          if (section.sql.trim() !== "") await tx.exec(section.sql);
+          for (const statement of statements) {
+            failed = statement;
+            await tx.exec(statement.sql);
+          }
+          failed = null;
           await record(tx, performance.now() - started);
         })
       );
     } catch (error) {
-      const position = Number((error as { position?: string | number }).position ?? 0);
-      throw failure(position ? lineAt(section, position) : section.line, error, "it was rolled back; nothing of it took effect", attemptsOf(error));
+      const line = failed ? lineOf(failed, error) : section.line;
+      throw failure(line, error, "it was rolled back; nothing of it took effect", attemptsOf(error));
     }
     return performance.now() - started;
   }
 
-  // Outside a transaction (CREATE INDEX CONCURRENTLY): one statement at a time.
-  const { statements } = await parseSection(section, what.file);
+  // Outside a transaction (CREATE INDEX CONCURRENTLY): each statement commits on its own.
+
   await db.exec(timeouts("session"));
   try {
     for (const [index, statement] of statements.entries()) {
@@ -1697,7 +1875,7 @@ export async function runSection(
       } catch (error) {
         const done = statements.slice(0, index);
         throw failure(
-          statement.line,
+          lineOf(statement, error),
           error,
           `statement ${index + 1} of ${statements.length} failed; this runs without a transaction, so ` +
             (done.length === 0
@@ -2371,6 +2549,8 @@ const RELEASE_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER", "CI"];
 /** Where --sync refuses without --force: deployed apps (CI runs review apps, so it is not listed). */
 const DEPLOYED_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER"];
 export const DEFAULT_PGLITE_DIR = ".safemigrate";
+/** `CI=false` or `CI=0` is not a CI. */
+const isSet = (value: string | undefined) => value !== undefined && !["", "0", "false"].includes(value.toLowerCase());
 
 export interface CliOptions {
   command: Command | "help" | "version";
@@ -2485,7 +2665,7 @@ export function resolveDatabaseUrl(
 ): string {
   const url = options.databaseUrl ?? (env.DATABASE_URL || null);
   if (url) return url;
-  const release = RELEASE_ENVIRONMENT.filter((name) => env[name]);
+  const release = RELEASE_ENVIRONMENT.filter((name) => isSet(env[name]));
   if (release.length > 0) {
     throw new InputError(
       `no database URL: set DATABASE_URL or pass --database-url. This looks like a release environment ` +
@@ -2494,6 +2674,16 @@ export function resolveDatabaseUrl(
   }
   output.err(`safemigrate: no DATABASE_URL; using the embedded PGlite database in ${DEFAULT_PGLITE_DIR}/`);
   return `pglite:${DEFAULT_PGLITE_DIR}`;
+}
+
+/**
+ * --plan, --status and --check change nothing, not even by creating an
+ * embedded database: a PGlite directory that holds no database yet reads as
+ * an empty in-memory one.
+ */
+export function withoutCreating(url: string): string {
+  const dir = url.startsWith("pglite:") ? url.slice("pglite:".length) : null;
+  return dir && dir !== "memory" && !existsSync(join(dir, "PG_VERSION")) ? "pglite:memory" : url;
 }
 
 /** A scratch database for --rehearse: a temporary one on the given server, else an in-memory PGlite. */
@@ -2570,7 +2760,7 @@ export async function main(
     }
 
     if (options.command === "sync" && !options.force && !options.plan) {
-      const deployed = DEPLOYED_ENVIRONMENT.filter((name) => env[name]);
+      const deployed = DEPLOYED_ENVIRONMENT.filter((name) => isSet(env[name]));
       if (deployed.length > 0) {
         throw new InputError(
           `--sync rolls back migrations and is meant for development and review apps; this looks like a deployed ` +
@@ -2579,14 +2769,10 @@ export async function main(
       }
     }
 
-    let url = resolveDatabaseUrl(options, env, output);
-    // --plan and --status change nothing, not even by creating an embedded database.
+    const url = resolveDatabaseUrl(options, env, output);
     const readOnly = options.plan || options.command === "status";
-    if (readOnly && url.startsWith("pglite:") && url !== "pglite:memory" && !existsSync(url.slice("pglite:".length))) {
-      url = "pglite:memory";
-    }
-    db = await connect(url);
-    const label = db.label;
+    db = await connect(readOnly ? withoutCreating(url) : url);
+    const label = describeUrl(url);
     const header = (title: string) => !json && !options.plan && output.out(`safemigrate ${title} on ${label}`);
 
     switch (options.command) {
@@ -2696,7 +2882,7 @@ async function runCheck(
 ): Promise<number> {
   let history: HistoryRow[] = [];
   if (options.databaseUrl) {
-    const db = await connect(options.databaseUrl);
+    const db = await connect(withoutCreating(options.databaseUrl));
     try {
       history = await readHistory(db);
     } finally {

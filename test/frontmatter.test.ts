@@ -121,7 +121,7 @@ describe("up and down sections", () => {
     expect(m.down?.sql).toBe("drop index concurrently i;");
     expect(m.down?.line).toBe(5);
     expect(m.down?.transaction).toBe(false);
-    expect(m.down?.raw).toBe("-- transaction: false\ndrop index concurrently i;");
+    expect(m.down?.raw).toBe("-- migrate:down\n-- transaction: false\ndrop index concurrently i;");
   });
 
   test("a dbmate file only needs front-matter added", () => {

@@ -21,8 +21,6 @@ describe("phase rules: contraction in a before_deploy or always migration", () =
     ["drop-column", "alter table users drop column name;"],
     ["drop-view", "drop view active_users;"],
     ["drop-function", "drop function full_name(users);"],
-    ["rename-table", "alter table users rename to accounts;"],
-    ["rename-column", "alter table users rename column name to full_name;"],
     ["drop-default", "alter table users alter column status drop default;"],
   ];
   for (const [rule, sql] of cases) {
@@ -32,6 +30,38 @@ describe("phase rules: contraction in a before_deploy or always migration", () =
       expect(await rules(sql, ["-- safe: after_deploy"])).toEqual([]);
     });
   }
+
+  test("a rename is flagged in every phase: it breaks the code on one side of the deploy", async () => {
+    for (const safe of ["before_deploy", "always", "after_deploy"]) {
+      expect(await rules("alter table users rename to accounts;", [`-- safe: ${safe}`])).toEqual(["rename-table"]);
+      expect(await rules("alter table users rename column name to full_name;", [`-- safe: ${safe}`])).toEqual(["rename-column"]);
+    }
+    expect(await rules("alter view active_users rename to current_users;")).toEqual(["rename-table"]);
+  });
+
+  test("DROP SCHEMA is a drop of everything in it", async () => {
+    expect(await rules("drop schema reporting cascade;")).toEqual(["drop-table"]);
+  });
+
+  test("objects the migration itself creates may be dropped in it", async () => {
+    const staging = "create table import_staging (id int);\ninsert into import_staging values (1);\ndrop table public.import_staging;";
+    expect(await rules(staging)).toEqual([]);
+    const helper = [
+      "create function normalise_once(text) returns text language sql as $$ select lower($1) $$;",
+      "update users set email = normalise_once(email);",
+      "drop function normalise_once(text);",
+    ].join("\n");
+    expect(await rules(helper)).toEqual([]);
+    expect(await rules("drop view if exists active_users;\ncreate view active_users as select 1 as id;")).toEqual([]);
+  });
+
+  test("a CHECK (col IS NOT NULL), even NOT VALID, breaks old code that writes NULL", async () => {
+    expect(await rules("alter table users add constraint email_present check (email is not null) not valid;")).toEqual(["add-not-null"]);
+  });
+
+  test("PostgreSQL 18's ADD CONSTRAINT ... NOT NULL is a NOT NULL like SET NOT NULL", async () => {
+    expect(await rules("alter table users add constraint email_nn not null email;")).toEqual(["add-not-null", "set-not-null-scan"]);
+  });
 
   test("change-column-type: a phase finding, and a lock finding when it rewrites", async () => {
     expect(await rules("alter table users alter column age type bigint;")).toEqual(["change-column-type", "type-change-rewrite"]);
@@ -44,6 +74,12 @@ describe("phase rules: contraction in a before_deploy or always migration", () =
 
   test("not-null-column-without-default: old INSERTs would fail", async () => {
     expect(await rules("alter table users add column tenant_id int not null;")).toEqual(["not-null-column-without-default"]);
+  });
+
+  test("not-null-column-without-default in after_deploy: it fails on a table with rows", async () => {
+    const [finding] = await analyzeMigration(file("alter table users add column tenant_id int not null;", ["-- safe: after_deploy"]));
+    expect(finding.rule).toBe("not-null-column-without-default");
+    expect(finding.message).toContain("fails on a table that has rows");
   });
 
   test("near misses: a NOT NULL column with a constant default, or a nullable one, is fine on PG 11+", async () => {
@@ -69,6 +105,22 @@ describe("lock rules", () => {
   test("concurrently-in-transaction: CONCURRENTLY fails inside safemigrate's transaction", async () => {
     expect(await rules("create index concurrently users_email on users (email);")).toEqual(["concurrently-in-transaction"]);
     expect(await rules("reindex index concurrently users_email;")).toEqual(["concurrently-in-transaction"]);
+    expect(await rules("drop index concurrently users_email;")).toEqual(["concurrently-in-transaction"]);
+    expect(await rules("vacuum analyze users;")).toEqual(["concurrently-in-transaction"]);
+    expect(await rules("drop index concurrently users_email;", ["-- safe: before_deploy", "-- transaction: false"])).toEqual([]);
+  });
+
+  test("PRIMARY KEY and UNIQUE constraints build an index under the lock; USING INDEX is the near miss", async () => {
+    expect(await rules("alter table users add primary key (id);")).toEqual(["index-not-concurrently"]);
+    expect(await rules("alter table users add constraint users_email_key unique (email);")).toEqual(["index-not-concurrently"]);
+    expect(await rules("alter table users add column handle text unique;")).toEqual(["index-not-concurrently"]);
+    expect(await rules("alter table users add constraint users_email_key unique using index users_email_idx;")).toEqual([]);
+  });
+
+  test("CREATE TABLE IF NOT EXISTS may name an old table, so it earns no exemption", async () => {
+    expect(await rules("create table if not exists users (id int);\ncreate index users_id on users (id);")).toEqual([
+      "index-not-concurrently",
+    ]);
   });
 
   test("tables created in the same migration are exempt", async () => {
@@ -91,16 +143,20 @@ describe("lock rules", () => {
     expect(await rules("alter table orders add constraint fk foreign key (user_id) references users (id);")).toEqual([
       "foreign-key-not-valid",
     ]);
-    expect(await rules("alter table orders add column user_id bigint references users (id);")).toEqual(["foreign-key-not-valid"]);
     expect(await rules("alter table orders add constraint positive check (total > 0);")).toEqual(["check-not-valid"]);
-    expect(
-      await rules([
-        "alter table orders add constraint fk foreign key (user_id) references users (id) not valid;",
-        "alter table orders validate constraint fk;",
-        "alter table orders add constraint positive check (total > 0) not valid;",
-        "alter table orders validate constraint positive;",
-      ].join("\n")),
-    ).toEqual([]);
+    // A new column with a NULL default has nothing to validate; with a default every row is checked.
+    expect(await rules("alter table orders add column team_id bigint references teams (id);")).toEqual([]);
+    expect(await rules("alter table orders add column team_id bigint default 1 references teams (id);")).toEqual(["foreign-key-not-valid"]);
+
+    const recipe = [
+      "alter table orders add constraint fk foreign key (user_id) references users (id) not valid;",
+      "alter table orders validate constraint fk;",
+      "alter table orders add constraint positive check (total > 0) not valid;",
+      "alter table orders validate constraint positive;",
+    ].join("\n");
+    expect(await rules(recipe, ["-- safe: before_deploy", "-- transaction: false"])).toEqual([]);
+    // In one transaction the lock from ADD CONSTRAINT is still held while VALIDATE scans.
+    expect(await rules(recipe)).toEqual(["foreign-key-not-valid", "check-not-valid"]);
   });
 
   test("set-not-null-scan: not after a validated CHECK (col IS NOT NULL), in this or an earlier migration", async () => {
@@ -109,15 +165,17 @@ describe("lock rules", () => {
       "alter table users validate constraint email_present;",
       "alter table users alter column email set not null;",
     ].join("\n");
-    expect(await rules(recipe, ["-- safe: after_deploy"])).toEqual([]);
+    expect(await rules(recipe, ["-- safe: after_deploy", "-- transaction: false"])).toEqual([]);
+    expect(await rules(recipe, ["-- safe: after_deploy"])).toEqual(["check-not-valid"]);
 
-    const first = migration("0001_check", { safe: "before_deploy", depends: [] }, [
-      "alter table users add constraint email_present check (email is not null) not valid;",
-      "alter table users validate constraint email_present;",
-    ].join("\n"));
-    const second = migration("0002_not_null", { safe: "after_deploy", depends: ["0001_check"] },
+    // The same recipe over three after_deploy migrations: add NOT VALID, validate, set NOT NULL.
+    const add = migration("0001_check", { safe: "after_deploy", depends: [] },
+      "alter table users add constraint email_present check (email is not null) not valid;");
+    const validate = migration("0002_validate", { safe: "after_deploy", depends: ["0001_check"] },
+      "alter table users validate constraint email_present;");
+    const setNotNull = migration("0003_not_null", { safe: "after_deploy", depends: ["0002_validate"] },
       "alter table users alter column email set not null;");
-    expect((await analyzeMigrations([first, second])).map((f) => f.rule)).toEqual([]);
+    expect((await analyzeMigrations([add, validate, setNotNull])).map((f) => f.rule)).toEqual([]);
     // Without the check, or with one never validated, it scans.
     expect(await rules("alter table users alter column email set not null;", ["-- safe: after_deploy"])).toEqual(["set-not-null-scan"]);
     expect(
@@ -136,12 +194,22 @@ describe("lock rules", () => {
     expect(await rules("alter table users add column seen_at timestamptz default now();")).toEqual([]);
   });
 
-  test("type-change-rewrite: widening varchar to text is the near miss", async () => {
+  test("type-change-rewrite: widening varchar or numeric is the near miss, judged from the declared type", async () => {
     const after = ["-- safe: after_deploy"];
     expect(await rules("alter table users alter column id type bigint;", after)).toEqual(["type-change-rewrite"]);
-    expect(await rules("alter table users alter column name type text;", after)).toEqual([]);
-    expect(await rules("alter table users alter column name type varchar(200);", after)).toEqual([]);
     expect(await rules("alter table users alter column n type text using n::text;", after)).toEqual(["type-change-rewrite"]);
+
+    const created = migration("0001_users", { safe: "before_deploy", depends: [] },
+      "create table users (id int, name varchar(100), total numeric(10,2), code text);");
+    const change = async (sql: string) =>
+      (await analyzeMigrations([created, migration("0002_change", { safe: "before_deploy", depends: ["0001_users"] }, sql)]))
+        .map((f) => f.rule);
+    expect(await change("alter table users alter column name type varchar(200);")).toEqual([]);
+    expect(await change("alter table users alter column name type text;")).toEqual([]);
+    expect(await change("alter table users alter column total type numeric(12,2);")).toEqual([]);
+    expect(await change("alter table users alter column name type varchar(50);")).toEqual(["change-column-type", "type-change-rewrite"]);
+    expect(await change("alter table users alter column id type text;")).toEqual(["change-column-type", "type-change-rewrite"]);
+    expect(await change("alter table users alter column code type varchar(8);")).toEqual(["change-column-type", "type-change-rewrite"]);
   });
 
   test("vacuum-full, cluster, reindex-not-concurrently, lock-table", async () => {
@@ -156,6 +224,7 @@ describe("lock rules", () => {
 
   test("transaction-control: BEGIN/COMMIT inside a transactional migration", async () => {
     expect(await rules("begin;\nalter table users add column x int;\ncommit;")).toEqual(["transaction-control", "transaction-control"]);
+    expect(await rules("savepoint s;\nalter table users add column x int;\nrelease savepoint s;")).toEqual([]);
   });
 });
 

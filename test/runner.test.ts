@@ -50,7 +50,7 @@ for (const backend of BACKENDS) {
         ["0002_email", "always", "pre"],
       ]);
       expect(history[0].checksum).toBe(migrations[0].checksum);
-      expect(history[0].downSql).toBe("drop table users;");
+      expect(history[0].downSql).toBe("-- migrate:down\ndrop table users;");
       expect(history[1].downSql).toBeNull();
       expect(history[0].appliedAt).toBeInstanceOf(Date);
 
