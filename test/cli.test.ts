@@ -6,7 +6,7 @@
  * Server tests need SAFEMIGRATE_TEST_DATABASE_URL (each test creates and drops
  * its own database); without it they are skipped visibly, and under CI they fail.
  */
-import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
@@ -28,9 +28,6 @@ import {
 } from "./helpers.ts";
 
 afterEach(cleanup);
-// Each test spawns several CLI processes (PGlite ones take seconds); bun's 5 s default is too short
-// and bunfig.toml's [test] timeout is not applied by every bun version.
-setDefaultTimeout(60_000);
 
 // ----------------------------------------------------------------------------
 // Helpers local to these tests

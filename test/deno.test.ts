@@ -2,11 +2,10 @@
  * Smoke test: the CLI runs under Deno (`deno run -A safemigrate.ts`) as well as Bun.
  * Skipped visibly when deno is not installed, except under CI, where it fails.
  */
-import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { appliedIds, cleanup, migrationsDir, open, runCli, SERVER_URL, serverDatabaseUrl, tables } from "./helpers.ts";
 
 afterEach(cleanup);
-setDefaultTimeout(60_000);
 
 const DENO = Bun.which("deno");
 const DENO_REQUIRED = Boolean(process.env.CI);

@@ -6,7 +6,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } fro
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import postgres from "postgres";
-import { type Database, connect, type Migration, parseMigration } from "../safemigrate.ts";
+import { type Database, connect, type Migration, parseMigration, type RunOptions } from "../safemigrate.ts";
 
 export const ROOT = resolve(import.meta.dir, "..");
 export const CLI = join(ROOT, "safemigrate.ts");
@@ -173,4 +173,17 @@ export async function appliedIds(db: Database): Promise<string[]> {
     `select id from safemigrate_history where applied_at is not null order by id`,
   ).catch(() => []);
   return rows.map((r) => r.id);
+}
+
+export const PRE: RunOptions = { phase: "pre", mode: "strict" };
+export const ALL: RunOptions = { phase: "all", mode: "strict" };
+
+/** The error a promise rejects with; fails the test when it resolves. */
+export async function failure(run: Promise<unknown>): Promise<Error> {
+  try {
+    await run;
+  } catch (error) {
+    return error as Error;
+  }
+  throw new Error("expected it to fail");
 }

@@ -5,7 +5,7 @@
  * runs on its own scratch database (in-memory PGlite, or a temporary database
  * on the server that it must drop).
  */
-import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import postgres from "postgres";
 import {
@@ -16,11 +16,9 @@ import {
   type RehearsalProblem,
   snapshotSchema,
 } from "../safemigrate.ts";
-import { BACKENDS, cleanup, type CliRun, migrationsDir, open, ROOT, runCli, SERVER_URL, tables } from "./helpers.ts";
+import { BACKENDS, cleanup, type CliRun, failure, migrationsDir, open, ROOT, runCli, SERVER_URL, tables } from "./helpers.ts";
 
 afterEach(cleanup);
-// Real databases and CLI processes: PGlite alone can take seconds to start on a busy machine.
-setDefaultTimeout(60_000);
 
 const PROJECT_MIGRATIONS = join(ROOT, "migrations");
 
@@ -30,14 +28,6 @@ function expectExit(run: CliRun, code: number): void {
   }
 }
 
-async function failure(run: Promise<unknown>): Promise<Error> {
-  try {
-    await run;
-  } catch (error) {
-    return error as Error;
-  }
-  throw new Error("expected it to fail");
-}
 
 const kinds = (problems: RehearsalProblem[]) => problems.map((p) => `${p.id}: ${p.kind}`);
 const differencesOf = (problems: RehearsalProblem[], id: string) =>

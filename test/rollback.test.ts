@@ -4,7 +4,7 @@
  * the same cases on the PostgreSQL server and on PGlite, each test on a fresh
  * database. The last part runs the CLI end to end.
  */
-import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import {
   acceptChanged,
   connect,
@@ -19,37 +19,15 @@ import {
   rollback,
   rollbackPlan,
   type RunEvent,
-  type RunOptions,
   sync,
   syncPlan,
 } from "../safemigrate.ts";
-import {
-  appliedIds,
-  BACKENDS,
-  cleanup,
-  type CliRun,
-  columns,
-  migration,
-  migrationsDir,
-  open,
-  runCli,
-  tables,
-} from "./helpers.ts";
+import { ALL, appliedIds, BACKENDS, cleanup, type CliRun, columns, failure, migration, migrationsDir, open, runCli, tables } from "./helpers.ts";
 
 afterEach(cleanup);
-// Real databases and CLI processes: PGlite alone can take seconds to start on a busy machine.
-setDefaultTimeout(60_000);
 
-const all: RunOptions = { phase: "all", mode: "strict" };
+const all = ALL;
 
-async function failure(run: Promise<unknown>): Promise<Error> {
-  try {
-    await run;
-  } catch (error) {
-    return error as Error;
-  }
-  throw new Error("expected it to fail");
-}
 
 /** Tables created by migrations (the history table left out). */
 async function userTables(db: Database): Promise<string[]> {

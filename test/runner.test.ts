@@ -6,24 +6,15 @@ import {
   migrate,
   readHistory,
   readMigrations,
-  type RunOptions,
   parseSection,
 } from "../safemigrate.ts";
-import { appliedIds, BACKENDS, cleanup, columns, migrationsDir, open, SERVER_REQUIRED, SERVER_URL, tables } from "./helpers.ts";
+import { ALL, appliedIds, BACKENDS, cleanup, columns, failure, migrationsDir, open, PRE, SERVER_REQUIRED, SERVER_URL, tables } from "./helpers.ts";
 
 afterEach(cleanup);
 
-const pre: RunOptions = { phase: "pre", mode: "strict" };
-const all: RunOptions = { phase: "all", mode: "strict" };
+const pre = PRE;
+const all = ALL;
 
-async function failure(run: Promise<unknown>): Promise<Error> {
-  try {
-    await run;
-  } catch (error) {
-    return error as Error;
-  }
-  throw new Error("expected the run to fail");
-}
 
 test("server tests are required under CI", () => {
   if (SERVER_REQUIRED) expect(SERVER_URL).not.toBeNull();
