@@ -638,7 +638,8 @@ export function consistencyProblems(migrations: readonly Migration[], history: r
       problems.push(
         `${m.file}: the up SQL changed after the migration was applied (checksum ${row!.checksum!.slice(0, 12)} ` +
           `in the database, ${m.checksum.slice(0, 12)} on disk). Applied migrations are not re-run: ` +
-          `undo the edit and put the change in a new migration`,
+          `undo the edit and put the change in a new migration, or, if the edit was on purpose and the schema ` +
+          `already matches it, record it with --accept-changed ${m.id}`,
       );
     }
   }
