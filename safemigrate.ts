@@ -189,6 +189,8 @@ export function closest(word: string, candidates: readonly string[]): string | n
 
 /** Byte order of the UTF-8 encoding, which is code point order. */
 export function compareIds(a: string, b: string): number {
+  // Without surrogate pairs, UTF-16 order is code point order already.
+  if (!/[\uD800-\uDFFF]/.test(a + b)) return a < b ? -1 : a > b ? 1 : 0;
   const left = [...a];
   const right = [...b];
   for (let i = 0; i < Math.min(left.length, right.length); i++) {
@@ -494,6 +496,18 @@ export interface ParsedSection {
  * strings, dollar quotes and comments are handled. libpg-query is loaded only here.
  */
 export async function parseSection(section: SqlSection, file: string): Promise<ParsedSection> {
+  // The analysis and the runner both need a migration's statements: parse each section once.
+  let parsed = parsedSections.get(section);
+  if (!parsed) {
+    parsed = parseSectionUncached(section, file);
+    parsedSections.set(section, parsed);
+  }
+  return await parsed;
+}
+
+const parsedSections = new WeakMap<SqlSection, Promise<ParsedSection>>();
+
+async function parseSectionUncached(section: SqlSection, file: string): Promise<ParsedSection> {
   if (section.sql.trim() === "") return { statements: [], place: () => ({ line: section.line, column: 1 }) };
   const { parse } = await import("libpg-query");
   let tree: Awaited<ReturnType<typeof parse>>;
@@ -1553,6 +1567,8 @@ export async function connectPostgres(url: string): Promise<Database> {
   const options = {
     max: 1,
     connect_timeout: 10,
+    // No array or custom-type parameters are ever sent: skip the catalog query on connect.
+    fetch_types: false,
     onnotice: () => {},
     connection: { application_name: "safemigrate" },
   };
@@ -1840,27 +1856,32 @@ export async function runSection(
 
   // Statement by statement, so an error names the statement that failed even when the server gives no position.
   const { statements } = await parseSection(section, what.file);
-  const lineOf = (statement: Statement, error: unknown) => {
-    const position = Number((error as { position?: string | number }).position ?? 0);
-    return statement.line + (position ? statement.sql.slice(0, position - 1).match(/\n/g)?.length ?? 0 : 0);
+  /** The file line an error points at; `prefix` is SQL sent ahead of the statement in the same query. */
+  const lineOf = (statement: Statement, error: unknown, prefix = "") => {
+    const position = Number((error as { position?: string | number }).position ?? 0) - prefix.length;
+    return statement.line + (position > 0 ? statement.sql.slice(0, position - 1).match(/\n/g)?.length ?? 0 : 0);
   };
 
   if (section.transaction) {
-    let failed: Statement | null = null;
+    // The timeouts ride along with the first statement: one round trip less per migration.
+    const settings = `${timeouts("local")}; `;
+    let failed: { statement: Statement; prefix: string } | null = null;
     try {
       await withRetries(section.line, () =>
         db.transaction(async (tx) => {
-          await tx.exec(timeouts("local"));
-          for (const statement of statements) {
-            failed = statement;
-            await tx.exec(statement.sql);
+          if (statements.length === 0) await tx.exec(settings);
+          for (const [index, statement] of statements.entries()) {
+            const prefix = index === 0 ? settings : "";
+            failed = { statement, prefix };
+            await tx.exec(prefix + statement.sql);
           }
           failed = null;
           await record(tx, performance.now() - started);
         })
       );
     } catch (error) {
-      const line = failed ? lineOf(failed, error) : section.line;
+      const at = failed as { statement: Statement; prefix: string } | null;
+      const line = at ? lineOf(at.statement, error, at.prefix) : section.line;
       throw failure(line, error, "it was rolled back; nothing of it took effect", attemptsOf(error));
     }
     return performance.now() - started;
@@ -1895,6 +1916,26 @@ export async function runSection(
   }
 }
 
+/**
+ * A SQL literal: strings dollar-quoted with a tag they do not contain, so no
+ * escaping setting (standard_conforming_strings) can change what they mean.
+ */
+export function sqlLiteral(value: string | number | null): string {
+  if (value === null) return "null";
+  if (typeof value === "number") {
+    if (!Number.isFinite(value)) throw new Error(`not a finite number: ${value}`);
+    return String(value);
+  }
+  let tag = "$sm$";
+  for (let n = 0; value.includes(tag); n++) tag = `$sm${n}$`;
+  return `${tag}${value}${tag}`;
+}
+
+/**
+ * The history row of an applied migration, written in the migration's own
+ * transaction. Values go in as literals over the simple protocol: one round
+ * trip, where a parameterised query costs two without prepared statements.
+ */
 async function recordApplied(
   db: Queryable,
   migration: Migration,
@@ -1902,22 +1943,22 @@ async function recordApplied(
   durationMs: number | null,
   note: string | null = null,
 ): Promise<void> {
-  await db.query(
+  const values = [
+    migration.id,
+    migration.checksum,
+    migration.safe,
+    phase,
+    durationMs === null ? null : Math.round(durationMs),
+    migration.down?.raw ?? null,
+    JSON.stringify(migration.depends),
+    note,
+  ].map(sqlLiteral);
+  await db.exec(
     `insert into ${HISTORY_TABLE} (id, checksum, safe, phase, applied_at, duration_ms, down_sql, depends, note)
-     values ($1, $2, $3, $4, clock_timestamp(), $5, $6, $7, $8)
+     values (${values.slice(0, 4).join(", ")}, clock_timestamp(), ${values.slice(4).join(", ")})
      on conflict (id) do update set checksum = excluded.checksum, safe = excluded.safe, phase = excluded.phase,
        applied_at = excluded.applied_at, duration_ms = excluded.duration_ms, down_sql = excluded.down_sql,
        depends = excluded.depends, note = excluded.note`,
-    [
-      migration.id,
-      migration.checksum,
-      migration.safe,
-      phase,
-      durationMs === null ? null : Math.round(durationMs),
-      migration.down?.raw ?? null,
-      JSON.stringify(migration.depends),
-      note,
-    ],
   );
 }
 
@@ -1944,7 +1985,7 @@ export function revertMigration(db: Database, step: RevertStep, settings: Execut
     step.down!,
     { id: step.id, file: step.source, verb: "rollback of" },
     async (q) => {
-      await q.query(`delete from ${HISTORY_TABLE} where id = $1`, [step.id]);
+      await q.exec(`delete from ${HISTORY_TABLE} where id = ${sqlLiteral(step.id)}`);
     },
     settings,
   );

@@ -54,6 +54,15 @@ for (const backend of BACKENDS) {
       expect(third.applied).toEqual([]);
     });
 
+    test("the history keeps the down SQL exactly, whatever quotes and dollar signs it holds", async () => {
+      const down = "-- migrate:down\nselect 'it''s', $sm$ $$ \\n $sm0$;\ndrop table odd;";
+      const dir = migrationsDir({ "0001_odd": `-- safe: before_deploy\ncreate table odd (id int);\n${down}` });
+      const db = await open(await backend.databaseUrl());
+      await migrate(db, readMigrations(dir), pre);
+      const [row] = await readHistory(db);
+      expect(row.downSql).toBe(down);
+    });
+
     test("a SQL error rolls back its whole migration and stops the run", async () => {
       const dir = migrationsDir({
         "0001_ok": "-- safe: before_deploy\ncreate table ok (id int);",
