@@ -2445,6 +2445,9 @@ export function humanRunSummary(output: Output, result: RunResult, total: number
   const { plan } = result;
   if (result.dryRun) {
     output.out(`plan for --${plan.phase}${plan.phase === "pre" ? ` (${plan.mode})` : ""}:`);
+    for (const index of result.invalidIndexes) {
+      output.out(`  ${red(output, "invalid index")}  ${index.name}  ${dim(output, "(a run would refuse until --repair-invalid-indexes drops it)")}`);
+    }
     for (const m of plan.apply) output.out(`  ${green(output, "would apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
   }
   for (const d of plan.delayed) output.out(`  ${yellow(output, "waits")}  ${d.id}  ${dim(output, `(${delayNote(d, now)})`)}`);
@@ -2783,23 +2786,7 @@ export async function main(
     // Commands that need no database of the user's.
     if (options.command === "check") return await runCheck(migrations, options, output);
     if (options.command === "lint") return await runLint(migrations, options, output);
-    if (options.command === "rehearse") {
-      const scratch = await scratchDatabase(options.databaseUrl);
-      try {
-        if (!json) output.out(`safemigrate --rehearse on a scratch database (${scratch.db.label})`);
-        const result = await rehearse(scratch.db, migrations, json ? undefined : (id, p) => humanRehearsalStep(output, id, p));
-        const ok = result.problems.length === 0;
-        if (json) printJson({ ok, exitCode: ok ? 0 : 2, command: "rehearse", ...result });
-        else {
-          output.out(ok
-            ? `Rehearsed ${plural(result.rehearsed.length, "migration")}: every down restores the schema and every up re-applies.`
-            : `${plural(result.problems.length, "problem")} in ${plural(result.rehearsed.length, "rehearsed migration")}.`);
-        }
-        return ok ? EXIT.ok : EXIT.invalid;
-      } finally {
-        await scratch.drop();
-      }
-    }
+    if (options.command === "rehearse") return await runRehearse(migrations, options, output);
 
     if (options.command === "sync" && !options.force && !options.plan) {
       const deployed = DEPLOYED_ENVIRONMENT.filter((name) => isSet(env[name]));
@@ -2893,6 +2880,25 @@ export async function main(
     return exitCode;
   } finally {
     await db?.close().catch(() => {});
+  }
+}
+
+/** `--rehearse`: up, down, compare, up again for every migration, on a scratch database. */
+async function runRehearse(migrations: Migration[], options: CliOptions, output: Output): Promise<number> {
+  const scratch = await scratchDatabase(options.databaseUrl);
+  try {
+    if (!options.json) output.out(`safemigrate --rehearse on a scratch database (${scratch.db.label})`);
+    const result = await rehearse(scratch.db, migrations, options.json ? undefined : (id, p) => humanRehearsalStep(output, id, p));
+    const ok = result.problems.length === 0;
+    if (options.json) output.out(JSON.stringify({ ok, exitCode: ok ? 0 : 2, command: "rehearse", ...result }));
+    else {
+      output.out(ok
+        ? `Rehearsed ${plural(result.rehearsed.length, "migration")}: every down restores the schema and every up re-applies.`
+        : `${plural(result.problems.length, "problem")} in ${plural(result.rehearsed.length, "rehearsed migration")}.`);
+    }
+    return ok ? EXIT.ok : EXIT.invalid;
+  } finally {
+    await scratch.drop();
   }
 }
 
