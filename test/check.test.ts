@@ -3,11 +3,14 @@
  * alone (duplicate numbers, two leaves) and, with --database-url, against the
  * history (an applied migration depending on a pending one).
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { connect, consistencyProblems, migrate, readHistory, readMigrations, treeProblems } from "../safemigrate.ts";
 import { BACKENDS, cleanup, type CliRun, migrationsDir, ROOT, runCli, tables, tempDir } from "./helpers.ts";
+
+// Real databases and CLI processes: bun's 5 s default is too short for a PGlite start on a busy machine.
+setDefaultTimeout(60_000);
 
 afterEach(cleanup);
 

@@ -6,7 +6,7 @@
  * Server tests need SAFEMIGRATE_TEST_DATABASE_URL (each test creates and drops
  * its own database); without it they are skipped visibly, and under CI they fail.
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
@@ -26,6 +26,9 @@ import {
   tables,
   tempDir,
 } from "./helpers.ts";
+
+// Real databases and CLI processes: bun's 5 s default is too short for a PGlite start on a busy machine.
+setDefaultTimeout(60_000);
 
 afterEach(cleanup);
 

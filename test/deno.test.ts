@@ -2,8 +2,11 @@
  * Smoke test: the CLI runs under Deno (`deno run -A safemigrate.ts`) as well as Bun.
  * Skipped visibly when deno is not installed, except under CI, where it fails.
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { appliedIds, cleanup, migrationsDir, open, runCli, SERVER_URL, serverDatabaseUrl, tables } from "./helpers.ts";
+
+// Real databases and CLI processes: bun's 5 s default is too short for a PGlite start on a busy machine.
+setDefaultTimeout(60_000);
 
 afterEach(cleanup);
 

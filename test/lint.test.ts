@@ -1,7 +1,10 @@
 /** The deploy-safety analysis against the real parser: each rule's true positives and the near misses that must not fire. */
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { analyzeMigration, analyzeMigrations, type Finding, type Migration, parseMigration, readMigrations } from "../safemigrate.ts";
 import { cleanup, migration, migrationsDir, runCli } from "./helpers.ts";
+
+// Real databases and CLI processes: bun's 5 s default is too short for a PGlite start on a busy machine.
+setDefaultTimeout(60_000);
 
 afterEach(cleanup);
 

@@ -1,8 +1,11 @@
 /** Running without taking the site down: lock_timeout, retries and invalid indexes, on the real server. */
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import postgres from "postgres";
 import { DatabaseError, migrate, readMigrations, type RunEvent } from "../safemigrate.ts";
 import { appliedIds, cleanup, columns, migrationsDir, open, runCli, SERVER_URL, serverDatabaseUrl } from "./helpers.ts";
+
+// Real databases and CLI processes: bun's 5 s default is too short for a PGlite start on a busy machine.
+setDefaultTimeout(60_000);
 
 afterEach(cleanup);
 

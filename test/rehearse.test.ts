@@ -5,7 +5,7 @@
  * runs on its own scratch database (in-memory PGlite, or a temporary database
  * on the server that it must drop).
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { join } from "node:path";
 import postgres from "postgres";
 import {
@@ -17,6 +17,9 @@ import {
   snapshotSchema,
 } from "../safemigrate.ts";
 import { BACKENDS, cleanup, type CliRun, failure, migrationsDir, open, ROOT, runCli, SERVER_URL, tables } from "./helpers.ts";
+
+// Real databases and CLI processes: bun's 5 s default is too short for a PGlite start on a busy machine.
+setDefaultTimeout(60_000);
 
 afterEach(cleanup);
 

@@ -4,7 +4,7 @@
  * the same cases on the PostgreSQL server and on PGlite, each test on a fresh
  * database. The last part runs the CLI end to end.
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
   acceptChanged,
   connect,
@@ -23,6 +23,9 @@ import {
   syncPlan,
 } from "../safemigrate.ts";
 import { ALL, appliedIds, BACKENDS, cleanup, type CliRun, columns, failure, migration, migrationsDir, open, runCli, tables } from "./helpers.ts";
+
+// Real databases and CLI processes: bun's 5 s default is too short for a PGlite start on a busy machine.
+setDefaultTimeout(60_000);
 
 afterEach(cleanup);
 

@@ -1,5 +1,5 @@
 /** The runner against real databases: the same cases on the PostgreSQL server and on PGlite. */
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import postgres from "postgres";
 import {
   DatabaseError,
@@ -9,6 +9,9 @@ import {
   parseSection,
 } from "../safemigrate.ts";
 import { ALL, appliedIds, BACKENDS, cleanup, columns, failure, migrationsDir, open, PRE, SERVER_REQUIRED, SERVER_URL, tables } from "./helpers.ts";
+
+// Real databases and CLI processes: bun's 5 s default is too short for a PGlite start on a busy machine.
+setDefaultTimeout(60_000);
 
 afterEach(cleanup);
 
