@@ -2484,6 +2484,7 @@ export function runResultJson(result: RunResult, database: string): unknown {
     delayed: plan.delayed,
     blocked: plan.blocked,
     detected: result.dryRun ? [] : plan.detect,
+    invalidIndexes: result.invalidIndexes,
   };
 }
 
