@@ -2038,6 +2038,8 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
       if (!result.plan.refused) await recordDetected(db, result.plan, migrations);
       return result;
     }
+    // A syntax error anywhere stops the run before anything is applied (each section is parsed once, then cached).
+    for (const m of result.plan.apply) await parseSection(m.up, m.file);
     if (options.lint !== false) await refuseUnsafe(migrations, result.plan.apply);
     result.invalidIndexes = await repairInvalidIndexes(db, Boolean(options.repairInvalidIndexes), options.onEvent);
     result.applied = await applyAll(db, result.plan.apply, options.phase, options);

@@ -227,3 +227,16 @@ describe("splitting statements with the PostgreSQL parser", () => {
     expect(error.message).toStartWith("m.sql:4: SQL syntax error");
   });
 });
+
+describe("syntax errors", () => {
+  test("a syntax error in a later migration stops the run before anything is applied, even with lint off", async () => {
+    const dir = migrationsDir({
+      "0001_ok": "-- safe: before_deploy\ncreate table ok (id int);",
+      "0002_typo": "-- safe: before_deploy\n\ncreate tabel nope (id int);",
+    });
+    const db = await open(await BACKENDS[1].databaseUrl());
+    const error = await failure(migrate(db, readMigrations(dir), { ...PRE, lint: false }));
+    expect(error.message).toStartWith(`${dir}/0002_typo.sql:3: SQL syntax error`);
+    expect(await tables(db)).toEqual(["safemigrate_history"]);
+  });
+});
