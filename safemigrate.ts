@@ -1538,6 +1538,9 @@ function rememberPassword(url: string): void {
   } catch { /* not percent-encoded */ }
 }
 
+/** Server errors raised while logging in: wrong password, no such role, no such database. */
+const LOGIN_ERRORS = ["28P01", "28000", "3D000"];
+
 /** Turns a driver or network error into one line a person can act on. */
 function describeConnectionError(error: unknown, label: string): string {
   const e = error as { code?: string; message?: string; errno?: string };
@@ -1623,7 +1626,7 @@ function asDriverError(error: unknown, label: string): unknown {
   if (error instanceof SafemigrateError) return error;
   const e = error as { name?: string; severity?: string; code?: string };
   const fromServer = e?.name === "PostgresError" || (e?.severity !== undefined && e?.code !== undefined);
-  if (fromServer && !["28P01", "28000", "3D000"].includes(e.code!)) return error;
+  if (fromServer && !LOGIN_ERRORS.includes(e.code!)) return error;
   return new DatabaseError(redact(describeConnectionError(error, label)));
 }
 
@@ -2157,6 +2160,15 @@ export async function sync(
  * `--baseline <id>` records it and everything it depends on (adopting a
  * database whose schema already has them). Both refuse an applied target.
  */
+/** The migration file a command names (`0003_x` or `0003_x.sql`); an InputError with a suggestion otherwise. */
+function migrationNamed(migrations: readonly Migration[], target: string): Migration {
+  const id = target.replace(/\.sql$/, "");
+  const found = migrations.find((m) => m.id === id);
+  if (found) return found;
+  const meant = closest(id, migrations.map((m) => m.id));
+  throw new InputError(`no migration file "${id}" in the migrations directory${meant ? ` — did you mean "${meant}"?` : ""}`);
+}
+
 export async function recordWithoutRunning(
   db: Database,
   migrations: readonly Migration[],
@@ -2165,11 +2177,7 @@ export async function recordWithoutRunning(
   options: LockOptions = {},
 ): Promise<string[]> {
   const files = new Map(migrations.map((m) => [m.id, m]));
-  const id = target.replace(/\.sql$/, "");
-  if (!files.has(id)) {
-    const meant = closest(id, [...files.keys()]);
-    throw new InputError(`no migration file "${id}" in the migrations directory${meant ? ` — did you mean "${meant}"?` : ""}`);
-  }
+  const { id } = migrationNamed(migrations, target);
   return await underLock(db, options, async (history) => {
     const applied = new Set(history.filter(isApplied).map((row) => row.id));
     if (applied.has(id)) throw new InputError(`${id} is already applied; --${kind} only records migrations that are not`);
@@ -2204,9 +2212,8 @@ export async function acceptChanged(
   target: string,
   options: LockOptions = {},
 ): Promise<{ id: string; from: string; to: string }> {
-  const id = target.replace(/\.sql$/, "");
-  const m = migrations.find((x) => x.id === id);
-  if (!m) throw new InputError(`no migration file "${id}" in the migrations directory`);
+  const m = migrationNamed(migrations, target);
+  const id = m.id;
   return await underLock(db, options, async (history) => {
     const row = history.find((r) => r.id === id);
     if (!isApplied(row)) throw new InputError(`${id} is not applied; there is no recorded checksum to replace`);
@@ -2296,15 +2303,15 @@ export async function snapshotSchema(db: Queryable): Promise<SchemaSnapshot> {
 
 /** What differs between two snapshots, one line per object. */
 export function diffSchemas(before: SchemaSnapshot, after: SchemaSnapshot): string[] {
+  const oneLine = (def: string) => def.replace(/\s+/g, " ").trim();
+  const described = (key: string, def: string) => `${key}${def ? ` (${oneLine(def)})` : ""}`;
   const lines: string[] = [];
   for (const [key, def] of before) {
-    if (!after.has(key)) lines.push(`missing: ${key}${def ? ` (${def.replace(/\s+/g, " ").trim()})` : ""}`);
-    else if (after.get(key) !== def) {
-      lines.push(`changed: ${key}: ${def.replace(/\s+/g, " ").trim()} -> ${after.get(key)!.replace(/\s+/g, " ").trim()}`);
-    }
+    if (!after.has(key)) lines.push(`missing: ${described(key, def)}`);
+    else if (after.get(key) !== def) lines.push(`changed: ${key}: ${oneLine(def)} -> ${oneLine(after.get(key)!)}`);
   }
   for (const [key, def] of after) {
-    if (!before.has(key)) lines.push(`left behind: ${key}${def ? ` (${def.replace(/\s+/g, " ").trim()})` : ""}`);
+    if (!before.has(key)) lines.push(`left behind: ${described(key, def)}`);
   }
   return lines.sort();
 }

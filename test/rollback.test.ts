@@ -264,44 +264,26 @@ for (const backend of BACKENDS) {
       expect(await appliedIds(db)).toEqual(["0001_items"]);
     });
 
-    test("a stored transaction: false down still runs outside a transaction when the file is gone", async () => {
-      const db = await open(await backend.databaseUrl());
-      const items = "create table items (id int, sku text);\n-- migrate:down\ndrop table items;";
-      await migrate(db, readMigrations(migrationsDir({
-        "0001_items": items,
-        "0002_sku_index": [
-          "-- transaction: false",
-          "create index concurrently items_sku_idx on items (sku);",
-          "-- migrate:down",
-          "-- transaction: false",
-          "drop index concurrently items_sku_idx;",
-        ].join("\n"),
-      })), all);
+    const outsideTransaction: [string, string[]][] = [
+      ["a stored transaction: false down", ["-- transaction: false", "create index concurrently items_sku_idx on items (sku);", "-- migrate:down", "-- transaction: false"]],
+      ["a stored down written dbmate-style (`-- migrate:down transaction:false`)", ["-- migrate:up transaction:false", "create index concurrently items_sku_idx on items (sku);", "-- migrate:down transaction:false"]],
+    ];
+    for (const [form, head] of outsideTransaction) {
+      test(`${form} still runs outside a transaction when the file is gone`, async () => {
+        const db = await open(await backend.databaseUrl());
+        const items = "create table items (id int, sku text);\n-- migrate:down\ndrop table items;";
+        await migrate(db, readMigrations(migrationsDir({
+          "0001_items": items,
+          "0002_sku_index": [...head, "drop index concurrently items_sku_idx;"].join("\n"),
+        })), all);
+        expect(await indexes(db, "items")).toEqual(["items_sku_idx"]);
 
-      await rollback(db, readMigrations(migrationsDir({ "0001_items": items })), "0002_sku_index", {});
-      expect(await indexes(db, "items")).toEqual([]);
-      expect(await appliedIds(db)).toEqual(["0001_items"]);
-    });
-
-    test("a stored down written dbmate-style (`-- migrate:down transaction:false`) still runs outside a transaction when the file is gone", async () => {
-      const db = await open(await backend.databaseUrl());
-      const items = "create table items (id int, sku text);\n-- migrate:down\ndrop table items;";
-      await migrate(db, readMigrations(migrationsDir({
-        "0001_items": items,
-        "0002_sku_index": [
-          "-- migrate:up transaction:false",
-          "create index concurrently items_sku_idx on items (sku);",
-          "-- migrate:down transaction:false",
-          "drop index concurrently items_sku_idx;",
-        ].join("\n"),
-      })), all);
-      expect(await indexes(db, "items")).toEqual(["items_sku_idx"]);
-
-      // The file is gone on this branch, so the down comes from the history.
-      await rollback(db, readMigrations(migrationsDir({ "0001_items": items })), "0002_sku_index", {});
-      expect(await indexes(db, "items")).toEqual([]);
-      expect(await appliedIds(db)).toEqual(["0001_items"]);
-    });
+        // The file is gone on this branch, so the down comes from the history.
+        await rollback(db, readMigrations(migrationsDir({ "0001_items": items })), "0002_sku_index", {});
+        expect(await indexes(db, "items")).toEqual([]);
+        expect(await appliedIds(db)).toEqual(["0001_items"]);
+      });
+    }
 
     test("a dry run of a rollback lists the steps, newest first, and changes nothing", async () => {
       const db = await open(await backend.databaseUrl());
