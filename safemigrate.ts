@@ -22,7 +22,7 @@
  * Runs under Bun (`bun safemigrate.ts`) and Deno (`deno run -A safemigrate.ts`).
  */
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { type Dirent, existsSync, readdirSync, readFileSync, readlinkSync, statSync, type Stats } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import mri from "mri";
@@ -226,10 +226,9 @@ interface ParsedDirectives {
 function directiveOn(line: string, where: string): { key: Directive; value: string } | null {
   const match = DIRECTIVE_LINE.exec(line.trim());
   if (!match) {
-    // `-- safe = always` or `-- safe before_deploy`: clearly meant as a directive.
-    const loose = /^--\s*(safe|depends|delay|transaction)\s*(=\s*|\s+)(\S+)\s*$/i.exec(line.trim());
-    if (loose && (loose[2].startsWith("=") || isValidValue(loose[1].toLowerCase() as Directive, loose[3]))) {
-      throw new InputError(`${where}: write the directive as "-- ${loose[1].toLowerCase()}: ${loose[3]}"`);
+    const loose = looseDirective(line.trim());
+    if (loose && (loose.equals || isValidValue(loose.key, loose.value))) {
+      throw new InputError(`${where}: write the directive as "-- ${loose.key}: ${loose.value}"`);
     }
     return null;
   }
@@ -240,6 +239,23 @@ function directiveOn(line: string, where: string): { key: Directive; value: stri
     throw new InputError(`${where}: unknown directive "${match[1]}:" — did you mean "${meant}:"?`);
   }
   return null;
+}
+
+/**
+ * `-- safe = always` or `-- safe before_deploy`: clearly meant as a directive.
+ * Split with string operations, not one regex: `\s*(=\s*|\s+)` backtracks
+ * quadratically over a long run of spaces, and a front-matter line can hold any text.
+ */
+function looseDirective(line: string): { key: Directive; value: string; equals: boolean } | null {
+  const head = /^--\s*(safe|depends|delay|transaction)\b/i.exec(line);
+  if (!head) return null;
+  const after = line.slice(head[0].length);
+  const rest = after.trim();
+  const equals = rest.startsWith("=");
+  const value = equals ? rest.slice(1).trim() : rest;
+  if (!equals && !/^\s/.test(after)) return null;
+  if (value === "" || /\s/.test(value)) return null;
+  return { key: head[1].toLowerCase() as Directive, value, equals };
 }
 
 function isValidValue(key: Directive, value: string): boolean {
@@ -435,26 +451,196 @@ export function parseMigration(id: string, file: string, text: string): Omit<Mig
   };
 }
 
+// ---- Reading the files -------------------------------------------------------
+//
+// A file that is not read is a migration that is silently not applied, so
+// every name in the directory that looks like a migration either becomes one
+// or is reported by name: links are followed (a Kubernetes ConfigMap mounts
+// each file as a link into its `..data` folder), and anything that cannot be
+// read as a regular UTF-8 file is an error (exit 2) before anything runs.
+// Hidden folders (`.git`, ConfigMap's `..data`) are not looked into.
+
+/** A file-system error in words a user can act on; `what` names the thing ("migrations directory", "migration file"). */
+export function fileSystemProblem(path: string, error: unknown, what: string): string {
+  const e = error as { code?: string; message?: string };
+  switch (e?.code) {
+    case "ENOENT":
+      return `${path}: ${what} does not exist`;
+    case "EACCES":
+    case "EPERM":
+      return `${path}: permission denied — the user running safemigrate cannot read this ${what}; ` +
+        `make it readable (chmod a+r, and a+x on its folders) or run as a user who can`;
+    case "ENOTDIR":
+      return `${path}: a part of this path is a file, not a directory — point it at the folder that holds the .sql files`;
+    case "ELOOP":
+      return `${path}: too many levels of symbolic links (a link that points back at itself) — fix or remove the link`;
+    default:
+      return `${path}: cannot read ${what}: ${e?.message ?? String(error)}`;
+  }
+}
+
+/** Why the entry `path` (named `*.sql`) is not a readable regular file, or null when it is one. */
+function notARegularFile(path: string): string | null {
+  let stat: Stats;
+  try {
+    stat = statSync(path);
+  } catch (error) {
+    if ((error as { code?: string }).code !== "ENOENT") return fileSystemProblem(path, error, "migration file");
+    let target = "a missing file";
+    try {
+      target = readlinkSync(path);
+    } catch { /* not a link after all: it vanished while being read */ }
+    return `${path}: a symbolic link to ${target}, which does not exist (a dangling link) — fix the link or remove it`;
+  }
+  if (stat.isFile()) return null;
+  if (stat.isDirectory()) return `${path}: a directory, not a migration file — rename it or move it out of the migrations directory`;
+  const kind = stat.isFIFO() ? "a FIFO (named pipe)" : stat.isSocket() ? "a socket" : "a device";
+  return `${path}: ${kind}, not a regular file — safemigrate reads only regular files (reading this one could block forever)`;
+}
+
+/** `.sql` files (any case) in the non-hidden subfolders of `dir`, at any depth; links to folders are not followed. */
+function sqlFilesBelow(dir: string): string[] {
+  const found: string[] = [];
+  let entries: Dirent[];
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return found;
+  }
+  for (const entry of entries) {
+    if (entry.name.startsWith(".")) continue;
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) found.push(...sqlFilesBelow(path));
+    else if (entry.name.toLowerCase().endsWith(".sql")) found.push(path);
+  }
+  return found;
+}
+
+/** Names of the migrations in `dir` (file name without `.sql`), and every entry that looks like one but cannot be. */
+function listMigrationFiles(dir: string): { ids: string[]; problems: string[] } {
+  let entries: Dirent[];
+  try {
+    if (!statSync(dir).isDirectory()) {
+      throw new InputError(`${dir} is a file, not a directory — point --dir at the folder that holds the migration .sql files`);
+    }
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch (error) {
+    if (error instanceof InputError) throw error;
+    const code = (error as { code?: string }).code;
+    throw new InputError(
+      code === "ENOENT"
+        ? `migrations directory ${dir} does not exist (set it with --dir)`
+        : fileSystemProblem(dir, error, "migrations directory"),
+    );
+  }
+  const ids: string[] = [];
+  const problems: string[] = [];
+  for (const entry of entries) {
+    const path = join(dir, entry.name);
+    if (entry.name.endsWith(".sql")) {
+      const problem = notARegularFile(path);
+      if (problem) problems.push(problem);
+      else ids.push(entry.name.slice(0, -".sql".length));
+    } else if (entry.name.toLowerCase().endsWith(".sql")) {
+      const renamed = `${entry.name.slice(0, -".sql".length)}.sql`;
+      problems.push(`${path}: ends in "${entry.name.slice(-".sql".length)}"; migration files end in lowercase ".sql" — rename it to ${renamed}`);
+    } else if (entry.isDirectory() && !entry.name.startsWith(".")) {
+      const nested = sqlFilesBelow(path);
+      if (nested.length > 0) {
+        const shown = nested.slice(0, 5).join(", ") + (nested.length > 5 ? ` and ${nested.length - 5} more` : "");
+        problems.push(
+          `${path}: a subfolder with .sql files (${shown}); safemigrate reads only the files directly in ${dir} — ` +
+            `move them up into ${dir}, or out of it (a folder whose name starts with "." is not looked into)`,
+        );
+      }
+    }
+  }
+  return { ids: ids.sort(compareIds), problems };
+}
+
 /**
- * Reads every `*.sql` file directly in `dir`, sorted by id in byte order, and
- * fills in the default dependency (the previous id). Reports every bad file at
- * once so a user fixes them in one pass.
+ * The text of a migration file: UTF-8, a leading byte-order mark dropped (so
+ * it changes neither lines nor checksum). A NUL byte or bytes that are not
+ * UTF-8 are an error naming the line: PostgreSQL cannot store NUL in SQL text
+ * (the parser would stop there and drop the statements after it), and
+ * decoding Latin-1 leniently would store U+FFFD in place of every accent.
+ */
+export function decodeMigrationText(bytes: Uint8Array, file: string): string {
+  const lineOf = (index: number) => {
+    let line = 1;
+    for (let i = 0; i < index; i++) if (bytes[i] === 0x0a) line++;
+    return line;
+  };
+  if ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff)) {
+    throw new InputError(`${file}:1: the file is UTF-16 (it starts with a UTF-16 byte-order mark) — save it as UTF-8`);
+  }
+  const nul = bytes.indexOf(0);
+  if (nul >= 0) {
+    throw new InputError(
+      `${file}:${lineOf(nul)}: contains a NUL byte (\\0) — PostgreSQL cannot take it in SQL text; ` +
+        `remove it (is this a binary file, or one saved as UTF-16?)`,
+    );
+  }
+  const body = bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? bytes.subarray(3) : bytes;
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(body);
+  } catch {
+    const bad = firstInvalidUtf8(body) + (body === bytes ? 0 : 3);
+    throw new InputError(
+      `${file}:${lineOf(bad)}: not valid UTF-8 (byte 0x${bytes[bad].toString(16).padStart(2, "0")}) — save the file as UTF-8 ` +
+        `(from Latin-1: iconv -f latin1 -t utf-8 ${file} > fixed.sql)`,
+    );
+  }
+}
+
+/** Index of the first byte that does not belong to a valid UTF-8 sequence. */
+function firstInvalidUtf8(bytes: Uint8Array): number {
+  const fatal = new TextDecoder("utf-8", { fatal: true });
+  // A newline is never part of a multi-byte sequence: decode line by line, then byte by byte in the bad line.
+  let start = 0;
+  while (start < bytes.length) {
+    let end = bytes.indexOf(0x0a, start);
+    if (end < 0) end = bytes.length;
+    try {
+      fatal.decode(bytes.subarray(start, end));
+    } catch {
+      for (let i = start; i < end; i++) {
+        try {
+          fatal.decode(bytes.subarray(start, i + 1), { stream: true });
+        } catch {
+          return i;
+        }
+      }
+      return end - 1;
+    }
+    start = end + 1;
+  }
+  return 0;
+}
+
+/** Reads one migration file as text; every way it can fail is an InputError naming the file. */
+function readMigrationText(file: string): string {
+  let bytes: Uint8Array;
+  try {
+    bytes = readFileSync(file);
+  } catch (error) {
+    throw new InputError(fileSystemProblem(file, error, "migration file"));
+  }
+  return decodeMigrationText(bytes, file);
+}
+
+/**
+ * Reads every `*.sql` file directly in `dir` (links followed), sorted by id
+ * in byte order, and fills in the default dependency (the previous id).
+ * Reports every bad file at once so a user fixes them in one pass.
  */
 export function readMigrations(dir: string): Migration[] {
-  if (!existsSync(dir)) {
-    throw new InputError(`migrations directory ${dir} does not exist (set it with --dir)`);
-  }
-  const names = readdirSync(dir, { withFileTypes: true })
-    .filter((entry) => entry.isFile() && entry.name.endsWith(".sql"))
-    .map((entry) => entry.name.slice(0, -".sql".length))
-    .sort(compareIds);
-
-  const problems: string[] = [];
+  const { ids: names, problems } = listMigrationFiles(dir);
   const migrations: Migration[] = [];
   for (const [index, id] of names.entries()) {
     const file = join(dir, `${id}.sql`);
     try {
-      const parsed = parseMigration(id, file, readFileSync(file, "utf8"));
+      const parsed = parseMigration(id, file, readMigrationText(file));
       const { declaredDepends, ...rest } = parsed;
       migrations.push({
         ...rest,
@@ -1920,8 +2106,10 @@ export async function runSection(
 }
 
 /**
- * A SQL literal: strings dollar-quoted with a tag they do not contain, so no
- * escaping setting (standard_conforming_strings) can change what they mean.
+ * A SQL literal. Strings are written as E'...' with quotes and backslashes
+ * escaped: an escape string means the same under any standard_conforming_strings
+ * setting, and unlike a dollar-quoted string no content can end it early
+ * (a migration id is any text a file name can hold, `$sm` included).
  */
 export function sqlLiteral(value: string | number | null): string {
   if (value === null) return "null";
@@ -1929,9 +2117,7 @@ export function sqlLiteral(value: string | number | null): string {
     if (!Number.isFinite(value)) throw new Error(`not a finite number: ${value}`);
     return String(value);
   }
-  let tag = "$sm$";
-  for (let n = 0; value.includes(tag); n++) tag = `$sm${n}$`;
-  return `${tag}${value}${tag}`;
+  return `E'${value.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
 }
 
 /**
