@@ -656,16 +656,206 @@ export function readMigrations(dir: string): Migration[] {
   return migrations;
 }
 
-/** 1-based file line of a 1-based character position inside a SQL section. */
-function lineAt(section: SqlSection, position: number): number {
-  return section.line + (section.sql.slice(0, Math.max(0, position - 1)).match(/\n/g)?.length ?? 0);
+// ---- Splitting a section into statements ---------------------------------------
+//
+// The real PostgreSQL parser (libpg-query) decides what the statements are,
+// but it is given the section in pieces of about PARSE_PIECE_CHARS: one parse
+// of a 50 MB file builds a JSON tree larger than its 1 GB heap, and decoding a
+// byte prefix per statement made the old splitting quadratic. The pieces are
+// cut after a `;` that a small lexer (quotes, dollar quotes, comments,
+// parentheses, BEGIN ATOMIC bodies) sees at the top level; if a cut was wrong
+// the piece does not parse, so it is joined with the next one and parsed
+// again, and only an error that stays where it was is reported. Byte offsets
+// (the parser counts UTF-8 bytes) map to lines through one index built in a
+// single forward pass. Everything here is linear in the size of the section.
+
+/** Characters of SQL given to the parser at once: big enough that a normal migration is one piece. */
+const PARSE_PIECE_CHARS = 1 << 18;
+
+/** Statement kinds the analysis has no rule for; their trees (most of a data migration's size) are not kept. */
+const DATA_STATEMENTS = new Set(["InsertStmt", "UpdateStmt", "DeleteStmt", "SelectStmt", "MergeStmt", "CopyStmt"]);
+
+const isWordChar = (c: number) =>
+  (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c === 95 || c === 36 || c >= 0x80;
+
+/** Index just past the quoted text opening at `start` (`'` or `"`); backslashes escape in E'' strings. */
+function endOfQuoted(sql: string, start: number, quote: number, backslashEscapes: boolean): number {
+  if (!backslashEscapes) {
+    const mark = String.fromCharCode(quote);
+    for (let i = start + 1;;) {
+      const close = sql.indexOf(mark, i);
+      if (close < 0) return sql.length;
+      if (sql.charCodeAt(close + 1) !== quote) return close + 1;
+      i = close + 2;
+    }
+  }
+  for (let i = start + 1; i < sql.length; i++) {
+    const c = sql.charCodeAt(i);
+    if (c === 92) i++;
+    else if (c === quote) {
+      if (sql.charCodeAt(i + 1) !== quote) return i + 1;
+      i++;
+    }
+  }
+  return sql.length;
+}
+
+/** Whether the quote at `i` opens an E'' string, where a backslash escapes the next character. */
+function isEscapeString(sql: string, i: number): boolean {
+  const prefix = sql.charCodeAt(i - 1);
+  return (prefix === 69 || prefix === 101) && !isWordChar(sql.charCodeAt(i - 2));
+}
+
+/** Index just past the comment or quoted text at `i`, or `i` when none starts there. */
+function skipLexeme(sql: string, i: number): number {
+  const c = sql.charCodeAt(i);
+  const next = sql.charCodeAt(i + 1);
+  if (c === 45 && next === 45) {
+    const newline = sql.indexOf("\n", i);
+    return newline < 0 ? sql.length : newline + 1;
+  }
+  if (c === 47 && next === 42) {
+    let depth = 0;
+    for (let j = i; j < sql.length; j++) {
+      if (sql.charCodeAt(j) === 47 && sql.charCodeAt(j + 1) === 42) (depth++, j++);
+      else if (sql.charCodeAt(j) === 42 && sql.charCodeAt(j + 1) === 47 && (j++, --depth === 0)) return j + 1;
+    }
+    return sql.length;
+  }
+  if (c === 39) return endOfQuoted(sql, i, 39, isEscapeString(sql, i));
+  if (c === 34) return endOfQuoted(sql, i, 34, false);
+  if (c === 36 && !isWordChar(sql.charCodeAt(i - 1))) {
+    const tag = /\$(?:[A-Za-z_\u0080-\uffff][\w\u0080-\uffff]*)?\$/y;
+    tag.lastIndex = i;
+    const open = tag.exec(sql);
+    if (open) {
+      const close = sql.indexOf(open[0], i + open[0].length);
+      return close < 0 ? sql.length : close + open[0].length;
+    }
+  }
+  return i;
+}
+
+/** A statement as the lexer sees it: its character range in the section and its first word, lowercased. */
+export interface LexedStatement {
+  start: number;
+  end: number;
+  first: string;
+}
+
+/**
+ * The statements of `sql` by its `;` at the top level, the way psql splits a
+ * file: quotes, dollar quotes, comments, parentheses, and BEGIN/CASE ... END in
+ * a routine body. Text after the last `;` is a statement when it holds a word.
+ */
+export function lexStatements(sql: string): LexedStatement[] {
+  const found: LexedStatement[] = [];
+  let start = 0;
+  let parens = 0;
+  let blocks = 0;
+  let words: string[] = [];
+  let routine = false;
+  // A loop over character codes: several times faster than a regex over a 50 MB file.
+  for (let i = 0; i < sql.length; i++) {
+    const c = sql.charCodeAt(i);
+    if (c === 39 || c === 34 || c === 45 || c === 47 || c === 36) {
+      const skipped = skipLexeme(sql, i);
+      if (skipped > i) i = skipped - 1;
+    } else if (c === 40) parens++;
+    else if (c === 41) parens = Math.max(0, parens - 1);
+    else if (c === 59 && parens === 0 && blocks === 0) {
+      found.push({ start, end: i + 1, first: words[0] ?? "" });
+      start = i + 1;
+      words = [];
+      routine = false;
+    } else if ((words.length === 0 || (words[0] === "create" && words.length < 6) || routine) && isWordChar(c) && !(c >= 48 && c <= 57)) {
+      // Words matter at the start of a statement and in a routine body only.
+      let j = i + 1;
+      while (j < sql.length && isWordChar(sql.charCodeAt(j))) j++;
+      const word = sql.slice(i, j).toLowerCase();
+      if (words.length < 6) words.push(word);
+      routine = words[0] === "create" && (words.includes("function") || words.includes("procedure"));
+      if (routine && (word === "begin" || (word === "case" && blocks > 0))) blocks++;
+      else if (routine && word === "end" && blocks > 0) blocks--;
+      i = j - 1;
+    }
+  }
+  if (words.length > 0) found.push({ start, end: sql.length, first: words[0] });
+  return found;
+}
+
+/** Parse-tree kinds of the statements a first word identifies for certain (WITH may wrap anything: not listed). */
+const DATA_FIRST_WORDS: Record<string, string> = {
+  insert: "InsertStmt",
+  update: "UpdateStmt",
+  delete: "DeleteStmt",
+  select: "SelectStmt",
+  values: "SelectStmt",
+  merge: "MergeStmt",
+};
+
+/** One shared, frozen tree per data statement kind: half a million INSERTs need no half a million trees. */
+const dataNodes = new Map<string, Record<string, unknown>>();
+const dataNode = (kind: string) => {
+  let node = dataNodes.get(kind);
+  if (!node) dataNodes.set(kind, node = Object.freeze({ [kind]: Object.freeze({}) }));
+  return node;
+};
+
+/** A run of statements given to the parser at once; `data` when all are plain data statements. */
+interface Piece {
+  statements: LexedStatement[];
+  data: boolean;
+}
+
+/** Consecutive statements in pieces of about `size` characters, data statements apart from the rest. */
+function parsePieces(statements: LexedStatement[], size: number): Piece[] {
+  const pieces: Piece[] = [];
+  for (const statement of statements) {
+    const data = statement.first in DATA_FIRST_WORDS;
+    const last = pieces[pieces.length - 1];
+    if (last && last.data === data && statement.end - last.statements[0].start <= size) last.statements.push(statement);
+    else pieces.push({ statements: [statement], data });
+  }
+  return pieces;
+}
+
+/** UTF-8 length of one UTF-16 code unit (a surrogate pair counts 4 on its first half, 0 on its second). */
+const utf8Width = (c: number) => c < 0x80 ? 1 : c < 0x800 ? 2 : c >= 0xd800 && c < 0xdc00 ? 4 : c >= 0xdc00 && c < 0xe000 ? 0 : 3;
+
+/** Byte offset -> file line and column in a SQL section, through line starts found in one pass. */
+function sectionPlaces(section: SqlSection): (offset: number) => { line: number; column: number } {
+  const sql = section.sql;
+  const lineBytes: number[] = [0];
+  const lineChars: number[] = [0];
+  let bytes = 0;
+  for (let i = 0; i < sql.length; i++) {
+    const c = sql.charCodeAt(i);
+    bytes += utf8Width(c);
+    if (c === 10) {
+      lineBytes.push(bytes);
+      lineChars.push(i + 1);
+    }
+  }
+  return (offset) => {
+    let low = 0;
+    let high = lineBytes.length - 1;
+    while (low < high) {
+      const mid = (low + high + 1) >> 1;
+      if (lineBytes[mid] <= offset) low = mid;
+      else high = mid - 1;
+    }
+    let column = 1;
+    for (let i = lineChars[low], b = lineBytes[low]; b < offset && i < sql.length; i++, column++) b += utf8Width(sql.charCodeAt(i));
+    return { line: section.line + low, column };
+  };
 }
 
 /** A statement of a SQL section: its text, the file line it starts on, and its parse tree. */
 export interface Statement {
   sql: string;
   line: number;
-  /** libpg-query's parse tree of the statement (`{ CreateStmt: {...} }`). */
+  /** libpg-query's parse tree of the statement (`{ CreateStmt: {...} }`); only the kind for DATA_STATEMENTS. */
   node: Record<string, unknown>;
   /** Byte offset of the statement's first token in the section. */
   offset: number;
@@ -693,36 +883,154 @@ export async function parseSection(section: SqlSection, file: string): Promise<P
 
 const parsedSections = new WeakMap<SqlSection, Promise<ParsedSection>>();
 
+type ParseTree = { stmts?: { stmt?: Record<string, unknown>; stmt_location?: number; stmt_len?: number }[] };
+
 async function parseSectionUncached(section: SqlSection, file: string): Promise<ParsedSection> {
-  if (section.sql.trim() === "") return { statements: [], place: () => ({ line: section.line, column: 1 }) };
-  const { parse } = await import("libpg-query");
-  let tree: Awaited<ReturnType<typeof parse>>;
-  try {
-    tree = await parse(section.sql);
-  } catch (error) {
-    const position = (error as { sqlDetails?: { cursorPosition?: number } }).sqlDetails?.cursorPosition ?? 0;
-    throw new InputError(`${file}:${lineAt(section, position)}: SQL syntax error: ${(error as Error).message}`);
+  const place = sectionPlaces(section);
+  if (section.sql.trim() === "") return { statements: [], place };
+  const { parse, normalize } = await import("libpg-query");
+  const sql = section.sql;
+  const pieces = parsePieces(lexStatements(sql), PARSE_PIECE_CHARS);
+  const statements: Statement[] = [];
+  const bytes = byteOffsets(sql);
+  let lastError = "";
+  for (let from = 0, to = 1; from < pieces.length; to++) {
+    const start = pieces[from].statements[0].start;
+    const end = pieces[to - 1].statements.at(-1)!.end;
+    const text = sql.slice(start, end);
+    const joined = to - from > 1;
+    try {
+      if (pieces[from].data && !joined && lastError !== "normalize") {
+        // A syntax check that builds no tree: data statements are most of a big file and have no rule.
+        await normalize(text);
+        statements.push(...pieces[from].statements.map((lexed) => lexedStatement(sql, lexed, bytes, place)));
+      } else {
+        statements.push(...parsedStatements(text, bytes(start), await parse(text) as ParseTree, place));
+      }
+    } catch (error) {
+      if (pieces[from].data && !joined && lastError === "") {
+        lastError = "normalize";
+        to--; // parse the same piece again, for the error's position
+        continue;
+      }
+      const at = bytes(start) + ((error as { sqlDetails?: { cursorPosition?: number } }).sqlDetails?.cursorPosition ?? 0);
+      const message = (error as Error).message;
+      // A wrong cut fails differently once the next piece is joined on; a real error stays put.
+      if (to < pieces.length && `${at} ${message}` !== lastError) {
+        lastError = `${at} ${message}`;
+        continue;
+      }
+      throw new InputError(`${file}:${place(at).line}: SQL syntax error: ${message}`);
+    }
+    from = to;
+    lastError = "";
   }
-  const encoder = new TextEncoder();
-  const decoder = new TextDecoder();
-  const bytes = encoder.encode(section.sql);
-  const place = (offset: number) => {
-    const before = decoder.decode(bytes.subarray(0, offset));
-    return {
-      line: section.line + (before.match(/\n/g)?.length ?? 0),
-      column: before.length - (before.lastIndexOf("\n") + 1) + 1,
-    };
-  };
-  const statements = (tree.stmts ?? []).flatMap(({ stmt, stmt_location, stmt_len }) => {
-    const start = stmt_location ?? 0;
-    const raw = decoder.decode(bytes.subarray(start, stmt_len ? start + stmt_len : bytes.length));
-    // The parser may count comments before a statement as part of it; its line is that of its first token.
-    const leading = /^(\s|--[^\n]*\n?)*/.exec(raw)![0];
-    const offset = start + encoder.encode(leading).length;
-    const sql = raw.slice(leading.length).trim();
-    return stmt && sql ? [{ sql, line: place(offset).line, node: stmt as Record<string, unknown>, offset }] : [];
-  });
   return { statements, place };
+}
+
+/** Character offset -> UTF-8 byte offset, cheapest when asked in increasing order (one pass over the text). */
+function byteOffsets(sql: string): (char: number) => number {
+  let char = 0;
+  let byte = 0;
+  return (target) => {
+    if (target < char) (char = 0, byte = 0);
+    for (; char < target; char++) byte += utf8Width(sql.charCodeAt(char));
+    return byte;
+  };
+}
+
+/** The parser may count comments before a statement as part of it; a statement's line is that of its first token. */
+const LEADING_COMMENTS = /^(\s|--[^\n]*\n?)*/;
+
+/** A statement of a data piece, as the lexer split it (the piece as a whole passed the parser). */
+function lexedStatement(
+  sql: string,
+  { start, end, first }: LexedStatement,
+  bytes: (char: number) => number,
+  place: (offset: number) => { line: number },
+): Statement {
+  const leading = LEADING_COMMENTS.exec(sql.slice(start, end))![0].length;
+  const offset = bytes(start + leading);
+  const text = sql.slice(start + leading, end).trim().replace(/;$/, "").trimEnd();
+  return { sql: text, line: place(offset).line, node: dataNode(DATA_FIRST_WORDS[first]), offset };
+}
+
+/** The statements of one parsed piece that starts at byte `base` of the section. */
+function parsedStatements(text: string, base: number, tree: ParseTree, place: (offset: number) => { line: number }): Statement[] {
+  const encoder = new TextEncoder();
+  const bytes = encoder.encode(text);
+  const ascii = bytes.length === text.length;
+  const decoder = new TextDecoder();
+  const slice = (start: number, end: number) => ascii ? text.slice(start, end) : decoder.decode(bytes.subarray(start, end));
+  return (tree.stmts ?? []).flatMap(({ stmt, stmt_location, stmt_len }) => {
+    const start = stmt_location ?? 0;
+    const raw = slice(start, stmt_len ? start + stmt_len : bytes.length);
+    const leading = LEADING_COMMENTS.exec(raw)![0];
+    const offset = base + start + (ascii ? leading.length : encoder.encode(leading).length);
+    const sql = raw.slice(leading.length).trim();
+    if (!stmt || !sql) return [];
+    const kind = Object.keys(stmt)[0];
+    const node = DATA_STATEMENTS.has(kind) ? dataNode(kind) : stmt;
+    return [{ sql, line: place(offset).line, node, offset }];
+  });
+}
+
+// ---- Batches: many statements per round trip --------------------------------
+//
+// A transactional section is sent in batches of statements (the simple
+// protocol runs a multi-statement query in order, in the one transaction): a
+// 50 MB file of INSERTs costs a few hundred round trips instead of half a
+// million. An error then has to be traced back to its statement: by the
+// position the server gives, or (for errors without one, like a unique
+// violation) by running the section again, statement by statement, in a
+// transaction that is always rolled back (see runSection).
+
+/** Characters of SQL sent in one round trip. */
+export const BATCH_CHARS = 1 << 18;
+
+/** Between two statements: a newline first, so a trailing `-- comment` cannot swallow the `;`. */
+const BATCH_SEPARATOR = "\n;\n";
+
+export interface StatementBatch {
+  text: string;
+  statements: Statement[];
+  /** Character offset of each statement in `text`. */
+  starts: number[];
+}
+
+/** Consecutive statements in batches of at most `maxChars` (a longer statement is a batch of its own). */
+export function statementBatches(statements: readonly Statement[], maxChars: number): StatementBatch[] {
+  const batches: StatementBatch[] = [];
+  let current: { parts: string[]; statements: Statement[]; starts: number[]; length: number } | null = null;
+  const close = () => current && batches.push({ text: current.parts.join(BATCH_SEPARATOR), statements: current.statements, starts: current.starts });
+  for (const statement of statements) {
+    const start = current ? current.length + BATCH_SEPARATOR.length : 0;
+    if (!current || start + statement.sql.length > maxChars) {
+      close();
+      current = { parts: [], statements: [], starts: [], length: 0 };
+    }
+    const at = current.parts.length === 0 ? 0 : current.length + BATCH_SEPARATOR.length;
+    current.parts.push(statement.sql);
+    current.statements.push(statement);
+    current.starts.push(at);
+    current.length = at + statement.sql.length;
+  }
+  close();
+  return batches;
+}
+
+/** The statement of a batch at a 1-based character `position` of its text, and the file line there. */
+export function statementAt(batch: StatementBatch, position: number): { statement: Statement; line: number } | null {
+  if (!(position > 0)) return null;
+  let low = 0;
+  for (let high = batch.starts.length - 1; low < high;) {
+    const mid = (low + high + 1) >> 1;
+    if (batch.starts[mid] <= position - 1) low = mid;
+    else high = mid - 1;
+  }
+  const statement = batch.statements[low];
+  const within = statement.sql.slice(0, Math.max(0, position - 1 - batch.starts[low]));
+  return { statement, line: statement.line + (within.match(/\n/g)?.length ?? 0) };
 }
 
 // ============================================================================
@@ -2054,24 +2362,26 @@ export async function runSection(
   if (section.transaction) {
     // The timeouts ride along with the first statement: one round trip less per migration.
     const settings = `${timeouts("local")}; `;
-    let failed: { statement: Statement; prefix: string } | null = null;
+    // Many statements per round trip (see statementBatches); a failure is traced back to its statement below.
+    const batches = statementBatches(statements, BATCH_CHARS);
+    let failed: { index: number; prefix: string } | null = null;
     try {
       await withRetries(section.line, () =>
         db.transaction(async (tx) => {
-          if (statements.length === 0) await tx.exec(settings);
-          for (const [index, statement] of statements.entries()) {
+          if (batches.length === 0) await tx.exec(settings);
+          for (const [index, batch] of batches.entries()) {
             const prefix = index === 0 ? settings : "";
-            failed = { statement, prefix };
-            await tx.exec(prefix + statement.sql);
+            failed = { index, prefix };
+            await tx.exec(prefix + batch.text);
           }
           failed = null;
           await record(tx, performance.now() - started);
         })
       );
     } catch (error) {
-      const at = failed as { statement: Statement; prefix: string } | null;
-      const line = at ? lineOf(at.statement, error, at.prefix) : section.line;
-      throw failure(line, error, "it was rolled back; nothing of it took effect", attemptsOf(error));
+      const at = failed as { index: number; prefix: string } | null;
+      const found = at ? await failedStatement(db, batches, at.index, error, at.prefix, settings, lineOf) : null;
+      throw failure(found?.line ?? section.line, found?.error ?? error, "it was rolled back; nothing of it took effect", attemptsOf(error));
     }
     return performance.now() - started;
   }
@@ -2103,6 +2413,42 @@ export async function runSection(
   } finally {
     await db.exec("reset lock_timeout; reset statement_timeout").catch(() => {});
   }
+}
+
+/**
+ * The statement a failed batch failed on, and its error: by the position the
+ * server gave, or, for an error without one (a unique violation) in a batch
+ * of several statements, by running the section again up to that batch and
+ * then statement by statement, in a transaction that is always rolled back.
+ */
+async function failedStatement(
+  db: Database,
+  batches: readonly StatementBatch[],
+  index: number,
+  error: unknown,
+  prefix: string,
+  settings: string,
+  lineOf: (statement: Statement, error: unknown, prefix?: string) => number,
+): Promise<{ line: number; error: unknown }> {
+  const batch = batches[index];
+  const byPosition = statementAt(batch, Number((error as { position?: string | number }).position ?? 0) - prefix.length);
+  if (byPosition) return { line: byPosition.line, error };
+  if (batch.statements.length === 1) return { line: batch.statements[0].line, error };
+  let found: { line: number; error: unknown } | null = null;
+  await db.transaction(async (tx) => {
+    await tx.exec(settings);
+    for (const earlier of batches.slice(0, index)) await tx.exec(earlier.text);
+    for (const statement of batch.statements) {
+      try {
+        await tx.exec(statement.sql);
+      } catch (again) {
+        found = { line: lineOf(statement, again), error: again };
+        break;
+      }
+    }
+    throw new Error("only finding the failed statement: roll back");
+  }).catch(() => {});
+  return found ?? { line: batch.statements[0].line, error };
 }
 
 /**

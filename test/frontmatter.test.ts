@@ -189,13 +189,13 @@ describe("reading a migrations directory", () => {
     expect(migrations.map((m) => m.depends)).toEqual([[], ["0001_a"], [], ["0010_c"], ["B_upper"]]);
   });
 
-  test("only *.sql files directly in the directory are migrations", async () => {
+  test("only *.sql files directly in the directory are migrations (hidden folders are not looked into)", async () => {
     const dir = migrationsDir({ "0001_a": "select 1;" });
     const { mkdirSync, writeFileSync } = await import("node:fs");
     writeFileSync(`${dir}/README.md`, "x");
     writeFileSync(`${dir}/0003_draft.sql.bak`, "y");
-    mkdirSync(`${dir}/old`);
-    writeFileSync(`${dir}/old/0000_z.sql`, "select 0;");
+    mkdirSync(`${dir}/.old`);
+    writeFileSync(`${dir}/.old/0000_z.sql`, "select 0;");
     expect(readMigrations(dir).map((m) => m.id)).toEqual(["0001_a"]);
   });
 

@@ -1,0 +1,11 @@
+import { parseSection } from "./safemigrate.ts";
+const n = Number(process.argv[2]);
+const lines = ["create table big_items (id bigint primary key, name text, note text, amount numeric);"];
+for (let i = 1; i <= n; i++) lines.push(`insert into big_items (id, name, note, amount) values (${i}, 'item ${i}', 'note ${i}', ${i % 1000});`);
+let sql = lines.join("\n") + "\n"; lines.length = 0;
+const mem = (l: string) => { Bun.gc(true); console.log(l, "rss MB", (process.memoryUsage().rss/1e6).toFixed(0)); };
+mem("generated");
+const t = performance.now();
+const p = await parseSection({ sql, line: 3, transaction: true }, "x.sql");
+console.log("ms", (performance.now() - t).toFixed(0));
+mem("parsed");

@@ -1,0 +1,12 @@
+import { lexStatements } from "./safemigrate.ts";
+import { normalize } from "libpg-query";
+const n = 533000;
+const lines = ["create table big_items (id bigint primary key, name text, note text, amount numeric);"];
+for (let i = 1; i <= n; i++) lines.push(`insert into big_items (id, name, note, amount) values (${i}, 'item ${i}', 'note ${i}', ${i % 1000});`);
+let sql = lines.join("\n") + "\n";
+let t = performance.now();
+let l = lexStatements(sql); console.log("lex1", (performance.now() - t).toFixed(0)); t = performance.now(); l = lexStatements(sql);
+console.log("lex", l.length, (performance.now() - t).toFixed(0));
+t = performance.now();
+for (let k = 0; k < sql.length; k += 262144) await normalize(sql.slice(k, k + 262144).replace(/[^;]*$/, ""));
+console.log("normalize", (performance.now() - t).toFixed(0));
