@@ -2157,8 +2157,51 @@ export async function connectPglite(url: string): Promise<Database> {
   };
 }
 
+/** SQLSTATE of a write refused by a read-only transaction, a read-only database or a hot standby. */
+const READ_ONLY_SQL_TRANSACTION = "25006";
+
+/** An error no code path turned into a message: what it means and what to do, where that is known. */
+export function describeUnexpected(error: unknown): string {
+  const e = error as { code?: string; message?: string };
+  const message = e?.message ?? String(error);
+  if (e?.code === READ_ONLY_SQL_TRANSACTION) {
+    return `the database is read-only (${message}): it is a hot standby / read replica, or default_transaction_read_only is on — ` +
+      `point --database-url at the primary, or turn it off for this database (alter database <name> set default_transaction_read_only = off)`;
+  }
+  return `unexpected error: ${message}`;
+}
+
+/** Characters that end the password part of a URL early, with the form that keeps them in it. */
+const URL_ENCODED: Record<string, string> = { "#": "%23", "?": "%3F", "/": "%2F", "@": "%40" };
+
+/**
+ * A password holding `#`, `?`, `/` or `@` must be percent-encoded in a URL;
+ * unencoded, the URL parser cuts the URL there and the error says nothing
+ * useful. Says which characters to encode, never showing the password.
+ */
+export function unencodedPassword(url: string): string | null {
+  const scheme = /^[a-z][\w+.-]*:\/\//i.exec(url);
+  const at = url.lastIndexOf("@");
+  if (!scheme || at < 0) return null;
+  const userinfo = url.slice(scheme[0].length, at);
+  const colon = userinfo.indexOf(":");
+  if (colon < 0) return null;
+  const password = userinfo.slice(colon + 1);
+  // An `@` in the query string (`?options=a@b`) is not the end of the password.
+  if (/\?[^#]*=/.test(password) && /\//.test(userinfo)) return null;
+  secrets.add(password);
+  const bad = [...new Set([...password].filter((c) => c in URL_ENCODED))];
+  if (bad.length === 0) return null;
+  return `the password in the database URL contains ${bad.map((c) => `"${c}"`).join(", ")}, which must be percent-encoded in a URL ` +
+    `(${bad.map((c) => `${c} as ${URL_ENCODED[c]}`).join(", ")}): ` +
+    `${scheme[0]}${userinfo.slice(0, colon)}:<password, encoded>@${url.slice(at + 1)} ` +
+    `(encodeURIComponent in JavaScript, urllib.parse.quote(p, safe="") in Python)`;
+}
+
 export function connect(url: string): Promise<Database> {
   if (url.startsWith("pglite:")) return connectPglite(url);
+  const password = unencodedPassword(url);
+  if (password) throw new InputError(password);
   if (/^postgres(ql)?:\/\//i.test(url)) return connectPostgres(url);
   throw new InputError(
     `unsupported database URL ${describeUrl(url)} — use postgres://user:password@host:5432/db, pglite:<dir> or pglite:memory`,
@@ -2195,7 +2238,24 @@ export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
             duration_ms as "durationMs", down_sql as "downSql", depends
        from ${HISTORY_TABLE} order by id`,
   );
-  return rows.map((row) => ({ ...row, depends: row.depends === null ? null : JSON.parse(row.depends) }));
+  return rows.map((row) => ({ ...row, depends: storedDepends(row.id, row.depends) }));
+}
+
+/** The `depends` column: a JSON array of ids, or null. Anything else was written by hand and is named, not crashed on. */
+function storedDepends(id: string, text: string | null): string[] | null {
+  if (text === null) return null;
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    value = undefined;
+  }
+  if (Array.isArray(value) && value.every((v) => typeof v === "string")) return value;
+  throw new InputError(
+    `${HISTORY_TABLE}: the row of ${id} has depends = ${JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}…` : text)}, ` +
+      `which is not a JSON array of migration ids — correct it, e.g. ` +
+      `update ${HISTORY_TABLE} set depends = '["0001_previous"]' where id = ${sqlLiteral(id)} (or set it to null)`,
+  );
 }
 
 export type RunEvent =
@@ -3417,7 +3477,7 @@ export async function main(
   } catch (error) {
     const known = error instanceof SafemigrateError;
     const exitCode = known ? error.exitCode : EXIT.failed;
-    const message = redact(known ? error.message : `unexpected error: ${(error as Error)?.message ?? error}`);
+    const message = redact(known ? error.message : describeUnexpected(error));
     output.err(red(output, `safemigrate: error: ${message}`));
     if (json) printJson({ ok: false, exitCode, error: message, ...(error instanceof LintError ? { findings: error.findings } : {}) });
     return exitCode;
