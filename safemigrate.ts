@@ -593,29 +593,21 @@ export function decodeMigrationText(bytes: Uint8Array, file: string): string {
   }
 }
 
-/** Index of the first byte that does not belong to a valid UTF-8 sequence. */
+/** Index of the first byte of the first sequence that is not valid UTF-8 (only called once decoding failed). */
 function firstInvalidUtf8(bytes: Uint8Array): number {
-  const fatal = new TextDecoder("utf-8", { fatal: true });
-  // A newline is never part of a multi-byte sequence: decode line by line, then byte by byte in the bad line.
-  let start = 0;
-  while (start < bytes.length) {
-    let end = bytes.indexOf(0x0a, start);
-    if (end < 0) end = bytes.length;
+  for (let i = 0; i < bytes.length;) {
+    const lead = bytes[i];
+    const length = lead < 0x80 ? 1 : lead >= 0xc2 && lead < 0xe0 ? 2 : lead >= 0xe0 && lead < 0xf0 ? 3 : lead >= 0xf0 && lead < 0xf5 ? 4 : 0;
+    if (length === 0 || i + length > bytes.length) return i;
     try {
-      fatal.decode(bytes.subarray(start, end));
+      // The strict decoder also knows the finer rules (overlong forms, surrogates) for this one sequence.
+      new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(i, i + length));
     } catch {
-      for (let i = start; i < end; i++) {
-        try {
-          fatal.decode(bytes.subarray(start, i + 1), { stream: true });
-        } catch {
-          return i;
-        }
-      }
-      return end - 1;
+      return i;
     }
-    start = end + 1;
+    i += length;
   }
-  return 0;
+  return bytes.length - 1;
 }
 
 /** Reads one migration file as text; every way it can fail is an InputError naming the file. */
