@@ -202,12 +202,16 @@ export function compareIds(a: string, b: string): number {
 
 /** Waiver comments are excluded, so waiving a finding in an applied migration is not drift. */
 export function checksumOf(upSql: string): string {
-  const normalised = upSql.replace(/\r\n?/g, "\n").split("\n").filter((line) => !WAIVER_LINE.test(line)).join("\n").trim();
+  // Without a waiver or a carriage return there is nothing to take out: skip copying a big file line by line.
+  const normalised = !/\r/.test(upSql) && !WAIVER_ANYWHERE.test(upSql)
+    ? upSql.trim()
+    : upSql.replace(/\r\n?/g, "\n").split("\n").filter((line) => !WAIVER_LINE.test(line)).join("\n").trim();
   return createHash("sha256").update(normalised).digest("hex");
 }
 
 /** `-- safemigrate-ignore: rule[, rule] -- reason` directly above a statement. */
 const WAIVER_LINE = /^\s*--\s*safemigrate-ignore\s*:/i;
+const WAIVER_ANYWHERE = /safemigrate-ignore/i;
 
 interface ParsedDirectives {
   "lock-timeout"?: { value: number; line: number };
@@ -344,8 +348,13 @@ function applyDirective(
 export function parseMigration(id: string, file: string, text: string): Omit<Migration, "depends" | "dependsLine"> & {
   declaredDepends: { value: string[]; line: number } | null;
 } {
-  const lines = text.replace(/\r\n?/g, "\n").split("\n");
+  const source = text.includes("\r") ? text.replace(/\r\n?/g, "\n") : text;
+  const lines = source.split("\n");
   const at = (index: number) => `${file}:${index + 1}`;
+  // From line `index` on, as a slice of `source` (a big file is not copied line by line).
+  const lineStarts: number[] = [];
+  for (let i = 0, offset = 0; i < lines.length; offset += lines[i].length + 1, i++) lineStarts.push(offset);
+  const linesFrom = (start: number, end = lines.length) => source.slice(lineStarts[start], end < lines.length ? lineStarts[end] - 1 : source.length);
 
   const up: ParsedDirectives = {};
   const down: ParsedDirectives = {};
@@ -425,13 +434,13 @@ export function parseMigration(id: string, file: string, text: string): Omit<Mig
     );
   }
 
-  const upSql = upStart < 0 ? "" : lines.slice(upStart, upEnd).join("\n").trimEnd();
+  const upSql = upStart < 0 ? "" : linesFrom(upStart, upEnd).trimEnd();
   const downSection = downMarker < 0
     ? null
     : {
       // From the marker on, so dbmate's `-- migrate:down transaction:false` survives in the stored copy.
-      raw: lines.slice(downMarker).join("\n").trim(),
-      sql: downStart < 0 ? "" : lines.slice(downStart).join("\n").trimEnd(),
+      raw: linesFrom(downMarker).trim(),
+      sql: downStart < 0 ? "" : linesFrom(downStart).trimEnd(),
       line: downStart < 0 ? downMarker + 2 : downStart + 1,
       transaction: down.transaction?.value ?? true,
     };
@@ -444,7 +453,7 @@ export function parseMigration(id: string, file: string, text: string): Omit<Mig
     delayMs: up.delay?.value ?? null,
     lockTimeoutMs: up["lock-timeout"]?.value ?? null,
     statementTimeoutMs: up["statement-timeout"]?.value ?? null,
-    source: lines.join("\n"),
+    source,
     up: { sql: upSql, line: upStart < 0 ? 1 : upStart + 1, transaction: up.transaction?.value ?? true },
     down: downSection,
     checksum: checksumOf(upSql),
@@ -943,7 +952,12 @@ function lexedStatement(
 ): Statement {
   const leading = LEADING_COMMENTS.exec(sql.slice(start, end))![0].length;
   const offset = bytes(start + leading);
-  const text = sql.slice(start + leading, end).trim().replace(/;$/, "").trimEnd();
+  // One slice, no trimmed copies: the text ends before the `;` and the white space around it.
+  let last = end;
+  while (last > start + leading && /\s/.test(sql[last - 1])) last--;
+  if (sql.charCodeAt(last - 1) === 59) last--;
+  while (last > start + leading && /\s/.test(sql[last - 1])) last--;
+  const text = sql.slice(start + leading, last);
   return { sql: text, line: place(offset).line, node: dataNode(DATA_FIRST_WORDS[first]), offset };
 }
 
@@ -984,7 +998,8 @@ export const BATCH_CHARS = 1 << 18;
 const BATCH_SEPARATOR = "\n;\n";
 
 export interface StatementBatch {
-  text: string;
+  /** The statements joined, built on each read. */
+  readonly text: string;
   statements: Statement[];
   /** Character offset of each statement in `text`. */
   starts: number[];
@@ -993,16 +1008,20 @@ export interface StatementBatch {
 /** Consecutive statements in batches of at most `maxChars` (a longer statement is a batch of its own). */
 export function statementBatches(statements: readonly Statement[], maxChars: number): StatementBatch[] {
   const batches: StatementBatch[] = [];
-  let current: { parts: string[]; statements: Statement[]; starts: number[]; length: number } | null = null;
-  const close = () => current && batches.push({ text: current.parts.join(BATCH_SEPARATOR), statements: current.statements, starts: current.starts });
+  let current: { statements: Statement[]; starts: number[]; length: number } | null = null;
+  // The text is joined when sent, so a big section is not held twice.
+  const close = () => {
+    if (!current) return;
+    const { statements: these, starts } = current;
+    batches.push({ get text() { return these.map((s) => s.sql).join(BATCH_SEPARATOR); }, statements: these, starts });
+  };
   for (const statement of statements) {
     const start = current ? current.length + BATCH_SEPARATOR.length : 0;
     if (!current || start + statement.sql.length > maxChars) {
       close();
-      current = { parts: [], statements: [], starts: [], length: 0 };
+      current = { statements: [], starts: [], length: 0 };
     }
-    const at = current.parts.length === 0 ? 0 : current.length + BATCH_SEPARATOR.length;
-    current.parts.push(statement.sql);
+    const at = current.statements.length === 0 ? 0 : current.length + BATCH_SEPARATOR.length;
     current.statements.push(statement);
     current.starts.push(at);
     current.length = at + statement.sql.length;
@@ -1920,11 +1939,12 @@ function waiversAbove(lines: string[], line: number): { rules: string[]; reason:
 export async function analyzeMigration(migration: Migration, state: AnalysisState = newAnalysisState()): Promise<Finding[]> {
   if (migration.up.sql.trim() === "") return [];
   const { statements, place } = await parseSection(migration.up, migration.file);
-  const fileLines = migration.source.split("\n");
+  // Split into lines only when there is a waiver to find: a 50 MB data migration has none.
+  const fileLines = WAIVER_ANYWHERE.test(migration.source) ? migration.source.split("\n") : null;
   const findings: Finding[] = [];
   const scope: MigrationScope = { tables: new Set(), objects: objectsCreatedIn(statements), notValidHere: new Map() };
   for (const statement of statements) {
-    const waivers = waiversAbove(fileLines, statement.line);
+    const waivers = fileLines ? waiversAbove(fileLines, statement.line) : [];
 
     for (const waiver of waivers) {
       const where = { migration: migration.id, file: migration.file, line: waiver.line, column: waiver.column, waived: null };

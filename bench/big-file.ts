@@ -8,7 +8,8 @@
  *   2mb     2 MB of INSERTs (about 21,000 statements)
  *
  * For every case, `psql -X -q -1 -v ON_ERROR_STOP=1 -f <file>` and
- * `bun safemigrate.ts --all --dir <dir> --database-url <url>` run interleaved
+ * `bun safemigrate.ts --all --dir <dir> --database-url <url>` (linting on, the
+ * default) run interleaved
  * (order alternating), --runs times each, under /usr/bin/time -v. Printed:
  * median and min/max wall clock, the ratio of the medians, and the median
  * peak RSS of each (maximum resident set size), against the file's size.
@@ -20,7 +21,7 @@
  * The admin URL is used only to create and drop databases named
  * safemigrate_bigfile_<pid>_*; the files live in a temp dir removed at the end.
  */
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -38,11 +39,14 @@ const { values: opts } = parseArgs({
 });
 
 const ROOT = resolve(import.meta.dir, "..");
-const CLI = join(ROOT, "safemigrate.ts");
 const RUNS = Number(opts.runs);
 const admin = postgres(opts["database-url"]!, { max: 1, onnotice: () => {} });
 const work = mkdtempSync(join(tmpdir(), "safemigrate-bigfile-"));
 const databases: string[] = [];
+// A snapshot of safemigrate.ts, so editing it during a run cannot mix two versions.
+const CLI = join(work, "safemigrate.ts");
+copyFileSync(join(ROOT, "safemigrate.ts"), CLI);
+symlinkSync(join(ROOT, "node_modules"), join(work, "node_modules"));
 
 /** The migration file of each case: its SQL, and the rows `big_items` holds afterwards. */
 const CASES: Record<string, () => { sql: string; rows: number }> = {
@@ -118,7 +122,7 @@ try {
         const url = await freshDatabase();
         const command = tool === "psql"
           ? ["psql", "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", file]
-          : [process.execPath, CLI, "--all", "--no-lint", "--dir", dir, "--database-url", url];
+          : [process.execPath, CLI, "--all", "--dir", dir, "--database-url", url];
         await admin.unsafe("checkpoint");
         const result = await timed(command);
         const got = await rowsIn(url);
