@@ -976,9 +976,23 @@ function parsedStatements(text: string, base: number, tree: ParseTree, place: (o
     const sql = raw.slice(leading.length).trim();
     if (!stmt || !sql) return [];
     const kind = Object.keys(stmt)[0];
-    const node = DATA_STATEMENTS.has(kind) ? dataNode(kind) : stmt;
+    const node = DATA_STATEMENTS.has(kind) ? dataNode(kind) : shiftLocations(stmt, base);
     return [{ sql, line: place(offset).line, node, offset }];
   });
+}
+
+/** Parse-tree locations count bytes from the start of the piece; the analysis needs them from the start of the section. */
+function shiftLocations<T>(node: T, by: number): T {
+  if (by === 0 || node === null || typeof node !== "object") return node;
+  if (Array.isArray(node)) {
+    for (const item of node) shiftLocations(item, by);
+    return node;
+  }
+  for (const [key, value] of Object.entries(node as Record<string, unknown>)) {
+    if (key === "location" && typeof value === "number" && value >= 0) (node as Record<string, unknown>)[key] = value + by;
+    else shiftLocations(value, by);
+  }
+  return node;
 }
 
 // ---- Batches: many statements per round trip --------------------------------

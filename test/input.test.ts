@@ -11,6 +11,7 @@ import { chmodSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parse } from "libpg-query";
 import {
+  analyzeMigration,
   checksumOf,
   decodeMigrationText,
   lexStatements,
@@ -299,6 +300,15 @@ describe("splitting into statements", () => {
     }
     // Statements the analysis reads keep their tree.
     expect(Object.keys(statements.find((s) => s.sql.startsWith("create rule"))!.node)).toEqual(["RuleStmt"]);
+  });
+
+  test("a finding in a later piece of a big section points at its line and column", async () => {
+    const inserts = Array.from({ length: 6_000 }, (_, i) => `insert into users values (${i}, 'name ${i} ✓');`);
+    const text = `-- safe: before_deploy\n${inserts.join("\n")}\n\n    alter table users drop column name;\n`;
+    const findings = await analyzeMigration({ ...parseMigration("0002_m", "m.sql", text), depends: [], dependsLine: null });
+    const drop = findings.find((f) => f.rule === "drop-column");
+    expect(drop).toBeDefined();
+    expect([drop!.line, drop!.column]).toEqual([6_003, 17]);
   });
 
   test("a syntax error deep in a big file names its line", async () => {
