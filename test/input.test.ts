@@ -356,7 +356,7 @@ describe.skipIf(!SERVER_URL)("big migrations against the server", () => {
     const run = await cli(dir, url, "--all");
     expectExit(run, 1);
     expect(run.stderr).toMatch(/0001_data\.sql:12346: migration 0001_data failed: duplicate key value/);
-    expect(run.stderr).toMatch(/rolled back; nothing of it took effect/);
+    expect(run.stderr).toMatch(/\(statement 12346 of 15001\): nothing of it took effect/);
     expect(await count(url)).toBe(-1);
   });
 
