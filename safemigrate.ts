@@ -1049,6 +1049,12 @@ function shiftLocations<T>(node: T, by: number): T {
 
 /** Characters of SQL sent in one round trip. */
 export const BATCH_CHARS = 1 << 18;
+/**
+ * Sections with fewer statements than this send them one by one: a schema
+ * migration's few round trips cost little, and a lost connection can then name
+ * the statement that was in flight (in a batch it is one of the batch's).
+ */
+export const BATCH_FROM_STATEMENTS = 100;
 
 /** Between two statements: a newline first, so a trailing `-- comment` cannot swallow the `;`. */
 const BATCH_SEPARATOR = "\n;\n";
@@ -1061,8 +1067,12 @@ export interface StatementBatch {
   starts: number[];
 }
 
-/** Consecutive statements in batches of at most `maxChars` (a longer statement is a batch of its own). */
-export function statementBatches(statements: readonly Statement[], maxChars: number): StatementBatch[] {
+/**
+ * Consecutive statements in batches of at most `maxChars` (a longer statement
+ * is a batch of its own); one statement per batch when there are fewer than `from`.
+ */
+export function statementBatches(statements: readonly Statement[], maxChars: number, from = BATCH_FROM_STATEMENTS): StatementBatch[] {
+  if (statements.length < from) return statements.map((statement) => ({ text: statement.sql, statements: [statement], starts: [0] }));
   const batches: StatementBatch[] = [];
   let current: { statements: Statement[]; starts: number[]; length: number } | null = null;
   // The text is joined when sent, so a big section is not held twice.

@@ -320,7 +320,8 @@ describe("splitting into statements", () => {
 
   test("batches: every statement once, in order, within the size; a position maps back to the statement and line", () => {
     const statements = Array.from({ length: 50 }, (_, i) => ({ sql: `select ${i}\n  + ${i}`, line: 10 + 2 * i, node: {}, offset: 0 }));
-    const batches = statementBatches(statements, 100);
+    const batches = statementBatches(statements, 100, 10);
+    expect(statementBatches(statements.slice(0, 9), 100, 10).map((b) => b.statements.length)).toEqual(Array(9).fill(1));
     expect(batches.flatMap((b) => b.statements)).toEqual(statements);
     for (const batch of batches) expect(batch.text.length <= 100 || batch.statements.length === 1).toBe(true);
     const batch = batches[1];
