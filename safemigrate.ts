@@ -546,9 +546,51 @@ async function parseSectionUncached(section: SqlSection, file: string): Promise<
 const isApplied = (row: HistoryRow | undefined): boolean => row?.appliedAt != null;
 
 /**
+ * A binary heap: the planners take "the smallest ready id" or "the newest
+ * applied free migration" thousands of times, which a sorted array re-spliced
+ * on every insert turns quadratic.
+ */
+class Heap<T> {
+  private items: T[] = [];
+  constructor(private readonly before: (a: T, b: T) => boolean) {}
+  get size(): number {
+    return this.items.length;
+  }
+  push(item: T): void {
+    const items = this.items;
+    items.push(item);
+    for (let i = items.length - 1; i > 0;) {
+      const parent = (i - 1) >> 1;
+      if (!this.before(items[i], items[parent])) break;
+      [items[i], items[parent]] = [items[parent], items[i]];
+      i = parent;
+    }
+  }
+  pop(): T | undefined {
+    const items = this.items;
+    const top = items[0];
+    const last = items.pop();
+    if (items.length === 0 || last === undefined) return top;
+    items[0] = last;
+    for (let i = 0; ;) {
+      const left = 2 * i + 1;
+      const right = left + 1;
+      let first = i;
+      if (left < items.length && this.before(items[left], items[first])) first = left;
+      if (right < items.length && this.before(items[right], items[first])) first = right;
+      if (first === i) break;
+      [items[i], items[first]] = [items[first], items[i]];
+      i = first;
+    }
+    return top;
+  }
+}
+
+/**
  * Orders migrations so every one comes after its dependencies, ties broken by
  * id. Dependencies outside `migrations` (already applied, or missing) are
- * ignored here; `consistencyProblems` reports the missing ones.
+ * ignored here; `consistencyProblems` reports the missing ones. Kahn's
+ * algorithm with a heap of ready ids: n log n.
  */
 export function dependencyOrder(migrations: readonly Migration[]): Migration[] {
   const byId = new Map(migrations.map((m) => [m.id, m]));
@@ -557,48 +599,57 @@ export function dependencyOrder(migrations: readonly Migration[]): Migration[] {
   for (const m of migrations) {
     const inSet = [...new Set(m.depends)].filter((d) => byId.has(d));
     waitingOn.set(m.id, inSet.length);
-    for (const d of inSet) dependents.set(d, [...(dependents.get(d) ?? []), m.id]);
+    for (const d of inSet) {
+      const list = dependents.get(d);
+      if (list) list.push(m.id);
+      else dependents.set(d, [m.id]);
+    }
   }
-  // Ready ids kept sorted descending so pop() yields the smallest id.
-  const ready = migrations.filter((m) => waitingOn.get(m.id) === 0).map((m) => m.id).sort((a, b) => compareIds(b, a));
+  const ready = new Heap<string>((a, b) => compareIds(a, b) < 0);
+  for (const m of migrations) if (waitingOn.get(m.id) === 0) ready.push(m.id);
   const ordered: Migration[] = [];
-  while (ready.length > 0) {
+  while (ready.size > 0) {
     const id = ready.pop()!;
     ordered.push(byId.get(id)!);
     for (const dependent of dependents.get(id) ?? []) {
       const left = waitingOn.get(dependent)! - 1;
       waitingOn.set(dependent, left);
-      if (left === 0) {
-        const at = ready.findIndex((r) => compareIds(r, dependent) < 0);
-        ready.splice(at < 0 ? ready.length : at, 0, dependent);
-      }
+      if (left === 0) ready.push(dependent);
     }
   }
   return ordered;
 }
 
-/** One cycle among the migrations, as a list of ids ending where it started; null if none. */
+/**
+ * One cycle among the migrations, as a list of ids ending where it started;
+ * null if none. Depth-first with an explicit stack, so a chain of 10,000
+ * migrations does not exhaust the call stack.
+ */
 export function findCycle(migrations: readonly Migration[]): string[] | null {
   const byId = new Map(migrations.map((m) => [m.id, m]));
   const state = new Map<string, "visiting" | "done">();
-  const path: string[] = [];
-  const visit = (id: string): string[] | null => {
-    if (state.get(id) === "done") return null;
-    if (state.get(id) === "visiting") return [...path.slice(path.indexOf(id)), id];
-    state.set(id, "visiting");
-    path.push(id);
-    for (const d of byId.get(id)!.depends) {
-      if (!byId.has(d)) continue;
-      const cycle = visit(d);
-      if (cycle) return cycle;
+  for (const start of migrations) {
+    if (state.has(start.id)) continue;
+    const path: string[] = [start.id];
+    const next: number[] = [0];
+    state.set(start.id, "visiting");
+    while (path.length > 0) {
+      const id = path[path.length - 1];
+      const depends = byId.get(id)!.depends;
+      const i = next[next.length - 1]++;
+      if (i >= depends.length) {
+        state.set(id, "done");
+        path.pop();
+        next.pop();
+        continue;
+      }
+      const d = depends[i];
+      if (!byId.has(d) || state.get(d) === "done") continue;
+      if (state.get(d) === "visiting") return [...path.slice(path.indexOf(d)), d];
+      state.set(d, "visiting");
+      path.push(d);
+      next.push(0);
     }
-    path.pop();
-    state.set(id, "done");
-    return null;
-  };
-  for (const m of migrations) {
-    const cycle = visit(m.id);
-    if (cycle) return cycle;
   }
   return null;
 }
@@ -856,27 +907,49 @@ export function revertSteps(
 ): RevertStep[] {
   const files = new Map(migrations.map((m) => [m.id, m]));
   const rows = new Map(history.filter(isApplied).map((row) => [row.id, row]));
+  // Each applied migration's applied dependents, built once: the walks below are linear.
+  const dependents = new Map<string, string[]>();
+  for (const id of rows.keys()) {
+    for (const d of new Set(dependenciesOf(id, files, rows))) {
+      if (!rows.has(d)) continue;
+      const list = dependents.get(d);
+      if (list) list.push(id);
+      else dependents.set(d, [id]);
+    }
+  }
   const undo = new Set(roots);
-  for (let grew = true; grew;) {
-    grew = false;
-    for (const id of rows.keys()) {
-      if (!undo.has(id) && dependenciesOf(id, files, rows).some((d) => undo.has(d))) {
-        undo.add(id);
-        grew = true;
+  for (const queue = [...undo]; queue.length > 0;) {
+    for (const dependent of dependents.get(queue.pop()!) ?? []) {
+      if (!undo.has(dependent)) {
+        undo.add(dependent);
+        queue.push(dependent);
       }
     }
   }
   // Dependents before what they depend on; among the free ones, the latest applied first.
+  const waitingFor = new Map([...undo].map((id) => [id, (dependents.get(id) ?? []).filter((d) => undo.has(d)).length]));
+  const free = new Heap<HistoryRow>(newerThan);
+  for (const [id, count] of waitingFor) if (count === 0 && rows.has(id)) free.push(rows.get(id)!);
   const steps: RevertStep[] = [];
-  const left = new Set(undo);
+  const left = new Set([...undo].filter((id) => rows.has(id)));
   while (left.size > 0) {
-    const free = [...left].filter((id) => ![...left].some((other) => dependenciesOf(other, files, rows).includes(id)));
-    const next = newestFirst(free.map((id) => rows.get(id)!))[0] ?? rows.get([...left][0])!;
-    left.delete(next.id);
+    // A cycle among applied migrations leaves nothing free: take the first left, as before.
+    const next = free.pop() ?? rows.get(left.values().next().value!)!;
+    if (!left.delete(next.id)) continue;
     steps.push({ id: next.id, ...downFor(next, files.get(next.id)) });
+    for (const d of new Set(dependenciesOf(next.id, files, rows))) {
+      if (!left.has(d)) continue;
+      const count = waitingFor.get(d)! - 1;
+      waitingFor.set(d, count);
+      if (count === 0) free.push(rows.get(d)!);
+    }
   }
   return steps;
 }
+
+/** Applied later; ties (same millisecond, as --baseline records) by id, last first. */
+const newerThan = (a: HistoryRow, b: HistoryRow): boolean =>
+  (b.appliedAt!.getTime() - a.appliedAt!.getTime() || compareIds(b.id, a.id)) < 0;
 
 /** Latest applied first; ties (same millisecond, as --baseline records) by id, last first. */
 function newestFirst(rows: HistoryRow[]): HistoryRow[] {
