@@ -259,6 +259,33 @@ function isValidValue(key: Directive, value: string): boolean {
   }
 }
 
+/**
+ * The ids of a `depends:` line. They are separated by commas, not whitespace,
+ * because real ids contain spaces (crates.io's
+ * `2019-11-15-182353_Add email notifications to crate owners`); an id with a
+ * comma or a quote is written in double (or single) quotes, the quote itself
+ * doubled inside. Optional `[ ]` around the list; `[]` is none.
+ */
+export function dependsList(value: string, where: string): string[] {
+  const text = value.trim().replace(/^\[([^]*)\]$/, "$1");
+  const item = /\s*(?:"((?:[^"]|"")*)"|'((?:[^']|'')*)'|([^,"']*?))\s*(,|$)/y;
+  const ids: string[] = [];
+  for (item.lastIndex = 0; item.lastIndex < text.length;) {
+    const at = item.lastIndex;
+    const match = item.exec(text);
+    if (!match) {
+      throw new InputError(
+        `${where}: cannot read "depends: ${value}" at "${text.slice(at)}" — separate ids with commas and close every quote ` +
+          `(an id with a comma or a quote goes in double quotes, a quote inside doubled: "a ""b""")`,
+      );
+    }
+    const id = match[1]?.replace(/""/g, '"') ?? match[2]?.replace(/''/g, "'") ?? match[3];
+    if (id !== "") ids.push(id);
+    if (match[4] === "") break;
+  }
+  return ids;
+}
+
 function applyDirective(
   parsed: ParsedDirectives,
   key: Directive,
@@ -282,8 +309,7 @@ function applyDirective(
       return;
     }
     case "depends": {
-      const list = value.replace(/^\[|\]$/g, "").split(/[\s,]+/).filter(Boolean);
-      parsed.depends = { value: list.map((id) => id.replace(/\.sql$/, "")), line };
+      parsed.depends = { value: dependsList(value, where).map((id) => id.replace(/\.sql$/, "")), line };
       return;
     }
     case "delay": {
