@@ -22,8 +22,9 @@
  * Runs under Bun (`bun safemigrate.ts`) and Deno (`deno run -A safemigrate.ts`).
  */
 import { createHash } from "node:crypto";
+import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import process from "node:process";
 import mri from "mri";
 import postgres from "postgres";
@@ -681,12 +682,100 @@ export function findCycle(migrations: readonly Migration[]): string[] | null {
 }
 
 /**
+ * One mechanical edit that resolves a problem, so a person, an editor or a
+ * script can apply it without interpreting prose: replace a line, insert one
+ * (1-based; the new line becomes that line), or rename the file (a path in the
+ * same directory).
+ */
+export type Edit =
+  | { file: string; line: number; replace: string }
+  | { file: string; line: number; insert: string }
+  | { file: string; rename: string };
+
+/**
+ * A problem found before anything runs. `fix` is the one edit after which the
+ * same command passes; null where only a person can decide (a cycle, drift).
+ * Warnings are printed and do not fail --check.
+ */
+export interface CheckProblem {
+  level: "error" | "warning";
+  message: string;
+  fix: Edit | null;
+}
+
+/** An InputError that carries its problems, so --json can hand the fixes to a script. */
+export class CheckError extends InputError {
+  constructor(readonly problems: CheckProblem[]) {
+    super(problems.map((p) => p.message).join("\n"));
+  }
+}
+
+/** A `depends:` line for these ids; an id that a plain list would misread goes in quotes. */
+export function dependsLineFor(ids: readonly string[]): string {
+  const quote = (id: string) => (/[,"'\[\]]|^\s|\s$/.test(id) || id === "" ? `"${id.replace(/"/g, '""')}"` : id);
+  return `-- depends: ${ids.length === 0 ? "[]" : ids.map(quote).join(", ")}`;
+}
+
+/** The edit that makes `m` declare exactly `ids`: its own depends: line replaced, or one inserted at the top. */
+export function setDepends(m: Migration, ids: readonly string[]): Edit {
+  const text = dependsLineFor(ids);
+  return m.dependsLine === null ? { file: m.file, line: 1, insert: text } : { file: m.file, line: m.dependsLine, replace: text };
+}
+
+/** The edit in words, for the human output. */
+export function describeEdit(edit: Edit): string {
+  if ("rename" in edit) return `rename ${edit.file} -> ${edit.rename}`;
+  if ("replace" in edit) return `in ${edit.file}, replace line ${edit.line} with: ${edit.replace}`;
+  return `in ${edit.file}, insert as line ${edit.line}: ${edit.insert}`;
+}
+
+/**
+ * The version at the start of an id: the digit groups before the name
+ * (`0042` of `0042_add_orders`, `2024-01-01-000000` of
+ * `2024-01-01-000000_a`, `20240105093000` of `20240105093000-import-x-2`).
+ */
+export const versionOf = (id: string): string | null => /^\d+(?:[-_]\d+(?=[-_.]|$))*/.exec(id)?.[0] ?? null;
+
+/**
+ * New names for files that must sort after everything known, in the
+ * directory's own style: the version one past the highest (same width and
+ * separators), then the file's own separator and name, case kept.
+ */
+export function newNames(migrations: readonly Migration[], history: readonly HistoryRow[]): (m: Migration) => string {
+  const versions = [...migrations.map((m) => m.id), ...history.map((row) => row.id)].map(versionOf).filter((v): v is string => v !== null);
+  const digits = (v: string) => BigInt(v.replace(/\D/g, ""));
+  let last = versions.reduce<string | null>((max, v) => (max === null || digits(v) > digits(max) ? v : max), null);
+  return (m) => {
+    const own = versionOf(m.id);
+    const shape = last ?? own ?? "0000";
+    const width = shape.replace(/\D/g, "").length;
+    const next = String(digits(shape) + 1n).padStart(width, "0");
+    // Put the separators back where the shape has them: 2024-01-01-000000 -> 2024-01-01-000001.
+    let at = 0;
+    const version = shape.replace(/\d+/g, (group, offset: number) => {
+      const length = group.length + (offset === 0 ? next.length - width : 0); // 9999 + 1 widens the first group
+      return next.slice(at, (at += length));
+    });
+    last = version;
+    const name = own === null ? `_${m.id}` : m.id.slice(own.length);
+    return join(dirname(m.file), `${version}${name}.sql`);
+  };
+}
+
+/**
  * Everything that must stop a run before it starts: unknown dependencies,
  * cycles, applied migrations that depend on pending ones (typical after
  * merging branches), and applied migrations whose up SQL changed.
+ * `rename` allocates new names; --check shares one with treeProblems so
+ * two renames never collide.
  */
-export function consistencyProblems(migrations: readonly Migration[], history: readonly HistoryRow[]): string[] {
-  const problems: string[] = [];
+export function consistencyFindings(
+  migrations: readonly Migration[],
+  history: readonly HistoryRow[],
+  rename = newNames(migrations, history),
+): CheckProblem[] {
+  const problems: CheckProblem[] = [];
+  const error = (message: string, fix: Edit | null = null) => problems.push({ level: "error", message, fix });
   const rows = new Map(history.map((row) => [row.id, row]));
   const files = new Map(migrations.map((m) => [m.id, m]));
 
@@ -694,39 +783,50 @@ export function consistencyProblems(migrations: readonly Migration[], history: r
     for (const d of m.depends) {
       if (files.has(d) || isApplied(rows.get(d))) continue;
       const meant = closest(d, [...files.keys()].filter((id) => id !== m.id));
-      problems.push(
+      const words = d.split(/\s+/);
+      const spaced = words.length > 1 && words.every((w) => files.has(w.replace(/\.sql$/, "")) || isApplied(rows.get(w)));
+      error(
         `${m.file}:${m.dependsLine ?? 1}: depends on "${d}", which is neither a file in the migrations directory nor applied` +
-          (meant ? ` — did you mean "${meant}"?` : ""),
+          (spaced ? ` — separate ids with commas (an id may contain spaces)` : meant ? ` — did you mean "${meant}"?` : ""),
+        spaced ? setDepends(m, m.depends.flatMap((x) => (x === d ? words : [x])))
+          : meant && m.dependsLine !== null ? setDepends(m, m.depends.map((x) => (x === d ? meant : x))) : null,
       );
     }
   }
 
   const cycle = findCycle(migrations);
   if (cycle) {
-    problems.push(
+    error(
       `dependency cycle: ${cycle.join(" -> ")} — each waits for the next, so none can run; ` +
         `remove one of these "depends:" entries (${files.get(cycle[0])!.file})`,
     );
   }
 
+  for (const [pending, appliedAfter] of pendingAmongApplied(migrations, rows)) {
+    const to = rename(pending);
+    error(
+      `inconsistent history: ${appliedAfter.id} is applied, but it depends on ${pending.id}, which is not` +
+        (appliedAfter.depends.includes(pending.id) ? "" : ` (once the pending files between them are renamed)`) +
+        `. This usually happens after merging branches that both added migrations. ` +
+        `Rename ${pending.file} so it sorts after the applied migrations: ${pending.file} -> ${to} ` +
+        `(if another database already applied it under its old name, roll it back there first)`,
+      { file: pending.file, rename: to },
+    );
+  }
   for (const m of migrations) {
-    if (!isApplied(rows.get(m.id))) continue;
-    for (const d of m.depends) {
-      if (files.has(d) && !isApplied(rows.get(d))) {
-        problems.push(
-          `inconsistent history: ${m.id} is applied, but it depends on ${d}, which is not. ` +
-            `This usually happens after merging branches that both added migrations. ` +
-            `Rename ${files.get(d)!.file} so it sorts after the applied migrations, ` +
-            `or declare the real order with "-- depends:" in ${m.file}`,
-        );
-      }
+    if (!isApplied(rows.get(m.id)) || m.dependsLine === null) continue;
+    for (const d of m.depends.filter((d) => files.has(d) && !isApplied(rows.get(d)))) {
+      error(
+        `${m.file}:${m.dependsLine}: inconsistent history: ${m.id} is applied, but its "depends:" names ${d}, which is not: ` +
+          `the line was edited after ${m.id} was applied. Correct the line (front-matter is not part of the checksum)`,
+      );
     }
   }
 
   for (const m of migrations) {
     const row = rows.get(m.id);
     if (isApplied(row) && row!.checksum !== null && row!.checksum !== m.checksum) {
-      problems.push(
+      error(
         `${m.file}: the up SQL changed after the migration was applied (checksum ${row!.checksum!.slice(0, 12)} ` +
           `in the database, ${m.checksum.slice(0, 12)} on disk). Applied migrations are not re-run: ` +
           `undo the edit and put the change in a new migration, or, if the edit was on purpose and the schema ` +
@@ -735,6 +835,33 @@ export function consistencyProblems(migrations: readonly Migration[], history: r
     }
   }
   return problems;
+}
+
+export function consistencyProblems(migrations: readonly Migration[], history: readonly HistoryRow[]): string[] {
+  return consistencyFindings(migrations, history).map((p) => p.message);
+}
+
+/**
+ * The pending files an applied one takes as its default parent (the previous
+ * id), each with that applied file. Walking back from the newest: renaming a
+ * pending file makes the file before it the parent, so that one is listed too
+ * if it is pending. Renaming exactly these makes every applied file's parent
+ * applied, in one round.
+ */
+function pendingAmongApplied(migrations: readonly Migration[], rows: Map<string, HistoryRow>): [Migration, Migration][] {
+  const sorted = [...migrations].sort((a, b) => compareIds(a.id, b.id));
+  const found: [Migration, Migration][] = [];
+  let child: Migration | null = null;
+  for (let i = sorted.length - 1; i >= 0; i--) {
+    const m = sorted[i];
+    const applied = isApplied(rows.get(m.id));
+    if (child && !applied) {
+      found.push([m, child]);
+      continue;
+    }
+    child = applied && m.dependsLine === null ? m : null;
+  }
+  return found.reverse();
 }
 
 // ============================================================================
@@ -776,6 +903,8 @@ export interface Plan {
   detect: string[];
   /** strict mode found blocked migrations: apply nothing, record nothing. */
   refused: boolean;
+  /** When refused: the edits that let this release through --pre (see preAdvice). */
+  advice?: CheckProblem[];
 }
 
 export function pendingMigrations(migrations: readonly Migration[], history: readonly HistoryRow[]): Migration[] {
@@ -789,8 +918,8 @@ export function pendingMigrations(migrations: readonly Migration[], history: rea
  * migrations and history are inconsistent (see consistencyProblems).
  */
 export function planRun({ migrations, history, now, mode, phase }: PlanInput): Plan {
-  const problems = consistencyProblems(migrations, history);
-  if (problems.length > 0) throw new InputError(problems.join("\n"));
+  const problems = consistencyFindings(migrations, history);
+  if (problems.length > 0) throw new CheckError(problems);
 
   const rows = new Map(history.map((row) => [row.id, row]));
   const pending = dependencyOrder(pendingMigrations(migrations, history));
@@ -850,6 +979,7 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   if (mode === "strict" && plan.blocked.length > 0) {
     plan.refused = true;
     plan.apply = [];
+    plan.advice = preAdvice(plan, pending);
     return plan;
   }
   // 6. Start the clock on delayed migrations the first time a --pre run sees them.
@@ -1047,60 +1177,202 @@ export function syncPlan(migrations: readonly Migration[], history: readonly His
   return { revert, apply: planRun({ migrations, history: remaining, now, mode: "strict", phase: "all" }).apply };
 }
 
-/** The version number at the start of an id (`0042` of `0042_add_orders`), if it has one. */
-const versionOf = (id: string): string | null => /^(\d+)[_-]/.exec(id)?.[1] ?? null;
+/** Where the files came from in version control (see gitOrigins); null outside a checkout. */
+export interface FileOrigins {
+  /** true when the two files were added on different branches: neither adding commit contains the other. */
+  concurrent(a: Migration, b: Migration): boolean;
+}
+
+export interface TreeContext {
+  history?: readonly HistoryRow[];
+  /** How to tell a merge from a batch; null (not a checkout) turns those findings into warnings. */
+  origins?: FileOrigins | null;
+  rename?: (m: Migration) => string;
+}
 
 /**
- * `--check` on the files alone: what a merge of two branches typically breaks.
- * Exactly one leaf per independent chain (one whose root declares `depends: []`
- * or is the first migration), and no two migrations sharing a version number.
+ * `--check` on the files: what a merge of two branches breaks. Files sharing
+ * a version are a clash only when two branches each added one (files added
+ * together, or one after the other on one branch, run in id order by
+ * design); separate leaves likewise, and never when every leaf declares its
+ * own `depends:` (the heads of a deliberate DAG). Outside a git checkout
+ * both are warnings, since only the history can tell. Each step looks at the
+ * files as the previous steps' fixes leave them, so all fixes apply in one round.
  */
-export function treeProblems(migrations: readonly Migration[]): string[] {
-  const problems: string[] = [];
+export function treeProblems(migrations: readonly Migration[], context: TreeContext = {}): CheckProblem[] {
+  const history = context.history ?? [];
+  const rows = new Map(history.map((row) => [row.id, row]));
+  const origins = context.origins ?? null;
+  const clashes = versionClashes(migrations, rows, origins, context.rename ?? newNames(migrations, history));
+  const renamed = afterFixes(migrations, clashes);
+  const references = renamedReferences(migrations, clashes, renamed);
+  return [...clashes, ...references, ...separateLeaves(afterFixes(renamed, references), rows, origins)];
+}
+
+/** Files sharing a version that two branches each added, each with its rename. */
+function versionClashes(
+  migrations: readonly Migration[],
+  rows: Map<string, HistoryRow>,
+  origins: FileOrigins | null,
+  rename: (m: Migration) => string,
+): CheckProblem[] {
+  const applied = (m: Migration) => isApplied(rows.get(m.id));
+  const problems: CheckProblem[] = [];
   const byVersion = new Map<string, Migration[]>();
   for (const m of migrations) {
     const version = versionOf(m.id);
-    if (version) byVersion.set(version, [...(byVersion.get(version) ?? []), m]);
+    if (version !== null) byVersion.set(version, [...(byVersion.get(version) ?? []), m]);
   }
   for (const [version, same] of byVersion) {
     if (same.length < 2 || same.slice(1).every((m) => m.dependsLine !== null)) continue;
-    const last = migrations[migrations.length - 1].id;
-    const next = String(Number(versionOf(last) ?? version) + 1).padStart(version.length, "0");
-    problems.push(
-      `${same.map((m) => m.id).join(" and ")} share the number ${version}: two branches both added a migration. ` +
-        `Rename the one that is not applied anywhere yet so it sorts last ` +
-        `(${same[same.length - 1].file} -> ${next}_${same[same.length - 1].id.slice(version.length + 1)}.sql), ` +
-        `or declare the order with "-- depends:"`,
-    );
+    if (!origins) {
+      const target = same.findLast((m) => !applied(m));
+      if (!target) continue;
+      const to = rename(target);
+      problems.push({
+        level: "warning",
+        message: `${same.map((x) => x.id).join(", ")} share the version ${version}. This is not a git checkout, so safemigrate cannot ` +
+          `tell files added together (fine: they run in id order) from two branches that each added one. If two branches ` +
+          `did, rename the one not applied anywhere yet so it sorts last: ${target.file} -> ${to}`,
+        fix: { file: target.file, rename: to },
+      });
+      continue;
+    }
+    // Applied files keep their names; each pending one that another branch added is renamed.
+    const kept: Migration[] = [];
+    for (const m of [...same.filter(applied), ...same.filter((m) => !applied(m))]) {
+      const other = applied(m) ? undefined : kept.find((k) => origins.concurrent(k, m));
+      if (!other) {
+        kept.push(m);
+        continue;
+      }
+      const to = rename(m);
+      problems.push({
+        level: "error",
+        message: `${other.id} and ${m.id} share the version ${version} and were added on different branches: two branches both ` +
+          `added a migration. Rename the one not applied anywhere yet so it sorts last: ${m.file} -> ${to}`,
+        fix: { file: m.file, rename: to },
+      });
+    }
   }
+  return problems;
+}
 
-  // Leaves per connected component of the dependency graph.
-  const ids = migrations.map((m) => m.id);
-  const component = new Map(ids.map((id) => [id, id]));
+/**
+ * The migrations as they are once these fixes are applied: renamed files
+ * take their new ids, edited `depends:` lines their new lists, and every
+ * file without one its new default parent (the previous id).
+ */
+export function afterFixes(migrations: readonly Migration[], problems: readonly CheckProblem[]): Migration[] {
+  const byFile = new Map(migrations.map((m) => [m.file, m]));
+  for (const { fix } of problems) {
+    const m = fix && byFile.get(fix.file);
+    if (!fix || !m) continue;
+    byFile.delete(fix.file);
+    const edited: Migration = "rename" in fix
+      ? { ...m, file: fix.rename, id: basename(fix.rename, ".sql") }
+      : { ...m, depends: dependsList(("replace" in fix ? fix.replace : fix.insert).replace(/^--\s*depends:/, ""), fix.file), dependsLine: fix.line };
+    byFile.set(edited.file, edited);
+  }
+  const sorted = [...byFile.values()].sort((a, b) => compareIds(a.id, b.id));
+  return sorted.map((m, i) => (m.dependsLine !== null ? m : { ...m, depends: i === 0 ? [] : [sorted[i - 1].id] }));
+}
+
+/** A `depends:` line naming a file that a rename moves: the same line with the new id. */
+export function renamedReferences(before: readonly Migration[], renames: readonly CheckProblem[], after: readonly Migration[]): CheckProblem[] {
+  const byFile = new Map(before.map((m) => [m.file, m.id]));
+  const newId = new Map(renames.flatMap(({ fix }) => (fix && "rename" in fix ? [[byFile.get(fix.file)!, basename(fix.rename, ".sql")]] : [])));
+  return after.filter((m) => m.dependsLine !== null && m.depends.some((d) => newId.has(d))).map((m) => {
+    const fix = setDepends(m, m.depends.map((d) => newId.get(d) ?? d));
+    return { level: "error", message: `${m.file}:${m.dependsLine}: names ${m.depends.filter((d) => newId.has(d)).join(", ")}, which a rename above moves: ${describeEdit(fix)}`, fix };
+  });
+}
+
+/** Groups of leaves per connected part of the graph that nothing orders, each with the one line that joins them. */
+function separateLeaves(migrations: readonly Migration[], rows: Map<string, HistoryRow>, origins: FileOrigins | null): CheckProblem[] {
+  const byId = new Map(migrations.map((m) => [m.id, m]));
+  const parent = new Map(migrations.map((m) => [m.id, m.id]));
   const find = (id: string): string => {
-    while (component.get(id) !== id) id = component.get(id)!;
-    return id;
+    let root = id;
+    while (parent.get(root) !== root) root = parent.get(root)!;
+    for (let at = id; at !== root;) {
+      const up = parent.get(at)!;
+      parent.set(at, root);
+      at = up;
+    }
+    return root;
   };
   const dependedOn = new Set<string>();
   for (const m of migrations) {
     for (const d of m.depends) {
-      if (!component.has(d)) continue;
+      if (!byId.has(d)) continue;
       dependedOn.add(d);
-      component.set(find(m.id), find(d));
+      parent.set(find(m.id), find(d));
     }
   }
-  const leaves = new Map<string, string[]>();
-  for (const id of ids) {
-    if (dependedOn.has(id)) continue;
-    leaves.set(find(id), [...(leaves.get(find(id)) ?? []), id]);
+  const groups = new Map<string, Migration[]>();
+  for (const m of migrations) {
+    if (!dependedOn.has(m.id)) groups.set(find(m.id), [...(groups.get(find(m.id)) ?? []), m]);
   }
-  for (const group of leaves.values()) {
-    if (group.length < 2) continue;
-    problems.push(
-      `${group.join(", ")} are separate leaves of one dependency chain: nothing orders them, which usually means two ` +
-        `branches each added migrations on the same parent. Make one depend on the other ` +
-        `("-- depends: ${group[0]}" in ${group[group.length - 1]}), or rename it so it sorts last and drop its explicit "depends:"`,
-    );
+  const problems: CheckProblem[] = [];
+  for (const leaves of groups.values()) {
+    if (leaves.length < 2 || leaves.every((m) => m.dependsLine !== null)) continue;
+    if (origins && !leaves.some((a, i) => leaves.slice(i + 1).some((b) => origins.concurrent(a, b)))) continue;
+    // The newest pending leaf lists the others and keeps its own parents: then it is the only leaf.
+    const pending = leaves.filter((m) => !isApplied(rows.get(m.id)));
+    const target = (pending.length > 0 ? pending : leaves).reduce((a, b) => (compareIds(a.id, b.id) > 0 ? a : b));
+    const others = leaves.filter((m) => m !== target).map((m) => m.id);
+    const fix = setDepends(target, [...new Set([...target.depends, ...others])]);
+    problems.push({
+      level: origins ? "error" : "warning",
+      message: `${leaves.map((m) => m.id).join(", ")} are separate leaves of one dependency chain: nothing orders them, which ` +
+        `usually means branches each added migrations on the same parent` +
+        (origins ? "" : " (this is not a git checkout, so safemigrate cannot tell)") +
+        `. Make ${target.id} depend on the other leaves as well as its own parent: ${describeEdit(fix)}`,
+      fix,
+    });
+  }
+  return problems;
+}
+
+/**
+ * What --pre would refuse (strict) or leave for --all: a before_deploy or
+ * always migration that waits behind a pending after_deploy one. When that is
+ * only the default order (no `depends:` line), the fix is the line that
+ * depends on what lies past the after_deploy ones instead; the after_deploy
+ * ones then wait for --all on their own.
+ */
+export function preAdvice(plan: Plan, pending: readonly Migration[]): CheckProblem[] {
+  const byId = new Map(pending.map((m) => [m.id, m]));
+  const held = new Set([...plan.delayed.map((d) => d.id), ...plan.blocked.map((b) => b.id)]);
+  const afterDeploy = (id: string) => held.has(id) && byId.get(id)?.safe === "after_deploy";
+  const past = new Map<string, string[]>();
+  const pastAfterDeploy = (id: string): string[] => {
+    if (!past.has(id)) past.set(id, [...new Set(byId.get(id)!.depends.flatMap((d) => (afterDeploy(d) ? pastAfterDeploy(d) : [d])))]);
+    return past.get(id)!;
+  };
+  const problems: CheckProblem[] = [];
+  for (const m of pending) {
+    const behind = m.depends.filter(afterDeploy);
+    if (m.safe === "after_deploy" || !held.has(m.id) || behind.length === 0) continue;
+    const effect = m.safe === "before_deploy" ? "--pre refuses the release (strict mode) or skips it" : "--pre leaves it for --all";
+    if (m.dependsLine !== null) {
+      problems.push({
+        level: "warning",
+        message: `${m.file}:${m.dependsLine}: ${m.id} is ${m.safe} but declares "depends:" on ${behind.join(", ")} (after_deploy, ` +
+          `not applied), so ${effect}. Ship ${behind.join(", ")} in an earlier release, or drop it from the line if ${m.id} does not need it`,
+        fix: null,
+      });
+      continue;
+    }
+    const fix = setDepends(m, [...new Set(m.depends.flatMap((d) => (afterDeploy(d) ? pastAfterDeploy(d) : [d])))]);
+    problems.push({
+      level: "warning",
+      message: `${m.id} is ${m.safe} but comes after ${behind.join(", ")} (after_deploy, not applied) only by the default order, ` +
+        `so ${effect}. If it does not need ${behind.join(", ")}: ${describeEdit(fix)} — then --pre applies it before the deploy ` +
+        `and --all applies ${behind.join(", ")} after it`,
+      fix,
+    });
   }
   return problems;
 }
@@ -2540,12 +2812,16 @@ export function humanRunEvent(output: Output, event: RunEvent): void {
 
 export function blockedReport(plan: Plan): string {
   const lines = plan.blocked.map((b) => `  ${b.id} (${b.safe}) is blocked by ${b.blockedBy.join(", ")}`);
+  const fixes = (plan.advice ?? []).map((a) => `  ${a.fix ? `fix: ${describeEdit(a.fix)}` : a.message}`);
   return [
     `refusing to run --pre: ${plural(plan.blocked.length, "migration")} cannot run before the deploy because ` +
     `${plan.blocked.length === 1 ? "it depends" : "they depend"} on migrations that are only safe after it:`,
     ...lines,
-    `Nothing was applied. Apply the blocking migrations first (run --all after the previous deploy), ` +
-    `change their "safe:" if they really are safe before the deploy, or use --mode nonstrict to apply only what is not blocked.`,
+    `Nothing was applied.` + (fixes.length > 0 ? ` Where the dependency is only the default order, declare what the migration really needs:` : ""),
+    ...fixes,
+    `Or change "safe:" of the blocking migrations if they really are safe before the deploy, or use --mode nonstrict to ` +
+    `apply only what is not blocked. Run --all first only if the blocking migrations shipped with an earlier release: ` +
+    `if they are new in this one, --all would apply them under the old code.`,
   ].join("\n");
 }
 
@@ -2591,6 +2867,7 @@ export function runResultJson(result: RunResult, database: string): unknown {
       : { applied: result.applied }),
     delayed: plan.delayed,
     blocked: plan.blocked,
+    ...(plan.advice ? { advice: plan.advice } : {}),
     detected: result.dryRun ? [] : plan.detect,
     invalidIndexes: result.invalidIndexes,
   };
@@ -2986,7 +3263,7 @@ export async function main(
     const exitCode = known ? error.exitCode : EXIT.failed;
     const message = redact(known ? error.message : `unexpected error: ${(error as Error)?.message ?? error}`);
     output.err(red(output, `safemigrate: error: ${message}`));
-    if (json) printJson({ ok: false, exitCode, error: message, ...(error instanceof LintError ? { findings: error.findings } : {}) });
+    if (json) printJson({ ok: false, exitCode, error: message, ...(error instanceof LintError ? { findings: error.findings } : {}), ...(error instanceof CheckError ? { problems: error.problems } : {}) });
     return exitCode;
   } finally {
     await db?.close().catch(() => {});
@@ -3032,7 +3309,11 @@ async function runLint(migrations: Migration[], options: CliOptions, output: Out
   return exitCode;
 }
 
-/** `--check`: files (and with --database-url, the history) without changing anything. */
+/**
+ * `--check`: files (and with --database-url, the history) without changing
+ * anything. Every problem comes with its fix as text and, in --json, as an
+ * edit a script can apply.
+ */
 async function runCheck(
   migrations: Migration[],
   options: CliOptions,
@@ -3047,16 +3328,80 @@ async function runCheck(
       await db.close();
     }
   }
-  const problems = [...consistencyProblems(migrations, history), ...treeProblems(migrations)];
+  const all = checkProblems(migrations, history, gitOrigins(options.dir), options.databaseUrl !== null);
+  const errors = all.filter((p) => p.level === "error");
+  const exitCode = errors.length === 0 ? EXIT.ok : EXIT.invalid;
   if (options.json) {
-    output.out(JSON.stringify({ ok: problems.length === 0, exitCode: problems.length ? 2 : 0, command: "check", migrations: migrations.length, problems }));
-  } else if (problems.length === 0) {
-    output.out(`ok: ${plural(migrations.length, "migration")}, front-matter valid, dependency graph complete and acyclic` +
-      (options.databaseUrl ? ", consistent with the database's history" : ""));
-  } else {
-    for (const problem of problems) output.err(`safemigrate: ${problem}`);
+    output.out(JSON.stringify({ ok: errors.length === 0, exitCode, command: "check", migrations: migrations.length, problems: all }));
+    return exitCode;
   }
-  return problems.length === 0 ? EXIT.ok : EXIT.invalid;
+  for (const p of all) {
+    output.err(`safemigrate: ${p.level === "warning" ? "warning: " : ""}${p.message}` + (p.fix ? `\n    fix: ${describeEdit(p.fix)}` : ""));
+  }
+  if (errors.length === 0) {
+    output.out(`ok: ${plural(migrations.length, "migration")}, front-matter valid, dependency graph complete and acyclic` +
+      (options.databaseUrl ? ", consistent with the database's history" : "") +
+      (all.length > 0 ? ` (${plural(all.length, "warning")})` : ""));
+  }
+  return exitCode;
+}
+
+/**
+ * The problems --check reports, in the order a user fixes them: the history
+ * (the same findings and fixes --all refuses with), the files, and with a
+ * history what --pre would refuse. One name allocator, so no two renames collide.
+ */
+export function checkProblems(
+  migrations: readonly Migration[],
+  history: readonly HistoryRow[],
+  origins: FileOrigins | null,
+  withHistory: boolean,
+): CheckProblem[] {
+  const rename = newNames(migrations, history);
+  const consistency = consistencyFindings(migrations, history, rename);
+  const moved = afterFixes(migrations, consistency);
+  const references = renamedReferences(migrations, consistency, moved);
+  const state = afterFixes(moved, references);
+  const tree = treeProblems(state, { history, origins, rename });
+  const problems = [...consistency, ...references, ...tree];
+  if (!withHistory || consistency.some((p) => p.fix === null)) return problems;
+  const final = afterFixes(state, tree);
+  const pre = planRun({ migrations: final, history, now: new Date(), mode: "nonstrict", phase: "pre" });
+  return [...problems, ...preAdvice(pre, pendingMigrations(final, history))];
+}
+
+/**
+ * Tells a merge from a batch with git: a file's adding commit is the newest
+ * `git log --diff-filter=A` entry for it (renames count as adds, so a
+ * renamed file belongs to the commit that renamed it; an uncommitted file
+ * to the change in progress). Two files are concurrent when neither adding
+ * commit is an ancestor of the other. null when `dir` is not in a checkout.
+ */
+export function gitOrigins(dir: string): FileOrigins | null {
+  const git = (...args: string[]) => spawnSync("git", ["-C", dir, ...args], { encoding: "utf8" });
+  let inside: ReturnType<typeof git>;
+  try {
+    inside = git("rev-parse", "--is-inside-work-tree");
+  } catch {
+    return null;
+  }
+  if (inside.status !== 0 || inside.stdout.trim() !== "true") return null;
+  const heads = ["HEAD", ...(git("rev-parse", "-q", "--verify", "MERGE_HEAD").status === 0 ? ["MERGE_HEAD"] : [])];
+  const added = new Map<string, string | null>();
+  const addedBy = (m: Migration): string | null => {
+    if (!added.has(m.file)) {
+      const log = git("log", "--no-renames", "--diff-filter=A", "--format=%H", ...heads, "--", `${m.id}.sql`);
+      added.set(m.file, log.status === 0 ? log.stdout.split("\n")[0] || null : null);
+    }
+    return added.get(m.file)!;
+  };
+  const isAncestor = (a: string, b: string) => git("merge-base", "--is-ancestor", a, b).status === 0;
+  return {
+    concurrent(a, b) {
+      const [x, y] = [addedBy(a), addedBy(b)];
+      return x !== null && y !== null && x !== y && !isAncestor(x, y) && !isAncestor(y, x);
+    },
+  };
 }
 
 export function consoleOutput(env: Record<string, string | undefined>): Output {
