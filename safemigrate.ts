@@ -813,6 +813,7 @@ export function consistencyFindings(
       { file: pending.file, rename: to },
     );
   }
+  problems.push(...renamedReferences(migrations, problems, afterFixes(migrations, problems)));
   for (const m of migrations) {
     if (!isApplied(rows.get(m.id)) || m.dependsLine === null) continue;
     for (const d of m.depends.filter((d) => files.has(d) && !isApplied(rows.get(d)))) {
@@ -1238,10 +1239,12 @@ function versionClashes(
       });
       continue;
     }
-    // Applied files keep their names; each pending one that another branch added is renamed.
+    // Applied files keep their names, and so do files that declare their order; each
+    // pending one in the default order that another branch added is renamed.
+    const fixed = (m: Migration) => applied(m) || m.dependsLine !== null;
     const kept: Migration[] = [];
-    for (const m of [...same.filter(applied), ...same.filter((m) => !applied(m))]) {
-      const other = applied(m) ? undefined : kept.find((k) => origins.concurrent(k, m));
+    for (const m of [...same.filter(fixed), ...same.filter((m) => !fixed(m))]) {
+      const other = fixed(m) ? undefined : kept.find((k) => origins.concurrent(k, m));
       if (!other) {
         kept.push(m);
         continue;
@@ -3359,11 +3362,9 @@ export function checkProblems(
 ): CheckProblem[] {
   const rename = newNames(migrations, history);
   const consistency = consistencyFindings(migrations, history, rename);
-  const moved = afterFixes(migrations, consistency);
-  const references = renamedReferences(migrations, consistency, moved);
-  const state = afterFixes(moved, references);
+  const state = afterFixes(migrations, consistency);
   const tree = treeProblems(state, { history, origins, rename });
-  const problems = [...consistency, ...references, ...tree];
+  const problems = [...consistency, ...tree];
   if (!withHistory || consistency.some((p) => p.fix === null)) return problems;
   const final = afterFixes(state, tree);
   const pre = planRun({ migrations: final, history, now: new Date(), mode: "nonstrict", phase: "pre" });

@@ -21,7 +21,7 @@ import {
   treeProblems,
   versionOf,
 } from "../safemigrate.ts";
-import { BACKENDS, cleanup, type CliRun, migrationsDir, ROOT, runCli, tables, tempDir } from "./helpers.ts";
+import { BACKENDS, cleanup, type CliRun, migrationsDir, ROOT, runCli, SERVER_URL, serverDatabaseUrl, tables, tempDir } from "./helpers.ts";
 
 // Real databases and CLI processes: bun's 5 s default is too short for a PGlite start on a busy machine.
 setDefaultTimeout(60_000);
@@ -348,17 +348,19 @@ const checkJson = async (dir: string, url?: string) => {
 const BASE3 = { "0001_base": "create table base1 (id int);", "0002_base": "create table base2 (id int);", "0003_base": "create table base3 (id int);" };
 
 /**
- * n branches off the same main. Odd branches number from 0004 with default
- * dependencies; even ones from 0005 with an explicit chain from 0003_base, so
- * merging gives shared versions, interleaved ids and separate leaves.
+ * n branches off the same main, alternately numbering from 0004 with default
+ * dependencies and from 0005 with an explicit chain from 0003_base; the last
+ * branch always uses the default order. Merged, they share versions, interleave
+ * ids and leave separate leaves; deployed first, the last branch's files sort
+ * after pending files of the others.
  */
 function generatedBranches(n: number): Record<string, string>[] {
   return Array.from({ length: n }, (_, i) => {
-    const count = (i % 3) + 1;
-    const ids = Array.from({ length: count }, (_, j) => `${String(4 + j + (i % 2)).padStart(4, "0")}_b${i}_${j}`);
+    const explicit = (n - 1 - i) % 2 === 1;
+    const ids = Array.from({ length: (i % 3) + 1 }, (_, j) => `${String(4 + j + (explicit ? 1 : 0)).padStart(4, "0")}_b${i}_${j}`);
     return Object.fromEntries(ids.map((id, j) => [
       id,
-      (i % 2 === 1 ? `-- depends: ${j === 0 ? "0003_base" : ids[j - 1]}\n` : "") + `create table b${i}_${j} (id int);\n`,
+      (explicit ? `-- depends: ${j === 0 ? "0003_base" : ids[j - 1]}\n` : "") + `create table b${i}_${j} (id int);\n`,
     ]));
   });
 }
@@ -429,4 +431,109 @@ describe("--check tells a merge from a batch (git)", () => {
       expect(again.result.problems.filter((p) => p.level === "error")).toEqual([]);
     });
   }
+});
+
+describe.skipIf(!SERVER_URL)("advice that converges against a database (server)", () => {
+  /** Merged main in a repository whose last branch was deployed (applied) before the merge. */
+  async function deployedThenMerged(n: number) {
+    const { root, dir } = repository(BASE3);
+    mergeBranches(root, generatedBranches(n));
+    const url = await serverDatabaseUrl();
+    git(root, "checkout", "-q", `b${n - 1}`);
+    expectExit(await runCli(["--all", "--dir", dir, "--database-url", url]), 0);
+    git(root, "checkout", "-q", "main");
+    return { root, dir, url };
+  }
+  const allJson = async (dir: string, url: string) => {
+    const run = await runCli(["--all", "--json", "--dir", dir, "--database-url", url]);
+    return { run, result: JSON.parse(run.stdout) as { ok: boolean; exitCode: number; problems?: CheckProblem[] } };
+  };
+  const tableCount = async (url: string) => {
+    const db = await connect(url);
+    try {
+      return (await tables(db)).length;
+    } finally {
+      await db.close();
+    }
+  };
+
+  for (let n = 2; n <= 6; n++) {
+    test(`${n} branches, new files sorting before applied ones: --all's fixes, applied once, let --all through`, async () => {
+      const { dir, url } = await deployedThenMerged(n);
+      const refused = await allJson(dir, url);
+      expectExit(refused.run, 2);
+      const problems = refused.result.problems!;
+      expect(problems.length).toBeGreaterThan(0);
+      expect(problems.some((p) => p.fix !== null && "rename" in p.fix)).toBe(true);
+      expect(problems.every((p) => p.fix !== null)).toBe(true);
+      // Never an applied file: every fix edits or renames a pending one.
+      const db = await connect(url);
+      const applied = new Set((await readHistory(db)).map((r) => `${dir}/${r.id}.sql`));
+      await db.close();
+      expect(problems.filter((p) => applied.has(p.fix!.file))).toEqual([]);
+
+      // --check against the same database gives the same advice, and more (the files' own problems).
+      const check = await checkJson(dir, url);
+      expectExit(check.run, 2);
+      for (const p of problems) expect(check.result.problems).toContainEqual(p);
+
+      applyFixes(problems);
+      expectExit(await runCli(["--all", "--dir", dir, "--database-url", url]), 0);
+      expect(await tableCount(url)).toBe(1 + 3 + generatedBranches(n).reduce((sum, b) => sum + Object.keys(b).length, 0));
+    });
+
+    test(`${n} branches: --check --database-url's fixes, applied once, make --check and --all pass`, async () => {
+      const { dir, url } = await deployedThenMerged(n);
+      const check = await checkJson(dir, url);
+      expectExit(check.run, 2);
+      applyFixes(check.result.problems);
+      const again = await checkJson(dir, url);
+      expectExit(again.run, 0);
+      expect(again.result.problems.filter((p) => p.level === "error")).toEqual([]);
+      expectExit(await runCli(["--all", "--dir", dir, "--database-url", url]), 0);
+    });
+  }
+
+  test("--check predicts --pre: a before_deploy behind an after_deploy gets the exact depends: line; then --pre works", async () => {
+    const base = Object.fromEntries([1, 2, 3, 4, 5, 6].map((k) => [`000${k}_t${k}`, `-- safe: always\ncreate table t${k} (id int);`]));
+    const { root, dir } = repository(base);
+    const url = await serverDatabaseUrl();
+    expectExit(await runCli(["--all", "--dir", dir, "--database-url", url]), 0);
+    commit(root, {
+      "0007_drop_old": "-- safe: after_deploy\nalter table t1 drop column id;",
+      "0008_add_new": "-- safe: before_deploy\ncreate table t8 (id int);",
+      "0009_cleanup": "-- safe: after_deploy\ndrop table t2;",
+    }, "release");
+
+    const fix = { file: `${dir}/0008_add_new.sql`, line: 1, insert: "-- depends: 0006_t6" };
+    const check = await checkJson(dir, url);
+    expectExit(check.run, 0);
+    expect(check.result.problems).toHaveLength(1);
+    expect(check.result.problems[0]).toMatchObject({ level: "warning", fix });
+    expect(check.result.problems[0].message).toStartWith("0008_add_new is before_deploy but comes after 0007_drop_old (after_deploy, not applied) only by the default order");
+
+    // --pre refuses with the same fix, and does not tell the user to run --all (which would drop t1.id under the old code).
+    const pre = await runCli(["--pre", "--dir", dir, "--database-url", url]);
+    expectExit(pre, 3);
+    expect(pre.stderr).toContain(`  fix: in ${dir}/0008_add_new.sql, insert as line 1: -- depends: 0006_t6`);
+    expect(pre.stderr).toContain("Run --all first only if the blocking migrations shipped with an earlier release");
+    expect(pre.stderr).not.toContain("run --all after the previous deploy");
+    const preJson = JSON.parse((await runCli(["--pre", "--json", "--dir", dir, "--database-url", url])).stdout);
+    expect(preJson.advice).toEqual(check.result.problems);
+
+    applyFixes(check.result.problems);
+    const clean = await checkJson(dir, url);
+    expectExit(clean.run, 0);
+    expect(clean.result.problems).toEqual([]);
+    const applied = await runCli(["--pre", "--dir", dir, "--database-url", url]);
+    expectExit(applied, 0);
+    expect(applied.stdout).toContain("0008_add_new");
+    const db = await connect(url);
+    try {
+      expect(await tables(db)).toContain("t8");
+      expect(await tables(db)).toContain("t2");
+    } finally {
+      await db.close();
+    }
+  });
 });
