@@ -808,7 +808,7 @@ export function consistencyFindings(
       `inconsistent history: ${appliedAfter.id} is applied, but it depends on ${pending.id}, which is not` +
         (appliedAfter.depends.includes(pending.id) ? "" : ` (once the pending files between them are renamed)`) +
         `. This usually happens after merging branches that both added migrations. ` +
-        `Rename ${pending.file} so it sorts after the applied migrations: ${pending.file} -> ${to} ` +
+        `Rename ${pending.file} -> ${to} so it sorts after the applied migrations ` +
         `(if another database already applied it under its old name, roll it back there first)`,
       { file: pending.file, rename: to },
     );
