@@ -442,6 +442,28 @@ describe("--check tells a merge from a batch (git)", () => {
   }
 });
 
+describe.skipIf(!SERVER_URL)("ids with spaces on the server", () => {
+  test("crates.io's id with a space: applied, named in depends:, checked and rolled back by name", async () => {
+    const crates = "2019-11-15-182353_Add email notifications to crate owners";
+    const dir = migrationsDir({
+      "2019-11-14-000000_base": "create table crates (id int);\n-- migrate:down\ndrop table crates;",
+      [crates]: "create table owner_notifications (id int);\n-- migrate:down\ndrop table owner_notifications;",
+      "2019-11-16-000000_later": `-- depends: ${crates}, 2019-11-14-000000_base\ncreate table later (id int);\n-- migrate:down\ndrop table later;`,
+    });
+    const url = await serverDatabaseUrl();
+    expectExit(await runCli(["--all", "--dir", dir, "--database-url", url]), 0);
+    expectExit(await runCli(["--check", "--dir", dir, "--database-url", url]), 0);
+    const rolled = await runCli(["--rollback", crates, "--dir", dir, "--database-url", url]);
+    expectExit(rolled, 0);
+    const db = await connect(url);
+    try {
+      expect(await tables(db)).toEqual(["crates", "safemigrate_history"]);
+    } finally {
+      await db.close();
+    }
+  });
+});
+
 describe.skipIf(!SERVER_URL)("advice that converges against a database (server)", () => {
   /** Merged main in a repository whose last branch was deployed (applied) before the merge. */
   async function deployedThenMerged(n: number) {
