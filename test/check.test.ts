@@ -457,7 +457,7 @@ describe.skipIf(!SERVER_URL)("ids with spaces on the server", () => {
     expectExit(rolled, 0);
     const db = await connect(url);
     try {
-      expect(await tables(db)).toEqual(["crates", "safemigrate_history"]);
+      expect((await tables(db)).filter((t) => !t.startsWith("safemigrate_"))).toEqual(["crates"]);
     } finally {
       await db.close();
     }
@@ -482,7 +482,7 @@ describe.skipIf(!SERVER_URL)("advice that converges against a database (server)"
   const tableCount = async (url: string) => {
     const db = await connect(url);
     try {
-      return (await tables(db)).length;
+      return (await tables(db)).filter((t) => !t.startsWith("safemigrate_")).length;
     } finally {
       await db.close();
     }
@@ -510,7 +510,7 @@ describe.skipIf(!SERVER_URL)("advice that converges against a database (server)"
 
       applyFixes(problems);
       expectExit(await runCli(["--all", "--dir", dir, "--database-url", url]), 0);
-      expect(await tableCount(url)).toBe(1 + 3 + generatedBranches(n).reduce((sum, b) => sum + Object.keys(b).length, 0));
+      expect(await tableCount(url)).toBe(3 + generatedBranches(n).reduce((sum, b) => sum + Object.keys(b).length, 0));
     });
 
     test(`${n} branches: --check --database-url's fixes, applied once, make --check and --all pass`, async () => {
