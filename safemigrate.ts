@@ -855,13 +855,15 @@ export function consistencyFindings(
       { file: pending.file, rename: to },
     );
   }
-  problems.push(...renamedReferences(migrations, problems, afterFixes(migrations, problems)));
+  if (problems.some((p) => p.fix && "rename" in p.fix)) {
+    problems.push(...renamedReferences(migrations, problems, afterFixes(migrations, problems)));
+  }
   for (const m of migrations) {
     if (!isApplied(rows.get(m.id)) || m.dependsLine === null) continue;
     for (const d of m.depends.filter((d) => files.has(d) && !isApplied(rows.get(d)))) {
       error(
         `${m.file}:${m.dependsLine}: inconsistent history: ${m.id} is applied, but its "depends:" names ${d}, which is not: ` +
-          `the line was edited after ${m.id} was applied. Correct the line (front-matter is not part of the checksum)`,
+          `was the line edited after ${m.id} was applied? Correct it (front-matter is not part of the checksum)`,
       );
     }
   }
