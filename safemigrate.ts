@@ -25,6 +25,10 @@ import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
+// The output's edge (section 9): synchronous writes that survive pipes, and finding the main module on every runtime.
+import { realpathSync, writeSync } from "node:fs";
+import { isatty } from "node:tty";
+import { pathToFileURL } from "node:url";
 import mri from "mri";
 import postgres from "postgres";
 
@@ -95,9 +99,12 @@ export interface HistoryRow {
 
 /** An error meant for the user: one readable message and the exit code it maps to. */
 export class SafemigrateError extends Error {
-  constructor(message: string, readonly exitCode: number) {
+  // Declared fields, not constructor parameter properties: Node runs this file by stripping types only.
+  readonly exitCode: number;
+  constructor(message: string, exitCode: number) {
     super(message);
     this.name = "SafemigrateError";
+    this.exitCode = exitCode;
   }
 }
 
@@ -2053,12 +2060,14 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
 
 /** Findings that stop a run: raised before anything is applied, exit 2. */
 export class LintError extends InputError {
-  constructor(readonly findings: Finding[]) {
+  readonly findings: Finding[];
+  constructor(findings: Finding[]) {
     super(
       `refusing to apply: ${plural(findings.length, "unwaived finding")} in migrations about to run:\n` +
         findings.map((f) => `  ${formatFinding(f)}`).join("\n") +
         `\nFix the migration, waive a finding with "-- safemigrate-ignore: <rule> -- <reason>" above the statement, or pass --no-lint`,
     );
+    this.findings = findings;
   }
 }
 
@@ -2401,6 +2410,8 @@ export interface Output {
   out(line: string): void;
   err(line: string): void;
   color: boolean;
+  /** Set by the console output once the reader of stdout or stderr went away (`| head`): the run stops quietly. */
+  closed?: boolean;
 }
 
 const paint = (output: Output, code: number, text: string) => output.color ? `\x1b[${code}m${text}\x1b[0m` : text;
@@ -2883,6 +2894,8 @@ export async function main(
     }
     return EXIT.ok;
   } catch (error) {
+    // The reader went away (`| head`): stop quietly; whatever the error became on its way up.
+    if (output.closed) return EXIT_OUTPUT_CLOSED;
     const known = error instanceof SafemigrateError;
     const exitCode = known ? error.exitCode : EXIT.failed;
     const message = redact(known ? error.message : `unexpected error: ${(error as Error)?.message ?? error}`);
@@ -2960,17 +2973,89 @@ async function runCheck(
   return problems.length === 0 ? EXIT.ok : EXIT.invalid;
 }
 
-export function consoleOutput(env: Record<string, string | undefined>): Output {
-  return {
-    out: (line) => process.stdout.write(`${redact(line)}\n`),
-    err: (line) => process.stderr.write(`${redact(line)}\n`),
-    color: Boolean(process.stdout.isTTY) && !env.NO_COLOR,
-  };
+/*
+ * Writing to the terminal or a pipe. Every line is written synchronously and
+ * completely before the program goes on, so process.exit can never cut output:
+ * Bun makes a piped stdout non-blocking and drops what is still queued at exit
+ * (JSON was cut at 64 KB), so a write that meets EAGAIN waits a moment and
+ * tries the rest again. When the reader goes away (EPIPE, as after `| head -1`)
+ * the run stops at that line without a word, like a Unix tool killed by
+ * SIGPIPE, and exits 141 (128 + SIGPIPE), the code a shell shows for those:
+ * the command did not run to its end. Each migration is all or nothing, so
+ * stopping between two lines leaves the history true.
+ */
+
+/** Exit code when the reader of the output went away: what a shell reports for a process killed by SIGPIPE. */
+export const EXIT_OUTPUT_CLOSED = 141;
+
+/** Raised by a write once the reader is gone; main turns it into a quiet exit 141. */
+export class OutputClosedError extends Error {
+  constructor() {
+    super("the reader of the output went away");
+    this.name = "OutputClosedError";
+  }
 }
 
-if (import.meta.main) {
-  const code = await main(process.argv.slice(2));
-  // Let piped output drain before exiting; PGlite keeps handles open otherwise.
-  await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
-  process.exit(code);
+const pauseCell = new Int32Array(new SharedArrayBuffer(4));
+/** Blocks the thread for `ms`: the output is all this CLI waits for while a slow reader catches up. */
+const pause = (ms: number) => Atomics.wait(pauseCell, 0, 0, ms);
+
+/** Writes all of `text` to `fd`, waiting out a full non-blocking pipe; throws OutputClosedError on EPIPE. */
+export function writeFully(fd: number, text: string): void {
+  const bytes = new TextEncoder().encode(text);
+  let waitMs = 1;
+  for (let offset = 0; offset < bytes.length;) {
+    try {
+      offset += writeSync(fd, bytes, offset, bytes.length - offset);
+      waitMs = 1;
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === "EPIPE") throw new OutputClosedError();
+      if (code !== "EAGAIN" && code !== "EWOULDBLOCK") throw error;
+      pause(waitMs);
+      waitMs = Math.min(waitMs * 2, 50);
+    }
+  }
+}
+
+export function consoleOutput(env: Record<string, string | undefined>): Output {
+  const output: Output = {
+    out: (line) => write(1, line),
+    err: (line) => write(2, line),
+    color: isatty(1) && !env.NO_COLOR,
+    closed: false,
+  };
+  const write = (fd: number, line: string) => {
+    if (output.closed) return;
+    try {
+      writeFully(fd, `${redact(line)}\n`);
+    } catch (error) {
+      if (error instanceof OutputClosedError) output.closed = true;
+      throw error;
+    }
+  };
+  return output;
+}
+
+/**
+ * True when this file is the program being run rather than imported:
+ * `import.meta.main` on Bun, Deno and Node 24.2+; on older Node the script
+ * named on the command line (through the symlinks npx and bin links add).
+ */
+function isMainModule(): boolean {
+  const main = (import.meta as { main?: boolean }).main;
+  if (typeof main === "boolean") return main;
+  const script = process.argv[1];
+  try {
+    return script !== undefined && pathToFileURL(realpathSync(script)).href === import.meta.url;
+  } catch {
+    return false;
+  }
+}
+
+if (isMainModule()) {
+  const output = consoleOutput(process.env);
+  const code = await main(process.argv.slice(2), process.env, output);
+  // Every byte is written by now (writeFully); exit at once, since PGlite keeps handles open.
+  process.exit(output.closed ? EXIT_OUTPUT_CLOSED : code);
 }
