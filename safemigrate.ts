@@ -2016,7 +2016,8 @@ async function applyAll(db: Database, migrations: readonly Migration[], phase: s
   const applied: AppliedMigration[] = [];
   for (const migration of migrations) {
     const durationMs = await applyMigration(db, migration, phase, executionOf(options));
-    applied.push({ id: migration.id, safe: migration.safe, durationMs });
+    // Whole milliseconds in results (and so in JSON); the event keeps the fraction for the human line.
+    applied.push({ id: migration.id, safe: migration.safe, durationMs: Math.round(durationMs) });
     options.onEvent?.({ type: "applied", migration, durationMs });
   }
   return applied;
@@ -2026,7 +2027,7 @@ async function revertAll(db: Database, steps: readonly RevertStep[], options: Lo
   const reverted: { id: string; durationMs: number }[] = [];
   for (const step of steps) {
     const durationMs = await revertMigration(db, step, executionOf(options));
-    reverted.push({ id: step.id, durationMs });
+    reverted.push({ id: step.id, durationMs: Math.round(durationMs) });
     options.onEvent?.({ type: "reverted", step, durationMs });
   }
   return reverted;
