@@ -2403,6 +2403,33 @@ export async function rehearse(
   return result;
 }
 
+/*
+ * The programmatic API: the CLI's commands for a program (a test setup, a
+ * deploy script), on a Database from connect() and the migrations from
+ * readMigrations(). Thin names over the functions above, documented in the
+ * README; rollback() and rehearse() already have that shape.
+ */
+
+/** What `--pre` or `--all` would do now: apply, delayed, blocked. Changes nothing, takes no lock. */
+export async function plan(db: Database, migrations: readonly Migration[], options: RunOptions): Promise<Plan> {
+  return (await migrate(db, migrations, { ...options, dryRun: true })).plan;
+}
+
+/** `--pre` or `--all`: apply what the plan says under the migration lock; throws a SafemigrateError on failure. */
+export function run(db: Database, migrations: readonly Migration[], options: Omit<RunOptions, "dryRun">): Promise<RunResult> {
+  return migrate(db, migrations, { ...options, dryRun: false });
+}
+
+/** `--status`: every migration from the files or the history, with its state. */
+export async function status(db: Queryable, migrations: readonly Migration[]): Promise<StatusRow[]> {
+  return migrationStatus(migrations, await readHistory(db));
+}
+
+/** `--lint`: every finding of the deploy-safety analysis, waived ones with their reason. No database. */
+export function lint(migrations: readonly Migration[]): Promise<Finding[]> {
+  return analyzeMigrations(migrations);
+}
+
 // ============================================================================
 // 8. Output
 // ============================================================================
