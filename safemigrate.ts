@@ -26,7 +26,7 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 // The output's edge (section 9): synchronous writes that survive pipes, and finding the main module on every runtime.
-import { realpathSync, writeSync } from "node:fs";
+import { realpathSync, statSync, writeSync } from "node:fs";
 import { isatty } from "node:tty";
 import { pathToFileURL } from "node:url";
 import mri from "mri";
@@ -452,7 +452,8 @@ export function readMigrations(dir: string): Migration[] {
     throw new InputError(`migrations directory ${dir} does not exist (set it with --dir)`);
   }
   const names = readdirSync(dir, { withFileTypes: true })
-    .filter((entry) => entry.isFile() && entry.name.endsWith(".sql"))
+    // Symlinks count: a Kubernetes ConfigMap volume presents each file as a link into its ..data directory.
+    .filter((entry) => entry.name.endsWith(".sql") && (entry.isFile() || (entry.isSymbolicLink() && statSync(join(dir, entry.name)).isFile())))
     .map((entry) => entry.name.slice(0, -".sql".length))
     .sort(compareIds);
 

@@ -86,6 +86,30 @@ describe("the packed package", () => {
     expect(await tables(db)).toEqual(["safemigrate_history", "users"]);
   });
 
+  test.skipIf(!SERVER_URL)("the README's release commands for Heroku, Fly and Render, in bash, in their release environments", async () => {
+    // Each as the README writes it; the platform's marker variable makes it a release environment.
+    const recipes: [string, string, Record<string, string>][] = [
+      ["Heroku", `bunx safemigrate --pre --database-url "$DATABASE_URL?sslmode=require"`, { DYNO: "release.1" }],
+      ["Fly", "bunx safemigrate --pre", { FLY_APP_NAME: "app" }],
+      ["Render", "bunx safemigrate --pre && bunx safemigrate --status", { RENDER: "true" }],
+    ];
+    for (const [platform, command, marker] of recipes) {
+      const url = await serverDatabaseUrl();
+      const run = await sh(["bash", "-c", command], app, { ...marker, DATABASE_URL: url });
+      if (platform === "Heroku") {
+        // This server has no SSL: the line does ask for it (Heroku Postgres has it, with a certificate nothing verifies).
+        expect(run.code).toBe(1);
+        expect(run.stderr).toMatch(/SSL|TLS/);
+        continue;
+      }
+      if (run.code !== 0) throw new Error(`${platform}: ${command} exited ${run.code}:\n${run.stdout}\n${run.stderr}`);
+      expect(run.stdout).toContain("Applied 4 migrations");
+      const missing = await sh(["bash", "-c", command], app, marker);
+      expect(missing.code).toBe(2);
+      expect(missing.stderr).toContain("no database URL");
+    }
+  });
+
   test.skipIf(!SERVER_URL)("the programmatic API by its documented names, from Node and from Bun", async () => {
     const script = `
       import { connect, lint, plan, readMigrations, rollback, run, status } from "safemigrate";
