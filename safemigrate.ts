@@ -19,7 +19,9 @@
  *   8. output (human, JSON, GitHub annotations)
  *   9. the command line
  *
- * Runs under Bun (`bun safemigrate.ts`) and Deno (`deno run -A safemigrate.ts`).
+ * Runs under Bun (`bun safemigrate.ts`), Deno (`deno run -A safemigrate.ts`) and
+ * Node 22.18+ (`node safemigrate.ts`, which strips types only: so no enums,
+ * namespaces or constructor parameter properties in this file).
  */
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
