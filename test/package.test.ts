@@ -6,7 +6,7 @@
  * copy of safemigrate.ts into an app.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { copyFileSync, cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VERSION } from "../safemigrate.ts";
@@ -55,6 +55,7 @@ afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 describe("the packed package", () => {
   test("holds the source, the stripped JavaScript and the schema, and nothing of the repository's tests", async () => {
+    expect(JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version).toBe(VERSION);
     const listing = await ok(["tar", "-tzf", tarball], work);
     const files = listing.stdout.trim().split("\n").sort();
     expect(files).toEqual([
@@ -66,6 +67,19 @@ describe("the packed package", () => {
     // Types are blanked, not moved: the JavaScript keeps the source's lines.
     expect(js.split("\n").length).toBe(readFileSync(join(ROOT, "safemigrate.ts"), "utf8").split("\n").length);
     expect(js).not.toContain("readonly exitCode: number");
+  });
+
+  test.skipIf(!RUNTIMES.deno)("jsr.json: deno publish --dry-run accepts it (types checked, no slow types)", async () => {
+    // A copy, with a placeholder license: the project has not chosen one, and JSR requires it.
+    const copy = join(work, "jsr");
+    await ok(["mkdir", "-p", copy], work);
+    for (const file of ["safemigrate.ts", "README.md", "package.json", "schema"]) cpSync(join(ROOT, file), join(copy, file), { recursive: true });
+    const jsr = JSON.parse(readFileSync(join(ROOT, "jsr.json"), "utf8"));
+    expect(jsr.version).toBe(VERSION);
+    writeFileSync(join(copy, "jsr.json"), JSON.stringify({ ...jsr, license: "LicenseRef-placeholder" }));
+    symlinkSync(join(ROOT, "node_modules"), join(copy, "node_modules"));
+    const publish = await ok(["deno", "publish", "--dry-run", "--allow-dirty"], copy);
+    expect(publish.stdout + publish.stderr).toContain("Dry run complete");
   });
 
   test("npx and bunx run the bin: --version", async () => {
