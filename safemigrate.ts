@@ -2627,7 +2627,8 @@ Options:
 
 Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
 2 invalid input (usage, front-matter, dependency graph, checksum drift, a failed check or rehearsal),
-3 strict mode found migrations blocked by after_deploy ones.
+3 strict mode found migrations blocked by after_deploy ones,
+141 the reader of the output went away (| head): the run stopped there.
 `;
 
 const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "lint", "rollback", "fake", "baseline", "accept-changed"] as const;
@@ -3051,15 +3052,16 @@ export function writeFully(fd: number, text: string): void {
 
 export function consoleOutput(env: Record<string, string | undefined>): Output {
   const output: Output = {
-    out: (line) => write(1, line),
-    err: (line) => write(2, line),
+    out: (line) => write(1, `${redact(line)}\n`),
+    err: (line) => write(2, `${redact(line)}\n`),
     color: isatty(1) && !env.NO_COLOR,
     closed: false,
   };
-  const write = (fd: number, line: string) => {
+  /** Every write to the console goes through here: complete, in order, and silent once the reader is gone. */
+  const write = (fd: number, text: string) => {
     if (output.closed) return;
     try {
-      writeFully(fd, `${redact(line)}\n`);
+      writeFully(fd, text);
     } catch (error) {
       if (error instanceof OutputClosedError) output.closed = true;
       throw error;
