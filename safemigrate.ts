@@ -19,7 +19,9 @@
  *   8. output (human, JSON, GitHub annotations)
  *   9. the command line
  *
- * Runs under Bun (`bun safemigrate.ts`) and Deno (`deno run -A safemigrate.ts`).
+ * Runs under Bun (`bun safemigrate.ts`), Deno (`deno run -A safemigrate.ts`) and
+ * Node 22.18+ (`node safemigrate.ts`, which strips types only: so no enums,
+ * namespaces or constructor parameter properties in this file).
  */
 import { createHash } from "node:crypto";
 import { spawnSync } from "node:child_process";
@@ -27,6 +29,10 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { basename, dirname, join } from "node:path";
 import process from "node:process";
+// The output's edge (section 9): synchronous writes that survive pipes, and finding the main module on every runtime.
+import { realpathSync, statSync, writeSync } from "node:fs";
+import { isatty } from "node:tty";
+import { pathToFileURL } from "node:url";
 import mri from "mri";
 import postgres from "postgres";
 
@@ -138,9 +144,12 @@ export interface HistoryRow {
 
 /** An error meant for the user: one readable message and the exit code it maps to. */
 export class SafemigrateError extends Error {
-  constructor(message: string, readonly exitCode: number) {
+  // Declared fields, not constructor parameter properties: Node runs this file by stripping types only.
+  readonly exitCode: number;
+  constructor(message: string, exitCode: number) {
     super(message);
     this.name = "SafemigrateError";
+    this.exitCode = exitCode;
   }
 }
 
@@ -514,7 +523,8 @@ export function readMigrations(dir: string): Migration[] {
     throw new InputError(`migrations directory ${dir} does not exist (set it with --dir)`);
   }
   const names = readdirSync(dir, { withFileTypes: true })
-    .filter((entry) => entry.isFile() && entry.name.endsWith(".sql"))
+    // Symlinks count: a Kubernetes ConfigMap volume presents each file as a link into its ..data directory.
+    .filter((entry) => entry.name.endsWith(".sql") && (entry.isFile() || (entry.isSymbolicLink() && statSync(join(dir, entry.name)).isFile())))
     .map((entry) => entry.name.slice(0, -".sql".length))
     .sort(compareIds);
 
@@ -2936,7 +2946,8 @@ async function applyAll(db: Database, migrations: readonly Migration[], phase: s
   const applied: AppliedMigration[] = [];
   for (const migration of migrations) {
     const durationMs = await applyMigration(db, migration, phase, executionOf(options));
-    applied.push({ id: migration.id, safe: migration.safe, durationMs });
+    // Whole milliseconds in results (and so in JSON); the event keeps the fraction for the human line.
+    applied.push({ id: migration.id, safe: migration.safe, durationMs: Math.round(durationMs) });
     options.onEvent?.({ type: "applied", migration, durationMs });
   }
   return applied;
@@ -2946,7 +2957,7 @@ async function revertAll(db: Database, steps: readonly RevertStep[], options: Lo
   const reverted: { id: string; durationMs: number }[] = [];
   for (const step of steps) {
     const durationMs = await revertMigration(db, step, executionOf(options));
-    reverted.push({ id: step.id, durationMs });
+    reverted.push({ id: step.id, durationMs: Math.round(durationMs) });
     options.onEvent?.({ type: "reverted", step, durationMs });
   }
   return reverted;
@@ -2983,12 +2994,14 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
 
 /** Findings that stop a run: raised before anything is applied, exit 2. */
 export class LintError extends InputError {
-  constructor(readonly findings: Finding[]) {
+  readonly findings: Finding[];
+  constructor(findings: Finding[]) {
     super(
       `refusing to apply: ${plural(findings.length, "unwaived finding")} in migrations about to run:\n` +
         findings.map((f) => `  ${formatFinding(f)}`).join("\n") +
         `\nFix the migration, waive a finding with "-- safemigrate-ignore: <rule> -- <reason>" above the statement, or pass --no-lint`,
     );
+    this.findings = findings;
   }
 }
 
@@ -3333,6 +3346,33 @@ export async function rehearse(
   return result;
 }
 
+/*
+ * The programmatic API: the CLI's commands for a program (a test setup, a
+ * deploy script), on a Database from connect() and the migrations from
+ * readMigrations(). Thin names over the functions above, documented in the
+ * README; rollback() and rehearse() already have that shape.
+ */
+
+/** What `--pre` or `--all` would do now: apply, delayed, blocked. Changes nothing, takes no lock. */
+export async function plan(db: Database, migrations: readonly Migration[], options: RunOptions): Promise<Plan> {
+  return (await migrate(db, migrations, { ...options, dryRun: true })).plan;
+}
+
+/** `--pre` or `--all`: apply what the plan says under the migration lock; throws a SafemigrateError on failure. */
+export function run(db: Database, migrations: readonly Migration[], options: Omit<RunOptions, "dryRun">): Promise<RunResult> {
+  return migrate(db, migrations, { ...options, dryRun: false });
+}
+
+/** `--status`: every migration from the files or the history, with its state. */
+export async function status(db: Queryable, migrations: readonly Migration[]): Promise<StatusRow[]> {
+  return migrationStatus(migrations, await readHistory(db));
+}
+
+/** `--lint`: every finding of the deploy-safety analysis, waived ones with their reason. No database. */
+export function lint(migrations: readonly Migration[]): Promise<Finding[]> {
+  return analyzeMigrations(migrations);
+}
+
 // ============================================================================
 // 8. Output
 // ============================================================================
@@ -3341,6 +3381,8 @@ export interface Output {
   out(line: string): void;
   err(line: string): void;
   color: boolean;
+  /** Set by the console output once the reader of stdout or stderr went away (`| head`): the run stops quietly. */
+  closed?: boolean;
 }
 
 const paint = (output: Output, code: number, text: string) => output.color ? `\x1b[${code}m${text}\x1b[0m` : text;
@@ -3534,7 +3576,8 @@ Options:
 
 Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
 2 invalid input (usage, front-matter, dependency graph, checksum drift, a failed check or rehearsal),
-3 strict mode found migrations blocked by after_deploy ones.
+3 strict mode found migrations blocked by after_deploy ones,
+141 the reader of the output went away (| head): the run stopped there.
 `;
 
 const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "lint", "rollback", "fake", "baseline", "accept-changed"] as const;
@@ -3869,6 +3912,8 @@ export async function main(
     }
     return EXIT.ok;
   } catch (error) {
+    // The reader went away (`| head`): stop quietly; whatever the error became on its way up.
+    if (output.closed) return EXIT_OUTPUT_CLOSED;
     const known = error instanceof SafemigrateError;
     const exitCode = known ? error.exitCode : EXIT.failed;
     const message = redact(known ? error.message : `unexpected error: ${(error as Error)?.message ?? error}`);
@@ -4012,17 +4057,90 @@ export function gitOrigins(dir: string): FileOrigins | null {
   };
 }
 
-export function consoleOutput(env: Record<string, string | undefined>): Output {
-  return {
-    out: (line) => process.stdout.write(`${redact(line)}\n`),
-    err: (line) => process.stderr.write(`${redact(line)}\n`),
-    color: Boolean(process.stdout.isTTY) && !env.NO_COLOR,
-  };
+/*
+ * Writing to the terminal or a pipe. Every line is written synchronously and
+ * completely before the program goes on, so process.exit can never cut output:
+ * Bun makes a piped stdout non-blocking and drops what is still queued at exit
+ * (JSON was cut at 64 KB), so a write that meets EAGAIN waits a moment and
+ * tries the rest again. When the reader goes away (EPIPE, as after `| head -1`)
+ * the run stops at that line without a word, like a Unix tool killed by
+ * SIGPIPE, and exits 141 (128 + SIGPIPE), the code a shell shows for those:
+ * the command did not run to its end. Each migration is all or nothing, so
+ * stopping between two lines leaves the history true.
+ */
+
+/** Exit code when the reader of the output went away: what a shell reports for a process killed by SIGPIPE. */
+export const EXIT_OUTPUT_CLOSED = 141;
+
+/** Raised by a write once the reader is gone; main turns it into a quiet exit 141. */
+export class OutputClosedError extends Error {
+  constructor() {
+    super("the reader of the output went away");
+    this.name = "OutputClosedError";
+  }
 }
 
-if (import.meta.main) {
-  const code = await main(process.argv.slice(2));
-  // Let piped output drain before exiting; PGlite keeps handles open otherwise.
-  await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
-  process.exit(code);
+const pauseCell = new Int32Array(new SharedArrayBuffer(4));
+/** Blocks the thread for `ms`: the output is all this CLI waits for while a slow reader catches up. */
+const pause = (ms: number) => Atomics.wait(pauseCell, 0, 0, ms);
+
+/** Writes all of `text` to `fd`, waiting out a full non-blocking pipe; throws OutputClosedError on EPIPE. */
+export function writeFully(fd: number, text: string): void {
+  const bytes = new TextEncoder().encode(text);
+  let waitMs = 1;
+  for (let offset = 0; offset < bytes.length;) {
+    try {
+      offset += writeSync(fd, bytes, offset, bytes.length - offset);
+      waitMs = 1;
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === "EPIPE") throw new OutputClosedError();
+      if (code !== "EAGAIN" && code !== "EWOULDBLOCK") throw error;
+      pause(waitMs);
+      waitMs = Math.min(waitMs * 2, 50);
+    }
+  }
+}
+
+export function consoleOutput(env: Record<string, string | undefined>): Output {
+  const output: Output = {
+    out: (line) => write(1, `${redact(line)}\n`),
+    err: (line) => write(2, `${redact(line)}\n`),
+    color: isatty(1) && !env.NO_COLOR,
+    closed: false,
+  };
+  /** Every write to the console goes through here: complete, in order, and silent once the reader is gone. */
+  const write = (fd: number, text: string) => {
+    if (output.closed) return;
+    try {
+      writeFully(fd, text);
+    } catch (error) {
+      if (error instanceof OutputClosedError) output.closed = true;
+      throw error;
+    }
+  };
+  return output;
+}
+
+/**
+ * True when this file is the program being run rather than imported:
+ * `import.meta.main` on Bun, Deno and Node 24.2+; on older Node the script
+ * named on the command line (through the symlinks npx and bin links add).
+ */
+function isMainModule(): boolean {
+  const main = (import.meta as { main?: boolean }).main;
+  if (typeof main === "boolean") return main;
+  const script = process.argv[1];
+  try {
+    return script !== undefined && pathToFileURL(realpathSync(script)).href === import.meta.url;
+  } catch {
+    return false;
+  }
+}
+
+if (isMainModule()) {
+  const output = consoleOutput(process.env);
+  const code = await main(process.argv.slice(2), process.env, output);
+  // Every byte is written by now (writeFully); exit at once, since PGlite keeps handles open.
+  process.exit(output.closed ? EXIT_OUTPUT_CLOSED : code);
 }
