@@ -15,7 +15,7 @@ import postgres from "postgres";
 import { cleanup, CLI, cleanEnv, migrationsDir, ROOT, SERVER_URL, serverDatabaseUrl } from "./helpers.ts";
 import { type Cluster, type Pooler, startCluster, startPgbouncer } from "./servers.ts";
 
-setDefaultTimeout(600_000);
+setDefaultTimeout(15 * 60_000);
 afterEach(cleanup);
 
 const SOAK = Math.max(1, Number(process.env.SAFEMIGRATE_FAULT_SOAK ?? 1));
