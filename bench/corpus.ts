@@ -18,7 +18,9 @@
  * (sourcegraph/sourcegraph itself is too big to mirror here; sourcegraph/artifacts
  * publishes the same `migrations/` tree for every release.)
  *
- * Conversion, one file per migration, `<id>.sql` where id is the directory name:
+ * Conversion, one file per migration, `<id>.sql` where id is the directory name
+ * (for diesel with the dashes taken out of the version, `2017-09-23-182408_x` ->
+ * `20170923182408_x`: diesel orders by that number, and crates.io mixes both spellings):
  *
  *   -- <project> <ref> <directory>        provenance, an ordinary comment
  *   -- safe: before_deploy | after_deploy  see below
@@ -63,6 +65,8 @@ export const PROJECTS: readonly Project[] = [
 /** One migration as the source project stores it. */
 interface SourceMigration {
   id: string;
+  /** The directory it came from. */
+  dir: string;
   up: string;
   down: string | null;
   transaction: boolean;
@@ -105,9 +109,17 @@ function migrationDirs(files: Map<string, string>): string[] {
 
 // ---- layouts ------------------------------------------------------------------
 
+/**
+ * diesel orders migrations by their version with the dashes removed
+ * (`2017-09-23-182408` is 20170923182408), so crates.io's mix of both spellings
+ * sorts by date; the id drops the dashes too, so byte order is diesel's order.
+ */
+export const dieselId = (dir: string): string => dir.replace(/^[\d-]+(?=_)/, (version) => version.replaceAll("-", ""));
+
 function readDiesel(files: Map<string, string>): SourceMigration[] {
   return migrationDirs(files).map((dir) => ({
-    id: dir,
+    id: dieselId(dir),
+    dir,
     up: files.get(`${dir}/up.sql`)!,
     down: files.get(`${dir}/down.sql`) ?? null,
     transaction: !/run_in_transaction\s*=\s*false/.test(files.get(`${dir}/metadata.toml`) ?? ""),
@@ -143,6 +155,7 @@ function readSourcegraph(files: Map<string, string>): SourceMigration[] {
     });
     return {
       id: dir,
+      dir,
       up: files.get(`${dir}/up.sql`)!,
       down: files.get(`${dir}/down.sql`) ?? null,
       transaction: !/createIndexConcurrently\s*:\s*true/.test(meta),
@@ -173,7 +186,7 @@ export function phaseOf(upSql: string): "before_deploy" | "after_deploy" {
 
 export function convert(project: Project, m: SourceMigration): string {
   const head = [
-    `-- ${project.repo.replace("+", "/")} ${project.ref} ${project.tree}/${m.id}`,
+    `-- ${project.repo.replace("+", "/")} ${project.ref} ${project.tree}/${m.dir}`,
     `-- safe: ${phaseOf(m.up)}`,
     ...(m.depends ? [`-- depends: ${m.depends.length ? m.depends.join(", ") : "[]"}`] : []),
     ...(m.transaction ? [] : ["-- transaction: false"]),
