@@ -5,7 +5,7 @@ import { join } from "node:path";
 import {
   analyzeDown, analyzeMigration, analyzeMigrations, type Finding, type Migration, parseMigration, readMigrations,
 } from "../safemigrate.ts";
-import { cleanup, migration, migrationsDir, runCli } from "./helpers.ts";
+import { cleanup, migration, migrationsDir, runCli, SERVER_URL, serverDatabaseUrl } from "./helpers.ts";
 
 // Real databases and CLI processes: bun's 5 s default is too short for a PGlite start on a busy machine.
 setDefaultTimeout(60_000);
@@ -316,7 +316,7 @@ describe("--lint on the command line", () => {
 
   test("--pre refuses a gating finding on an existing table before applying anything, unless --no-lint", async () => {
     const dir = migrationsDir({ "0001_users": bad["0001_users"] });
-    const url = `pglite:${migrationsDir({})}/db`;
+    const url = SERVER_URL ? await serverDatabaseUrl() : `pglite:${migrationsDir({})}/db`;
     expect((await runCli(["--pre", "--dir", dir, "--database-url", url])).code).toBe(0);
     writeFileSync(join(dir, "0002_drop.sql"), bad["0002_drop"]);
     writeFileSync(join(dir, "0003_later.sql"), "-- safe: before_deploy\ncreate table later (id int);");
