@@ -1336,7 +1336,7 @@ function statementFindings(
       } else if (removeType === "OBJECT_INDEX" && !node.concurrent) {
         const index = names.find((n) => !scope.indexes.has(n) && !scope.tables.has(state.indexes.get(n) ?? ""));
         if (index) {
-          const table = state.indexes.get(index) ?? "its table";
+          const table = state.indexes.get(index) ?? "the table it indexes";
           lockFinding(
             "drop-index-not-concurrently", index,
             `DROP INDEX ${index} takes an ACCESS EXCLUSIVE lock on ${table}: it waits for every running query on ${table} ` +
@@ -1351,6 +1351,13 @@ function statementFindings(
       // A rename breaks the code on one side of the deploy whatever the phase: old code before it, new code after it.
       const why = "old code breaks if it runs before the deploy, new code if it runs after; no phase makes a rename safe";
       const relation = node.relation as RangeVar | undefined;
+      if (relation && node.renameType === "OBJECT_TABLE") renameTable(state, scope, tableKey(relation), relation.schemaname ? `${relation.schemaname}.${node.newname}` : node.newname);
+      if (relation && node.renameType === "OBJECT_INDEX") {
+        const table = state.indexes.get(relation.relname);
+        if (table) state.indexes.set(node.newname, table);
+        if (scope.indexes.has(relation.relname)) scope.indexes.add(node.newname);
+        break;
+      }
       if (!existing(relation)) break;
       const location = relation!.location ?? at;
       const key = tableKey(relation!);
@@ -1451,6 +1458,17 @@ function statementFindings(
       break;
   }
   return found;
+}
+
+/** What the migrations declared about a table follows it to its new name. */
+function renameTable(state: AnalysisState, scope: MigrationScope, from: string, to: string): void {
+  const to_ = to.startsWith("public.") ? to.slice("public.".length) : to;
+  for (const [column, type] of [...state.columnTypes]) {
+    if (column.startsWith(`${from}.`)) state.columnTypes.set(`${to_}.${column.slice(from.length + 1)}`, type);
+  }
+  for (const [index, table] of state.indexes) if (table === from) state.indexes.set(index, to_);
+  if (state.tables.delete(from)) state.tables.add(to_);
+  if (scope.tables.delete(from)) scope.tables.add(to_);
 }
 
 interface FindingSinks {
@@ -1554,8 +1572,8 @@ function addColumnFindings(
   if (volatile || SERIAL_TYPES.has(type) || generated) {
     const why = volatile
       ? `${volatile}()${VOLATILE_FUNCTIONS.has(volatile) ? "" : " (declared without IMMUTABLE or STABLE, so VOLATILE)"} as its default`
-      : SERIAL_TYPES.has(type) ? `type ${type}` : "an identity or generated value";
-    lockFinding("volatile-default", key, `adding ${table}.${column.colname} with ${why} rewrites ${table} (each row gets its own value) ${exclusively}`, location);
+      : SERIAL_TYPES.has(type) ? `type ${type}` : constraints.some((c) => c.contype === "CONSTR_GENERATED") ? "a GENERATED ... STORED value" : "an identity";
+    lockFinding("volatile-default", key, `adding ${table}.${column.colname} with ${why} rewrites ${table} (a value computed for each row) ${exclusively}`, location);
   }
   // A new column whose value is NULL has nothing to validate; with a default or a generated value every row is checked.
   if ((hasDefault || generated) && constraints.some((c) => c.contype === "CONSTR_FOREIGN")) {

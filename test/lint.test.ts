@@ -388,7 +388,7 @@ describe("real-history misses: each hazard fires, its harmless twin does not", (
     ]);
     expect(finding.rule).toBe("volatile-default");
     expect(finding.message).toBe(
-      "adding users.token with new_token() (declared without IMMUTABLE or STABLE, so VOLATILE) as its default rewrites users (each row gets its own value) " +
+      "adding users.token with new_token() (declared without IMMUTABLE or STABLE, so VOLATILE) as its default rewrites users (a value computed for each row) " +
         "under an ACCESS EXCLUSIVE lock: reads and writes of users wait until it ends and the migration commits",
     );
     expect(await rulesAfter([...history, stable], "alter table users add column site text default site_name();")).toEqual([]);
