@@ -1248,6 +1248,10 @@ interface MigrationScope {
   defaults: Set<string>;
   /** Existing tables an earlier ALTER TABLE of this transaction holds ACCESS EXCLUSIVE on -> line of that statement. */
   exclusive: Map<string, number>;
+  /** Tables TRUNCATEd earlier in this migration: adding a NOT NULL column cannot fail on rows. */
+  emptied: Set<string>;
+  /** Columns DROPped earlier in this migration, "table.column": renaming another column to that name swaps it in place. */
+  dropped: Set<string>;
   /** `SET timezone = 'UTC'` ran earlier in this migration. */
   utc: boolean;
   /** Functions created in this migration whose body runs dynamic DDL (EXECUTE). */
@@ -1363,6 +1367,10 @@ function statementFindings(
       const key = tableKey(relation!);
       if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
         lockFinding("rename-table", key, `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation!)} to ${node.newname}: ${why}`, location);
+      } else if (node.renameType === "OBJECT_COLUMN" && scope.dropped.has(`${key}.${node.newname}`)) {
+        // Dropping a column and renaming its replacement to its name: code using the name finds a column either way.
+        const type = state.columnTypes.get(`${key}.${node.subname}`);
+        if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
       } else if (node.renameType === "OBJECT_COLUMN") {
         lockFinding("rename-column", key, `renaming column ${quoted(relation!)}.${node.subname} to ${node.newname}: ${why}`, location);
         const type = state.columnTypes.get(`${key}.${node.subname}`);
@@ -1418,7 +1426,9 @@ function statementFindings(
       break;
     }
     case "TransactionStmt":
-      if (inTransaction && TRANSACTION_CONTROL.has(node.kind) && once("transaction-control")) {
+      // A COMMIT (AND CHAIN) ends the transaction: the locks taken so far are released.
+      if (TRANSACTION_CONTROL.has(node.kind)) scope.exclusive.clear();
+      if (inTransaction && TRANSACTION_CONTROL.has(node.kind) && scope.transactionControl > 0 && once("transaction-control")) {
         const count = scope.transactionControl;
         lockFinding(
           "transaction-control", null,
@@ -1439,6 +1449,9 @@ function statementFindings(
       }
       break;
     }
+    case "TruncateStmt":
+      for (const { RangeVar: rel } of node.relations ?? []) if (rel) scope.emptied.add(tableKey(rel));
+      break;
     case "UpdateStmt":
     case "DeleteStmt": {
       const rel = node.relation as RangeVar;
@@ -1504,6 +1517,7 @@ function alterTableFindings(node: Node, statement: Statement, migration: Migrati
   for (const cmd of cmds) {
     switch (cmd.subtype) {
       case "AT_DropColumn":
+        scope.dropped.add(`${key}.${cmd.name}`);
         phaseFinding("drop-column", key, `dropping column ${table}.${cmd.name}`, location);
         state.columnTypes.delete(`${key}.${cmd.name}`);
         break;
@@ -1555,7 +1569,8 @@ function addColumnFindings(
   { phaseFinding, lockFinding }: FindingSinks, exclusively: string,
 ): void {
   const constraints: Node[] = (column.constraints ?? []).map((c: Node) => c.Constraint);
-  const hasDefault = constraints.find((c) => c.contype === "CONSTR_DEFAULT");
+  // DEFAULT NULL is what a column has without a default.
+  const hasDefault = constraints.find((c) => c.contype === "CONSTR_DEFAULT" && !c.raw_expr?.A_Const?.isnull);
   const generated = constraints.some((c) => c.contype === "CONSTR_IDENTITY" || c.contype === "CONSTR_GENERATED");
   const type = typeNameOf(column.typeName);
   state.columnTypes.set(`${key}.${column.colname}`, columnTypeOf(column.typeName));
@@ -1564,7 +1579,7 @@ function addColumnFindings(
   if (required && !hasDefault && !generated && !SERIAL_TYPES.has(type)) {
     const what = `adding NOT NULL column ${table}.${column.colname} without a default`;
     if (migration.safe !== "after_deploy") phaseFinding("not-null-column-without-default", key, what, location, "the old code's INSERTs do not name it and will fail");
-    else lockFinding("not-null-column-without-default", key, `${what}: it fails on a table that has rows`, location);
+    else if (!scope.emptied.has(key)) lockFinding("not-null-column-without-default", key, `${what}: it fails on a table that has rows`, location);
   }
   const called = functionsIn(hasDefault?.raw_expr);
   const volatile = called.find((f) => VOLATILE_FUNCTIONS.has(f)) ??
@@ -1631,6 +1646,12 @@ function addConstraintFindings(
   }
 }
 
+/** BEGIN/COMMIT statements that split the migration; a lone COMMIT as the very last statement splits nothing. */
+function transactionControlCount(statements: readonly Statement[]): number {
+  const control = statements.filter(({ node }) => TRANSACTION_CONTROL.has((node as Node).TransactionStmt?.kind));
+  return control.length === 1 && control[0] === statements.at(-1) ? 0 : control.length;
+}
+
 /** Statements that only add (tables, columns with a default or nullable, indexes, new functions, rows): old code never notices them. */
 function onlyExpands(statements: readonly Statement[]): boolean {
   const expands = ({ node }: Statement): boolean => {
@@ -1692,8 +1713,8 @@ export async function analyzeMigration(
   const findings: Finding[] = [];
   const scope: MigrationScope = {
     tables: new Set(), objects: objectsCreatedIn(statements), indexes: new Set(), notValidHere: new Map(), defaults: new Set(),
-    exclusive: new Map(), utc: false, dynamicFunctions: new Set(), reported: new Set(),
-    transactionControl: statements.filter(({ node }) => TRANSACTION_CONTROL.has((node as Node).TransactionStmt?.kind)).length,
+    exclusive: new Map(), utc: false, dynamicFunctions: new Set(), reported: new Set(), emptied: new Set(), dropped: new Set(),
+    transactionControl: transactionControlCount(statements),
   };
   const add = (raw: RawFinding, where: { line: number; column: number }, waived: string | null) => {
     const finding: Finding = { rule: raw.rule, migration: migration.id, file: migration.file, ...where, message: raw.message, fix: RULES[raw.rule].fix, waived, subject: raw.subject, notGating: null };

@@ -55,7 +55,7 @@ interface Hit {
   message: string;
 }
 
-const STYLE = new Set(["prefer-text-field", "prefer-bigint-over-int", "prefer-bigint-over-smallint", "prefer-big-int", "prefer-identity", "prefer-timestamp-tz", "prefer-timestamptz", "ban-char-field"]);
+const STYLE = new Set(["require-enum-value-ordering", "prefer-text-field", "prefer-bigint-over-int", "prefer-bigint-over-smallint", "prefer-big-int", "prefer-identity", "prefer-timestamp-tz", "prefer-timestamptz", "ban-char-field"]);
 
 async function safemigrateHits(corpus: string, project: string): Promise<Hit[]> {
   const findings: Finding[] = await analyzeMigrations(readMigrations(join(corpus, project)));
