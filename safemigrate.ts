@@ -1594,9 +1594,8 @@ function addColumnFindings(
   if ((hasDefault || generated) && constraints.some((c) => c.contype === "CONSTR_FOREIGN")) {
     lockFinding("foreign-key-not-valid", key, `adding ${table}.${column.colname} with ${hasDefault ? "a default" : "a generated value"} and REFERENCES checks every row under a SHARE ROW EXCLUSIVE lock on ${table} and the referenced table: writes to both wait until it ends`, location);
   }
-  if (constraints.some((c) => c.contype === "CONSTR_UNIQUE" || c.contype === "CONSTR_PRIMARY")) {
-    lockFinding("index-not-concurrently", key, `adding ${table}.${column.colname} as UNIQUE or PRIMARY KEY builds its index ${exclusively}`, location);
-  }
+  const indexed = constraints.find((c) => c.contype === "CONSTR_PRIMARY") ? "PRIMARY KEY" : constraints.some((c) => c.contype === "CONSTR_UNIQUE") ? "UNIQUE" : null;
+  if (indexed) lockFinding("index-not-concurrently", key, `adding ${table}.${column.colname} as ${indexed} builds its index ${exclusively}`, location);
 }
 
 function addConstraintFindings(
@@ -1640,7 +1639,8 @@ function addConstraintFindings(
     case "CONSTR_UNIQUE":
     case "CONSTR_EXCLUSION":
       if (!constraint.indexname) {
-        lockFinding("index-not-concurrently", key, `adding a ${constraint.contype.replace("CONSTR_", "").toLowerCase()} constraint${name} on ${table} builds its index ${exclusively}`, location);
+        const kind = { CONSTR_PRIMARY: "a primary key", CONSTR_UNIQUE: "a unique", CONSTR_EXCLUSION: "an exclusion" }[constraint.contype as string];
+        lockFinding("index-not-concurrently", key, `adding ${kind} constraint${name} on ${table} builds its index ${exclusively}`, location);
       }
       break;
   }

@@ -40,7 +40,7 @@ export interface RealOptions {
   projects: string[];
   sample: number;
   labels: string;
-  review: boolean;
+  review: boolean | "disagreements";
   hazardsOf: (tool: "safemigrate" | "squawk", rule: string) => string[];
   runnerLevel: Record<string, string>;
 }
@@ -109,10 +109,14 @@ const groupOf = (options: RealOptions, h: Hit): Group =>
 /** One hazard per finding, so the per-hazard counts do not count a finding of a many-hazard rule several times. */
 function hazardFor(options: RealOptions, h: Hit): string {
   if (h.tool === "safemigrate" && h.rule === "index-not-concurrently") {
-    return /primary/i.test(h.message) ? "pk-lock" : /unique/i.test(h.message) ? "unique-lock" : "index-lock";
+    return /primary key/i.test(h.message) ? "pk-lock" : /as UNIQUE|a unique|an exclusion/.test(h.message) ? "unique-lock" : "index-lock";
   }
   if (h.rule === "rename-table" || h.rule === "renaming-table") return /renaming view/.test(h.message) ? "rename-view" : "rename-table";
-  if (h.tool === "squawk" && h.rule === "constraint-missing-not-valid") return "validation-lock";
+  if (h.tool === "squawk" && h.rule === "constraint-missing-not-valid") {
+    // One rule for every constraint: the statement says which hazard it is.
+    const text = readFileSync(h.file, "utf8").split("\n").slice(h.line - 1, h.line + 3).join(" ");
+    return /primary\s+key/i.test(text) ? "pk-lock" : /\b(unique|exclude)\b/i.test(text) && !/foreign|check/i.test(text) ? "unique-lock" : "validation-lock";
+  }
   return options.hazardsOf(h.tool, h.rule)[0];
 }
 
@@ -156,7 +160,7 @@ export async function compareReal(options: RealOptions): Promise<string> {
       sampled.push(...evenly(inProject, options.sample));
     }
   }
-  if (options.review) {
+  if (options.review === true) {
     const lines: string[] = [];
     for (const h of sampled.filter((s) => !labels.has(keyOf(s)))) {
       const text = readFileSync(h.file, "utf8").split("\n");
@@ -181,6 +185,10 @@ export async function compareReal(options: RealOptions): Promise<string> {
     const tp = verdicts.filter((v) => v === "TP").length;
     const precision = verdicts.length ? tp / verdicts.length : NaN;
     precisionOf.set(k, precision);
+    for (const project of options.projects) {
+      const here = mine.filter((h) => h.project === project).map((h) => labels.get(keyOf(h))?.verdict).filter(Boolean);
+      if (here.length) precisionOf.set(`${k}\t${project}`, here.filter((v) => v === "TP").length / here.length);
+    }
     const t = totals[tool];
     t.findings += list.length;
     if (verdicts.length) t.weighted += list.length * precision;
@@ -197,35 +205,92 @@ export async function compareReal(options: RealOptions): Promise<string> {
       (tool === "squawk" ? `; besides, ${count("squawk", "runner")} runner-level and ${count("squawk", "style")} style findings` : `; besides, ${count("safemigrate", "info")} information findings (dynamic-sql, phase-suggestion)`));
   }
 
-  // Hazards caught: statements flagged for a hazard, and the estimated true ones (each flag times its rule's precision).
+  // Hazards caught, counted once per migration and kind of hazard (a tool that flags each of 170 COMMITs in one file
+  // has caught one hazard), each weighted by the precision of its rule in its project: the estimated true ones.
   out.push("");
-  out.push("| hazard | statements flagged by safemigrate | by squawk | by both | est. true, safemigrate | est. true, squawk |");
+  out.push("| hazard | migrations flagged by safemigrate | by squawk | by both | est. true, safemigrate | est. true, squawk |");
   out.push("| --- | --- | --- | --- | --- | --- |");
   const flagged = new Map<string, { safemigrate: Map<string, number>; squawk: Map<string, number> }>();
-  const anyHazard = { safemigrate: new Map<string, number>(), squawk: new Map<string, number>() };
+  const hitsAt = new Map<string, Hit[]>();
   for (const h of hits) {
     if (groupOf(options, h) !== "hazard") continue;
-    const p = precisionOf.get(`${h.tool}\t${h.rule}`);
+    const p = precisionOf.get(`${h.tool}\t${h.rule}\t${h.project}`) ?? precisionOf.get(`${h.tool}\t${h.rule}`);
     const precision = p === undefined || Number.isNaN(p) ? 0 : p;
     const hazard = hazardFor(options, h);
     const entry = flagged.get(hazard) ?? { safemigrate: new Map(), squawk: new Map() };
-    const where = `${h.project}/${h.migration}:${h.line}`;
+    const where = `${h.project}/${h.migration}`;
     entry[h.tool].set(where, Math.max(entry[h.tool].get(where) ?? 0, precision));
-    anyHazard[h.tool].set(`${hazard} ${where}`, Math.max(anyHazard[h.tool].get(`${hazard} ${where}`) ?? 0, precision));
     flagged.set(hazard, entry);
+    hitsAt.set(`${hazard}\t${where}\t${h.tool}`, [...(hitsAt.get(`${hazard}\t${where}\t${h.tool}`) ?? []), h]);
   }
+  // Where only one tool flags a migration for a hazard, every case is classified by hand (bench/real-disagreements.tsv):
+  // those decide which tool catches more. Where both flag it, it counts for both.
+  const disagreements = readDisagreements(join(options.labels, "..", "real-disagreements.tsv"));
+  const unlabelled: string[] = [];
+  const caught = { safemigrate: 0, squawk: 0 };
+  const caughtRows: string[] = [];
+  let trueS = 0;
+  let trueQ = 0;
   for (const [hazard, e] of [...flagged.entries()].sort(([a], [b]) => a.localeCompare(b))) {
     const both = [...e.safemigrate.keys()].filter((k) => e.squawk.has(k)).length;
+    const onlyTrue = { safemigrate: 0, squawk: 0 };
+    for (const tool of ["safemigrate", "squawk"] as const) {
+      const other = tool === "safemigrate" ? e.squawk : e.safemigrate;
+      for (const where of e[tool].keys()) {
+        if (other.has(where)) continue;
+        const key = `${hazard}\t${where}\t${tool}`;
+        const verdict = disagreements.get(key);
+        if (verdict === "TP") onlyTrue[tool]++;
+        if (!verdict) {
+          unlabelled.push(`### ${key}\n` + (hitsAt.get(key) ?? []).map((h) => {
+            const line = readFileSync(h.file, "utf8").split("\n")[h.line - 1]?.trim().slice(0, 160);
+            return `${h.rule} ${h.line}: ${line}\n    ${h.message.slice(0, 160)}`;
+          }).join("\n"));
+        }
+      }
+    }
+    caught.safemigrate += both + onlyTrue.safemigrate;
+    caught.squawk += both + onlyTrue.squawk;
+    caughtRows.push(`| ${hazard} | ${both} | ${onlyTrue.safemigrate} of ${e.safemigrate.size - both} | ${onlyTrue.squawk} of ${e.squawk.size - both} | ${both + onlyTrue.safemigrate} | ${both + onlyTrue.squawk} |`);
     const estS = [...e.safemigrate.values()].reduce((a, b) => a + b, 0);
     const estQ = [...e.squawk.values()].reduce((a, b) => a + b, 0);
+    trueS += estS;
+    trueQ += estQ;
+    if (process.env.SHOW_ONLY) {
+      for (const tool of ["safemigrate", "squawk"] as const) {
+        const other = tool === "safemigrate" ? e.squawk : e.safemigrate;
+        for (const where of e[tool].keys()) if (!other.has(where) && hazard === process.env.SHOW_ONLY) console.error(`only ${tool}: ${hazard} ${where}`);
+      }
+    }
     out.push(`| ${hazard} | ${e.safemigrate.size} | ${e.squawk.size} | ${both} | ${Math.round(estS)} | ${Math.round(estQ)} |`);
   }
-  const trueS = [...anyHazard.safemigrate.values()].reduce((a, b) => a + b, 0);
-  const trueQ = [...anyHazard.squawk.values()].reduce((a, b) => a + b, 0);
+  if (options.review === "disagreements") return unlabelled.join("\n\n") || "every disagreement is classified";
+  out.push("");
+  out.push("Hazards caught (a migration with a kind of hazard; where only one tool flags it, classified by hand):");
+  out.push("");
+  out.push("| hazard | flagged by both | only safemigrate: true of flagged | only squawk: true of flagged | caught by safemigrate | caught by squawk |");
+  out.push("| --- | --- | --- | --- | --- | --- |");
+  out.push(...caughtRows);
+  out.push(`| **all** | | | | **${caught.safemigrate}** | **${caught.squawk}** |` + (unlabelled.length ? ` (${unlabelled.length} disagreements not classified yet)` : ""));
+  out.push("");
+  out.push("Estimated from the per-rule precisions instead (every flagged migration weighted by its rule's precision in its project):");
+  out.push("");
   out.push(`| **all** | | | | **${Math.round(trueS)}** | **${Math.round(trueQ)}** |`);
   out.push("");
   out.push(`Sample: up to ${options.sample} findings per tool, rule and project; labels in ${relative(process.cwd(), options.labels)}.`);
   return out.join("\n");
+}
+
+function readDisagreements(path: string): Map<string, "TP" | "FP"> {
+  const labels = new Map<string, "TP" | "FP">();
+  if (!existsSync(path)) return labels;
+  for (const line of readFileSync(path, "utf8").split("\n")) {
+    if (!line.trim() || line.startsWith("#")) continue;
+    const [hazard, where, tool, verdict] = line.split("\t");
+    if (verdict !== "TP" && verdict !== "FP") throw new Error(`${path}: "${line}": the verdict must be TP or FP`);
+    labels.set(`${hazard}\t${where}\t${tool}`, verdict);
+  }
+  return labels;
 }
 
 export const realLabelsPath = (dir: string) => join(dir, "real-labels.tsv");

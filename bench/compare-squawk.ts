@@ -327,7 +327,7 @@ if (flag("--real")) {
   const realCorpus = resolve(value("--corpus", join(import.meta.dir, ".corpus")));
   console.log(await compareReal({
     squawk, squawkVersion, corpus: realCorpus, projects: projectsIn(realCorpus, argv.includes("--projects") ? value("--projects", "") : null),
-    sample: Number(value("--sample", "3")), labels: resolve(value("--labels", realLabelsPath(import.meta.dir))), review: flag("--review"),
+    sample: Number(value("--sample", "3")), labels: resolve(value("--labels", realLabelsPath(import.meta.dir))), review: flag("--disagreements") ? "disagreements" : flag("--review"),
     hazardsOf, runnerLevel: RUNNER_LEVEL,
   }));
   process.exit(0);
