@@ -54,7 +54,7 @@ describe.skipIf(!SERVER_URL)("the gate on the server", () => {
     const first = await runCli(["--all", "--dir", migrationsDir(history(1)), "--database-url", url]);
     expect(first.code).toBe(0);
     const db = await open(url);
-    // t_01: about 25 MB (over the 10 MB default); t_02: ten rows.
+    // t_01: about 25 MB (over the 1 MB default); t_02: ten rows.
     await db.exec(`insert into t_01 select g, md5(g::text), now(), md5((-g)::text) from generate_series(1, 200000) g`);
     await db.exec(`insert into t_02 select g, 'n', now(), 'x' from generate_series(1, 10) g`);
     const dir = migrationsDir(history());
@@ -69,7 +69,7 @@ describe.skipIf(!SERVER_URL)("the gate on the server", () => {
       expect(r.stderr).toContain(`${dir}/0401_t_01.sql:2:13: volatile-default: adding t_01.token with gen_random_uuid() as its default rewrites t_01`);
       expect(r.stderr).not.toMatch(/^\s+\S+0\d02_t_02\.sql.*\n\s+fix/m);
     }
-    expect(plan.stdout).toMatch(/not gating {2}\S+0202_t_02\.sql:2: index-not-concurrently: .*\(t_02 is small \(\d+ kB, below --small-table 10 MB\): the lock is held briefly\)/);
+    expect(plan.stdout).toMatch(/not gating {2}\S+0202_t_02\.sql:2: index-not-concurrently: .*\(t_02 is small \(\d+ kB, below --small-table 1 MB\): the lock is held briefly\)/);
     expect(plan.stdout).toContain("The run would apply nothing and exit 2.");
     expect(plan.stderr).toContain("the run would stop (exit 2)");
     expect((await appliedIds(db)).length).toBe(10);
@@ -108,7 +108,7 @@ describe.skipIf(!SERVER_URL)("the gate on the server", () => {
     const dir = migrationsDir(history(3));
     const lint = JSON.parse((await runCli(["--lint", "--json", "--dir", dir, "--database-url", url])).stdout);
     expect(new Set(lint.findings.map((f: Finding) => f.migration.slice(0, 2)))).toEqual(new Set(["03"]));
-    for (const f of lint.findings) expect(f.notGating).toMatch(new RegExp(`^${f.subject} is small \\(\\d+ kB, below --small-table 10 MB\\): the lock is held briefly$`));
+    for (const f of lint.findings) expect(f.notGating).toMatch(new RegExp(`^${f.subject} is small \\(\\d+ kB, below --small-table 1 MB\\): the lock is held briefly$`));
     expect(lint.exitCode).toBe(0);
     const strict = await runCli(["--lint", "--small-table", "0", "--dir", dir, "--database-url", url]);
     expect(strict.code).toBe(2);

@@ -370,6 +370,13 @@ describe("real-history false positives: each hazard fires, its harmless twin doe
     expect(await rulesAfter(history, "alter table users alter column status set not null;")).toEqual(["add-not-null", "set-not-null-scan"]);
   });
 
+  test("a renamed table keeps the column types earlier migrations declared, so a widening after the rename is proven", async () => {
+    const history = ["create table user_ (name varchar(20));", "alter table user_ rename to person;"];
+    expect(await rulesAfter(history, "alter table person alter column name type varchar(255);")).toEqual([]);
+    expect(await rulesAfter(history, "alter table person alter column name type varchar(10);")).toEqual(["change-column-type", "type-change-rewrite"]);
+    expect(await rules("create table t (id int);\nalter table t rename to u;")).toEqual([]);
+  });
+
   test("BEGIN/COMMIT is reported once per migration; one in a transaction: false migration is not", async () => {
     const many = Array.from({ length: 50 }, (_, i) => `alter table users add column c${i} int; commit and chain;`).join("\n");
     expect(await rules(many)).toEqual(["transaction-control"]);
