@@ -3468,8 +3468,8 @@ const createdByTheRun = (f: Finding) => /did not exist before this run$|no table
 /**
  * The gate's findings in a run or plan: in a plan, the refusal the run would
  * print; then each finding that does not gate, with why, except those on
- * objects the run itself creates, which are counted (a fresh database has
- * hundreds; --lint lists them).
+ * objects the run itself creates and information, which are counted (a fresh
+ * database has hundreds; --lint lists them).
  */
 function humanGateFindings(output: Output, result: RunResult): void {
   const findings = (result.findings ?? []).filter((f) => f.waived === null);
@@ -3478,12 +3478,15 @@ function humanGateFindings(output: Output, result: RunResult): void {
     output.err(red(output, `safemigrate: the run would stop (exit ${EXIT.invalid}), nothing applied: ${new LintError(gating, findings).message}`));
   }
   const created = findings.filter(createdByTheRun);
-  for (const f of findings.filter((f) => !isGating(f) && !createdByTheRun(f))) {
+  const information = findings.filter((f) => RULES[f.rule].kind === "info");
+  for (const f of findings.filter((f) => !isGating(f) && !createdByTheRun(f) && RULES[f.rule].kind !== "info")) {
     output.out(`  ${yellow(output, "not gating")}  ${f.file}:${f.line}: ${f.rule}: ${f.message} ${dim(output, `(${f.notGating})`)}`);
   }
-  if (created.length > 0) {
-    output.out(`  ${dim(output, `${plural(created.length, "finding")} on objects this run creates, not gating (--lint lists them)`)}`);
-  }
+  const counted = [
+    created.length > 0 ? `${plural(created.length, "finding")} on objects this run creates, not gating` : "",
+    information.length > 0 ? `${plural(information.length, "information finding")}` : "",
+  ].filter(Boolean);
+  if (counted.length > 0) output.out(`  ${dim(output, `${counted.join("; ")} (--lint lists them)`)}`);
 }
 
 export function humanRunSummary(output: Output, result: RunResult, total: number, now: Date): void {
