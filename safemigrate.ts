@@ -2489,6 +2489,24 @@ async function currentHolder(db: Database): Promise<string> {
   return row ? `${row.holder}, since ${new Date(row.acquiredAt).toISOString()}; its lease runs out in ${row.expiresIn} s unless renewed` : "unknown";
 }
 
+/**
+ * One attempt. Taking over an expired lease waits for the lease row's KEY
+ * SHARE lock, which every fenced transaction holds: a run paused inside a
+ * migration would make that wait endless, so each attempt waits at most a
+ * second and the caller keeps to --lock-wait.
+ */
+async function takeLease(db: Database, params: unknown[]): Promise<unknown[]> {
+  try {
+    return await db.transaction(async (tx) => {
+      await tx.exec("set local lock_timeout = 1000");
+      return await tx.query(TAKE_LEASE(db.history), params);
+    });
+  } catch (error) {
+    if ((error as { code?: string }).code === LOCK_NOT_AVAILABLE) return [];
+    throw error;
+  }
+}
+
 export async function acquireLease(
   db: Database,
   serverPid: number | null,
@@ -2501,11 +2519,7 @@ export async function acquireLease(
   const holder = `${hostname()} pid ${process.pid}${pooled ? " (through a pooler)" : ""}`;
   const deadline = Date.now() + options.waitMs;
   for (let attempt = 0;; attempt++) {
-    const taken = await db.query(TAKE_LEASE(t), [token, holder, options.leaseMs, !pooled]).catch((error) => {
-      // A database-wide lock_timeout can cut the wait for a run still committing its last migration: try again.
-      if ((error as { code?: string }).code === LOCK_NOT_AVAILABLE) return [];
-      throw error;
-    });
+    const taken = await takeLease(db, [token, holder, options.leaseMs, !pooled]);
     if (taken.length > 0) break;
     if (attempt === 0) options.onWait?.(await currentHolder(db));
     if (Date.now() >= deadline) {

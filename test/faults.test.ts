@@ -173,7 +173,7 @@ describeServer("the lock survives lost sessions", () => {
       const url = await databaseWithEffects();
       const watch = await observer(url);
       await watch.sql.unsafe(`alter database "${new URL(url).pathname.slice(1)}" set idle_session_timeout = '150ms'`);
-      const args = ["--all", "--dir", dir, "--database-url", url, "--lease", "3s", "--lock-wait", "60s"];
+      const args = ["--all", "--dir", dir, "--database-url", url, "--lease", "1s", "--lock-wait", "60s"];
       const runs = await Promise.all([startRunner(args).done, Bun.sleep(randomMs(0, 200)).then(() => startRunner(args).done)]);
       for (const run of runs) {
         expect(run.code).toBe(0);
@@ -186,32 +186,39 @@ describeServer("the lock survives lost sessions", () => {
     }
   });
 
-  test("a paused runner whose lease was taken over stops before its next migration; nothing is applied twice", async () => {
+  test(`a paused runner never lets another apply a migration twice, and is never waited for past --lock-wait (${3 * SOAK} rounds)`, async () => {
     const n = 6;
-    const dir = slowMigrations(n, 0.4);
-    const url = await databaseWithEffects();
-    const watch = await observer(url);
-    const args = ["--all", "--dir", dir, "--database-url", url, "--lease", "1s", "--lock-wait", "60s"];
-    const a = startRunner(args);
-    // Let A apply a migration or two, then freeze it, as a stopped container or a debugger would.
-    while ((await watch.effects())["0001_step"] === undefined) await Bun.sleep(50);
-    a.child.kill("SIGSTOP");
-    const b = await startRunner(args).done;
-    expect(b.code).toBe(0);
-    a.child.kill("SIGCONT");
-    const runA = await a.done;
-    expectCleanOutput(runA);
-    const effects = await watch.effects();
-    tally("runner paused (SIGSTOP) past its lease, another takes over, then resumed", {
-      runs: 2, faults: 1, failures: runA.code === 0 ? 0 : 1, twice: twiceIn(effects),
-    });
-    expect(effects).toEqual(Object.fromEntries(idsOf(n).map((id) => [id, 1])));
-    // A either finished the one it was in (its transaction held the fence) or stopped at its next one.
-    if (runA.code !== 0) {
-      expect(runA.code).toBe(1);
-      expect(runA.stderr).toContain("no longer holds the migration lock");
+    const dir = slowMigrations(n, 0.3);
+    for (let round = 0; round < 3 * SOAK; round++) {
+      const url = await databaseWithEffects();
+      const watch = await observer(url);
+      const args = ["--all", "--dir", dir, "--database-url", url, "--lease", "1s", "--lock-wait", "60s"];
+      const a = startRunner(args);
+      let exited = false;
+      a.done.then(() => (exited = true));
+      // Let A apply a migration or two, then freeze it, as a stopped container or a debugger would.
+      while ((await watch.effects())["0001_step"] === undefined && !exited) await Bun.sleep(50);
+      await Bun.sleep(randomMs(0, 300));
+      a.child.kill("SIGSTOP");
+      // Paused between migrations, A's lease runs out and B takes over; paused inside one, A's fence keeps B
+      // out, and B gives up after its --lock-wait naming A.
+      const b = await startRunner(["--all", "--dir", dir, "--database-url", url, "--lease", "1s", "--lock-wait", "8s"]).done;
+      expectCleanOutput(b);
+      if (b.code !== 0) expect(b.stderr).toContain("another safemigrate run holds the migration lock");
+      a.child.kill("SIGCONT");
+      const runA = await a.done;
+      expectCleanOutput(runA);
+      if (runA.code !== 0) expect(runA.stderr).toContain("no longer holds the migration lock");
+      expect(runA.code === 0 || b.code === 0).toBe(true);
+      const final = await startRunner(args).done;
+      expect(final.code).toBe(0);
+      const effects = await watch.effects();
+      tally("runner paused (SIGSTOP) at a random moment while another starts, then resumed", {
+        runs: 3, faults: 1, failures: [runA, b].filter((r) => r.code !== 0).length, twice: twiceIn(effects),
+      });
+      expect(effects).toEqual(Object.fromEntries(idsOf(n).map((id) => [id, 1])));
+      await watch.close();
     }
-    await watch.close();
   });
 
   test("killing the working backend mid-migration names the migration, its file and line, and what took effect", async () => {
