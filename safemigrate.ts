@@ -1497,7 +1497,9 @@ function statementFindings(
       break;
     case "UpdateStmt":
     case "DeleteStmt": {
-      const rel = node.relation as RangeVar;
+      const rel = node.relation as RangeVar | undefined;
+      // A data statement the parser only syntax-checked (a big data migration) has no tree to read.
+      if (!rel) break;
       const since = scope.exclusive.get(tableKey(rel));
       const everyRow = !node.whereClause || node.whereClause.NullTest !== undefined;
       if (since !== undefined && everyRow) {
