@@ -2102,6 +2102,10 @@ const DRIVER_OPTIONS = {
   keep_alive: 30,
   // No array or custom-type parameters are ever sent: skip the catalog query on connect.
   fetch_types: false,
+  // Never named prepared statements, not even the driver's own BEGIN and COMMIT: behind a transaction pooler a
+  // name prepared on one server connection is missing on the next, and a COMMIT that fails that way and is
+  // retried commits an aborted transaction, which is a ROLLBACK that reports success (seen in test/faults.test.ts).
+  prepare: false,
   onnotice: () => {},
 } as const;
 
