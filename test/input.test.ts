@@ -300,6 +300,8 @@ describe("splitting into statements", () => {
     }
     // Statements the analysis reads keep their tree.
     expect(Object.keys(statements.find((s) => s.sql.startsWith("create rule"))!.node)).toEqual(["RuleStmt"]);
+    expect((statements.find((s) => s.sql.startsWith("update"))!.node as { UpdateStmt: { whereClause?: unknown } }).UpdateStmt.whereClause).toBeDefined();
+    expect(statements.find((s) => s.sql.startsWith("insert"))!.node).toEqual({ InsertStmt: {} });
   });
 
   test("a finding in a later piece of a big section points at its line and column", async () => {
