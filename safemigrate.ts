@@ -22,7 +22,7 @@
  * Runs under Bun (`bun safemigrate.ts`) and Deno (`deno run -A safemigrate.ts`).
  */
 import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import mri from "mri";
@@ -537,6 +537,100 @@ async function parseSectionUncached(section: SqlSection, file: string): Promise<
     return stmt && sql ? [{ sql, line: place(offset).line, node: stmt as Record<string, unknown>, offset }] : [];
   });
   return { statements, place };
+}
+
+/**
+ * `--new <name>`: the next file in the numbering the directory already uses,
+ * so a project keeps one convention. The style is read from the newest id
+ * that has one: 14-digit UTC timestamps (20240105093000, dbmate and Rails),
+ * diesel's 2019-11-15-182353, Unix milliseconds (node-pg-migrate), or a
+ * zero-padded sequence (0007) whose width is kept; the separator after the
+ * number, the one between words and lower case are kept too.
+ */
+export interface NumberingStyle {
+  kind: "sequence" | "timestamp" | "dashed-timestamp" | "unix-ms";
+  /** Digits of a sequence number. */
+  width: number;
+  /** Between the number and the name. */
+  separator: string;
+  /** Between the words of the name. */
+  wordSeparator: string;
+  lowercase: boolean;
+}
+
+const NUMBERED_ID = /^(\d{4}-\d{2}-\d{2}-\d{6}|\d+)([_-])(.+)$/;
+
+export function numberingStyle(ids: readonly string[]): NumberingStyle {
+  const numbered = ids.map((id) => NUMBERED_ID.exec(id)).filter((m) => m !== null);
+  const names = numbered.map((m) => m[3]);
+  const count = (pattern: RegExp) => names.join("").match(pattern)?.length ?? 0;
+  const style: NumberingStyle = {
+    kind: "sequence",
+    width: 4,
+    separator: "_",
+    wordSeparator: count(/-/g) > count(/_/g) ? "-" : "_",
+    lowercase: names.every((name) => name === name.toLowerCase()),
+  };
+  const newest = numbered.at(-1);
+  if (!newest) return style;
+  const [, number, separator] = newest;
+  style.separator = separator;
+  if (number.includes("-")) style.kind = "dashed-timestamp";
+  else if (number.length === 14 && /^(19|20)/.test(number)) style.kind = "timestamp";
+  else if (number.length === 13 && /^1/.test(number)) style.kind = "unix-ms";
+  else style.width = number.length;
+  return style;
+}
+
+/** The moment a timestamp id stands for, so a new one can be made later than it. */
+function timeOfNumber(number: string, kind: NumberingStyle["kind"]): number {
+  if (kind === "unix-ms") return Number(number);
+  const d = number.replace(/-/g, "");
+  return Date.UTC(+d.slice(0, 4), +d.slice(4, 6) - 1, +d.slice(6, 8), +d.slice(8, 10), +d.slice(10, 12), +d.slice(12, 14));
+}
+
+/** The id of a new migration called `name`, after every id in `ids`, in their style. */
+export function nextMigrationId(ids: readonly string[], name: string, now: Date): string {
+  const words = name.replace(/\.sql$/, "").split(/[\s_-]+/).filter(Boolean);
+  if (words.length === 0 || !words.every((w) => /^[\p{L}\p{N}]+$/u.test(w))) {
+    throw new InputError(`--new "${name}": a migration name is words of letters and digits, like add_orders_status`);
+  }
+  const style = numberingStyle(ids);
+  const numbers = ids.map((id) => NUMBERED_ID.exec(id)?.[1]).filter((n) => n !== undefined);
+  const last = numbers.at(-1);
+  let number: string;
+  if (style.kind === "sequence") {
+    const next = Math.max(0, ...numbers.filter((n) => /^\d+$/.test(n)).map(Number)) + 1;
+    number = String(next).padStart(style.width, "0");
+  } else {
+    // Never before the newest id, even with a clock behind it: ids sort in byte order.
+    const time = Math.max(now.getTime(), last ? timeOfNumber(last, style.kind) + (style.kind === "unix-ms" ? 1 : 1_000) : 0);
+    const iso = new Date(time).toISOString(); // 2024-01-05T09:30:00.000Z
+    number = style.kind === "unix-ms" ? String(time)
+      : style.kind === "timestamp" ? iso.slice(0, 19).replace(/\D/g, "")
+      : `${iso.slice(0, 10)}-${iso.slice(11, 19).replace(/:/g, "")}`;
+  }
+  const title = words.join(style.wordSeparator);
+  return `${number}${style.separator}${style.lowercase ? title.toLowerCase() : title}`;
+}
+
+/**
+ * The new file: front-matter with the default phase spelled out (and a
+ * `depends:` line when the directory writes them: its newest file declares
+ * one), an up section to fill in and a down section.
+ */
+export function newMigrationText(previous: Migration | undefined): string {
+  return [
+    "-- safe: after_deploy",
+    "-- (before_deploy if the code running now keeps working with it; always if no code depends on it)",
+    ...(previous?.dependsLine != null ? [`-- depends: ${previous.id}`] : []),
+    "",
+    "-- migrate:up",
+    "",
+    "",
+    "-- migrate:down",
+    "",
+  ].join("\n");
 }
 
 // ============================================================================
@@ -1555,7 +1649,15 @@ function describeConnectionError(error: unknown, label: string): string {
     case "ETIMEDOUT":
       return `could not connect to ${label}: timed out`;
     case "28P01":
-      return `could not connect to ${label}: ${message} (check the password in the database URL)`;
+      return `could not connect to ${label}: ${message} (check the password in the database URL or PGPASSWORD)`;
+    case "DEPTH_ZERO_SELF_SIGNED_CERT":
+    case "SELF_SIGNED_CERT_IN_CHAIN":
+    case "UNABLE_TO_VERIFY_LEAF_SIGNATURE":
+    case "UNABLE_TO_GET_ISSUER_CERT_LOCALLY":
+    case "CERT_HAS_EXPIRED":
+    case "ERR_TLS_CERT_ALTNAME_INVALID":
+      return `could not connect to ${label}: the server's SSL certificate could not be verified (${message}) — ` +
+        `give its CA with sslrootcert=<file> (or PGSSLROOTCERT), or use sslmode=require to encrypt without verifying`;
     case "28000":
     case "3D000":
       return `could not connect to ${label}: ${message}`;
@@ -1564,20 +1666,91 @@ function describeConnectionError(error: unknown, label: string): string {
   }
 }
 
+/**
+ * libpq's sslmode values, and what each asks of postgres.js. postgres.js
+ * alone verifies under "no-verify" and never falls back under "allow", so
+ * every mode is mapped here. "allow" is treated as "prefer" (both connect
+ * with or without SSL; libpq only tries the plain connection first).
+ */
+export const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full", "no-verify"] as const;
+export type SslMode = (typeof SSL_MODES)[number];
+
+/** Query parameters safemigrate interprets itself; the rest go to the server as settings, as postgres.js does. */
+const URL_PARAMETERS = ["sslmode", "ssl", "sslrootcert", "host", "connect_timeout", "application_name"];
+
+/** The postgres.js options a URL asks for: sslmode, libpq's `?host=/socket/dir`, timeouts, application name. */
+export function postgresOptions(url: string): { url: string; sslMode: SslMode; options: postgres.Options<{}> } {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new InputError(`invalid database URL ${describeUrl(url)} — expected postgres://user:password@host:5432/db`);
+  }
+  const param = (name: string) => parsed.searchParams.get(name);
+  const sslText = param("sslmode") ?? param("ssl") ?? "prefer";
+  const sslMode = (sslText === "true" ? "require" : sslText === "false" ? "disable" : sslText) as SslMode;
+  if (!SSL_MODES.includes(sslMode)) {
+    throw new InputError(`sslmode "${sslText}" in ${describeUrl(url)} is not one of ${SSL_MODES.join(", ")}`);
+  }
+  const rootCertFile = param("sslrootcert");
+  let ca: string | undefined;
+  if (rootCertFile && rootCertFile !== "system") {
+    try {
+      ca = readFileSync(rootCertFile, "utf8");
+    } catch (error) {
+      throw new InputError(`cannot read sslrootcert ${rootCertFile}: ${(error as Error).message}`);
+    }
+  }
+  const verify = { rejectUnauthorized: true, ...(ca ? { ca } : {}) };
+  const ssl: postgres.Options<{}>["ssl"] = {
+    disable: false,
+    allow: "prefer",
+    prefer: "prefer",
+    require: "require",
+    "no-verify": "require",
+    // verify-ca checks the chain but not the host name.
+    "verify-ca": { ...verify, checkServerIdentity: () => undefined },
+    "verify-full": verify,
+  }[sslMode] as postgres.Options<{}>["ssl"];
+  const socketDir = param("host")?.startsWith("/") ? param("host")! : null;
+  const port = Number(parsed.port || 5432);
+  const connectTimeout = Number(param("connect_timeout") || 10);
+  for (const name of URL_PARAMETERS) parsed.searchParams.delete(name);
+  return {
+    url: parsed.toString(),
+    sslMode,
+    options: {
+      max: 1,
+      ssl,
+      ...(socketDir ? { path: `${socketDir}/.s.PGSQL.${port}` } : {}),
+      connect_timeout: connectTimeout > 0 ? connectTimeout : 10,
+      // No array or custom-type parameters are ever sent: skip the catalog query on connect.
+      fetch_types: false,
+      onnotice: () => {},
+      connection: { application_name: param("application_name") || "safemigrate" },
+    },
+  };
+}
+
+/** Whether the server answers an SSLRequest with "S"; null when it cannot be asked. */
+async function serverAcceptsSsl(host: string, port: number): Promise<boolean | null> {
+  const { connect: connectTcp } = await import("node:net");
+  return await new Promise((resolve) => {
+    const socket = connectTcp({ host, port }, () => socket.write(new Uint8Array([0, 0, 0, 8, 4, 210, 22, 47])));
+    socket.setTimeout(5_000, () => (socket.destroy(), resolve(null)));
+    socket.once("data", (data) => (socket.destroy(), resolve(data[0] === 83)));
+    socket.once("error", () => resolve(null));
+  });
+}
+
 export async function connectPostgres(url: string): Promise<Database> {
   rememberPassword(url);
   const label = describeUrl(url);
-  const options = {
-    max: 1,
-    connect_timeout: 10,
-    // No array or custom-type parameters are ever sent: skip the catalog query on connect.
-    fetch_types: false,
-    onnotice: () => {},
-    connection: { application_name: "safemigrate" },
-  };
+  const resolved = postgresOptions(url);
+  const options = resolved.options;
   let client: postgres.Sql;
   try {
-    client = postgres(url, options);
+    client = postgres(resolved.url, options);
   } catch (error) {
     throw new InputError(`invalid database URL ${label}: ${redact((error as Error).message)}`);
   }
@@ -1589,7 +1762,8 @@ export async function connectPostgres(url: string): Promise<Database> {
     try {
       return await run();
     } catch (error) {
-      throw asDriverError(error, label);
+      throw (await withoutSslExplained(error, resolved.sslMode, options.path ? null : new URL(resolved.url), label)) ??
+        asDriverError(error, label);
     }
   };
   const queryable = (sql: postgres.Sql | postgres.TransactionSql): Queryable => ({
@@ -1621,13 +1795,28 @@ export async function connectPostgres(url: string): Promise<Database> {
   };
 }
 
+/**
+ * postgres.js under sslmode=require against a server without SSL reports a
+ * reset socket; ask the server (one SSLRequest) and say what is wrong.
+ */
+async function withoutSslExplained(error: unknown, mode: SslMode, url: URL | null, label: string): Promise<DatabaseError | null> {
+  const code = (error as { code?: string })?.code;
+  if (!url || ["disable", "allow", "prefer"].includes(mode) || !["ECONNRESET", "EPROTO", "EPIPE"].includes(code ?? "")) return null;
+  if ((await serverAcceptsSsl(url.hostname || "localhost", Number(url.port || 5432))) !== false) return null;
+  return new DatabaseError(
+    `could not connect to ${label}: the server does not accept SSL connections, and sslmode=${mode} requires SSL — ` +
+      `turn on ssl in the server's postgresql.conf, or use sslmode=prefer (or disable) for a server on a trusted network`,
+  );
+}
+
 /** Errors raised by the server keep their fields (position, code) for the runner; others become DatabaseError. */
 function asDriverError(error: unknown, label: string): unknown {
   if (error instanceof SafemigrateError) return error;
   const e = error as { name?: string; severity?: string; code?: string };
   const fromServer = e?.name === "PostgresError" || (e?.severity !== undefined && e?.code !== undefined);
   if (fromServer && !LOGIN_ERRORS.includes(e.code!)) return error;
-  return new DatabaseError(redact(describeConnectionError(error, label)));
+  // The code stays on the error: --wait retries the ones that mean "not up yet".
+  return Object.assign(new DatabaseError(redact(describeConnectionError(error, label))), { code: e?.code });
 }
 
 /** PGlite: `pglite:memory` or `pglite:<directory>`. Loaded only when used. */
@@ -1661,6 +1850,30 @@ export async function connectPglite(url: string): Promise<Database> {
     },
     close: () => db.close(),
   };
+}
+
+/** Network errors and "the database system is starting up": the server is not there yet, so --wait retries them. */
+const NOT_UP_YET = ["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "CONNECT_TIMEOUT", "ETIMEDOUT", "ECONNRESET", "EHOSTUNREACH", "57P03"];
+
+/**
+ * --wait: a first query, retried while the server is not up yet, for at most
+ * `waitMs` (containers start together; the database may come up after us).
+ */
+export async function waitForDatabase(db: Database, waitMs: number, onWait?: () => void): Promise<void> {
+  const deadline = Date.now() + waitMs;
+  for (let attempt = 0;; attempt++) {
+    try {
+      await db.query("select 1");
+      return;
+    } catch (error) {
+      if (!NOT_UP_YET.includes((error as { code?: string }).code ?? "")) throw error;
+      if (Date.now() >= deadline) {
+        throw new DatabaseError(`${(error as Error).message} (waited ${formatDuration(waitMs)} with --wait)`);
+      }
+      if (attempt === 0) onWait?.();
+      await sleep(Math.min(100 * 2 ** attempt, 2_000, Math.max(deadline - Date.now(), 10)));
+    }
+  }
 }
 
 export function connect(url: string): Promise<Database> {
@@ -1779,11 +1992,34 @@ export async function underLock<T>(
 ): Promise<T> {
   await acquireLock(db, options.lockWaitMs ?? 5 * 60_000, () => options.onEvent?.({ type: "waiting-for-lock" }));
   try {
-    await db.exec(CREATE_HISTORY);
+    await db.exec(CREATE_HISTORY).catch(async (error) => {
+      throw await historyTableRefused(db, error);
+    });
     return await work(await readHistory(db));
   } finally {
     await db.unlock();
   }
+}
+
+/**
+ * PostgreSQL 15 gives only the owner CREATE on `public`: a deploy role that
+ * does not own it cannot create the history table. Say where the table goes
+ * and how to place it, instead of the bare "permission denied".
+ */
+async function historyTableRefused(db: Database, error: unknown): Promise<unknown> {
+  if ((error as { code?: string })?.code !== "42501") return error;
+  const [where] = await db.query<{ role: string; schema: string | null; path: string }>(
+    `select current_user as role, current_schema() as schema, current_setting('search_path') as path`,
+  ).catch(() => [{ role: "<role>", schema: null, path: "?" }]);
+  const schema = where.schema ?? "public";
+  return new DatabaseError(
+    `cannot create the history table ${HISTORY_TABLE} in schema "${schema}" on ${db.label}: ${(error as Error).message}\n` +
+      `  safemigrate keeps its history in the first schema of the search_path (${where.path}), where your migrations' ` +
+      `tables go too. As the schema's owner (or a superuser), run:\n` +
+      `    grant create on schema ${schema} to ${where.role};\n` +
+      `  or keep the history in a schema of its own: create schema safemigrate authorization ${where.role}; ` +
+      `and pass --history-table safemigrate.${HISTORY_TABLE}`,
+  );
 }
 
 function describeServerError(error: unknown): string {
@@ -2588,17 +2824,32 @@ Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
 3 strict mode found migrations blocked by after_deploy ones.
 `;
 
-const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "lint", "rollback", "fake", "baseline", "accept-changed"] as const;
+const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "lint", "rollback", "fake", "baseline", "accept-changed", "new"] as const;
 type Command = (typeof COMMANDS)[number];
-const ID_COMMANDS: readonly Command[] = ["rollback", "fake", "baseline", "accept-changed"];
+/** Commands that take a value: a migration id, or for --new the name of the new migration. */
+const ID_COMMANDS: readonly Command[] = ["rollback", "fake", "baseline", "accept-changed", "new"];
 const PLANNABLE: readonly Command[] = ["pre", "all", "rollback", "sync"];
 const BOOLEAN_FLAGS = [
   "pre", "all", "status", "sync", "check", "rehearse", "lint", "plan", "json", "last", "force", "repair-invalid-indexes", "help", "version",
+  "verbose", "sql",
 ];
 const STRING_FLAGS = [
   "dir", "database-url", "mode", "lock-wait", "rollback", "fake", "baseline", "accept-changed", "format", "lock-timeout",
-  "statement-timeout", "lock-retries",
+  "statement-timeout", "lock-retries", "wait", "new",
 ];
+/**
+ * Options that can be set once for a project instead of on every command
+ * line: in the project file and in SAFEMIGRATE_<NAME> variables. A flag wins
+ * over the environment, the environment over the file. Commands are never
+ * settings: what to do is always said on the command line.
+ */
+export const SETTINGS = [
+  "dir", "database-url", "mode", "lock-wait", "lock-timeout", "statement-timeout", "lock-retries", "wait",
+  "lint", "repair-invalid-indexes", "verbose", "json",
+] as const;
+const BOOLEAN_SETTINGS: readonly string[] = ["lint", "repair-invalid-indexes", "verbose", "json"];
+/** `lock-wait` -> `SAFEMIGRATE_LOCK_WAIT`. */
+export const settingVariable = (setting: string) => `SAFEMIGRATE_${setting.toUpperCase().replace(/-/g, "_")}`;
 /** A missing URL here is an error: a release step must never migrate a local toy database. */
 const RELEASE_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER", "CI"];
 /** Where --sync refuses without --force: deployed apps (CI runs review apps, so it is not listed). */
@@ -2609,16 +2860,24 @@ const isSet = (value: string | undefined) => value !== undefined && !["", "0", "
 
 export interface CliOptions {
   command: Command | "help" | "version";
-  /** The migration id for --rollback, --fake, --baseline, --accept-changed; null for --rollback --last. */
+  /** The migration id for --rollback, --fake, --baseline, --accept-changed, the name for --new; null for --rollback --last. */
   target: string | null;
   plan: boolean;
   json: boolean;
   force: boolean;
+  /** --verbose: show each statement as it runs. */
+  verbose: boolean;
+  /** --plan --sql: show the SQL that would run. */
+  sql: boolean;
   dir: string;
-  /** From --database-url only; the environment is consulted in resolveDatabaseUrl. */
+  /** From --database-url or SAFEMIGRATE_DATABASE_URL; DATABASE_URL and PG* are consulted in resolveDatabaseUrl. */
   databaseUrl: string | null;
+  /** "database-url" from the project file: used when the environment names no database. */
+  projectDatabaseUrl: string | null;
   mode: Mode;
   lockWaitMs: number;
+  /** --wait: how long to wait for the database to accept connections; 0 to fail at once. */
+  waitMs: number;
   format: "human" | "github" | "json";
   /** false with --no-lint. */
   lint: boolean;
@@ -2626,28 +2885,129 @@ export interface CliOptions {
   execution: Omit<ExecutionSettings, "onEvent">;
 }
 
-/** Turns argv and the environment into options; every mistake is an InputError. */
-export function parseArgs(argv: string[], env: Record<string, string | undefined>): CliOptions {
-  const args = mri(argv, { boolean: BOOLEAN_FLAGS, string: STRING_FLAGS, alias: { h: "help" } });
+/** The settings from the project file, and the name to give it in messages. */
+export interface ProjectSettings {
+  file: string;
+  values: Record<string, unknown>;
+}
+
+/**
+ * The project file, in the directory safemigrate runs in: `safemigrate.json`,
+ * else the "safemigrate" section of `package.json`. Same names as the flags.
+ */
+export function readProjectSettings(cwd: string): ProjectSettings | null {
+  const candidates: [string, string, (json: Record<string, unknown>) => unknown][] = [
+    ["safemigrate.json", "safemigrate.json", (json) => json],
+    ["package.json", `package.json "safemigrate"`, (json) => json?.safemigrate],
+  ];
+  for (const [name, file, section] of candidates) {
+    const path = join(cwd, name);
+    if (!existsSync(path)) continue;
+    let values: unknown;
+    try {
+      values = section(JSON.parse(readFileSync(path, "utf8")));
+    } catch (error) {
+      if (name === "package.json") continue; // someone else's file; not ours to judge
+      throw new InputError(`${file}: not valid JSON: ${(error as Error).message}`);
+    }
+    if (values === undefined) continue;
+    if (typeof values !== "object" || values === null || Array.isArray(values)) throw new InputError(`${file}: expected an object of settings`);
+    for (const [key, value] of Object.entries(values)) {
+      if (!(SETTINGS as readonly string[]).includes(key)) {
+        const meant = closest(key, SETTINGS);
+        throw new InputError(`${file}: unknown setting "${key}"${meant ? ` — did you mean "${meant}"?` : ""} (settings: ${SETTINGS.join(", ")})`);
+      }
+      const expected = BOOLEAN_SETTINGS.includes(key) ? "boolean" : key === "lock-retries" ? "number" : "string";
+      if (typeof value !== expected) throw new InputError(`${file}: "${key}" must be a ${expected}, not ${JSON.stringify(value)}`);
+    }
+    return { file, values: values as Record<string, unknown> };
+  }
+  return null;
+}
+
+/** One option's value and where it came from, for messages: `--lock-wait`, `SAFEMIGRATE_LOCK_WAIT`, `safemigrate.json "lock-wait"`. */
+interface Setting<T> {
+  value: T;
+  from: string;
+}
+
+/** A flag, else SAFEMIGRATE_<NAME>, else the project file. */
+function settingOf(
+  name: (typeof SETTINGS)[number],
+  args: Record<string, unknown>,
+  env: Record<string, string | undefined>,
+  project: ProjectSettings | null,
+): Setting<string | boolean> | undefined {
+  const boolean = BOOLEAN_SETTINGS.includes(name);
+  // --lint is the command; only --no-lint sets the option.
+  const flag = name === "lint" ? (args.lint === false ? false : undefined) : args[name];
+  if (flag !== undefined) return { value: flag as string | boolean, from: `--${name}` };
+  const variable = settingVariable(name);
+  const fromEnv = env[variable] || (name === "mode" && env.SAFEMIGRATE ? env.SAFEMIGRATE : undefined);
+  if (fromEnv !== undefined) {
+    return { value: boolean ? isSet(fromEnv) : fromEnv, from: env[variable] ? variable : "SAFEMIGRATE" };
+  }
+  const fromFile = project?.values[name];
+  if (fromFile !== undefined) return { value: typeof fromFile === "number" ? String(fromFile) : fromFile as string | boolean, from: `${project!.file} "${name}"` };
+  return undefined;
+}
+
+/**
+ * mri reads `--rollback --plan 0003` as an empty --rollback and a stray
+ * argument (the number 3, even): put a lone bare word back after the command
+ * that takes it, so flags can come in any order.
+ */
+function valueAfterItsCommand(argv: string[]): string[] {
+  const at = argv.findIndex((token) => ID_COMMANDS.some((c) => token === `--${c}`));
+  if (at < 0 || (argv[at + 1] !== undefined && !argv[at + 1].startsWith("-"))) return argv;
+  const bare: number[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const token = argv[i];
+    if (token === "--") break;
+    if (token.startsWith("-")) {
+      if (i !== at && STRING_FLAGS.includes(token.replace(/^--?/, "")) && !token.includes("=")) i++;
+      continue;
+    }
+    bare.push(i);
+  }
+  if (bare.length !== 1) return argv;
+  const rest = argv.filter((_, i) => i !== bare[0]);
+  rest.splice(rest.indexOf(argv[at]) + 1, 0, argv[bare[0]]);
+  return rest;
+}
+
+/** Turns argv, the environment and the project file into options; every mistake is an InputError. */
+export function parseArgs(
+  argv: string[],
+  env: Record<string, string | undefined>,
+  project: ProjectSettings | null = null,
+): CliOptions {
+  const args = mri(valueAfterItsCommand(argv), { boolean: BOOLEAN_FLAGS, string: STRING_FLAGS, alias: { h: "help", v: "version" } });
+  const setting = (name: (typeof SETTINGS)[number]) => settingOf(name, args, env, project);
   const options: CliOptions = {
     command: "help",
     target: null,
     plan: Boolean(args.plan),
-    json: Boolean(args.json),
+    json: Boolean(setting("json")?.value),
     force: Boolean(args.force),
+    verbose: Boolean(setting("verbose")?.value),
+    sql: Boolean(args.sql),
     dir: "./migrations",
     databaseUrl: null,
+    projectDatabaseUrl: null,
     mode: "strict",
     lockWaitMs: 5 * 60_000,
-    format: args.json ? "json" : "human",
-    lint: args.lint !== false,
-    repairInvalidIndexes: Boolean(args["repair-invalid-indexes"]),
+    waitMs: 0,
+    format: "human",
+    lint: setting("lint")?.value !== false,
+    repairInvalidIndexes: Boolean(setting("repair-invalid-indexes")?.value),
     execution: { ...DEFAULT_EXECUTION },
   };
+  options.format = options.json ? "json" : "human";
   for (const key of Object.keys(args)) {
-    if (key === "_" || key === "h" || BOOLEAN_FLAGS.includes(key) || STRING_FLAGS.includes(key)) continue;
+    if (key === "_" || key === "h" || key === "v" || BOOLEAN_FLAGS.includes(key) || STRING_FLAGS.includes(key)) continue;
     const meant = closest(key, [...BOOLEAN_FLAGS, ...STRING_FLAGS]);
-    throw new InputError(`unknown option --${key}${meant ? ` — did you mean --${meant}?` : ""} (see --help)`);
+    throw new InputError(`unknown option ${key.length === 1 ? "-" : "--"}${key}${meant ? ` — did you mean --${meant}?` : ""} (see --help)`);
   }
   if (args.help) return options;
   if (args.version) return { ...options, command: "version" };
@@ -2656,7 +3016,9 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     if (Array.isArray(args[key])) throw new InputError(`--${key} is given more than once`);
     const lastIsTheValue = key === "rollback" && args.last;
     if (args[key] === "" && !lastIsTheValue) {
-      throw new InputError(`--${key} needs a value${key === "rollback" ? " (a migration id, or --last)" : ""}`);
+      throw new InputError(
+        `--${key} needs a value${key === "rollback" ? " (a migration id, or --last)" : key === "new" ? " (a name, like add_orders_status)" : ""}`,
+      );
     }
   }
 
@@ -2672,31 +3034,35 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   if (args.plan && !PLANNABLE.includes(options.command)) {
     throw new InputError(`--plan goes with --pre, --all, --rollback or --sync, not --${options.command}`);
   }
+  if (args.sql && !args.plan) throw new InputError("--sql goes with --plan: it shows the SQL that would run");
   if (args.last && options.command !== "rollback") throw new InputError("--last goes with --rollback");
   if (options.command === "rollback" && args.last && args.rollback !== "") {
     throw new InputError("give --rollback either a migration id or --last, not both");
   }
   if (ID_COMMANDS.includes(options.command)) options.target = args[options.command] || null;
 
-  const modeText = args.mode ?? env.SAFEMIGRATE ?? "strict";
-  if (!(MODES as readonly string[]).includes(modeText)) {
-    throw new InputError(`${args.mode ? "--mode" : "SAFEMIGRATE"} must be strict, nonstrict or disabled, not "${modeText}"`);
+  const mode = setting("mode") ?? { value: "strict", from: "--mode" };
+  if (!(MODES as readonly string[]).includes(mode.value as string)) {
+    throw new InputError(`${mode.from} must be strict, nonstrict or disabled, not "${mode.value}"`);
   }
-  options.mode = modeText as Mode;
-  const duration = (flag: string, allowOff = false): number | undefined => {
-    const text = args[flag];
-    if (text === undefined) return undefined;
+  options.mode = mode.value as Mode;
+  const duration = (name: (typeof SETTINGS)[number], allowOff = false): number | undefined => {
+    const given = setting(name);
+    if (given === undefined) return undefined;
+    const text = String(given.value);
     if (allowOff && (text === "off" || text === "0")) return 0;
     const parsed = parseDuration(text);
-    if (parsed === null) throw new InputError(`--${flag} "${text}" is not a duration (like 500ms, 30s or 5m${allowOff ? `, or "off"` : ""})`);
+    if (parsed === null) throw new InputError(`${given.from} "${text}" is not a duration (like 500ms, 30s or 5m${allowOff ? `, or "off"` : ""})`);
     return parsed;
   };
   options.lockWaitMs = duration("lock-wait") ?? options.lockWaitMs;
+  options.waitMs = duration("wait", true) ?? options.waitMs;
   options.execution.lockTimeoutMs = duration("lock-timeout") ?? options.execution.lockTimeoutMs;
   options.execution.statementTimeoutMs = duration("statement-timeout", true) ?? options.execution.statementTimeoutMs;
-  if (args["lock-retries"] !== undefined) {
-    const attempts = Number(args["lock-retries"]);
-    if (!Number.isInteger(attempts) || attempts < 1) throw new InputError(`--lock-retries must be a whole number of attempts, 1 or more`);
+  const retries = setting("lock-retries");
+  if (retries !== undefined) {
+    const attempts = Number(retries.value);
+    if (!Number.isInteger(attempts) || attempts < 1) throw new InputError(`${retries.from} must be a whole number of attempts, 1 or more`);
     options.execution.attempts = attempts;
   }
   if (args.format !== undefined) {
@@ -2707,27 +3073,109 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     options.format = args.format;
     options.json ||= args.format === "json";
   }
-  options.dir = args.dir ?? options.dir;
-  options.databaseUrl = args["database-url"] ?? null;
+  options.dir = (setting("dir")?.value as string | undefined) ?? options.dir;
+  const url = setting("database-url");
+  if (url && !url.from.startsWith(project?.file ?? "\0")) options.databaseUrl = url.value as string;
+  else if (url) options.projectDatabaseUrl = url.value as string;
   return options;
 }
 
-/** The URL to use; without one, the embedded default — but never in a release environment. */
+/**
+ * libpq's environment, read as psql reads it. Any of the first group means
+ * "a server is configured": the embedded default is then never used.
+ */
+const LIBPQ_SERVER_VARIABLES = ["PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE"];
+/** URL query parameters libpq fills from the environment when the URL does not give them. */
+const LIBPQ_PARAMETERS: [variable: string, parameter: string][] = [
+  ["PGSSLMODE", "sslmode"],
+  ["PGSSLROOTCERT", "sslrootcert"],
+  ["PGAPPNAME", "application_name"],
+  ["PGCONNECT_TIMEOUT", "connect_timeout"],
+];
+
+/** The password for a connection from the password file (PGPASSFILE, else ~/.pgpass), as libpq looks it up. */
+export function passwordFromFile(env: Record<string, string | undefined>, host: string, port: string, database: string, user: string): string | null {
+  const file = env.PGPASSFILE || (env.HOME ? join(env.HOME, ".pgpass") : null);
+  if (!file || !existsSync(file)) return null;
+  const wanted = [host, port, database, user];
+  for (const line of readFileSync(file, "utf8").split(/\r?\n/)) {
+    if (line.trim() === "" || line.startsWith("#")) continue;
+    // host:port:database:user:password; a backslash escapes ":" and itself.
+    const fields = [""];
+    for (let i = 0; i < line.length; i++) {
+      if (line[i] === "\\" && i + 1 < line.length) fields[fields.length - 1] += line[++i];
+      else if (line[i] === ":" && fields.length < 5) fields.push("");
+      else fields[fields.length - 1] += line[i];
+    }
+    if (fields.length < 5) continue;
+    const matches = wanted.every((value, i) => fields[i] === "*" || fields[i] === value ||
+      (i === 0 && value === "localhost" && fields[i] === "127.0.0.1"));
+    if (matches) return fields[4];
+  }
+  return null;
+}
+
+/**
+ * A postgres:// URL with everything libpq would take from the environment
+ * made explicit: with no URL, one built from PGHOST, PGPORT, PGUSER,
+ * PGDATABASE (null when none of them is set); with a URL, the parts it leaves
+ * out (user, password, sslmode, ...) from the same variables. Explicit so the
+ * result is the same under every runtime and does not depend on which of them
+ * the driver reads by itself.
+ */
+export function libpqUrl(given: string | null, env: Record<string, string | undefined>): string | null {
+  if (given !== null && !/^postgres(ql)?:\/\//i.test(given)) return given;
+  if (given === null && !LIBPQ_SERVER_VARIABLES.some((name) => env[name])) return null;
+  let url: URL;
+  try {
+    url = new URL(given ?? "postgres://localhost");
+  } catch {
+    return given; // connect() reports the invalid URL
+  }
+  const host = env.PGHOST || env.PGHOSTADDR || "localhost";
+  if (given === null) {
+    if (host.startsWith("/")) url.searchParams.set("host", host);
+    else url.hostname = host;
+    url.port = env.PGPORT || "5432";
+  }
+  if (!url.username) url.username = encodeURIComponent(env.PGUSER || env.USER || env.LOGNAME || "postgres");
+  const user = decodeURIComponent(url.username);
+  if (url.pathname === "" || url.pathname === "/") url.pathname = `/${encodeURIComponent(env.PGDATABASE || user)}`;
+  if (!url.password) {
+    const password = env.PGPASSWORD ||
+      passwordFromFile(env, url.searchParams.get("host") ?? (url.hostname || "localhost"), url.port || "5432", decodeURIComponent(url.pathname.slice(1)), user);
+    if (password) url.password = encodeURIComponent(password);
+  }
+  for (const [variable, parameter] of LIBPQ_PARAMETERS) {
+    if (env[variable] && !url.searchParams.has(parameter) && !(parameter === "sslmode" && url.searchParams.has("ssl"))) {
+      url.searchParams.set(parameter, env[variable]!);
+    }
+  }
+  return url.toString();
+}
+
+/**
+ * The database to use: --database-url or SAFEMIGRATE_DATABASE_URL, else
+ * DATABASE_URL, else the PG* variables, else the project file; the embedded
+ * default only when none of them names one — and never in a release environment.
+ */
 export function resolveDatabaseUrl(
   options: CliOptions,
   env: Record<string, string | undefined>,
   output: Output,
 ): string {
-  const url = options.databaseUrl ?? (env.DATABASE_URL || null);
+  const url = libpqUrl(options.databaseUrl ?? (env.DATABASE_URL || null), env) ?? libpqUrl(options.projectDatabaseUrl, env);
   if (url) return url;
   const release = RELEASE_ENVIRONMENT.filter((name) => isSet(env[name]));
   if (release.length > 0) {
     throw new InputError(
-      `no database URL: set DATABASE_URL or pass --database-url. This looks like a release environment ` +
+      `no database URL: set DATABASE_URL, the PG* variables or pass --database-url. This looks like a release environment ` +
         `(${release.join(", ")} set), where migrating an embedded toy database would report success for nothing`,
     );
   }
-  output.err(`safemigrate: no DATABASE_URL; using the embedded PGlite database in ${DEFAULT_PGLITE_DIR}/`);
+  output.err(
+    `safemigrate: no --database-url, DATABASE_URL or PGHOST/PGDATABASE/...; using the embedded PGlite database in ${DEFAULT_PGLITE_DIR}/`,
+  );
   return `pglite:${DEFAULT_PGLITE_DIR}`;
 }
 
@@ -2739,6 +3187,20 @@ export function resolveDatabaseUrl(
 export function withoutCreating(url: string): string {
   const dir = url.startsWith("pglite:") ? url.slice("pglite:".length) : null;
   return dir && dir !== "memory" && !existsSync(join(dir, "PG_VERSION")) ? "pglite:memory" : url;
+}
+
+/**
+ * Opens the database; creating an embedded one takes seconds (initdb in
+ * WebAssembly), so that is said before it starts and timed when it ends.
+ */
+async function openDatabase(url: string, output: Output): Promise<Database> {
+  const dir = url.startsWith("pglite:") ? url.slice("pglite:".length) : "memory";
+  if (dir === "memory" || existsSync(join(dir, "PG_VERSION"))) return await connect(url);
+  output.err(`safemigrate: creating the embedded PostgreSQL (PGlite) database in ${dir}/ — a first run takes a few seconds...`);
+  const started = performance.now();
+  const db = await connect(url);
+  output.err(`safemigrate: created ${dir}/ in ${(Math.round((performance.now() - started) / 100) / 10).toFixed(1)} s`);
+  return db;
 }
 
 /** A scratch database for --rehearse: a temporary one on the given server, else an in-memory PGlite. */
@@ -2778,7 +3240,7 @@ export async function main(
   let db: Database | null = null;
   const printJson = (value: unknown) => output.out(JSON.stringify(value));
   try {
-    const options = parseArgs(argv, env);
+    const options = parseArgs(argv, env, readProjectSettings(process.cwd()));
     json = options.json;
     if (options.command === "help") {
       output.out(USAGE);
@@ -2788,6 +3250,7 @@ export async function main(
       output.out(VERSION);
       return EXIT.ok;
     }
+    if (options.command === "new") return newMigrationCommand(options, output);
     const migrations = readMigrations(options.dir);
     const onEvent = json ? undefined : (event: RunEvent) => humanRunEvent(output, event);
     const lock = { lockWaitMs: options.lockWaitMs, onEvent, execution: options.execution };
@@ -2809,8 +3272,12 @@ export async function main(
 
     const url = resolveDatabaseUrl(options, env, output);
     const readOnly = options.plan || options.command === "status";
-    db = await connect(readOnly ? withoutCreating(url) : url);
+    db = await openDatabase(readOnly ? withoutCreating(url) : url, output);
     const label = describeUrl(url);
+    if (options.waitMs > 0) {
+      await waitForDatabase(db, options.waitMs, () =>
+        output.err(`safemigrate: waiting up to ${formatDuration(options.waitMs)} for ${label} to accept connections...`));
+    }
     // Timed from here: opening an embedded database for the first time is not the migrations' time.
     const started = performance.now();
     const header = (title: string) => !json && !options.plan && output.out(`safemigrate ${title} on ${label}`);
@@ -2892,6 +3359,18 @@ export async function main(
   } finally {
     await db?.close().catch(() => {});
   }
+}
+
+/** `--new <name>`: writes the next migration file; no database needed. */
+function newMigrationCommand(options: CliOptions, output: Output): number {
+  mkdirSync(options.dir, { recursive: true });
+  const migrations = readMigrations(options.dir);
+  const id = nextMigrationId(migrations.map((m) => m.id), options.target!, new Date());
+  const file = join(options.dir, `${id}.sql`);
+  writeFileSync(file, newMigrationText(migrations.at(-1)), { flag: "wx" });
+  if (options.json) output.out(JSON.stringify({ ok: true, exitCode: 0, command: "new", id, file }));
+  else output.out(`Created ${file}`);
+  return EXIT.ok;
 }
 
 /** `--rehearse`: up, down, compare, up again for every migration, on a scratch database. */
