@@ -747,7 +747,8 @@ export function consistencyProblems(migrations: readonly Migration[], history: r
         `${m.file}: the up SQL changed after the migration was applied (checksum ${row!.checksum!.slice(0, 12)} ` +
           `in the database, ${m.checksum.slice(0, 12)} on disk). Applied migrations are not re-run: ` +
           `undo the edit and put the change in a new migration, or, if the edit was on purpose and the schema ` +
-          `already matches it, record it with --accept-changed ${m.id}`,
+          `already matches it, record it with --accept-changed ${m.id}. On a development database, ` +
+          `--sync rolls it back and applies the file as it is now`,
       );
     }
   }
@@ -772,6 +773,8 @@ export interface DelayedMigration {
   /** When a delayed after_deploy becomes safe for --pre; null when it has no delay or was not seen yet. */
   dueAt: Date | null;
   delayMs: number | null;
+  /** Pending dependencies that cannot run now either: why it waits even when due or safe; absent when none. */
+  waitsFor?: string[];
 }
 
 export interface BlockedMigration {
@@ -793,6 +796,10 @@ export interface Plan {
   detect: string[];
   /** strict mode found blocked migrations: apply nothing, record nothing. */
   refused: boolean;
+  /** --all: delayed migrations it applies before their delay has passed (or before any --pre started it). */
+  early: DelayedMigration[];
+  /** Applied migrations with no file in this checkout. */
+  missingFiles: string[];
 }
 
 export function pendingMigrations(migrations: readonly Migration[], history: readonly HistoryRow[]): Migration[] {
@@ -811,17 +818,22 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
 
   const rows = new Map(history.map((row) => [row.id, row]));
   const pending = dependencyOrder(pendingMigrations(migrations, history));
-  const plan: Plan = { phase, mode, apply: [], delayed: [], blocked: [], detect: [], refused: false };
-
-  if (phase === "all" || mode === "disabled") {
-    plan.apply = pending;
-    return plan;
-  }
-
+  const files = new Set(migrations.map((m) => m.id));
+  const missingFiles = history.filter((row) => isApplied(row) && !files.has(row.id)).map((row) => row.id);
+  const plan: Plan = { phase, mode, apply: [], delayed: [], blocked: [], detect: [], refused: false, early: [], missingFiles };
   const dueAt = (m: Migration): Date | null => {
     const detectedAt = rows.get(m.id)?.detectedAt;
     return m.delayMs !== null && detectedAt ? new Date(detectedAt.getTime() + m.delayMs) : null;
   };
+
+  if (phase === "all" || mode === "disabled") {
+    plan.apply = pending;
+    plan.early = pending
+      .filter((m) => m.delayMs !== null && m.safe === "after_deploy" && !(dueAt(m)! <= now))
+      .map((m) => ({ id: m.id, safe: m.safe, dueAt: dueAt(m), delayMs: m.delayMs }));
+    return plan;
+  }
+
   // 1. An after_deploy whose delay has passed since a --pre run first saw it counts as always.
   const resolved = new Map<string, Safe>();
   for (const m of pending) {
@@ -860,7 +872,10 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   for (const m of pending) {
     if (ready.has(m.id)) plan.apply.push(m);
     else if (blocked.has(m.id)) plan.blocked.push({ id: m.id, safe: m.safe, blockedBy: m.depends.filter(unsafeNow) });
-    else plan.delayed.push({ id: m.id, safe: m.safe, dueAt: dueAt(m), delayMs: m.delayMs });
+    else {
+      const waitsFor = m.depends.filter(unsafeNow);
+      plan.delayed.push({ id: m.id, safe: m.safe, dueAt: dueAt(m), delayMs: m.delayMs, ...(waitsFor.length > 0 ? { waitsFor } : {}) });
+    }
   }
 
   // 5. strict: anything blocked means nothing runs.
@@ -1586,9 +1601,36 @@ export interface Database extends Queryable {
   transaction<T>(work: (tx: Queryable) => Promise<T>): Promise<T>;
   /** Session-level advisory lock on a connection of its own; true when taken. */
   tryLock(): Promise<boolean>;
+  /** The sessions holding the locks a statement of this run is waiting for (asked from the lock's connection). */
+  blockers(): Promise<BlockingSession[]>;
   unlock(): Promise<void>;
   close(): Promise<void>;
 }
+
+/** A session that holds a lock a migration waits for, from pg_blocking_pids and pg_stat_activity. */
+export interface BlockingSession {
+  pid: number;
+  application: string;
+  state: string;
+  query: string;
+  /** How long its transaction (or, outside one, its query) has been running. */
+  forMs: number;
+}
+
+/**
+ * Asked from a second session while a statement waits: the migration's own
+ * session is the one on this database with safemigrate's application name
+ * that waits for a lock (the migration lock makes it the only one).
+ */
+const BLOCKERS_QUERY = `
+select b.pid, b.application_name as application, b.state, left(b.query, 200) as query,
+       (extract(epoch from now() - coalesce(b.xact_start, b.query_start)) * 1000)::int as "forMs"
+  from pg_stat_activity w
+  cross join lateral unnest(pg_blocking_pids(w.pid)) as blocking(pid)
+  join pg_stat_activity b on b.pid = blocking.pid
+ where w.datname = current_database() and w.application_name = $1 and w.pid <> pg_backend_pid()
+   and w.wait_event_type = 'Lock'
+ order by b.pid`;
 
 /** Key of the advisory lock every safemigrate run takes (classid, objid). */
 const LOCK_KEY = [0x5afe, 0x1] as const;
@@ -1757,6 +1799,7 @@ export async function connectPostgres(url: string): Promise<Database> {
   // The lock lives on its own connection: a session holding it idles outside
   // any transaction, so it never holds back CREATE INDEX CONCURRENTLY.
   let lockClient: postgres.Sql | null = null;
+  const sideSession = () => lockClient ??= postgres(resolved.url, { ...options, connection: { application_name: "safemigrate-lock" } });
 
   const wrap = async <T>(run: () => Promise<T>): Promise<T> => {
     try {
@@ -1782,10 +1825,10 @@ export async function connectPostgres(url: string): Promise<Database> {
     transaction: (work) => wrap(() => client.begin((tx) => work(queryable(tx))) as Promise<never>),
     tryLock: () =>
       wrap(async () => {
-        lockClient ??= postgres(url, { ...options, connection: { application_name: "safemigrate-lock" } });
-        const [row] = await lockClient`select pg_try_advisory_lock(${LOCK_KEY[0]}, ${LOCK_KEY[1]}) as locked`;
+        const [row] = await sideSession()`select pg_try_advisory_lock(${LOCK_KEY[0]}, ${LOCK_KEY[1]}) as locked`;
         return row.locked as boolean;
       }),
+    blockers: () => wrap(() => sideSession().unsafe(BLOCKERS_QUERY, [options.connection!.application_name as string]) as unknown as Promise<BlockingSession[]>),
     unlock: async () => {
       if (lockClient) await lockClient`select pg_advisory_unlock(${LOCK_KEY[0]}, ${LOCK_KEY[1]})`.catch(() => {});
     },
@@ -1848,6 +1891,8 @@ export async function connectPglite(url: string): Promise<Database> {
     unlock: async () => {
       await db.query(`select pg_advisory_unlock(${LOCK_KEY[0]}, ${LOCK_KEY[1]})`);
     },
+    // One session: nothing else can hold a lock.
+    blockers: async () => [],
     close: () => db.close(),
   };
 }
@@ -1919,9 +1964,15 @@ export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
 
 export type RunEvent =
   | { type: "waiting-for-lock" }
+  | { type: "starting"; id: string; safe: Safe | null; verb: "apply" | "roll back" }
+  | { type: "statement"; id: string; file: string; line: number; sql: string }
   | { type: "applied"; migration: Migration; durationMs: number }
   | { type: "reverted"; step: RevertStep; durationMs: number }
-  | { type: "lock-timeout"; id: string; file: string; line: number; attempt: number; attempts: number; waitMs: number }
+  | {
+    type: "lock-timeout"; id: string; file: string; line: number; attempt: number; attempts: number; waitMs: number;
+    /** Who held the lock, asked while the statement waited. */
+    blockers: BlockingSession[];
+  }
   | { type: "dropped-invalid-index"; name: string };
 
 export interface AppliedMigration {
@@ -2050,6 +2101,19 @@ const isLockTimeout = (error: unknown) => (error as { code?: string })?.code ===
 const backoffMs = (attempt: number) => Math.min(500 * 2 ** (attempt - 1), 30_000) * (0.75 + Math.random() / 2);
 
 /**
+ * While a statement waits, asks once (just before lock_timeout would end the
+ * wait) who holds the lock: once the timeout has fired, the wait and with it
+ * pg_blocking_pids are gone.
+ */
+function watchBlockers(db: Database, lockTimeoutMs: number): { seen: () => Promise<BlockingSession[]>; stop: () => void } {
+  let asked: Promise<BlockingSession[]> = Promise.resolve([]);
+  const timer = lockTimeoutMs > 0
+    ? setTimeout(() => asked = db.blockers().catch(() => []), Math.max(lockTimeoutMs - Math.min(lockTimeoutMs / 5, 500), 1))
+    : null;
+  return { seen: () => asked, stop: () => timer && clearTimeout(timer) };
+}
+
+/**
  * Runs one SQL section (the up or down of a migration) and then `record`,
  * which writes the history. In a transaction both commit together or not at
  * all, and a lock timeout retries the whole transaction; with
@@ -2079,16 +2143,23 @@ export async function runSection(
   /** Runs `attempt` until it does not fail on lock_timeout, at most settings.attempts times. */
   const withRetries = async (line: number, attempt: () => Promise<void>) => {
     for (let n = 1;; n++) {
+      const watch = watchBlockers(db, lockTimeout);
       try {
         return await attempt();
       } catch (error) {
         if (!isLockTimeout(error) || n >= settings.attempts) throw Object.assign(error as object, { attempts: n });
         const waitMs = backoffMs(n);
-        settings.onEvent?.({ type: "lock-timeout", id: what.id, file: what.file, line, attempt: n, attempts: settings.attempts, waitMs });
+        settings.onEvent?.({
+          type: "lock-timeout", id: what.id, file: what.file, line, attempt: n, attempts: settings.attempts, waitMs, blockers: await watch.seen(),
+        });
         await sleep(waitMs);
+      } finally {
+        watch.stop();
       }
     }
   };
+  const announce = (statement: Statement) =>
+    settings.onEvent?.({ type: "statement", id: what.id, file: what.file, line: statement.line, sql: statement.sql });
   const timeouts = (scope: "local" | "session") =>
     `set ${scope === "local" ? "local " : ""}lock_timeout = ${lockTimeout}; set ${scope === "local" ? "local " : ""}statement_timeout = ${statementTimeout}`;
   const attemptsOf = (error: unknown) => (error as { attempts?: number })?.attempts ?? 1;
@@ -2112,6 +2183,7 @@ export async function runSection(
           for (const [index, statement] of statements.entries()) {
             const prefix = index === 0 ? settings : "";
             failed = { statement, prefix };
+            announce(statement);
             await tx.exec(prefix + statement.sql);
           }
           failed = null;
@@ -2132,6 +2204,7 @@ export async function runSection(
   try {
     for (const [index, statement] of statements.entries()) {
       try {
+        announce(statement);
         await withRetries(statement.line, () => db.exec(statement.sql));
       } catch (error) {
         const done = statements.slice(0, index);
@@ -2244,6 +2317,7 @@ async function recordDetected(db: Queryable, plan: Plan, migrations: readonly Mi
 async function applyAll(db: Database, migrations: readonly Migration[], phase: string, options: LockOptions) {
   const applied: AppliedMigration[] = [];
   for (const migration of migrations) {
+    options.onEvent?.({ type: "starting", id: migration.id, safe: migration.safe, verb: "apply" });
     const durationMs = await applyMigration(db, migration, phase, executionOf(options));
     applied.push({ id: migration.id, safe: migration.safe, durationMs });
     options.onEvent?.({ type: "applied", migration, durationMs });
@@ -2254,6 +2328,7 @@ async function applyAll(db: Database, migrations: readonly Migration[], phase: s
 async function revertAll(db: Database, steps: readonly RevertStep[], options: LockOptions) {
   const reverted: { id: string; durationMs: number }[] = [];
   for (const step of steps) {
+    options.onEvent?.({ type: "starting", id: step.id, safe: null, verb: "roll back" });
     const durationMs = await revertMigration(db, step, executionOf(options));
     reverted.push({ id: step.id, durationMs });
     options.onEvent?.({ type: "reverted", step, durationMs });
@@ -2637,6 +2712,8 @@ export interface Output {
   out(line: string): void;
   err(line: string): void;
   color: boolean;
+  /** On a terminal: show `line` in place of the previous status line (null clears it). Absent elsewhere. */
+  status?(line: string | null): void;
 }
 
 const paint = (output: Output, code: number, text: string) => output.color ? `\x1b[${code}m${text}\x1b[0m` : text;
@@ -2649,10 +2726,11 @@ const ms = (value: number) => `${value < 10 ? value.toFixed(1) : Math.round(valu
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 function delayNote(d: DelayedMigration, now: Date): string {
-  if (d.delayMs === null) return `${d.safe}: waits for --all`;
-  if (d.dueAt === null) return `after_deploy, delay ${formatDuration(d.delayMs)}: the clock starts at this --pre`;
+  const behind = d.waitsFor ? `, and it waits for ${d.waitsFor.join(", ")}, which cannot run before the deploy` : "";
+  if (d.delayMs === null) return `${d.safe}: waits for --all${behind}`;
+  if (d.dueAt === null) return `after_deploy, delay ${formatDuration(d.delayMs)}: the clock starts at this --pre${behind}`;
   return `after_deploy, delay ${formatDuration(d.delayMs)}: due ${d.dueAt.toISOString()}` +
-    (d.dueAt <= now ? "" : ` (in ${formatDuration(Math.ceil((d.dueAt.getTime() - now.getTime()) / 60_000) * 60_000)})`);
+    (d.dueAt <= now ? "" : ` (in ${formatDuration(Math.ceil((d.dueAt.getTime() - now.getTime()) / 60_000) * 60_000)})`) + behind;
 }
 
 const downSource = (step: RevertStep) =>
@@ -2668,11 +2746,72 @@ export function humanRunEvent(output: Output, event: RunEvent): void {
       `  ${yellow(output, "lock timeout")}  ${event.id}  ${dim(output, `(${event.file}:${event.line})`)}  attempt ${event.attempt} of ${event.attempts}, ` +
         `retrying in ${(event.waitMs / 1000).toFixed(1)} s`,
     );
+    for (const b of event.blockers) {
+      output.err(
+        `      held by pid ${b.pid} (${b.application || "no application_name"}, ${b.state ?? "?"} for ${formatSeconds(b.forMs)}): ` +
+          `${b.query.replace(/\s+/g, " ").trim()}`,
+      );
+    }
   } else if (event.type === "dropped-invalid-index") {
     output.out(`  ${yellow(output, "dropped invalid index")}  ${event.name}`);
   } else if (event.type === "reverted") {
     output.out(`  ${yellow(output, "rolled back")}  ${event.step.id}  ${dim(output, `(${downSource(event.step)})`)}  ${ms(event.durationMs)}`);
   }
+}
+
+const formatSeconds = (ms: number) => ms < 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 1000)} s`;
+
+/**
+ * Progress of a run for people: a line when a migration starts (so a log
+ * shows what is running when a deploy hangs). On a terminal that line is
+ * rewritten in place with the elapsed time, then replaced by the result line.
+ * `--verbose` adds each statement as it is sent. `stop` clears what is left.
+ */
+export function humanProgress(output: Output, verbose: boolean): { onEvent: (event: RunEvent) => void; stop: () => void } {
+  let current: string | null = null;
+  let ticker: ReturnType<typeof setInterval> | null = null;
+  const stop = () => {
+    if (ticker) clearInterval(ticker);
+    ticker = current = null;
+    output.status?.(null);
+  };
+  /** Prints over the status line, then puts it back. */
+  const around = (print: () => void) => {
+    output.status?.(null);
+    print();
+    if (current) output.status?.(current);
+  };
+  const onEvent = (event: RunEvent) => {
+    if (event.type === "starting") {
+      const line = `  ${event.verb === "apply" ? "applying" : "rolling back"}  ${event.id}` +
+        (event.safe ? `  ${dim(output, `(${event.safe})`)}` : "");
+      if (!output.status) return output.out(line);
+      const started = Date.now();
+      output.status(current = line);
+      ticker = setInterval(() => output.status!(current = `${line}  ${dim(output, formatSeconds(Date.now() - started))}`), 1_000);
+      (ticker as { unref?: () => void }).unref?.();
+    } else if (event.type === "statement") {
+      if (verbose) {
+        around(() => {
+          output.out(dim(output, `    ${event.file}:${event.line}`));
+          for (const line of event.sql.trim().split("\n")) output.out(`      ${line}`);
+        });
+      }
+    } else if (event.type === "applied" || event.type === "reverted") {
+      stop();
+      humanRunEvent(output, event);
+    } else {
+      around(() => humanRunEvent(output, event));
+    }
+  };
+  return { onEvent, stop };
+}
+
+/** The SQL a step would run, indented under its plan line (--plan --sql). */
+function planSql(output: Output, section: SqlSection | null | undefined): void {
+  if (!section) return;
+  if (!section.transaction) output.out(dim(output, "      -- runs outside a transaction, statement by statement"));
+  for (const line of section.sql.trim().split("\n")) output.out(`      ${line}`);
 }
 
 export function blockedReport(plan: Plan): string {
@@ -2686,16 +2825,28 @@ export function blockedReport(plan: Plan): string {
   ].join("\n");
 }
 
-export function humanRunSummary(output: Output, result: RunResult, total: number, now: Date): void {
+export function humanRunSummary(output: Output, result: RunResult, total: number, now: Date, showSql = false): void {
   const { plan } = result;
   if (result.dryRun) {
     output.out(`plan for --${plan.phase}${plan.phase === "pre" ? ` (${plan.mode})` : ""}:`);
     for (const index of result.invalidIndexes) {
       output.out(`  ${red(output, "invalid index")}  ${index.name}  ${dim(output, "(a run would refuse until --repair-invalid-indexes drops it)")}`);
     }
-    for (const m of plan.apply) output.out(`  ${green(output, "would apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+    for (const m of plan.apply) {
+      output.out(`  ${green(output, "would apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+      if (showSql) planSql(output, m.up);
+    }
   }
   for (const d of plan.delayed) output.out(`  ${yellow(output, "waits")}  ${d.id}  ${dim(output, `(${delayNote(d, now)})`)}`);
+  for (const d of plan.early) {
+    output.out(`  ${yellow(output, "before its delay")}  ${d.id}  ${dim(output, `(${delayNote(d, now)}; --all ${result.dryRun ? "would apply" : "applied"} it now)`)}`);
+  }
+  if (plan.missingFiles.length > 0) {
+    output.out(
+      `  ${yellow(output, "no file")}  ${plan.missingFiles.join(", ")}  ${dim(output, `(applied, but not in this checkout: ` +
+        `an older checkout or another branch? --status lists them, --sync rolls them back on a development database)`)}`,
+    );
+  }
   if (plan.refused) {
     output.err(red(output, `safemigrate: ${blockedReport(plan)}`));
     return;
@@ -2762,11 +2913,23 @@ export function githubAnnotation(f: Finding): string {
     escape(`${f.message}. Fix: ${f.fix}`);
 }
 
-export function humanRevertPlan(output: Output, title: string, steps: readonly RevertStep[], apply: readonly Migration[] = []): void {
+export function humanRevertPlan(
+  output: Output,
+  title: string,
+  steps: readonly RevertStep[],
+  apply: readonly Migration[] = [],
+  showSql = false,
+): void {
   output.out(title);
   if (steps.length === 0 && apply.length === 0) output.out("  nothing to do");
-  for (const s of steps) output.out(`  ${yellow(output, "roll back")}  ${s.id}  ${dim(output, `(${downSource(s)})`)}`);
-  for (const m of apply) output.out(`  ${green(output, "apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+  for (const s of steps) {
+    output.out(`  ${yellow(output, "roll back")}  ${s.id}  ${dim(output, `(${downSource(s)})`)}`);
+    if (showSql) planSql(output, s.down);
+  }
+  for (const m of apply) {
+    output.out(`  ${green(output, "apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+    if (showSql) planSql(output, m.up);
+  }
 }
 
 export function humanRehearsalStep(output: Output, id: string, problems: readonly RehearsalProblem[]): void {
@@ -3081,6 +3244,41 @@ export function parseArgs(
 }
 
 /**
+ * `.env` files, read the way Bun reads them by itself (same files, same
+ * precedence), so a command migrates the same database under Bun, Deno and
+ * Node: `.env`, `.env.<mode>`, `.env.local` (not in test), `.env.<mode>.local`,
+ * later files winning, where mode is NODE_ENV if it is production or test and
+ * development otherwise. Variables already set in the environment win over
+ * every file. Under Bun this changes nothing; elsewhere it does what Bun did.
+ */
+export function withEnvFiles(env: Record<string, string | undefined>, cwd: string): Record<string, string | undefined> {
+  const mode = env.NODE_ENV === "production" || env.NODE_ENV === "test" ? env.NODE_ENV : "development";
+  const names = [".env", `.env.${mode}`, ...(mode === "test" ? [] : [".env.local"]), `.env.${mode}.local`];
+  const fromFiles: Record<string, string> = {};
+  for (const name of names) {
+    const path = join(cwd, name);
+    if (existsSync(path)) Object.assign(fromFiles, parseEnvFile(readFileSync(path, "utf8")));
+  }
+  const merged: Record<string, string | undefined> = { ...fromFiles, ...env };
+  // $NAME and ${NAME} refer to the environment or to any file's variable, as in Bun.
+  const expand = (value: string) =>
+    value.replace(/\$(?:\{(\w+)\}|(\w+))/g, (_, braced, bare) => merged[braced ?? bare] ?? "");
+  for (const [key, value] of Object.entries(fromFiles)) if (env[key] === undefined) merged[key] = expand(value);
+  return merged;
+}
+
+/** KEY=value lines: `export ` allowed, quotes (double ones may span lines and know \n), `#` comments. */
+export function parseEnvFile(text: string): Record<string, string> {
+  const values: Record<string, string> = {};
+  const entry = /^\s*(?:export\s+)?([\w.-]+)\s*=\s*(?:"((?:\\.|[^"\\])*)"|'([^']*)'|`([^`]*)`|([^#\r\n]*))/gm;
+  for (const [, key, double, single, backtick, bare] of text.matchAll(entry)) {
+    values[key] = double !== undefined ? double.replace(/\\n/g, "\n").replace(/\\(["\\])/g, "$1")
+      : (single ?? backtick ?? bare).trim();
+  }
+  return values;
+}
+
+/**
  * libpq's environment, read as psql reads it. Any of the first group means
  * "a server is configured": the embedded default is then never used.
  */
@@ -3125,6 +3323,9 @@ export function passwordFromFile(env: Record<string, string | undefined>, host: 
  */
 export function libpqUrl(given: string | null, env: Record<string, string | undefined>): string | null {
   if (given !== null && !/^postgres(ql)?:\/\//i.test(given)) return given;
+  if (env.PGSSLMODE && !(SSL_MODES as readonly string[]).includes(env.PGSSLMODE)) {
+    throw new InputError(`PGSSLMODE "${env.PGSSLMODE}" is not one of ${SSL_MODES.join(", ")}`);
+  }
   if (given === null && !LIBPQ_SERVER_VARIABLES.some((name) => env[name])) return null;
   let url: URL;
   try {
@@ -3238,6 +3439,7 @@ export async function main(
 ): Promise<number> {
   let json = argv.includes("--json");
   let db: Database | null = null;
+  let progress: ReturnType<typeof humanProgress> | null = null;
   const printJson = (value: unknown) => output.out(JSON.stringify(value));
   try {
     const options = parseArgs(argv, env, readProjectSettings(process.cwd()));
@@ -3252,7 +3454,8 @@ export async function main(
     }
     if (options.command === "new") return newMigrationCommand(options, output);
     const migrations = readMigrations(options.dir);
-    const onEvent = json ? undefined : (event: RunEvent) => humanRunEvent(output, event);
+    progress = json ? null : humanProgress(output, options.verbose);
+    const onEvent = progress?.onEvent;
     const lock = { lockWaitMs: options.lockWaitMs, onEvent, execution: options.execution };
 
     // Commands that need no database of the user's.
@@ -3301,7 +3504,7 @@ export async function main(
           repairInvalidIndexes: options.repairInvalidIndexes,
         });
         if (json) printJson(runResultJson(result, label));
-        else humanRunSummary(output, result, performance.now() - started, new Date());
+        else humanRunSummary(output, result, performance.now() - started, new Date(), options.sql);
         return result.plan.refused ? EXIT.blocked : EXIT.ok;
       }
       case "rollback": {
@@ -3309,7 +3512,7 @@ export async function main(
         header(`--rollback ${options.target ?? "--last"}`);
         const result = await rollback(db, migrations, target, { ...lock, dryRun: options.plan });
         if (json) printJson({ ok: true, exitCode: 0, command: "rollback", database: label, dryRun: result.dryRun, steps: result.steps.map(({ id, source }) => ({ id, source })), reverted: result.reverted });
-        else if (result.dryRun) humanRevertPlan(output, `plan for --rollback ${options.target ?? "--last"}:`, result.steps);
+        else if (result.dryRun) humanRevertPlan(output, `plan for --rollback ${options.target ?? "--last"}:`, result.steps, [], options.sql);
         else output.out(`Rolled back ${plural(result.reverted.length, "migration")} in ${ms(performance.now() - started)}.`);
         return EXIT.ok;
       }
@@ -3318,7 +3521,7 @@ export async function main(
         const result = await sync(db, migrations, {
           ...lock,
           dryRun: options.plan,
-          onPlan: json ? undefined : (plan) => humanRevertPlan(output, options.plan ? "plan for --sync:" : "sync plan:", plan.revert, plan.apply),
+          onPlan: json ? undefined : (plan) => humanRevertPlan(output, options.plan ? "plan for --sync:" : "sync plan:", plan.revert, plan.apply, options.sql),
         });
         if (json) {
           printJson({
@@ -3350,6 +3553,7 @@ export async function main(
     }
     return EXIT.ok;
   } catch (error) {
+    progress?.stop();
     const known = error instanceof SafemigrateError;
     const exitCode = known ? error.exitCode : EXIT.failed;
     const message = redact(known ? error.message : `unexpected error: ${(error as Error)?.message ?? error}`);
@@ -3444,11 +3648,12 @@ export function consoleOutput(env: Record<string, string | undefined>): Output {
     out: (line) => process.stdout.write(`${redact(line)}\n`),
     err: (line) => process.stderr.write(`${redact(line)}\n`),
     color: Boolean(process.stdout.isTTY) && !env.NO_COLOR,
+    ...(process.stdout.isTTY ? { status: (line: string | null) => process.stdout.write(`\r\x1b[K${line === null ? "" : redact(line)}`) } : {}),
   };
 }
 
 if (import.meta.main) {
-  const code = await main(process.argv.slice(2));
+  const code = await main(process.argv.slice(2), withEnvFiles(process.env, process.cwd()));
   // Let piped output drain before exiting; PGlite keeps handles open otherwise.
   await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
   process.exit(code);
