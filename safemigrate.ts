@@ -829,7 +829,7 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   if (phase === "all" || mode === "disabled") {
     plan.apply = pending;
     plan.early = pending
-      .filter((m) => m.delayMs !== null && m.safe === "after_deploy" && !(dueAt(m)! <= now))
+      .filter((m) => m.delayMs !== null && m.safe === "after_deploy" && (dueAt(m) === null || dueAt(m)! > now))
       .map((m) => ({ id: m.id, safe: m.safe, dueAt: dueAt(m), delayMs: m.delayMs }));
     return plan;
   }
@@ -2839,7 +2839,11 @@ export function humanRunSummary(output: Output, result: RunResult, total: number
   }
   for (const d of plan.delayed) output.out(`  ${yellow(output, "waits")}  ${d.id}  ${dim(output, `(${delayNote(d, now)})`)}`);
   for (const d of plan.early) {
-    output.out(`  ${yellow(output, "before its delay")}  ${d.id}  ${dim(output, `(${delayNote(d, now)}; --all ${result.dryRun ? "would apply" : "applied"} it now)`)}`);
+    const clock = d.dueAt === null ? "no --pre has started its clock" : `due ${d.dueAt.toISOString()}`;
+    output.out(
+      `  ${yellow(output, "before its delay")}  ${d.id}  ` +
+        dim(output, `(delay ${formatDuration(d.delayMs!)}, ${clock}; --all ${result.dryRun ? "would apply" : "applied"} it now)`),
+    );
   }
   if (plan.missingFiles.length > 0) {
     output.out(
