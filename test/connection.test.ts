@@ -96,7 +96,9 @@ describe.skipIf(!SERVER_URL)("PG* variables on the command line", () => {
   test("with none of them set, the embedded default is used and says so", async () => {
     const run = await runCli(["--status", "--dir", migrationsDir(ONE_TABLE)], { cwd: tempDir() });
     expectExit(run, 0);
-    expect(run.stderr).toContain("no --database-url, DATABASE_URL or PGHOST/PGDATABASE/...; using the embedded PGlite database in .safemigrate/");
+    expect(run.stderr).toContain(
+      "no DATABASE_URL; using the embedded PGlite database in .safemigrate/ (neither --database-url, DATABASE_URL nor any of PGHOST, PGHOSTADDR, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE is set)",
+    );
   });
 
   test("DATABASE_URL wins over the PG* variables", async () => {
