@@ -1645,7 +1645,7 @@ const secrets = new Set<string>();
  * "postgres" would mangle the output and tell the reader what it was.)
  */
 export function redact(text: string): string {
-  let out = text.replace(/(\w+:\/\/[^:/@\s]*:)[^@\s]*@/g, "$1***@");
+  let out = text.replace(/(\w+:\/\/[^:/@\s]*:)(?!<password>@)[^@\s]*@/g, "$1***@");
   for (const secret of secrets) {
     out = out.split(`:${secret}@`).join(":***@");
     if (secret.length >= 12) out = out.split(secret).join("***");
@@ -1717,6 +1717,9 @@ function describeConnectionError(error: unknown, label: string): string {
 export const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full", "no-verify"] as const;
 export type SslMode = (typeof SSL_MODES)[number];
 
+/** The URL shape shown in hints; redact() leaves its `<password>` placeholder alone. */
+const URL_EXAMPLE = "postgres://user:<password>@host:5432/db";
+
 /** Query parameters safemigrate interprets itself; the rest go to the server as settings, as postgres.js does. */
 const URL_PARAMETERS = ["sslmode", "ssl", "sslrootcert", "host", "connect_timeout", "application_name"];
 
@@ -1726,7 +1729,7 @@ export function postgresOptions(url: string): { url: string; sslMode: SslMode; o
   try {
     parsed = new URL(url);
   } catch {
-    throw new InputError(`invalid database URL ${describeUrl(url)} — expected postgres://user:password@host:5432/db`);
+    throw new InputError(`the database URL is not a valid URL — expected ${URL_EXAMPLE}`);
   }
   const param = (name: string) => parsed.searchParams.get(name);
   const sslText = param("sslmode") ?? param("ssl") ?? "prefer";
@@ -1968,7 +1971,7 @@ export function connect(url: string): Promise<Database> {
   if (url.startsWith("pglite:")) return connectPglite(url);
   if (/^postgres(ql)?:\/\//i.test(url)) return connectPostgres(url);
   throw new InputError(
-    `unsupported database URL ${describeUrl(url)} — use postgres://user:password@host:5432/db, pglite:<dir> or pglite:memory`,
+    `unsupported database URL ${describeUrl(url)} — use ${URL_EXAMPLE}, pglite:<dir> or pglite:memory`,
   );
 }
 

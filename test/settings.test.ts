@@ -154,6 +154,13 @@ describe("flags in any order", () => {
     expect(run.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
   });
 
+  test("a wrong URL's hint shows its example URL whole, and still hides the given password", async () => {
+    const run = await runCli(["--status", "--database-url", "mysql://app:hunter2secret@db/app"]);
+    expectExit(run, 2);
+    expect(run.stderr).toContain("unsupported database URL mysql://app@db/app — use postgres://user:<password>@host:5432/db");
+    expect(run.stderr).not.toContain("hunter2secret");
+  });
+
   test("an unknown short option is shown with one dash", () => {
     expect(() => parseArgs(["-x"], {})).toThrow("unknown option -x");
   });
