@@ -150,7 +150,7 @@ describe.skipIf(!SERVER_URL)("a role that may not create the history table", () 
     url.username = role;
     const run = await runCli(["--all", "--dir", migrationsDir(ONE_TABLE), "--database-url", url.toString()]);
     expectExit(run, 1);
-    expect(run.stderr).toContain(`cannot create the history table safemigrate_history in schema "public"`);
+    expect(run.stderr).toContain(`cannot create the history table safemigrate_history (and safemigrate_history_lock) in schema "public"`);
     expect(run.stderr).toContain(`grant create on schema public to ${role};`);
     expect(run.stderr).toContain("--history-table");
     expect(run.stderr).not.toContain("unexpected error");
