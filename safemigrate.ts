@@ -1548,13 +1548,23 @@ export function preAdvice(plan: Plan, pending: readonly Migration[]): CheckProbl
 // ============================================================================
 
 /**
- * What a rule is about. Phase rules: old code must keep working after a
- * before_deploy (or always) migration, so contraction belongs in after_deploy.
- * Lock rules: what holds a strong lock on an existing table for long.
+ * The analysis reads each migration's parse tree in dependency order, carrying
+ * what earlier migrations declared (column types, tables, functions, indexes),
+ * and turns each hazardous statement into a finding about one object. Whether
+ * a finding stops a run is decided last, by one small function (`gateReason`)
+ * against what the live database holds before the run: an object the run
+ * itself creates, or a table small enough that a lock on it is brief, cannot
+ * stop a run, so a fresh database takes a project's whole history. Without a
+ * database (`--lint`), every table is assumed live and large.
+ *
+ * Rule kinds: phase rules (old code must keep working after a before_deploy or
+ * always migration, so contraction belongs in after_deploy); lock rules (a
+ * strong lock held on an existing table for long); failures (the statement
+ * cannot run as written); waiver problems; information (never gating).
  */
 export interface Rule {
-  kind: "phase" | "lock" | "waiver";
-  /** How to do the same thing safely. */
+  kind: "phase" | "lock" | "failure" | "waiver" | "info";
+  /** How to do the same thing safely; the message has already said why. */
   fix: string;
 }
 
@@ -1567,22 +1577,27 @@ export const RULES = {
   "drop-function": { kind: "phase", fix: "stop calling the function, deploy, then drop it in an after_deploy migration" },
   "rename-table": { kind: "phase", fix: `keep both names for one release: create a view under the new name (or the new table and backfill), switch the code, drop the old name after the deploy (${EXPAND_CONTRACT})` },
   "rename-column": { kind: "phase", fix: `add the new column, backfill it, write both from the code, switch reads, drop the old column in an after_deploy migration (${EXPAND_CONTRACT})` },
-  "change-column-type": { kind: "phase", fix: `old code may write values the new type rejects: add a column of the new type, backfill, switch the code, drop the old column after the deploy (${EXPAND_CONTRACT})` },
-  "add-not-null": { kind: "phase", fix: "old code may still write NULL: set NOT NULL in an after_deploy migration, once the deployed code always writes the column" },
-  "not-null-column-without-default": { kind: "phase", fix: "old code's INSERTs do not name the new column and would fail: give it a DEFAULT, or add it nullable now and set NOT NULL after the deploy" },
-  "drop-default": { kind: "phase", fix: "old code may rely on the default when it inserts: drop the default in an after_deploy migration" },
+  "change-column-type": { kind: "phase", fix: `add a column of the new type, backfill, switch the code, drop the old column after the deploy (${EXPAND_CONTRACT})` },
+  "add-not-null": { kind: "phase", fix: "set NOT NULL in an after_deploy migration, once the deployed code always writes the column (or give the column a DEFAULT in the same migration)" },
+  "not-null-column-without-default": { kind: "phase", fix: "give it a DEFAULT, or add it nullable now and set NOT NULL after the deploy" },
+  "drop-default": { kind: "phase", fix: "drop the default in an after_deploy migration" },
   "index-not-concurrently": { kind: "lock", fix: "use CREATE [UNIQUE] INDEX CONCURRENTLY in a migration with \"-- transaction: false\"; for a constraint, then ADD CONSTRAINT ... UNIQUE/PRIMARY KEY USING INDEX" },
-  "concurrently-in-transaction": { kind: "lock", fix: "CONCURRENTLY (and VACUUM) cannot run inside a transaction block: add \"-- transaction: false\" to the front-matter" },
-  "foreign-key-not-valid": { kind: "lock", fix: "add the foreign key NOT VALID (brief lock), then ALTER TABLE ... VALIDATE CONSTRAINT in a later migration, or later in a \"transaction: false\" one (no write lock while it scans)" },
+  "drop-index-not-concurrently": { kind: "lock", fix: "use DROP INDEX CONCURRENTLY in a migration with \"-- transaction: false\"" },
+  "concurrently-in-transaction": { kind: "failure", fix: "add \"-- transaction: false\" to the front-matter (of the down section, for a down)" },
+  "foreign-key-not-valid": { kind: "lock", fix: "add the foreign key NOT VALID, then ALTER TABLE ... VALIDATE CONSTRAINT in a later migration, or later in a \"transaction: false\" one" },
   "check-not-valid": { kind: "lock", fix: "add the CHECK constraint NOT VALID, then VALIDATE CONSTRAINT it in a later migration, or later in a \"transaction: false\" one" },
   "set-not-null-scan": { kind: "lock", fix: "first ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID and VALIDATE CONSTRAINT it; then SET NOT NULL skips the scan (PostgreSQL 12+) and the check can be dropped" },
-  "volatile-default": { kind: "lock", fix: "a volatile default rewrites the table: add the column without a default (or with a constant one), then SET DEFAULT, and backfill existing rows in batches" },
-  "type-change-rewrite": { kind: "lock", fix: `a type change rewrites the table and its indexes under an ACCESS EXCLUSIVE lock: add a new column of the new type and backfill it (${EXPAND_CONTRACT}); only varchar -> text/varchar widening is free` },
-  "vacuum-full": { kind: "lock", fix: "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: use plain VACUUM, or pg_repack outside the migration" },
-  "cluster": { kind: "lock", fix: "CLUSTER rewrites the table under an ACCESS EXCLUSIVE lock: use pg_repack outside the migration" },
+  "volatile-default": { kind: "lock", fix: "add the column without a default (or with a constant one), then SET DEFAULT, and backfill existing rows in batches" },
+  "type-change-rewrite": { kind: "lock", fix: `add a new column of the new type and backfill it (${EXPAND_CONTRACT}); only widening varchar or numeric, varchar -> text, and timestamp -> timestamptz with the session time zone UTC are free` },
+  "backfill-under-lock": { kind: "lock", fix: "put the ALTER TABLE and the UPDATE/DELETE in separate migrations (or a \"transaction: false\" one) and backfill in batches" },
+  "vacuum-full": { kind: "lock", fix: "use plain VACUUM, or pg_repack outside the migration" },
+  "cluster": { kind: "lock", fix: "use pg_repack outside the migration" },
   "reindex-not-concurrently": { kind: "lock", fix: "use REINDEX ... CONCURRENTLY in a migration with \"-- transaction: false\"" },
-  "lock-table": { kind: "lock", fix: "an explicit LOCK TABLE queues every other query behind it: remove it and let each statement take the lock it needs" },
-  "transaction-control": { kind: "lock", fix: "safemigrate runs each migration in its own transaction; a BEGIN/COMMIT inside it would commit half a migration: remove it" },
+  "lock-table": { kind: "lock", fix: "remove it and let each statement take the lock it needs" },
+  "transaction-control": { kind: "lock", fix: "remove them; for work that must commit in steps, use \"-- transaction: false\" (or one migration per step)" },
+  "syntax-error": { kind: "failure", fix: "correct the SQL; a down section is only run during a rollback, often in an incident" },
+  "dynamic-sql": { kind: "info", fix: "review the statements it runs by hand, or write them as plain SQL so they can be checked" },
+  "phase-suggestion": { kind: "info", fix: "mark it \"-- safe: before_deploy\" so it ships with the release step" },
   "waiver-without-reason": { kind: "waiver", fix: "say why: -- safemigrate-ignore: <rule> -- <reason>" },
   "unknown-rule": { kind: "waiver", fix: "name a rule from the README's list of rules" },
 } satisfies Record<string, Rule>;
@@ -1599,7 +1614,14 @@ export interface Finding {
   fix: string;
   /** The reason from the waiver, when one covers the finding. */
   waived: string | null;
+  /** The table, view, index or function it is about ("users", "app.users"); null for the migration as a whole. */
+  subject: string | null;
+  /** Why this finding does not stop a run (information, or what the live database holds); null when it does. */
+  notGating: string | null;
 }
+
+/** A finding stops `--pre`/`--all` (and makes `--lint` exit 2) when it is neither waived nor judged harmless here. */
+export const isGating = (f: Finding): boolean => f.waived === null && f.notGating === null;
 
 // The parse tree is libpg-query's JSON; these are the few shapes the rules read.
 type Node = Record<string, any>;
@@ -1615,7 +1637,17 @@ const VOLATILE_FUNCTIONS = new Set([
   "clock_timestamp", "timeofday", "nextval", "txid_current", "statement_timestamp", "setseed",
 ]);
 const SERIAL_TYPES = new Set(["serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"]);
+/** The parser's names for types people spell otherwise; messages show the spelling people write. */
+const TYPE_SPELLING: Record<string, string> = {
+  int2: "smallint", int4: "integer", int8: "bigint", float4: "real", float8: "double precision", bool: "boolean",
+  bpchar: "char", timestamp: "timestamp", timestamptz: "timestamptz", varbit: "varbit",
+};
+/** Session time zones in which timestamp and timestamptz have the same bytes. */
+const UTC_ZONES = /^(utc|etc\/utc|gmt|etc\/gmt|z|zulu|universal|etc\/universal|utc0|gmt0)$/i;
+/** Words that make a DO block or a dynamic EXECUTE change the schema. */
+const DDL_WORDS = /\b(create|alter|drop|truncate|reindex|cluster|vacuum|lock)\s/i;
 
+const nameOf = (names: Node[] | undefined): string => (names ?? []).map((n) => n.String?.sval).filter((n) => n && n !== "public" && n !== "pg_catalog").join(".");
 const tableKey = (rel: RangeVar): string => (rel.schemaname && rel.schemaname !== "public" ? `${rel.schemaname}.${rel.relname}` : rel.relname);
 const quoted = (rel: RangeVar): string => (rel.schemaname ? `${rel.schemaname}.${rel.relname}` : rel.relname);
 const typeNameOf = (typeName: Node | undefined): string =>
@@ -1626,7 +1658,7 @@ function functionsIn(node: unknown, into: string[] = []): string[] {
   if (Array.isArray(node)) for (const item of node) functionsIn(item, into);
   else if (node && typeof node === "object") {
     const call = (node as Node).FuncCall;
-    if (call) into.push(call.funcname.map((n: Node) => n.String?.sval).pop());
+    if (call) into.push(nameOf(call.funcname));
     for (const value of Object.values(node)) functionsIn(value, into);
   }
   return into;
@@ -1636,7 +1668,12 @@ function functionsIn(node: unknown, into: string[] = []): string[] {
 interface ColumnType {
   name: string;
   modifiers: number[];
+  array: boolean;
 }
+
+/** `varchar(200)`, `numeric(10,2)`, `integer[]`: the type as the migration spelled it. */
+export const formatType = (t: ColumnType): string =>
+  `${TYPE_SPELLING[t.name] ?? t.name}${t.modifiers.length ? `(${t.modifiers.join(",")})` : ""}${t.array ? "[]" : ""}`;
 
 /** State the rules carry from one migration to the next, in dependency order. */
 export interface AnalysisState {
@@ -1646,31 +1683,42 @@ export interface AnalysisState {
   provenNotNull: Set<string>;
   /** Column types by "table.column", as the migrations declared them, to tell a widening from a rewrite. */
   columnTypes: Map<string, ColumnType>;
+  /** Tables the migrations created, so CREATE TABLE IF NOT EXISTS of a table no migration made creates it. */
+  tables: Set<string>;
+  /** Functions the migrations created: trigger functions are never called by the code; VOLATILE ones rewrite as defaults. */
+  functions: Map<string, { trigger: boolean; volatile: boolean }>;
+  /** Index name -> the table it is on. */
+  indexes: Map<string, string>;
 }
 
-export const newAnalysisState = (): AnalysisState => ({ notNullChecks: new Map(), provenNotNull: new Set(), columnTypes: new Map() });
+export const newAnalysisState = (): AnalysisState => ({
+  notNullChecks: new Map(), provenNotNull: new Set(), columnTypes: new Map(), tables: new Set(), functions: new Map(), indexes: new Map(),
+});
 
 interface RawFinding {
   rule: RuleId;
   message: string;
   /** Byte offset into the statement's SQL section, for line:column. */
   location: number;
+  subject: string | null;
 }
 
 const columnTypeOf = (typeName: Node | undefined): ColumnType => ({
   name: typeNameOf(typeName),
   modifiers: (typeName?.typmods ?? []).map((m: Node) => m.A_Const?.ival?.ival ?? NaN),
+  array: (typeName?.arrayBounds ?? []).length > 0,
 });
 
 /**
  * A type change that keeps every value valid and needs no rewrite (binary
- * coercible): widening varchar or numeric, or varchar to text. With `from`
+ * coercible): widening varchar or numeric, varchar to text, and timestamp to
+ * timestamptz when the session time zone is UTC (PostgreSQL 12+). With `from`
  * unknown (the table predates the migrations) only varchar/text targets pass.
  */
-function isFreeWidening(from: ColumnType | undefined, to: ColumnType, using: boolean): boolean {
-  if (using) return false;
+function isFreeWidening(from: ColumnType | undefined, to: ColumnType, utc: boolean): boolean {
   const textual = (t: ColumnType) => t.name === "text" || t.name === "varchar";
-  if (!from) return textual(to) && to.modifiers.length === 0;
+  if (!from) return textual(to) && to.modifiers.length === 0 && !to.array;
+  if (from.array !== to.array) return false;
   if (textual(from) && to.name === "text") return true;
   if (from.name === "varchar" && to.name === "varchar") {
     return to.modifiers.length === 0 || (from.modifiers.length > 0 && to.modifiers[0] >= from.modifiers[0]);
@@ -1682,8 +1730,13 @@ function isFreeWidening(from: ColumnType | undefined, to: ColumnType, using: boo
     const [p2, s2 = 0] = to.modifiers;
     return from.modifiers.length > 0 && s1 === s2 && p2 >= p1;
   }
+  if (from.name === "timestamp" && to.name === "timestamptz") return utc && (to.modifiers[0] ?? 6) >= (from.modifiers[0] ?? 6);
   return false;
 }
+
+/** A USING that only names the column itself converts nothing a plain cast would not. */
+const isTrivialUsing = (using: Node | undefined, column: string): boolean =>
+  !using || using.ColumnRef?.fields?.at(-1)?.String?.sval === column;
 
 /** Views and functions the migration creates anywhere: dropping or replacing them in it is its own business. */
 function objectsCreatedIn(statements: readonly Statement[]): Set<string> {
@@ -1691,7 +1744,7 @@ function objectsCreatedIn(statements: readonly Statement[]): Set<string> {
   for (const { node } of statements) {
     const [kind, body] = Object.entries(node)[0] as [string, Node];
     if (kind === "ViewStmt") created.add(tableKey(body.view));
-    if (kind === "CreateFunctionStmt") created.add(body.funcname.map((n: Node) => n.String?.sval).filter((n: string) => n !== "public").join("."));
+    if (kind === "CreateFunctionStmt") created.add(nameOf(body.funcname));
   }
   return created;
 }
@@ -1701,250 +1754,470 @@ const TRANSACTION_CONTROL = new Set([
   "TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED",
 ]);
 
+/** ALTER TABLE subcommands that take less than ACCESS EXCLUSIVE; every other one takes it. */
+const WEAKER_THAN_EXCLUSIVE = new Set([
+  "AT_ValidateConstraint", "AT_SetStatistics", "AT_SetOptions", "AT_ResetOptions", "AT_ClusterOn", "AT_DropCluster",
+  "AT_AttachPartition", "AT_DetachPartitionFinalize", "AT_EnableTrig", "AT_EnableAlwaysTrig", "AT_EnableReplicaTrig",
+  "AT_DisableTrig", "AT_EnableTrigAll", "AT_DisableTrigAll", "AT_EnableTrigUser", "AT_DisableTrigUser",
+]);
+
+const takesExclusive = (cmd: Node): boolean =>
+  !WEAKER_THAN_EXCLUSIVE.has(cmd.subtype) && !(cmd.subtype === "AT_AddConstraint" && cmd.def?.Constraint?.contype === "CONSTR_FOREIGN");
+
+/** The body of a DO block or of a function, as written. */
+const bodyOf = (options: Node[] | undefined): string =>
+  (options ?? []).filter((o) => o.DefElem?.defname === "as").map((o) => {
+    const arg = o.DefElem.arg;
+    return arg.String?.sval ?? (arg.List?.items ?? []).map((i: Node) => i.String?.sval ?? "").join("\n");
+  }).join("\n");
+
 /** What one migration has done so far, statement by statement. */
 interface MigrationScope {
-  /** Tables created earlier in this migration (not `IF NOT EXISTS`: that table may be an old one). */
+  /** Tables created earlier in this migration. */
   tables: Set<string>;
   /** Views and functions created anywhere in this migration. */
   objects: Set<string>;
+  /** Indexes created earlier in this migration. */
+  indexes: Set<string>;
   /** Constraints added NOT VALID in this migration, "table.constraint": validating them in the same transaction scans under that lock. */
   notValidHere: Map<string, RuleId>;
+  /** "table.column" given a default in this migration: old code's INSERTs get it, so NOT NULL cannot break them. */
+  defaults: Set<string>;
+  /** Existing tables an earlier ALTER TABLE of this transaction holds ACCESS EXCLUSIVE on -> line of that statement. */
+  exclusive: Map<string, number>;
+  /** Tables TRUNCATEd earlier in this migration: adding a NOT NULL column cannot fail on rows. */
+  emptied: Set<string>;
+  /** Columns DROPped earlier in this migration, "table.column": renaming another column to that name swaps it in place. */
+  dropped: Set<string>;
+  /** `SET timezone = 'UTC'` ran earlier in this migration. */
+  utc: boolean;
+  /** Functions created in this migration whose body runs dynamic DDL (EXECUTE). */
+  dynamicFunctions: Set<string>;
+  /** How many BEGIN/COMMIT statements the migration has: reported once, on the first. */
+  transactionControl: number;
+  /** Rules already reported for this migration, for those reported once per migration. */
+  reported: Set<RuleId>;
 }
 
 /** The findings of one statement, before waivers. */
 function statementFindings(
-  stmt: Node,
-  at: number,
+  statement: Statement,
   migration: Migration,
   scope: MigrationScope,
   state: AnalysisState,
 ): RawFinding[] {
+  const at = statement.offset;
   const found: RawFinding[] = [];
   const beforeDeploy = migration.safe !== "after_deploy";
   const phase = migration.safe === "always" ? "an always migration (it may run before the deploy)" : "a before_deploy migration";
-  const phaseFinding = (rule: RuleId, what: string, location = at, why = "the old code still serving traffic may use it") => {
-    if (beforeDeploy) found.push({ rule, message: `${what} in ${phase}: ${why}`, location });
+  const phaseFinding = (rule: RuleId, subject: string, what: string, location = at, why = "the old code still serving traffic may use it") => {
+    if (beforeDeploy) found.push({ rule, message: `${what} in ${phase}: ${why}`, location, subject });
   };
-  const lockFinding = (rule: RuleId, message: string, location = at) => found.push({ rule, message, location });
+  const lockFinding = (rule: RuleId, subject: string | null, message: string, location = at) => found.push({ rule, message, location, subject });
   const inTransaction = migration.up.transaction;
+  const untilCommit = inTransaction ? " and the migration commits" : "";
   const existing = (rel: RangeVar | undefined) => rel !== undefined && !scope.tables.has(tableKey(rel));
-  const [kind, node] = Object.entries(stmt)[0] as [string, Node];
+  /** Rules reported once per migration: true the first time. */
+  const once = (rule: RuleId) => !scope.reported.has(rule) && Boolean(scope.reported.add(rule));
+  const [kind, node] = Object.entries(statement.node)[0] as [string, Node];
 
   switch (kind) {
     case "CreateStmt": {
-      if (!node.if_not_exists) scope.tables.add(tableKey(node.relation));
+      const key = tableKey(node.relation);
+      // IF NOT EXISTS may name a table that is already there, but not one no earlier migration created.
+      if (!node.if_not_exists || !state.tables.has(key)) scope.tables.add(key);
+      state.tables.add(key);
       for (const element of node.tableElts ?? []) {
         const column = element.ColumnDef;
-        if (column) state.columnTypes.set(`${tableKey(node.relation)}.${column.colname}`, columnTypeOf(column.typeName));
+        if (column) state.columnTypes.set(`${key}.${column.colname}`, columnTypeOf(column.typeName));
       }
       break;
     }
     case "CreateTableAsStmt":
-      if (node.into?.rel && !node.if_not_exists) scope.tables.add(tableKey(node.into.rel));
+      if (node.into?.rel) {
+        const key = tableKey(node.into.rel);
+        if (!node.if_not_exists || !state.tables.has(key)) scope.tables.add(key);
+        state.tables.add(key);
+      }
+      break;
+    case "CreateFunctionStmt": {
+      const name = nameOf(node.funcname);
+      const volatility = (node.options ?? []).find((o: Node) => o.DefElem?.defname === "volatility")?.DefElem.arg.String?.sval;
+      state.functions.set(name, { trigger: typeNameOf(node.returnType) === "trigger", volatile: !volatility || volatility === "volatile" });
+      const body = bodyOf(node.options);
+      if (/\bexecute\b/i.test(body) && DDL_WORDS.test(body)) scope.dynamicFunctions.add(name);
+      break;
+    }
+    case "VariableSetStmt":
+      if (node.name === "timezone") {
+        const value = node.args?.[0]?.A_Const?.sval?.sval ?? "";
+        scope.utc = UTC_ZONES.test(value);
+      }
       break;
     case "DropStmt": {
-      const names: string[] = (node.objects ?? []).map((o: Node) =>
-        (o.List?.items ?? o.ObjectWithArgs?.objname ?? [o]).map((i: Node) => i.String?.sval).filter((n: string) => n !== "public").join(".")
-      );
+      const names: string[] = (node.objects ?? []).map((o: Node) => nameOf(o.List?.items ?? o.ObjectWithArgs?.objname ?? [o]));
       const removeType = node.removeType as string;
       if (node.concurrent && inTransaction) {
-        lockFinding("concurrently-in-transaction", "DROP INDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+        lockFinding("concurrently-in-transaction", null, "DROP INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
       }
-      if (removeType === "OBJECT_TABLE" && !names.every((n) => scope.tables.has(n))) {
-        phaseFinding("drop-table", `DROP TABLE ${names.join(", ")}`);
+      const notHere = (set: Set<string>) => names.find((n) => !set.has(n));
+      if (removeType === "OBJECT_TABLE") {
+        const table = notHere(scope.tables);
+        if (table) phaseFinding("drop-table", table, `DROP TABLE ${names.join(", ")}`);
+        for (const n of names) state.tables.delete(n);
       } else if (removeType === "OBJECT_SCHEMA") {
-        phaseFinding("drop-table", `DROP SCHEMA ${names.join(", ")}`, at, "the old code may use the tables in it");
-      } else if ((removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") && !names.every((n) => scope.objects.has(n))) {
-        phaseFinding("drop-view", `DROP VIEW ${names.join(", ")}`);
-      } else if ((removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") && !names.every((n) => scope.objects.has(n))) {
-        phaseFinding("drop-function", `DROP FUNCTION ${names.join(", ")}`);
+        phaseFinding("drop-table", names[0], `DROP SCHEMA ${names.join(", ")}`, at, "the old code may use the tables in it");
+      } else if (removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") {
+        const view = notHere(scope.objects);
+        if (view) phaseFinding("drop-view", view, `DROP VIEW ${names.join(", ")}`);
+      } else if (removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") {
+        // A trigger function is only called by its trigger, never by the application.
+        const called = names.find((n) => !scope.objects.has(n) && !state.functions.get(n)?.trigger);
+        if (called) phaseFinding("drop-function", called, `DROP FUNCTION ${names.join(", ")}`);
+      } else if (removeType === "OBJECT_INDEX" && !node.concurrent) {
+        const index = names.find((n) => !scope.indexes.has(n) && !scope.tables.has(state.indexes.get(n) ?? ""));
+        if (index) {
+          const table = state.indexes.get(index) ?? "the table it indexes";
+          lockFinding(
+            "drop-index-not-concurrently", index,
+            `DROP INDEX ${index} takes an ACCESS EXCLUSIVE lock on ${table}: it waits for every running query on ${table} ` +
+              `(up to lock_timeout) while new ones queue behind it, then holds it${inTransaction ? " until the migration commits" : " briefly"}`,
+          );
+        }
       }
+      if (removeType === "OBJECT_INDEX") for (const n of names) state.indexes.delete(n);
       break;
     }
     case "RenameStmt": {
       // A rename breaks the code on one side of the deploy whatever the phase: old code before it, new code after it.
       const why = "old code breaks if it runs before the deploy, new code if it runs after; no phase makes a rename safe";
       const relation = node.relation as RangeVar | undefined;
-      if (!existing(relation)) break;
-      const location = relation!.location ?? at;
-      if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
-        lockFinding("rename-table", `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation!)} to ${node.newname}: ${why}`, location);
-      } else if (node.renameType === "OBJECT_COLUMN") {
-        lockFinding("rename-column", `renaming column ${quoted(relation!)}.${node.subname} to ${node.newname}: ${why}`, location);
-        const type = state.columnTypes.get(`${tableKey(relation!)}.${node.subname}`);
-        if (type) state.columnTypes.set(`${tableKey(relation!)}.${node.newname}`, type);
+      if (relation && node.renameType === "OBJECT_INDEX") {
+        const table = state.indexes.get(relation.relname);
+        if (table) state.indexes.set(node.newname, table);
+        if (scope.indexes.has(relation.relname)) scope.indexes.add(node.newname);
+        break;
       }
+      const existed = existing(relation);
+      if (relation && node.renameType === "OBJECT_TABLE") renameTable(state, scope, tableKey(relation), relation.schemaname ? `${relation.schemaname}.${node.newname}` : node.newname);
+      if (!existed) break;
+      const location = relation!.location ?? at;
+      const key = tableKey(relation!);
+      if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
+        lockFinding("rename-table", key, `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation!)} to ${node.newname}: ${why}`, location);
+      } else if (node.renameType === "OBJECT_COLUMN" && scope.dropped.has(`${key}.${node.newname}`)) {
+        // Dropping a column and renaming its replacement to its name: code using the name finds a column either way.
+        const type = state.columnTypes.get(`${key}.${node.subname}`);
+        if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
+      } else if (node.renameType === "OBJECT_COLUMN") {
+        lockFinding("rename-column", key, `renaming column ${quoted(relation!)}.${node.subname} to ${node.newname}: ${why}`, location);
+        const type = state.columnTypes.get(`${key}.${node.subname}`);
+        if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
+      }
+      if (inTransaction) scope.exclusive.set(key, statement.line);
       break;
     }
     case "IndexStmt": {
+      const table = tableKey(node.relation);
+      if (node.idxname) {
+        state.indexes.set(node.idxname, table);
+        scope.indexes.add(node.idxname);
+      }
       if (node.concurrent && inTransaction) {
-        lockFinding("concurrently-in-transaction", "CREATE INDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+        lockFinding("concurrently-in-transaction", null, "CREATE INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
       } else if (!node.concurrent && existing(node.relation)) {
-        lockFinding("index-not-concurrently", `CREATE INDEX on ${quoted(node.relation)} blocks every write to it until the index is built`);
+        lockFinding(
+          "index-not-concurrently", table,
+          `CREATE INDEX on ${quoted(node.relation)} takes a SHARE lock: writes to it wait until the index is built${untilCommit} (reads go on)`,
+        );
       }
       break;
     }
     case "ReindexStmt": {
       const concurrently = (node.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently");
+      const subject = node.relation ? tableKey(node.relation) : null;
       if (concurrently && inTransaction) {
-        lockFinding("concurrently-in-transaction", "REINDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+        lockFinding("concurrently-in-transaction", null, "REINDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
       } else if (!concurrently) {
-        lockFinding("reindex-not-concurrently", "REINDEX without CONCURRENTLY blocks writes (and reads through the index) until it finishes");
+        lockFinding("reindex-not-concurrently", subject, "REINDEX without CONCURRENTLY blocks writes to the table, and reads that use its indexes, until it ends");
       }
       break;
     }
-    case "VacuumStmt":
+    case "VacuumStmt": {
+      const relation = node.rels?.[0]?.VacuumRelation?.relation;
       if ((node.options ?? []).some((o: Node) => o.DefElem?.defname === "full")) {
-        lockFinding("vacuum-full", "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock");
+        lockFinding("vacuum-full", relation ? tableKey(relation) : null, "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends");
       } else if (node.is_vacuumcmd && inTransaction) {
-        lockFinding("concurrently-in-transaction", "VACUUM cannot run inside the transaction this migration runs in");
+        lockFinding("concurrently-in-transaction", null, "VACUUM cannot run inside a transaction: the migration would fail");
       }
       break;
+    }
     case "ClusterStmt":
-      lockFinding("cluster", `CLUSTER${node.relation ? ` ${quoted(node.relation)}` : ""} rewrites the table under an ACCESS EXCLUSIVE lock`);
+      lockFinding(
+        "cluster", node.relation ? tableKey(node.relation) : null,
+        `CLUSTER${node.relation ? ` ${quoted(node.relation)}` : ""} rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends`,
+      );
       break;
-    case "LockStmt":
-      lockFinding("lock-table", "LOCK TABLE takes a lock that queues every later query on the table behind it");
+    case "LockStmt": {
+      const relation = node.relations?.[0]?.RangeVar;
+      lockFinding("lock-table", relation ? tableKey(relation) : null, `LOCK TABLE holds its lock until the migration commits; every conflicting query queues behind it`);
       break;
+    }
     case "TransactionStmt":
-      if (inTransaction && TRANSACTION_CONTROL.has(node.kind)) {
-        lockFinding("transaction-control", `${node.kind.replace("TRANS_STMT_", "")} inside a migration that safemigrate already runs in a transaction`);
+      // A COMMIT (AND CHAIN) ends the transaction: the locks taken so far are released.
+      if (TRANSACTION_CONTROL.has(node.kind)) scope.exclusive.clear();
+      if (inTransaction && TRANSACTION_CONTROL.has(node.kind) && scope.transactionControl > 0 && once("transaction-control")) {
+        const count = scope.transactionControl;
+        lockFinding(
+          "transaction-control", null,
+          `${node.kind.replace("TRANS_STMT_", "")}${count > 1 ? ` (and ${count - 1} more BEGIN/COMMIT statements)` : ""} inside a migration safemigrate runs in one transaction: ` +
+            `it commits part of the migration, so a later failure leaves that part applied`,
+        );
       }
       break;
-    case "AlterTableStmt": {
-      const rel = node.relation as RangeVar;
-      if (!existing(rel)) {
-        // Still learn the columns of a table created earlier in this migration.
-        for (const { AlterTableCmd: cmd } of node.cmds ?? []) {
-          if (cmd?.subtype === "AT_AddColumn" || cmd?.subtype === "AT_AlterColumnType") {
-            const name = cmd.def?.ColumnDef?.colname ?? cmd.name;
-            state.columnTypes.set(`${tableKey(rel)}.${name}`, columnTypeOf(cmd.def?.ColumnDef?.typeName));
-          }
+    case "DoStmt":
+    case "SelectStmt": {
+      const dynamic = kind === "DoStmt" ? DDL_WORDS.test(bodyOf(node.args)) : functionsIn(node).some((f) => scope.dynamicFunctions.has(f));
+      if (dynamic && once("dynamic-sql")) {
+        lockFinding(
+          "dynamic-sql", null,
+          `${kind === "DoStmt" ? "a DO block" : "a function this migration defines"} runs DDL built at run time (EXECUTE or a DO body), which this analysis cannot see: ` +
+            `the locks it takes and its phase are not checked (reported once per migration)`,
+        );
+      }
+      break;
+    }
+    case "TruncateStmt":
+      for (const { RangeVar: rel } of node.relations ?? []) if (rel) scope.emptied.add(tableKey(rel));
+      break;
+    case "UpdateStmt":
+    case "DeleteStmt": {
+      const rel = node.relation as RangeVar | undefined;
+      // A data statement the parser only syntax-checked (a big data migration) has no tree to read.
+      if (!rel) break;
+      const since = scope.exclusive.get(tableKey(rel));
+      const everyRow = !node.whereClause || node.whereClause.NullTest !== undefined;
+      if (since !== undefined && everyRow) {
+        lockFinding(
+          "backfill-under-lock", tableKey(rel),
+          `${kind === "UpdateStmt" ? "UPDATE" : "DELETE"} of ${node.whereClause ? "the rows" : "every row"} of ${quoted(rel)} runs while this transaction holds ` +
+            `the ACCESS EXCLUSIVE lock the ALTER TABLE on line ${since} took: every read and write of ${quoted(rel)} waits until the migration commits`,
+        );
+      }
+      break;
+    }
+    case "AlterTableStmt":
+      alterTableFindings(node, statement, migration, scope, state, { at, phaseFinding, lockFinding, existing, untilCommit });
+      break;
+  }
+  return found;
+}
+
+/** What the migrations declared about a table follows it to its new name. */
+function renameTable(state: AnalysisState, scope: MigrationScope, from: string, to: string): void {
+  const to_ = to.startsWith("public.") ? to.slice("public.".length) : to;
+  for (const [column, type] of [...state.columnTypes]) {
+    if (column.startsWith(`${from}.`)) state.columnTypes.set(`${to_}.${column.slice(from.length + 1)}`, type);
+  }
+  for (const [index, table] of state.indexes) if (table === from) state.indexes.set(index, to_);
+  if (state.tables.delete(from)) state.tables.add(to_);
+  if (scope.tables.delete(from)) scope.tables.add(to_);
+}
+
+interface FindingSinks {
+  at: number;
+  phaseFinding: (rule: RuleId, subject: string, what: string, location?: number, why?: string) => void;
+  lockFinding: (rule: RuleId, subject: string | null, message: string, location?: number) => void;
+  existing: (rel: RangeVar | undefined) => boolean;
+  untilCommit: string;
+}
+
+function alterTableFindings(node: Node, statement: Statement, migration: Migration, scope: MigrationScope, state: AnalysisState, sinks: FindingSinks): void {
+  const { phaseFinding, lockFinding, existing, untilCommit } = sinks;
+  const rel = node.relation as RangeVar;
+  const key = tableKey(rel);
+  const cmds: Node[] = (node.cmds ?? []).map((c: Node) => c.AlterTableCmd).filter(Boolean);
+  if (!existing(rel)) {
+    // Still learn the columns of a table created earlier in this migration.
+    for (const cmd of cmds) {
+      if (cmd.subtype === "AT_AddColumn" || cmd.subtype === "AT_AlterColumnType") {
+        const name = cmd.def?.ColumnDef?.colname ?? cmd.name;
+        state.columnTypes.set(`${key}.${name}`, columnTypeOf(cmd.def?.ColumnDef?.typeName));
+      }
+    }
+    return;
+  }
+  if (migration.up.transaction && cmds.some(takesExclusive) && !scope.exclusive.has(key)) scope.exclusive.set(key, statement.line);
+  const table = quoted(rel);
+  const location = rel.location ?? sinks.at;
+  const exclusively = `under an ACCESS EXCLUSIVE lock: reads and writes of ${table} wait until it ends${untilCommit}`;
+  const notNull = (column: string) => {
+    if (!scope.defaults.has(`${key}.${column}`)) phaseFinding("add-not-null", key, `NOT NULL on ${table}.${column}`, location, "the old code may still write NULL");
+  };
+  for (const cmd of cmds) {
+    switch (cmd.subtype) {
+      case "AT_DropColumn":
+        scope.dropped.add(`${key}.${cmd.name}`);
+        phaseFinding("drop-column", key, `dropping column ${table}.${cmd.name}`, location);
+        state.columnTypes.delete(`${key}.${cmd.name}`);
+        break;
+      case "AT_AlterColumnType": {
+        const column = `${key}.${cmd.name}`;
+        const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
+        const from = state.columnTypes.get(column);
+        const free = isTrivialUsing(cmd.def?.ColumnDef?.raw_default, cmd.name) && isFreeWidening(from, target, scope.utc);
+        if (!(free && from)) {
+          phaseFinding("change-column-type", key, `changing the type of ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)}`, location, "the old code may write values the new type rejects");
+        }
+        if (!free) lockFinding("type-change-rewrite", key, `changing ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)} rewrites ${table} and rebuilds its indexes ${exclusively}`, location);
+        state.columnTypes.set(column, target);
+        break;
+      }
+      case "AT_SetNotNull": {
+        notNull(cmd.name);
+        if (!state.provenNotNull.has(`${key}.${cmd.name}`)) {
+          lockFinding("set-not-null-scan", key, `SET NOT NULL on ${table}.${cmd.name} scans every row (no rewrite) ${exclusively}`, location);
         }
         break;
       }
-      const table = quoted(rel);
-      const location = rel.location ?? at;
-      const notNull = (column: string) => {
-        phaseFinding("add-not-null", `NOT NULL on ${table}.${column}`, location, "the old code may still write NULL");
-      };
-      for (const { AlterTableCmd: cmd } of node.cmds ?? []) {
-        if (!cmd) continue;
-        switch (cmd.subtype) {
-          case "AT_DropColumn":
-            phaseFinding("drop-column", `dropping column ${table}.${cmd.name}`, location);
-            state.columnTypes.delete(`${tableKey(rel)}.${cmd.name}`);
-            break;
-          case "AT_AlterColumnType": {
-            const key = `${tableKey(rel)}.${cmd.name}`;
-            const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
-            const free = isFreeWidening(state.columnTypes.get(key), target, Boolean(cmd.def?.ColumnDef?.raw_default));
-            const known = state.columnTypes.has(key);
-            if (!(free && known)) {
-              phaseFinding("change-column-type", `changing the type of ${table}.${cmd.name} to ${target.name}`, location, "the old code may write values the new type rejects");
-            }
-            if (!free) lockFinding("type-change-rewrite", `changing ${table}.${cmd.name} to ${target.name} rewrites the table under an ACCESS EXCLUSIVE lock`, location);
-            state.columnTypes.set(key, target);
-            break;
-          }
-          case "AT_SetNotNull": {
-            notNull(cmd.name);
-            if (!state.provenNotNull.has(`${tableKey(rel)}.${cmd.name}`)) {
-              lockFinding("set-not-null-scan", `SET NOT NULL on ${table}.${cmd.name} scans the whole table under an ACCESS EXCLUSIVE lock`, location);
-            }
-            break;
-          }
-          case "AT_ColumnDefault":
-            if (!cmd.def) phaseFinding("drop-default", `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
-            break;
-          case "AT_AddColumn": {
-            const column = cmd.def?.ColumnDef ?? {};
-            const constraints = (column.constraints ?? []).map((c: Node) => c.Constraint);
-            const hasDefault = constraints.find((c: Node) => c.contype === "CONSTR_DEFAULT");
-            const generated = constraints.some((c: Node) => c.contype === "CONSTR_IDENTITY" || c.contype === "CONSTR_GENERATED");
-            const type = typeNameOf(column.typeName);
-            state.columnTypes.set(`${tableKey(rel)}.${column.colname}`, columnTypeOf(column.typeName));
-            const required = constraints.some((c: Node) => c.contype === "CONSTR_NOTNULL" || c.contype === "CONSTR_PRIMARY");
-            if (required && !hasDefault && !generated && !SERIAL_TYPES.has(type)) {
-              const what = `adding NOT NULL column ${table}.${column.colname} without a default`;
-              if (beforeDeploy) phaseFinding("not-null-column-without-default", what, location, "the old code's INSERTs do not name it and will fail");
-              else lockFinding("not-null-column-without-default", `${what}: it fails on a table that has rows`, location);
-            }
-            const volatile = functionsIn(hasDefault?.raw_expr).filter((f) => VOLATILE_FUNCTIONS.has(f));
-            if (volatile.length > 0 || SERIAL_TYPES.has(type) || generated) {
-              const why = volatile.length > 0 ? `${volatile[0]}()` : SERIAL_TYPES.has(type) ? type : "an identity or generated value";
-              lockFinding("volatile-default", `adding ${table}.${column.colname} with ${why} as its default rewrites the table under an ACCESS EXCLUSIVE lock`, location);
-            }
-            // A new column whose default is NULL has nothing to validate; with a default every row is checked.
-            if (hasDefault && constraints.some((c: Node) => c.contype === "CONSTR_FOREIGN")) {
-              lockFinding("foreign-key-not-valid", `adding ${table}.${column.colname} with a default and REFERENCES validates every row under a lock on both tables`, location);
-            }
-            if (constraints.some((c: Node) => c.contype === "CONSTR_UNIQUE" || c.contype === "CONSTR_PRIMARY")) {
-              lockFinding("index-not-concurrently", `adding ${table}.${column.colname} as UNIQUE or PRIMARY KEY builds its index while blocking writes`, location);
-            }
-            break;
-          }
-          case "AT_AddConstraint": {
-            const constraint = cmd.def?.Constraint ?? {};
-            const name = constraint.conname ? ` ${constraint.conname}` : "";
-            if (constraint.skip_validation && constraint.conname) {
-              scope.notValidHere.set(`${tableKey(rel)}.${constraint.conname}`, constraint.contype === "CONSTR_FOREIGN" ? "foreign-key-not-valid" : "check-not-valid");
-            }
-            switch (constraint.contype) {
-              case "CONSTR_FOREIGN":
-                if (!constraint.skip_validation) {
-                  lockFinding("foreign-key-not-valid", `adding foreign key${name} on ${table} without NOT VALID checks every row under a lock on both tables`, location);
-                }
-                break;
-              case "CONSTR_CHECK": {
-                const test = constraint.raw_expr?.NullTest;
-                const column = test?.nulltesttype === "IS_NOT_NULL" ? test.arg?.ColumnRef?.fields?.at(-1)?.String?.sval : null;
-                // NOT VALID still checks new rows: old code writing NULL breaks at once.
-                if (column) notNull(column);
-                if (!constraint.skip_validation) {
-                  lockFinding("check-not-valid", `adding CHECK${name} on ${table} without NOT VALID scans every row under an ACCESS EXCLUSIVE lock`, location);
-                }
-                if (column && constraint.conname) state.notNullChecks.set(`${tableKey(rel)}.${constraint.conname}`, column);
-                if (column && !constraint.skip_validation) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
-                break;
-              }
-              case "CONSTR_NOTNULL": {
-                // PostgreSQL 18: ADD CONSTRAINT name NOT NULL column [NOT VALID].
-                for (const key of constraint.keys ?? []) {
-                  const column = key.String?.sval;
-                  notNull(column);
-                  if (!constraint.skip_validation && !state.provenNotNull.has(`${tableKey(rel)}.${column}`)) {
-                    lockFinding("set-not-null-scan", `NOT NULL on ${table}.${column} scans the whole table under an ACCESS EXCLUSIVE lock`, location);
-                  }
-                }
-                break;
-              }
-              case "CONSTR_PRIMARY":
-              case "CONSTR_UNIQUE":
-              case "CONSTR_EXCLUSION":
-                if (!constraint.indexname) {
-                  lockFinding("index-not-concurrently", `adding a ${constraint.contype.replace("CONSTR_", "").toLowerCase()} constraint${name} on ${table} builds its index while blocking writes`, location);
-                }
-                break;
-            }
-            break;
-          }
-          case "AT_ValidateConstraint": {
-            const key = `${tableKey(rel)}.${cmd.name}`;
-            const column = state.notNullChecks.get(key);
-            if (column) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
-            const rule = scope.notValidHere.get(key);
-            if (rule && inTransaction) {
-              lockFinding(rule, `VALIDATE CONSTRAINT ${cmd.name} in the same transaction that added it NOT VALID scans while that lock is still held`, location);
-            }
-            break;
-          }
+      case "AT_ColumnDefault":
+        if (cmd.def) scope.defaults.add(`${key}.${cmd.name}`);
+        else phaseFinding("drop-default", key, `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
+        break;
+      case "AT_AddColumn":
+        addColumnFindings(cmd.def?.ColumnDef ?? {}, key, table, location, migration, scope, state, sinks, exclusively);
+        break;
+      case "AT_AddConstraint":
+        addConstraintFindings(cmd.def?.Constraint ?? {}, key, table, location, scope, state, sinks, notNull, exclusively);
+        break;
+      case "AT_ValidateConstraint": {
+        const constraint = `${key}.${cmd.name}`;
+        const column = state.notNullChecks.get(constraint);
+        if (column) state.provenNotNull.add(`${key}.${column}`);
+        const rule = scope.notValidHere.get(constraint);
+        if (rule && migration.up.transaction) {
+          lockFinding(rule, key, `VALIDATE CONSTRAINT ${cmd.name} in the same transaction that added it NOT VALID scans every row while that lock is still held, until the migration commits`, location);
+        }
+        break;
+      }
+    }
+  }
+}
+
+function addColumnFindings(
+  column: Node, key: string, table: string, location: number, migration: Migration, scope: MigrationScope, state: AnalysisState,
+  { phaseFinding, lockFinding }: FindingSinks, exclusively: string,
+): void {
+  const constraints: Node[] = (column.constraints ?? []).map((c: Node) => c.Constraint);
+  // DEFAULT NULL is what a column has without a default.
+  const hasDefault = constraints.find((c) => c.contype === "CONSTR_DEFAULT" && !c.raw_expr?.A_Const?.isnull);
+  const generated = constraints.some((c) => c.contype === "CONSTR_IDENTITY" || c.contype === "CONSTR_GENERATED");
+  const type = typeNameOf(column.typeName);
+  state.columnTypes.set(`${key}.${column.colname}`, columnTypeOf(column.typeName));
+  if (hasDefault) scope.defaults.add(`${key}.${column.colname}`);
+  const required = constraints.some((c) => c.contype === "CONSTR_NOTNULL" || c.contype === "CONSTR_PRIMARY");
+  if (required && !hasDefault && !generated && !SERIAL_TYPES.has(type)) {
+    const what = `adding NOT NULL column ${table}.${column.colname} without a default`;
+    if (migration.safe !== "after_deploy") phaseFinding("not-null-column-without-default", key, what, location, "the old code's INSERTs do not name it and will fail");
+    else if (!scope.emptied.has(key)) lockFinding("not-null-column-without-default", key, `${what}: it fails on a table that has rows`, location);
+  }
+  const called = functionsIn(hasDefault?.raw_expr);
+  const volatile = called.find((f) => VOLATILE_FUNCTIONS.has(f)) ??
+    called.find((f) => state.functions.get(f)?.volatile);
+  if (volatile || SERIAL_TYPES.has(type) || generated) {
+    const why = volatile
+      ? `${volatile}()${VOLATILE_FUNCTIONS.has(volatile) ? "" : " (declared without IMMUTABLE or STABLE, so VOLATILE)"} as its default`
+      : SERIAL_TYPES.has(type) ? `type ${type}` : constraints.some((c) => c.contype === "CONSTR_GENERATED") ? "a GENERATED ... STORED value" : "an identity";
+    lockFinding("volatile-default", key, `adding ${table}.${column.colname} with ${why} rewrites ${table} (a value computed for each row) ${exclusively}`, location);
+  }
+  // A new column whose value is NULL has nothing to validate; with a default or a generated value every row is checked.
+  if ((hasDefault || generated) && constraints.some((c) => c.contype === "CONSTR_FOREIGN")) {
+    lockFinding("foreign-key-not-valid", key, `adding ${table}.${column.colname} with ${hasDefault ? "a default" : "a generated value"} and REFERENCES checks every row under a SHARE ROW EXCLUSIVE lock on ${table} and the referenced table: writes to both wait until it ends`, location);
+  }
+  const indexed = constraints.find((c) => c.contype === "CONSTR_PRIMARY") ? "PRIMARY KEY" : constraints.some((c) => c.contype === "CONSTR_UNIQUE") ? "UNIQUE" : null;
+  if (indexed) lockFinding("index-not-concurrently", key, `adding ${table}.${column.colname} as ${indexed} builds its index ${exclusively}`, location);
+}
+
+function addConstraintFindings(
+  constraint: Node, key: string, table: string, location: number, scope: MigrationScope, state: AnalysisState,
+  { lockFinding }: FindingSinks, notNull: (column: string) => void, exclusively: string,
+): void {
+  const name = constraint.conname ? ` ${constraint.conname}` : "";
+  if (constraint.skip_validation && constraint.conname) {
+    scope.notValidHere.set(`${key}.${constraint.conname}`, constraint.contype === "CONSTR_FOREIGN" ? "foreign-key-not-valid" : "check-not-valid");
+  }
+  switch (constraint.contype) {
+    case "CONSTR_FOREIGN":
+      if (!constraint.skip_validation) {
+        lockFinding("foreign-key-not-valid", key, `adding foreign key${name} on ${table} without NOT VALID checks every row under a SHARE ROW EXCLUSIVE lock on ${table} and the referenced table: writes to both wait until it ends`, location);
+      }
+      break;
+    case "CONSTR_CHECK": {
+      const test = constraint.raw_expr?.NullTest;
+      const column = test?.nulltesttype === "IS_NOT_NULL" ? test.arg?.ColumnRef?.fields?.at(-1)?.String?.sval : null;
+      // NOT VALID still checks new rows: old code writing NULL breaks at once.
+      if (column) notNull(column);
+      if (!constraint.skip_validation) {
+        lockFinding("check-not-valid", key, `adding CHECK${name} on ${table} without NOT VALID scans every row (no rewrite) ${exclusively}`, location);
+      }
+      if (column && constraint.conname) state.notNullChecks.set(`${key}.${constraint.conname}`, column);
+      if (column && !constraint.skip_validation) state.provenNotNull.add(`${key}.${column}`);
+      break;
+    }
+    case "CONSTR_NOTNULL": {
+      // PostgreSQL 18: ADD CONSTRAINT name NOT NULL column [NOT VALID].
+      for (const k of constraint.keys ?? []) {
+        const column = k.String?.sval;
+        notNull(column);
+        if (!constraint.skip_validation && !state.provenNotNull.has(`${key}.${column}`)) {
+          lockFinding("set-not-null-scan", key, `NOT NULL on ${table}.${column} scans every row (no rewrite) ${exclusively}`, location);
         }
       }
       break;
     }
+    case "CONSTR_PRIMARY":
+    case "CONSTR_UNIQUE":
+    case "CONSTR_EXCLUSION":
+      if (!constraint.indexname) {
+        const kind = { CONSTR_PRIMARY: "a primary key", CONSTR_UNIQUE: "a unique", CONSTR_EXCLUSION: "an exclusion" }[constraint.contype as string];
+        lockFinding("index-not-concurrently", key, `adding ${kind} constraint${name} on ${table} builds its index ${exclusively}`, location);
+      }
+      break;
   }
-  return found;
+}
+
+/** BEGIN/COMMIT statements that split the migration; a lone COMMIT as the very last statement splits nothing. */
+function transactionControlCount(statements: readonly Statement[]): number {
+  const control = statements.filter(({ node }) => TRANSACTION_CONTROL.has((node as Node).TransactionStmt?.kind));
+  return control.length === 1 && control[0] === statements.at(-1) ? 0 : control.length;
+}
+
+/** Statements that only add (tables, columns with a default or nullable, indexes, new functions, rows): old code never notices them. */
+function onlyExpands(statements: readonly Statement[]): boolean {
+  const expands = ({ node }: Statement): boolean => {
+    const [kind, body] = Object.entries(node)[0] as [string, Node];
+    switch (kind) {
+      case "CreateStmt": case "CreateTableAsStmt": case "CreateSeqStmt": case "CreateEnumStmt": case "CreateDomainStmt":
+      case "CreateExtensionStmt": case "CreateSchemaStmt": case "CommentStmt": case "GrantStmt": case "InsertStmt":
+      case "VariableSetStmt": case "CompositeTypeStmt":
+        return true;
+      case "IndexStmt":
+        return !body.unique;
+      case "CreateFunctionStmt":
+        return !body.replace;
+      case "ViewStmt":
+        return !body.replace;
+      case "AlterTableStmt":
+        return (body.cmds ?? []).every(({ AlterTableCmd: cmd }: Node) => {
+          if (cmd?.subtype !== "AT_AddColumn") return false;
+          const constraints = (cmd.def?.ColumnDef?.constraints ?? []).map((c: Node) => c.Constraint.contype);
+          return !constraints.includes("CONSTR_NOTNULL") || constraints.includes("CONSTR_DEFAULT");
+        });
+      default:
+        return false;
+    }
+  };
+  return statements.length > 0 && statements.every(expands);
 }
 
 /** Waivers written directly above the statement starting on `line` (1-based file line). */
@@ -1966,50 +2239,209 @@ function waiversAbove(lines: string[], line: number): { rules: string[]; reason:
 
 /**
  * Analyses one migration's up SQL with the real PostgreSQL parser. Pure but
- * for loading the parser; `state` carries what earlier migrations proved.
+ * for loading the parser; `state` carries what earlier migrations declared,
+ * `gate` (the live database before the run) decides which findings stop it.
  */
-export async function analyzeMigration(migration: Migration, state: AnalysisState = newAnalysisState()): Promise<Finding[]> {
+export async function analyzeMigration(
+  migration: Migration,
+  state: AnalysisState = newAnalysisState(),
+  gate: Gate | null = null,
+): Promise<Finding[]> {
   if (migration.up.sql.trim() === "") return [];
   const { statements, place } = await parseSection(migration.up, migration.file);
   const fileLines = migration.source.split("\n");
   const findings: Finding[] = [];
-  const scope: MigrationScope = { tables: new Set(), objects: objectsCreatedIn(statements), notValidHere: new Map() };
+  const scope: MigrationScope = {
+    tables: new Set(), objects: objectsCreatedIn(statements), indexes: new Set(), notValidHere: new Map(), defaults: new Set(),
+    exclusive: new Map(), utc: false, dynamicFunctions: new Set(), reported: new Set(), emptied: new Set(), dropped: new Set(),
+    transactionControl: transactionControlCount(statements),
+  };
+  const add = (raw: RawFinding, where: { line: number; column: number }, waived: string | null) => {
+    const finding: Finding = { rule: raw.rule, migration: migration.id, file: migration.file, ...where, message: raw.message, fix: RULES[raw.rule].fix, waived, subject: raw.subject, notGating: null };
+    finding.notGating = gateReason(finding, gate);
+    findings.push(finding);
+  };
   for (const statement of statements) {
     const waivers = waiversAbove(fileLines, statement.line);
-
     for (const waiver of waivers) {
-      const where = { migration: migration.id, file: migration.file, line: waiver.line, column: waiver.column, waived: null };
-      if (!waiver.reason) {
-        findings.push({ ...where, rule: "waiver-without-reason", message: `waiver of ${waiver.rules.join(", ")} gives no reason`, fix: RULES["waiver-without-reason"].fix });
-      }
+      const where = { line: waiver.line, column: waiver.column };
+      if (!waiver.reason) add({ rule: "waiver-without-reason", message: `waiver of ${waiver.rules.join(", ")} gives no reason`, location: 0, subject: null }, where, null);
       for (const rule of waiver.rules.filter((r) => !(r in RULES))) {
         const meant = closest(rule, Object.keys(RULES));
-        findings.push({ ...where, rule: "unknown-rule", message: `the waiver names no known rule "${rule}"${meant ? ` — did you mean "${meant}"?` : ""}`, fix: RULES["unknown-rule"].fix });
+        add({ rule: "unknown-rule", message: `the waiver names no known rule "${rule}"${meant ? ` — did you mean "${meant}"?` : ""}`, location: 0, subject: null }, where, null);
       }
     }
-    for (const raw of statementFindings(statement.node, statement.offset, migration, scope, state)) {
-      const waiver = waivers.find((w) => w.rules.includes(raw.rule) && w.reason);
-      findings.push({
-        rule: raw.rule,
-        migration: migration.id,
-        file: migration.file,
-        ...place(raw.location),
-        message: raw.message,
-        fix: RULES[raw.rule].fix,
-        waived: waiver?.reason ?? null,
-      });
+    for (const raw of statementFindings(statement, migration, scope, state)) {
+      add(raw, place(raw.location), waivers.find((w) => w.rules.includes(raw.rule) && w.reason)?.reason ?? null);
+    }
+  }
+  if (migration.safe === "after_deploy" && onlyExpands(statements)) {
+    add({
+      rule: "phase-suggestion", subject: null, location: statements[0].offset,
+      message: "declared after_deploy, but its SQL only adds (no drop, rename, type change or new constraint): it could run before the deploy and ship a release earlier",
+    }, place(statements[0].offset), null);
+  }
+  return findings;
+}
+
+export interface AnalysisOptions {
+  /** Which migrations to report; all of them are analysed, in dependency order, for what they declare. */
+  report?: (m: Migration) => boolean;
+  /** The live database before the run: decides which findings stop it. Null: every table is assumed live and large. */
+  gate?: Gate | null;
+}
+
+/** Analyses migrations in dependency order, so what one declares (a column type, a validated check) counts for the next. */
+export async function analyzeMigrations(migrations: readonly Migration[], options: AnalysisOptions = {}): Promise<Finding[]> {
+  const state = newAnalysisState();
+  const findings: Finding[] = [];
+  for (const m of dependencyOrder(migrations)) {
+    const found = await analyzeMigration(m, state, options.gate ?? null);
+    if (!options.report || options.report(m)) findings.push(...found);
+  }
+  return findings;
+}
+
+// ---- the gate: what is dangerous on this database, now ----------------------
+
+/** What the database held before the run, read once from the catalog. */
+export interface LiveSchema {
+  /** Tables, views and indexes by key ("users", "app.users"): the table a lock on it falls on, and that table's size. */
+  relations: Map<string, { table: string; bytes: number; heapBytes: number }>;
+  /** Functions by name ("full_name", "app.full_name"). */
+  functions: Set<string>;
+}
+
+export interface Gate {
+  live: LiveSchema;
+  /** `pre` runs before the deploy (phase rules apply); `all` after it. */
+  phase: Phase;
+  /** Tables smaller than this (table, indexes and TOAST) are locked briefly: lock rules on them do not gate. */
+  smallTableBytes: number;
+}
+
+/** 1 MB: rewritten, scanned or indexed in under half a second even on a busy 2-core server (README, "The gate"). */
+export const DEFAULT_SMALL_TABLE_BYTES = 1024 * 1024;
+
+/** Reads the relations and functions of the database, with sizes (pg_total_relation_size is the files' real size, not an estimate). */
+export async function readLiveSchema(db: Queryable): Promise<LiveSchema> {
+  const history = tableOf(db);
+  const own = (sql: string) => `coalesce(to_regclass('${sql.replace(/'/g, "''")}')::oid, 0)`;
+  const rows = await db.query<{ schema: string; name: string; table_schema: string; table_name: string; bytes: string; heap_bytes: string }>(
+    `select n.nspname as schema, c.relname as name, tn.nspname as table_schema, t.relname as table_name,
+            case when t.relkind = 'p' then (select coalesce(sum(pg_total_relation_size(relid)), 0) from pg_partition_tree(t.oid))
+                 else pg_total_relation_size(t.oid) end as bytes,
+            case when t.relkind = 'p' then (select coalesce(sum(pg_relation_size(relid)), 0) from pg_partition_tree(t.oid))
+                 else pg_relation_size(t.oid) end as heap_bytes
+       from pg_class c
+       join pg_namespace n on n.oid = c.relnamespace
+       left join pg_index i on i.indexrelid = c.oid
+       join pg_class t on t.oid = coalesce(i.indrelid, c.oid)
+       join pg_namespace tn on tn.oid = t.relnamespace
+      where c.relkind in ('r', 'p', 'v', 'm', 'i', 'I', 'f')
+        and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_toast'
+        and t.oid not in (${own(history.sql)}, ${own(history.lockSql)})`,
+  );
+  const key = (schema: string, name: string) => (schema === "public" ? name : `${schema}.${name}`);
+  const functions = await db.query<{ schema: string; name: string }>(
+    `select n.nspname as schema, p.proname as name from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+      where n.nspname not in ('pg_catalog', 'information_schema')`,
+  );
+  return {
+    relations: new Map(rows.map((r) => [key(r.schema, r.name), { table: key(r.table_schema, r.table_name), bytes: Number(r.bytes), heapBytes: Number(r.heap_bytes) }])),
+    functions: new Set(functions.map((f) => key(f.schema, f.name))),
+  };
+}
+
+/** `1.5 MB`, `640 kB`: sizes as pg_size_pretty writes them (1024-based). */
+export function formatSize(bytes: number): string {
+  const units = ["bytes", "kB", "MB", "GB", "TB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${Number.isInteger(value) ? value : value.toFixed(1)} ${units[unit]}`;
+}
+
+/** `10MB`, `512kB`, `1GB`, `0` -> bytes; null when it is not a size. */
+export function parseSize(text: string): number | null {
+  const match = /^(\d+(?:\.\d+)?)\s*(b|bytes|kb|mb|gb|tb)?$/i.exec(text.trim());
+  if (!match) return null;
+  const unit = ["b", "kb", "mb", "gb", "tb"].indexOf((match[2] ?? "b").toLowerCase().replace("bytes", "b"));
+  return Math.round(Number(match[1]) * 1024 ** unit);
+}
+
+/**
+ * Why a finding does not stop this run, or null when it does. Without a live
+ * database every finding but information gates. With one: an object that did
+ * not exist before the run was created by it (nothing depends on it yet); a
+ * phase rule gates only before the deploy; a lock rule only on a table at
+ * least `smallTableBytes` large.
+ */
+export function gateReason(f: Finding, gate: Gate | null): string | null {
+  const rule: Rule = RULES[f.rule];
+  if (rule.kind === "info") return "information only";
+  if (!gate || rule.kind === "failure" || rule.kind === "waiver") return null;
+  const { live } = gate;
+  if (f.subject === null) return live.relations.size === 0 ? "the database had no tables before this run" : null;
+  const relation = live.relations.get(f.subject);
+  const schema = [...live.relations.keys()].some((k) => k.startsWith(`${f.subject}.`));
+  if (!relation && !live.functions.has(f.subject) && !schema) return `${f.subject} did not exist before this run`;
+  const bytes = relation?.bytes ?? 0;
+  if (f.rule === "not-null-column-without-default" && gate.phase === "all") {
+    return relation && relation.heapBytes === 0 ? `${relation.table} is empty` : null;
+  }
+  if (rule.kind === "phase") {
+    const everyPhase = f.rule === "rename-table" || f.rule === "rename-column";
+    return gate.phase === "all" && !everyPhase ? "--all runs after the deploy: no old code is left to break" : null;
+  }
+  if (relation && bytes < gate.smallTableBytes) {
+    return `${relation.table} is small (${formatSize(bytes)}, below --small-table ${formatSize(gate.smallTableBytes)}): the lock is held briefly`;
+  }
+  return null;
+}
+
+// ---- down sections ------------------------------------------------------------
+
+/**
+ * Checks a migration's down section the way it will run during a rollback:
+ * it must parse, and CONCURRENTLY, VACUUM or BEGIN/COMMIT must match the down's
+ * own `transaction:` setting. Exported for `--check` too.
+ */
+export async function analyzeDown(migration: Migration): Promise<Finding[]> {
+  const down = migration.down;
+  if (!down || down.sql.trim() === "") return [];
+  const finding = (rule: RuleId, message: string, where: { line: number; column: number }): Finding => ({
+    rule, migration: migration.id, file: migration.file, ...where, message: `down section: ${message}`, fix: RULES[rule].fix,
+    waived: null, subject: null, notGating: null,
+  });
+  let parsed: ParsedSection;
+  try {
+    parsed = await parseSection(down, migration.file);
+  } catch (error) {
+    if (!(error instanceof InputError)) throw error;
+    const line = Number(/:(\d+): /.exec(error.message)?.[1] ?? down.line);
+    return [finding("syntax-error", error.message.replace(/^.*?: SQL syntax error: /, "SQL syntax error: "), { line, column: 1 })];
+  }
+  const findings: Finding[] = [];
+  for (const { node, offset } of parsed.statements) {
+    const [kind, body] = Object.entries(node)[0] as [string, Node];
+    const concurrently = body.concurrent || (kind === "ReindexStmt" && (body.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently")) ||
+      (kind === "VacuumStmt" && body.is_vacuumcmd);
+    if (concurrently && down.transaction) {
+      findings.push(finding("concurrently-in-transaction", `${statementWords(kind)} cannot run inside a transaction: the rollback would fail`, parsed.place(offset)));
+    }
+    if (kind === "TransactionStmt" && down.transaction && TRANSACTION_CONTROL.has(body.kind)) {
+      findings.push(finding("transaction-control", `${body.kind.replace("TRANS_STMT_", "")} inside a down section safemigrate runs in one transaction: it commits part of the rollback`, parsed.place(offset)));
     }
   }
   return findings;
 }
 
-/** Analyses migrations in dependency order, so what one proves (a validated NOT NULL check) counts for the next. */
-export async function analyzeMigrations(migrations: readonly Migration[]): Promise<Finding[]> {
-  const state = newAnalysisState();
-  const findings: Finding[] = [];
-  for (const m of dependencyOrder(migrations)) findings.push(...(await analyzeMigration(m, state)));
-  return findings;
-}
+const statementWords = (kind: string): string =>
+  ({ IndexStmt: "CREATE INDEX CONCURRENTLY", DropStmt: "DROP INDEX CONCURRENTLY", ReindexStmt: "REINDEX CONCURRENTLY", VacuumStmt: "VACUUM" })[kind] ?? kind;
 
 // ============================================================================
 // 6. Database adapters
@@ -2662,6 +3094,8 @@ export interface RunResult {
   dryRun: boolean;
   /** Invalid indexes found before the run (left by a failed CREATE INDEX CONCURRENTLY), and whether they were dropped. */
   invalidIndexes: { name: string; definition: string; dropped: boolean }[];
+  /** The analysis of what is (or would be) applied, each finding judged by the gate; a plan keeps the gating ones too. */
+  findings?: Finding[];
 }
 
 export interface LockOptions {
@@ -2687,6 +3121,9 @@ export interface RunOptions extends LockOptions {
   /** Show the plan only: no lock, no history table, no detection. */
   dryRun?: boolean;
   now?: () => Date;
+  /** The gate: tables below this size are locked briefly (--small-table); findings of migrations up to `lintAfter` are not reported. */
+  smallTableBytes?: number;
+  lintAfter?: string | null;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -3336,7 +3773,10 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
     planRun({ migrations, history, now: now(), mode: options.mode, phase: options.phase });
   if (options.dryRun) {
     const invalidIndexes = (await findInvalidIndexes(db)).map((index) => ({ ...index, dropped: false }));
-    return { plan: plan(await readHistory(db)), applied: [], dryRun: true, invalidIndexes };
+    const planned = plan(await readHistory(db));
+    const gate = options.lint !== false && !planned.refused && planned.apply.length > 0;
+    const findings = gate ? await gateFindings(db, migrations, planned.apply, options) : [];
+    return { plan: planned, applied: [], dryRun: true, invalidIndexes, findings };
   }
 
   return await underLock(db, options, async (history) => {
@@ -3350,7 +3790,7 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
     // A syntax error anywhere stops the run before anything is applied (each section is parsed once, then cached).
     for (const m of result.plan.apply) await parseSection(m.up, m.file);
     refuseUnfencedThroughPooler(db, result.plan.apply.map((m) => ({ id: m.id, file: m.file, section: m.up })));
-    if (options.lint !== false) await refuseUnsafe(migrations, result.plan.apply);
+    if (options.lint !== false) result.findings = await refuseUnsafe(db, migrations, result.plan.apply, options);
     result.invalidIndexes = await repairInvalidIndexes(db, Boolean(options.repairInvalidIndexes), options.onEvent);
     result.applied = await applyAll(db, result.plan.apply, options.phase, options);
     await recordDetected(db, result.plan, migrations);
@@ -3361,21 +3801,44 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
 /** Findings that stop a run: raised before anything is applied, exit 2. */
 export class LintError extends InputError {
   readonly findings: Finding[];
-  constructor(findings: Finding[]) {
+  constructor(findings: Finding[], all: readonly Finding[] = findings) {
+    const others = all.filter((f) => !isGating(f)).length;
     super(
-      `refusing to apply: ${plural(findings.length, "unwaived finding")} in migrations about to run:\n` +
+      `refusing to apply: ${plural(findings.length, "gating finding")} in migrations about to run:\n` +
         findings.map((f) => `  ${formatFinding(f)}`).join("\n") +
+        (others > 0 ? `\n(${plural(others, "other finding")} did not gate: waived, or harmless on this database)` : "") +
         `\nFix the migration, waive a finding with "-- safemigrate-ignore: <rule> -- <reason>" above the statement, or pass --no-lint`,
     );
     this.findings = findings;
   }
 }
 
-/** The analysis over every migration (what earlier ones prove counts), reported for those about to run. */
-async function refuseUnsafe(migrations: readonly Migration[], toApply: readonly Migration[]): Promise<void> {
+/** The analysis of the migrations about to run (all of them analysed, so what earlier ones declared counts), judged against the live database. */
+export async function gateFindings(
+  db: Queryable,
+  migrations: readonly Migration[],
+  toApply: readonly Migration[],
+  options: { phase: Phase; smallTableBytes?: number; lintAfter?: string | null },
+): Promise<Finding[]> {
   const ids = new Set(toApply.map((m) => m.id));
-  const findings = (await analyzeMigrations(migrations)).filter((f) => ids.has(f.migration) && f.waived === null);
-  if (findings.length > 0) throw new LintError(findings);
+  const gate: Gate = { live: await readLiveSchema(db), phase: options.phase, smallTableBytes: options.smallTableBytes ?? DEFAULT_SMALL_TABLE_BYTES };
+  return await analyzeMigrations(migrations, { gate, report: (m) => ids.has(m.id) && isLinted(m.id, options.lintAfter ?? null) });
+}
+
+/** Migrations up to `--lint-after` (like strong_migrations' start_after) are analysed but not reported. */
+export const isLinted = (id: string, lintAfter: string | null): boolean => lintAfter === null || compareIds(id, lintAfter) > 0;
+
+/** Raises LintError when a finding gates; returns every finding, for the run to show. */
+async function refuseUnsafe(
+  db: Queryable,
+  migrations: readonly Migration[],
+  toApply: readonly Migration[],
+  options: RunOptions,
+): Promise<Finding[]> {
+  const findings = await gateFindings(db, migrations, toApply, options);
+  const gating = findings.filter(isGating);
+  if (gating.length > 0) throw new LintError(gating, findings);
+  return findings;
 }
 
 /**
@@ -3866,8 +4329,41 @@ export function blockedReport(plan: Plan): string {
   ].join("\n");
 }
 
+/** A run's exit code; a plan's is the one the run would have. */
+export function runExitCode(result: RunResult): number {
+  if (result.plan.refused) return EXIT.blocked;
+  return result.findings?.some(isGating) ? EXIT.invalid : EXIT.ok;
+}
+
+const createdByTheRun = (f: Finding) => /did not exist before this run$|no tables before this run$/.test(f.notGating ?? "");
+
+/**
+ * The gate's findings in a run or plan: in a plan, the refusal the run would
+ * print; then each finding that does not gate, with why, except those on
+ * objects the run itself creates and information, which are counted (a fresh
+ * database has hundreds; --lint lists them).
+ */
+function humanGateFindings(output: Output, result: RunResult): void {
+  const findings = (result.findings ?? []).filter((f) => f.waived === null);
+  const gating = findings.filter(isGating);
+  if (result.dryRun && gating.length > 0) {
+    output.err(red(output, `safemigrate: the run would stop (exit ${EXIT.invalid}), nothing applied: ${new LintError(gating, findings).message}`));
+  }
+  const created = findings.filter(createdByTheRun);
+  const information = findings.filter((f) => RULES[f.rule].kind === "info");
+  for (const f of findings.filter((f) => !isGating(f) && !createdByTheRun(f) && RULES[f.rule].kind !== "info")) {
+    output.out(`  ${yellow(output, "not gating")}  ${f.file}:${f.line}: ${f.rule}: ${f.message} ${dim(output, `(${f.notGating})`)}`);
+  }
+  const counted = [
+    created.length > 0 ? `${plural(created.length, "finding")} on objects this run creates, not gating` : "",
+    information.length > 0 ? `${plural(information.length, "information finding")}` : "",
+  ].filter(Boolean);
+  if (counted.length > 0) output.out(`  ${dim(output, `${counted.join("; ")} (--lint lists them)`)}`);
+}
+
 export function humanRunSummary(output: Output, result: RunResult, total: number, now: Date, showSql = false): void {
   const { plan } = result;
+  humanGateFindings(output, result);
   if (result.dryRun) {
     output.out(`plan for --${plan.phase}${plan.phase === "pre" ? ` (${plan.mode})` : ""}:`);
     for (const index of result.invalidIndexes) {
@@ -3901,7 +4397,9 @@ export function humanRunSummary(output: Output, result: RunResult, total: number
   }
   const pendingAfter = plan.delayed.length + plan.blocked.length;
   const later = pendingAfter > 0 ? `; ${plural(pendingAfter, "migration")} left for --all` : "";
-  if (result.dryRun) {
+  if (result.dryRun && runExitCode(result) !== EXIT.ok) {
+    output.out(`The run would apply nothing and exit ${runExitCode(result)}. Nothing was changed.`);
+  } else if (result.dryRun) {
     output.out(`${plural(plan.apply.length, "migration")} would be applied${later}. Nothing was changed.`);
   } else if (result.applied.length === 0) {
     output.out(`Nothing to apply${later}.`);
@@ -3913,8 +4411,8 @@ export function humanRunSummary(output: Output, result: RunResult, total: number
 export function runResultJson(result: RunResult, database: string): unknown {
   const { plan } = result;
   return {
-    ok: !plan.refused,
-    exitCode: plan.refused ? EXIT.blocked : EXIT.ok,
+    ok: runExitCode(result) === EXIT.ok,
+    exitCode: runExitCode(result),
     command: plan.phase,
     mode: plan.mode,
     database,
@@ -3927,6 +4425,7 @@ export function runResultJson(result: RunResult, database: string): unknown {
     ...(plan.advice ? { advice: plan.advice } : {}),
     detected: result.dryRun ? [] : plan.detect,
     invalidIndexes: result.invalidIndexes,
+    findings: result.findings ?? [],
   };
 }
 
@@ -3948,14 +4447,15 @@ export function humanStatus(output: Output, rows: StatusRow[]): void {
 
 /** `file:line:column: rule: message` and the fix on the next line. */
 export function formatFinding(f: Finding): string {
-  return `${f.file}:${f.line}:${f.column}: ${f.rule}: ${f.message}\n    fix: ${f.fix}` + (f.waived ? `\n    waived: ${f.waived}` : "");
+  return `${f.file}:${f.line}:${f.column}: ${f.rule}: ${f.message}\n    fix: ${f.fix}` + (f.waived ? `\n    waived: ${f.waived}` : "") +
+    (f.notGating && !f.waived ? `\n    not gating: ${f.notGating}` : "");
 }
 
 /** A GitHub Actions workflow command: the finding shows as an annotation on the file in the pull request. */
 export function githubAnnotation(f: Finding): string {
   const escape = (text: string) => text.replace(/%/g, "%25").replace(/\r/g, "%0D").replace(/\n/g, "%0A");
   const property = (text: string) => escape(text).replace(/:/g, "%3A").replace(/,/g, "%2C");
-  return `::error file=${property(f.file)},line=${f.line},col=${f.column},title=${property(`safemigrate ${f.rule}`)}::` +
+  return `::${isGating(f) ? "error" : "notice"} file=${property(f.file)},line=${f.line},col=${f.column},title=${property(`safemigrate ${f.rule}`)}::` +
     escape(`${f.message}. Fix: ${f.fix}`);
 }
 
@@ -4008,7 +4508,8 @@ Usage:
   bun safemigrate.ts --accept-changed <id>  accept the edited up SQL of an applied migration
   bun safemigrate.ts --check            check the files (and, with --database-url, the history) for CI and pre-commit
   bun safemigrate.ts --rehearse         apply, undo and re-apply every migration on a scratch database
-  bun safemigrate.ts --lint             check each migration's SQL against its declared phase and for long locks
+  bun safemigrate.ts --lint [<file>...] check each migration's SQL against its declared phase and for long locks
+                                        (named files only, still knowing what earlier migrations declared)
   bun safemigrate.ts --new <name>       create the next migration file, numbered as the directory already is
 
 Options:
@@ -4025,7 +4526,9 @@ Options:
   --lock-wait <time>     how long to wait for another run's lock, e.g. 30s, 5m (default 5m)
   --force                let --sync run in a release environment
   --format <f>           --lint output: human (default), github (Actions annotations) or json
-  --no-lint              let --pre/--all apply migrations with unwaived findings
+  --no-lint              let --pre/--all apply migrations with gating findings
+  --small-table <size>   lock rules do not gate on existing tables smaller than this (default 1MB; 0: every table)
+  --lint-after <id>      report findings only for migrations after <id> (default: env SAFEMIGRATE_LINT_AFTER)
   --lock-timeout <t>     lock_timeout for every statement (default 5s; a file's "-- lock-timeout:" wins)
   --statement-timeout <t>  statement_timeout (default off; a file's "-- statement-timeout:" wins)
   --lock-retries <n>     attempts for a statement that hits lock_timeout (default 5)
@@ -4058,7 +4561,7 @@ const BOOLEAN_FLAGS = [
 ];
 const STRING_FLAGS = [
   "dir", "database-url", "mode", "lock-wait", "rollback", "fake", "baseline", "accept-changed", "format", "lock-timeout",
-  "statement-timeout", "lock-retries", "rerun", "history-table", "direct-url", "lease", "wait", "new",
+  "statement-timeout", "lock-retries", "rerun", "history-table", "direct-url", "lease", "small-table", "lint-after", "wait", "new",
 ];
 /**
  * Options that can be set once for a project instead of on every command
@@ -4104,6 +4607,10 @@ export interface CliOptions {
   format: "human" | "github" | "json";
   /** false with --no-lint. */
   lint: boolean;
+  /** --small-table in bytes, --lint-after, and the files or ids named after --lint. */
+  smallTableBytes: number;
+  lintAfter: string | null;
+  lintOnly: string[];
   repairInvalidIndexes: boolean;
   execution: Omit<ExecutionSettings, "onEvent">;
   /** --rerun: interrupted migrations to run again from their first statement. */
@@ -4229,6 +4736,9 @@ export function parseArgs(
     waitMs: 0,
     format: "human",
     lint: setting("lint")?.value !== false,
+    smallTableBytes: DEFAULT_SMALL_TABLE_BYTES,
+    lintAfter: args["lint-after"] ?? (env.SAFEMIGRATE_LINT_AFTER || null),
+    lintOnly: args.lint === true ? args._.map(String) : [],
     repairInvalidIndexes: Boolean(setting("repair-invalid-indexes")?.value),
     execution: { ...DEFAULT_EXECUTION },
     rerun: [],
@@ -4244,7 +4754,7 @@ export function parseArgs(
   }
   if (args.help) return options;
   if (args.version) return { ...options, command: "version" };
-  if (args._.length > 0) throw new InputError(`unexpected argument "${args._[0]}" (see --help)`);
+  if (args._.length > 0 && args.lint !== true) throw new InputError(`unexpected argument "${args._[0]}" (see --help)`);
   for (const key of STRING_FLAGS) {
     if (Array.isArray(args[key]) && key !== "rerun") throw new InputError(`--${key} is given more than once`);
     const lastIsTheValue = key === "rollback" && args.last;
@@ -4305,6 +4815,11 @@ export function parseArgs(
     if (options.command !== "lint") throw new InputError("--format goes with --lint");
     options.format = args.format;
     options.json ||= args.format === "json";
+  }
+  if (args["small-table"] !== undefined) {
+    const bytes = parseSize(args["small-table"]);
+    if (bytes === null) throw new InputError(`--small-table "${args["small-table"]}" is not a size (like 10MB, 512kB or 0)`);
+    options.smallTableBytes = bytes;
   }
   options.dir = (setting("dir")?.value as string | undefined) ?? options.dir;
   const url = setting("database-url");
@@ -4599,12 +5114,14 @@ export async function main(
           mode: options.mode,
           dryRun: options.plan,
           lint: options.lint,
+          smallTableBytes: options.smallTableBytes,
+          lintAfter: options.lintAfter,
           repairInvalidIndexes: options.repairInvalidIndexes,
           rerun: options.rerun,
         });
         if (json) printJson(runResultJson(result, label));
         else humanRunSummary(output, result, performance.now() - started, new Date(), options.sql);
-        return result.plan.refused ? EXIT.blocked : EXIT.ok;
+        return runExitCode(result);
       }
       case "rollback": {
         const target = options.target ?? { last: true as const };
@@ -4697,24 +5214,60 @@ async function runRehearse(migrations: Migration[], options: CliOptions, output:
   }
 }
 
-/** `--lint`: the deploy-safety analysis over every migration file; no database needed. */
+/**
+ * `--lint`: the deploy-safety analysis, up and down sections. Every migration
+ * is analysed in dependency order (so a file is judged knowing what earlier
+ * ones declared); findings are reported for the migrations named on the
+ * command line (all by default), after `--lint-after`, and, with
+ * --database-url, only for pending ones, judged as `--pre` would judge them.
+ */
 async function runLint(migrations: Migration[], options: CliOptions, output: Output): Promise<number> {
-  const findings = await analyzeMigrations(migrations);
-  const open = findings.filter((f) => f.waived === null);
-  const exitCode = open.length === 0 ? EXIT.ok : EXIT.invalid;
+  const named = lintTargets(migrations, options);
+  let applied = new Set<string>();
+  let gate: Gate | null = null;
+  if (options.databaseUrl) {
+    const db = await connect(withoutCreating(options.databaseUrl), { historyTable: options.historyTable });
+    try {
+      applied = new Set((await readHistory(db)).filter((row) => row.appliedAt !== null).map((row) => row.id));
+      gate = { live: await readLiveSchema(db), phase: "pre", smallTableBytes: options.smallTableBytes };
+    } finally {
+      await db.close();
+    }
+  }
+  const report = (m: Migration) => !applied.has(m.id) && isLinted(m.id, options.lintAfter) && (named === null || named.has(m.id));
+  const reported = migrations.filter(report);
+  const findings = await analyzeMigrations(migrations, { report, gate });
+  for (const m of reported) findings.push(...(await analyzeDown(m)));
+  const gating = findings.filter(isGating);
+  const exitCode = gating.length === 0 ? EXIT.ok : EXIT.invalid;
+  const shown = findings.filter((f) => f.waived === null);
   if (options.format === "json") {
-    output.out(JSON.stringify({ ok: open.length === 0, exitCode, command: "lint", migrations: migrations.length, findings }));
+    output.out(JSON.stringify({ ok: gating.length === 0, exitCode, command: "lint", migrations: reported.length, findings }));
   } else if (options.format === "github") {
-    for (const f of open) output.out(githubAnnotation(f));
+    for (const f of shown) output.out(githubAnnotation(f));
   } else {
-    for (const f of open) output.out(formatFinding(f));
-    const waived = findings.length - open.length;
+    for (const f of shown) output.out(formatFinding(f));
+    const waived = findings.length - shown.length;
+    const other = shown.length - gating.length;
     output.out(
-      (open.length === 0 ? `ok: ${plural(migrations.length, "migration")}, no findings` : `${plural(open.length, "finding")}`) +
-        (waived > 0 ? ` (${waived} waived)` : "") + ".",
+      (gating.length === 0 ? `ok: ${plural(reported.length, "migration")}, no gating findings` : `${plural(gating.length, "gating finding")}`) +
+        (other > 0 ? `, ${other} not gating` : "") + (waived > 0 ? ` (${waived} waived)` : "") + ".",
     );
   }
   return exitCode;
+}
+
+/** The migrations named after `--lint` (as files or ids); null when none are named. */
+function lintTargets(migrations: readonly Migration[], options: CliOptions): Set<string> | null {
+  const ids = migrations.map((m) => m.id);
+  const check = (id: string, what: string) => {
+    if (ids.includes(id)) return id;
+    const meant = closest(id, ids);
+    throw new InputError(`${what} "${id}" is not a migration in ${options.dir}${meant ? ` — did you mean "${meant}"?` : ""}`);
+  };
+  if (options.lintAfter !== null) check(options.lintAfter, "--lint-after");
+  if (options.lintOnly.length === 0) return null;
+  return new Set(options.lintOnly.map((arg) => check(arg.replace(/^.*[\\/]/, "").replace(/\.sql$/, ""), "--lint")));
 }
 
 /**
