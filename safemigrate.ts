@@ -725,7 +725,11 @@ const isApplied = (row: HistoryRow | undefined): boolean => row?.appliedAt != nu
  */
 class Heap<T> {
   private items: T[] = [];
-  constructor(private readonly before: (a: T, b: T) => boolean) {}
+  private readonly before: (a: T, b: T) => boolean;
+  // No parameter properties: Node's type stripping refuses them.
+  constructor(before: (a: T, b: T) => boolean) {
+    this.before = before;
+  }
   get size(): number {
     return this.items.length;
   }
@@ -851,8 +855,10 @@ export interface CheckProblem {
 
 /** An InputError that carries its problems, so --json can hand the fixes to a script. */
 export class CheckError extends InputError {
-  constructor(readonly problems: CheckProblem[]) {
+  readonly problems: CheckProblem[];
+  constructor(problems: CheckProblem[]) {
     super(problems.map((p) => p.message).join("\n"));
+    this.problems = problems;
   }
 }
 
