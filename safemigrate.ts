@@ -2331,14 +2331,42 @@ export const DEFAULT_SMALL_TABLE_BYTES = 1024 * 1024;
 
 /** Reads the relations and functions of the database, with sizes (pg_total_relation_size is the files' real size, not an estimate). */
 export async function readLiveSchema(db: Queryable): Promise<LiveSchema> {
-  const history = tableOf(db);
+  // pg_relation_size takes an ACCESS SHARE lock: a table another session holds exclusively would stall the gate
+  // before anything ran. After a second, read the sizes from the catalog instead, without locks; a table the
+  // catalog knows no size of (never vacuumed or analysed) then counts as big, so it gates.
+  try {
+    return await withLockTimeout(db, (q) => readLiveSchemaWith(q, EXACT_SIZES, tableOf(db)));
+  } catch (error) {
+    if ((error as { code?: string }).code !== LOCK_NOT_AVAILABLE) throw error;
+    return await readLiveSchemaWith(db, CATALOG_SIZES, tableOf(db));
+  }
+}
+
+async function withLockTimeout<T>(db: Queryable, work: (q: Queryable) => Promise<T>): Promise<T> {
+  const transaction = (db as Partial<Connection>).transaction;
+  if (!transaction) return await work(db);
+  return await transaction(async (tx) => {
+    await tx.exec("set local lock_timeout = 1000");
+    return await work(tx);
+  });
+}
+
+const EXACT_SIZES = {
+  bytes: `case when t.relkind = 'p' then (select coalesce(sum(pg_total_relation_size(relid)), 0) from pg_partition_tree(t.oid))
+                 else pg_total_relation_size(t.oid) end`,
+  heap: `case when t.relkind = 'p' then (select coalesce(sum(pg_relation_size(relid)), 0) from pg_partition_tree(t.oid))
+                 else pg_relation_size(t.oid) end`,
+};
+const CATALOG_SIZES = {
+  bytes: `case when t.relpages > 0 then t.relpages::bigint * current_setting('block_size')::int else 'Infinity'::float8 end`,
+  heap: `case when t.relpages > 0 then t.relpages::bigint * current_setting('block_size')::int else 'Infinity'::float8 end`,
+};
+
+async function readLiveSchemaWith(db: Queryable, sizes: { bytes: string; heap: string }, history: HistoryTable): Promise<LiveSchema> {
   const own = (sql: string) => `coalesce(to_regclass('${sql.replace(/'/g, "''")}')::oid, 0)`;
   const rows = await db.query<{ schema: string; name: string; table_schema: string; table_name: string; bytes: string; heap_bytes: string }>(
     `select n.nspname as schema, c.relname as name, tn.nspname as table_schema, t.relname as table_name,
-            case when t.relkind = 'p' then (select coalesce(sum(pg_total_relation_size(relid)), 0) from pg_partition_tree(t.oid))
-                 else pg_total_relation_size(t.oid) end as bytes,
-            case when t.relkind = 'p' then (select coalesce(sum(pg_relation_size(relid)), 0) from pg_partition_tree(t.oid))
-                 else pg_relation_size(t.oid) end as heap_bytes
+            (${sizes.bytes})::float8 as bytes, (${sizes.heap})::float8 as heap_bytes
        from pg_class c
        join pg_namespace n on n.oid = c.relnamespace
        left join pg_index i on i.indexrelid = c.oid

@@ -51,7 +51,7 @@ describe(`every --json result matches schema/output.schema.json (${backend.name}
     };
 
     await json(["--check"], 0);
-    expect((await json(["--lint"], 0)).findings[0]).toMatchObject({ rule: "drop-column", waived: "the old code never reads it" });
+    expect((await json(["--lint"], 0)).findings).toContainEqual(expect.objectContaining({ rule: "drop-column", waived: "the old code never reads it" }));
     expect((await json(["--rehearse"], 2)).problems[0]).toMatchObject({ id: "0003_c", kind: "down does not restore" });
     // The down SQL is not part of the checksum: fix it for what follows.
     writeFileSync(join(dir, "0003_c.sql"), "-- safe: before_deploy\n-- depends: 0002_b\ncreate table c (id int);\n-- migrate:down\ndrop table c;\n");
