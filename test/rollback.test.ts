@@ -216,7 +216,8 @@ for (const backend of BACKENDS) {
       expect(error).toBeInstanceOf(InputError);
       expect((error as InputError).exitCode).toBe(2);
       expect(error.message).toContain("cannot roll back 0002_email: 0002_email (");
-      expect(error.message).toContain(`has no "-- migrate:down" section. Nothing was changed.`);
+      expect(error.message).toContain(`has no "-- migrate:down" section`);
+      expect(error.message).toEndWith("Nothing was changed.");
       expect(await columns(db, "users")).toEqual(["id", "email"]);
       expect(await historySnapshot(db)).toEqual(before);
     });
@@ -514,7 +515,7 @@ for (const backend of BACKENDS) {
       expect(await userTables(db)).toEqual(["users"]);
 
       const accepted = await acceptChanged(db, edited, "0001_users");
-      expect(accepted).toEqual({ id: "0001_users", from: original[0].checksum, to: edited[0].checksum });
+      expect(accepted).toEqual({ id: "0001_users", from: original[0].checksum, to: edited[0].checksum, downRefreshed: true });
       const row = (await readHistory(db)).find((r) => r.id === "0001_users")!;
       expect(row.checksum).toBe(edited[0].checksum);
       expect(row.downSql).toBe("-- migrate:down\ndrop table users;");
@@ -672,7 +673,8 @@ for (const backend of BACKENDS) {
         const run = await cli(dir, url, args);
         expectExit(run, 2);
         expect(run.stderr).toContain("0002_email");
-        expect(run.stderr).toContain(`has no "-- migrate:down" section. Nothing was changed.`);
+        expect(run.stderr).toContain(`has no "-- migrate:down" section`);
+        expect(run.stderr).toContain("Nothing was changed.");
       }
       await withDb(url, async (db) => {
         expect(await columns(db, "users")).toEqual(["id", "email"]);
