@@ -1,0 +1,11 @@
+import { connect, readMigrations, rehearse, SchemaTracker } from "./safemigrate.ts";
+const admin = await connect("postgres://postgres@127.0.0.1:5432/postgres");
+await admin.exec("drop database if exists prof_rh with (force)"); await admin.exec("create database prof_rh");
+const db = await connect("postgres://postgres@127.0.0.1:5432/prof_rh");
+let refreshMs = 0, n = 0;
+const orig = SchemaTracker.prototype.refresh;
+SchemaTracker.prototype.refresh = async function () { const t = performance.now(); try { return await orig.call(this); } finally { refreshMs += performance.now() - t; n++; } };
+const t = performance.now();
+const r = await rehearse(db, readMigrations(process.argv[2]), {});
+console.log(`total ${(performance.now() - t).toFixed(0)} ms, refresh ${refreshMs.toFixed(0)} ms in ${n}, problems ${r.problems.length}`, process.memoryUsage().rss / 1e6, "MB");
+await db.close(); await admin.exec("drop database prof_rh with (force)"); await admin.close();
