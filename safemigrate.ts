@@ -2703,7 +2703,7 @@ function lineDiff(before: string, after: string): string[] {
   let j = 0;
   while (i < a.length || j < b.length) {
     if (i < a.length && j < b.length && a[i] === b[j]) ops.push({ mark: " ", line: a[i++] }), j++;
-    else if (j < b.length && (i === a.length || lcs[i][j + 1] >= lcs[i + 1][j])) ops.push({ mark: "+", line: b[j++] });
+    else if (j < b.length && (i === a.length || lcs[i][j + 1] > lcs[i + 1][j])) ops.push({ mark: "+", line: b[j++] });
     else ops.push({ mark: "-", line: a[i++] });
   }
   const near = (k: number) => ops.slice(Math.max(0, k - 1), k + 2).some((op) => op.mark !== " ");
