@@ -72,7 +72,7 @@ for (const backend of BACKENDS) {
       const failed = await failure(rollback(db, readMigrations(dir), "0002_idx", {}));
       expect(failed).toBeInstanceOf(StoppedMidway);
       expect(failed.message).toContain(`constraint "users_id_idx" of relation "users" does not exist`);
-      expect(failed.message).toContain("nothing of this down took effect (its transaction was rolled back); 0002_idx stays applied");
+      expect(failed.message).toContain("nothing of it took effect; 0002_idx stays applied");
       expect(failed.message).not.toContain("it was rolled back");
       expect(await appliedIds(db)).toEqual(["0001_users", "0002_idx"]);
 
@@ -203,7 +203,7 @@ for (const backend of BACKENDS) {
       expect(report.reverted.map((r: { id: string }) => r.id)).toEqual(ids(30, 16));
       expect(report.failed).toEqual({ id: "0015_t15", action: "revert", source: join(dir, "0015_t15.sql"), tookEffect: "nothing" });
       expect(report.notReached).toEqual(ids(14, 1).map((id) => ({ id, action: "revert" })));
-      expect(report.error).toContain("nothing of this down took effect (its transaction was rolled back); 0015_t15 stays applied");
+      expect(report.error).toContain("nothing of it took effect; 0015_t15 stays applied");
       await withDb(url, async (db) => {
         expect(await appliedIds(db)).toEqual(ids(1, 15));
         // Transactional: the first statement of the failed down did not take effect either.
@@ -232,7 +232,7 @@ for (const backend of BACKENDS) {
       const error = await failure(rollback(db, readMigrations(dir), "0001_t1", {}));
       expect(error).toBeInstanceOf(DatabaseError);
       expect(error.message).toContain(
-        "this down runs without a transaction: statements 1 to 1 of 2 (lines 4) took effect and stay; 0002_t2 stays recorded as applied",
+        "the statements before it (lines 4) took effect and stay; 0002_t2 stays recorded as applied",
       );
       expect(error.message).not.toContain("it is not recorded");
       expect((error as StoppedMidway).progress.failed).toMatchObject({ id: "0002_t2", tookEffect: "statements 1 to 1 of 2 (lines 4)" });
