@@ -7,7 +7,6 @@
 import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
   acceptChanged,
-  connect,
   type Database,
   type HistoryRow,
   InputError,
@@ -22,7 +21,7 @@ import {
   sync,
   syncPlan,
 } from "../safemigrate.ts";
-import { ALL, appliedIds, BACKENDS, cleanup, type CliRun, columns, failure, migration, migrationsDir, open, runCli, tables } from "./helpers.ts";
+import { ALL, appliedIds, BACKENDS, cleanup, type CliRun, columns, failure, migration, migrationsDir, open, runCli, tables, withDb } from "./helpers.ts";
 
 // Real databases and CLI processes: bun's 5 s default is too short for a PGlite start on a busy machine.
 setDefaultTimeout(60_000);
@@ -70,15 +69,6 @@ function recorder() {
   };
 }
 
-/** Opens a database only for the duration of `work`: an embedded one has one owner at a time (the CLI is another). */
-async function withDb<T>(url: string, work: (db: Database) => Promise<T>): Promise<T> {
-  const db = await connect(url);
-  try {
-    return await work(db);
-  } finally {
-    await db.close();
-  }
-}
 
 /** A three-step chain with default dependencies: 0001 <- 0002 <- 0003. */
 const CHAIN = {

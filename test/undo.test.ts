@@ -9,8 +9,6 @@ import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   acceptChanged,
-  connect,
-  type Database,
   DatabaseError,
   InputError,
   migrate,
@@ -20,7 +18,7 @@ import {
   StoppedMidway,
   sync,
 } from "../safemigrate.ts";
-import { ALL, appliedIds, BACKENDS, cleanup, type CliRun, failure, migrationsDir, open, runCli, tables } from "./helpers.ts";
+import { ALL, appliedIds, BACKENDS, cleanup, type CliRun, failure, migrationsDir, open, runCli, tables, withDb } from "./helpers.ts";
 
 setDefaultTimeout(120_000);
 afterEach(cleanup);
@@ -34,14 +32,6 @@ function expectExit(run: CliRun, code: number): void {
   }
 }
 
-async function withDb<T>(url: string, work: (db: Database) => Promise<T>): Promise<T> {
-  const db = await connect(url);
-  try {
-    return await work(db);
-  } finally {
-    await db.close();
-  }
-}
 
 const USERS = "create table users (id int primary key);\n-- migrate:down\ndrop table users;";
 /** crates.io's mistake: dropping a unique index as if it were a constraint. */
