@@ -19,13 +19,20 @@
  *   8. output (human, JSON, GitHub annotations)
  *   9. the command line
  *
- * Runs under Bun (`bun safemigrate.ts`) and Deno (`deno run -A safemigrate.ts`).
+ * Runs under Bun (`bun safemigrate.ts`), Deno (`deno run -A safemigrate.ts`) and
+ * Node 22.18+ (`node safemigrate.ts`, which strips types only: so no enums,
+ * namespaces or constructor parameter properties in this file).
  */
 import { createHash } from "node:crypto";
+import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import process from "node:process";
+// The output's edge (section 9): synchronous writes that survive pipes, and finding the main module on every runtime.
+import { realpathSync, statSync, writeSync } from "node:fs";
+import { isatty } from "node:tty";
+import { pathToFileURL } from "node:url";
 import mri from "mri";
 import postgres from "postgres";
 
@@ -137,9 +144,12 @@ export interface HistoryRow {
 
 /** An error meant for the user: one readable message and the exit code it maps to. */
 export class SafemigrateError extends Error {
-  constructor(message: string, readonly exitCode: number) {
+  // Declared fields, not constructor parameter properties: Node runs this file by stripping types only.
+  readonly exitCode: number;
+  constructor(message: string, exitCode: number) {
     super(message);
     this.name = "SafemigrateError";
+    this.exitCode = exitCode;
   }
 }
 
@@ -301,6 +311,33 @@ function isValidValue(key: Directive, value: string): boolean {
   }
 }
 
+/**
+ * The ids of a `depends:` line. They are separated by commas, not whitespace,
+ * because real ids contain spaces (crates.io's
+ * `2019-11-15-182353_Add email notifications to crate owners`); an id with a
+ * comma or a quote is written in double (or single) quotes, the quote itself
+ * doubled inside. Optional `[ ]` around the list; `[]` is none.
+ */
+export function dependsList(value: string, where: string): string[] {
+  const text = value.trim().replace(/^\[([^]*)\]$/, "$1");
+  const item = /\s*(?:"((?:[^"]|"")*)"|'((?:[^']|'')*)'|([^,"']*?))\s*(,|$)/y;
+  const ids: string[] = [];
+  for (item.lastIndex = 0; item.lastIndex < text.length;) {
+    const at = item.lastIndex;
+    const match = item.exec(text);
+    if (!match) {
+      throw new InputError(
+        `${where}: cannot read "depends: ${value}" at "${text.slice(at)}" — separate ids with commas and close every quote ` +
+          `(an id with a comma or a quote goes in double quotes, a quote inside doubled: "a ""b""")`,
+      );
+    }
+    const id = match[1]?.replace(/""/g, '"') ?? match[2]?.replace(/''/g, "'") ?? match[3];
+    if (id !== "") ids.push(id);
+    if (match[4] === "") break;
+  }
+  return ids;
+}
+
 function applyDirective(
   parsed: ParsedDirectives,
   key: Directive,
@@ -324,8 +361,7 @@ function applyDirective(
       return;
     }
     case "depends": {
-      const list = value.replace(/^\[|\]$/g, "").split(/[\s,]+/).filter(Boolean);
-      parsed.depends = { value: list.map((id) => id.replace(/\.sql$/, "")), line };
+      parsed.depends = { value: dependsList(value, where).map((id) => id.replace(/\.sql$/, "")), line };
       return;
     }
     case "delay": {
@@ -487,7 +523,8 @@ export function readMigrations(dir: string): Migration[] {
     throw new InputError(`migrations directory ${dir} does not exist (set it with --dir)`);
   }
   const names = readdirSync(dir, { withFileTypes: true })
-    .filter((entry) => entry.isFile() && entry.name.endsWith(".sql"))
+    // Symlinks count: a Kubernetes ConfigMap volume presents each file as a link into its ..data directory.
+    .filter((entry) => entry.name.endsWith(".sql") && (entry.isFile() || (entry.isSymbolicLink() && statSync(join(dir, entry.name)).isFile())))
     .map((entry) => entry.name.slice(0, -".sql".length))
     .sort(compareIds);
 
@@ -588,9 +625,51 @@ async function parseSectionUncached(section: SqlSection, file: string): Promise<
 const isApplied = (row: HistoryRow | undefined): boolean => row?.appliedAt != null;
 
 /**
+ * A binary heap: the planners take "the smallest ready id" or "the newest
+ * applied free migration" thousands of times, which a sorted array re-spliced
+ * on every insert turns quadratic.
+ */
+class Heap<T> {
+  private items: T[] = [];
+  constructor(private readonly before: (a: T, b: T) => boolean) {}
+  get size(): number {
+    return this.items.length;
+  }
+  push(item: T): void {
+    const items = this.items;
+    items.push(item);
+    for (let i = items.length - 1; i > 0;) {
+      const parent = (i - 1) >> 1;
+      if (!this.before(items[i], items[parent])) break;
+      [items[i], items[parent]] = [items[parent], items[i]];
+      i = parent;
+    }
+  }
+  pop(): T | undefined {
+    const items = this.items;
+    const top = items[0];
+    const last = items.pop();
+    if (items.length === 0 || last === undefined) return top;
+    items[0] = last;
+    for (let i = 0; ;) {
+      const left = 2 * i + 1;
+      const right = left + 1;
+      let first = i;
+      if (left < items.length && this.before(items[left], items[first])) first = left;
+      if (right < items.length && this.before(items[right], items[first])) first = right;
+      if (first === i) break;
+      [items[i], items[first]] = [items[first], items[i]];
+      i = first;
+    }
+    return top;
+  }
+}
+
+/**
  * Orders migrations so every one comes after its dependencies, ties broken by
  * id. Dependencies outside `migrations` (already applied, or missing) are
- * ignored here; `consistencyProblems` reports the missing ones.
+ * ignored here; `consistencyProblems` reports the missing ones. Kahn's
+ * algorithm with a heap of ready ids: n log n.
  */
 export function dependencyOrder(migrations: readonly Migration[]): Migration[] {
   const byId = new Map(migrations.map((m) => [m.id, m]));
@@ -599,59 +678,156 @@ export function dependencyOrder(migrations: readonly Migration[]): Migration[] {
   for (const m of migrations) {
     const inSet = [...new Set(m.depends)].filter((d) => byId.has(d));
     waitingOn.set(m.id, inSet.length);
-    for (const d of inSet) dependents.set(d, [...(dependents.get(d) ?? []), m.id]);
+    for (const d of inSet) {
+      const list = dependents.get(d);
+      if (list) list.push(m.id);
+      else dependents.set(d, [m.id]);
+    }
   }
-  // Ready ids kept sorted descending so pop() yields the smallest id.
-  const ready = migrations.filter((m) => waitingOn.get(m.id) === 0).map((m) => m.id).sort((a, b) => compareIds(b, a));
+  const ready = new Heap<string>((a, b) => compareIds(a, b) < 0);
+  for (const m of migrations) if (waitingOn.get(m.id) === 0) ready.push(m.id);
   const ordered: Migration[] = [];
-  while (ready.length > 0) {
+  while (ready.size > 0) {
     const id = ready.pop()!;
     ordered.push(byId.get(id)!);
     for (const dependent of dependents.get(id) ?? []) {
       const left = waitingOn.get(dependent)! - 1;
       waitingOn.set(dependent, left);
-      if (left === 0) {
-        const at = ready.findIndex((r) => compareIds(r, dependent) < 0);
-        ready.splice(at < 0 ? ready.length : at, 0, dependent);
-      }
+      if (left === 0) ready.push(dependent);
     }
   }
   return ordered;
 }
 
-/** One cycle among the migrations, as a list of ids ending where it started; null if none. */
+/**
+ * One cycle among the migrations, as a list of ids ending where it started;
+ * null if none. Depth-first with an explicit stack, so a chain of 10,000
+ * migrations does not exhaust the call stack.
+ */
 export function findCycle(migrations: readonly Migration[]): string[] | null {
   const byId = new Map(migrations.map((m) => [m.id, m]));
   const state = new Map<string, "visiting" | "done">();
-  const path: string[] = [];
-  const visit = (id: string): string[] | null => {
-    if (state.get(id) === "done") return null;
-    if (state.get(id) === "visiting") return [...path.slice(path.indexOf(id)), id];
-    state.set(id, "visiting");
-    path.push(id);
-    for (const d of byId.get(id)!.depends) {
-      if (!byId.has(d)) continue;
-      const cycle = visit(d);
-      if (cycle) return cycle;
+  for (const start of migrations) {
+    if (state.has(start.id)) continue;
+    const path: string[] = [start.id];
+    const next: number[] = [0];
+    state.set(start.id, "visiting");
+    while (path.length > 0) {
+      const id = path[path.length - 1];
+      const depends = byId.get(id)!.depends;
+      const i = next[next.length - 1]++;
+      if (i >= depends.length) {
+        state.set(id, "done");
+        path.pop();
+        next.pop();
+        continue;
+      }
+      const d = depends[i];
+      if (!byId.has(d) || state.get(d) === "done") continue;
+      if (state.get(d) === "visiting") return [...path.slice(path.indexOf(d)), d];
+      state.set(d, "visiting");
+      path.push(d);
+      next.push(0);
     }
-    path.pop();
-    state.set(id, "done");
-    return null;
-  };
-  for (const m of migrations) {
-    const cycle = visit(m.id);
-    if (cycle) return cycle;
   }
   return null;
+}
+
+/**
+ * One mechanical edit that resolves a problem, so a person, an editor or a
+ * script can apply it without interpreting prose: replace a line, insert one
+ * (1-based; the new line becomes that line), or rename the file (a path in the
+ * same directory).
+ */
+export type Edit =
+  | { file: string; line: number; replace: string }
+  | { file: string; line: number; insert: string }
+  | { file: string; rename: string };
+
+/**
+ * A problem found before anything runs. `fix` is the one edit after which the
+ * same command passes; null where only a person can decide (a cycle, drift).
+ * Warnings are printed and do not fail --check.
+ */
+export interface CheckProblem {
+  level: "error" | "warning";
+  message: string;
+  fix: Edit | null;
+}
+
+/** An InputError that carries its problems, so --json can hand the fixes to a script. */
+export class CheckError extends InputError {
+  constructor(readonly problems: CheckProblem[]) {
+    super(problems.map((p) => p.message).join("\n"));
+  }
+}
+
+/** A `depends:` line for these ids; an id that a plain list would misread goes in quotes. */
+export function dependsLineFor(ids: readonly string[]): string {
+  const quote = (id: string) => (/[,"'\[\]]|^\s|\s$/.test(id) || id === "" ? `"${id.replace(/"/g, '""')}"` : id);
+  return `-- depends: ${ids.length === 0 ? "[]" : ids.map(quote).join(", ")}`;
+}
+
+/** The edit that makes `m` declare exactly `ids`: its own depends: line replaced, or one inserted at the top. */
+export function setDepends(m: Migration, ids: readonly string[]): Edit {
+  const text = dependsLineFor(ids);
+  return m.dependsLine === null ? { file: m.file, line: 1, insert: text } : { file: m.file, line: m.dependsLine, replace: text };
+}
+
+/** The edit in words, for the human output. */
+export function describeEdit(edit: Edit): string {
+  if ("rename" in edit) return `rename ${edit.file} -> ${edit.rename}`;
+  if ("replace" in edit) return `in ${edit.file}, replace line ${edit.line} with: ${edit.replace}`;
+  return `in ${edit.file}, insert as line ${edit.line}: ${edit.insert}`;
+}
+
+/**
+ * The version at the start of an id: the digit groups before the name
+ * (`0042` of `0042_add_orders`, `2024-01-01-000000` of
+ * `2024-01-01-000000_a`, `20240105093000` of `20240105093000-import-x-2`).
+ */
+export const versionOf = (id: string): string | null => /^\d+(?:[-_]\d+(?=[-_.]|$))*/.exec(id)?.[0] ?? null;
+
+/**
+ * New names for files that must sort after everything known, in the
+ * directory's own style: the version one past the highest (same width and
+ * separators), then the file's own separator and name, case kept.
+ */
+export function newNames(migrations: readonly Migration[], history: readonly HistoryRow[]): (m: Migration) => string {
+  const versions = [...migrations.map((m) => m.id), ...history.map((row) => row.id)].map(versionOf).filter((v): v is string => v !== null);
+  const digits = (v: string) => BigInt(v.replace(/\D/g, ""));
+  let last = versions.reduce<string | null>((max, v) => (max === null || digits(v) > digits(max) ? v : max), null);
+  return (m) => {
+    const own = versionOf(m.id);
+    const shape = last ?? own ?? "0000";
+    const width = shape.replace(/\D/g, "").length;
+    const next = String(digits(shape) + 1n).padStart(width, "0");
+    // Put the separators back where the shape has them: 2024-01-01-000000 -> 2024-01-01-000001.
+    let at = 0;
+    const version = shape.replace(/\d+/g, (group, offset: number) => {
+      const length = group.length + (offset === 0 ? next.length - width : 0); // 9999 + 1 widens the first group
+      return next.slice(at, (at += length));
+    });
+    last = version;
+    const name = own === null ? `_${m.id}` : m.id.slice(own.length);
+    return join(dirname(m.file), `${version}${name}.sql`);
+  };
 }
 
 /**
  * Everything that must stop a run before it starts: unknown dependencies,
  * cycles, applied migrations that depend on pending ones (typical after
  * merging branches), and applied migrations whose up SQL changed.
+ * `rename` allocates new names; --check shares one with treeProblems so
+ * two renames never collide.
  */
-export function consistencyProblems(migrations: readonly Migration[], history: readonly HistoryRow[]): string[] {
-  const problems: string[] = [];
+export function consistencyFindings(
+  migrations: readonly Migration[],
+  history: readonly HistoryRow[],
+  rename = newNames(migrations, history),
+): CheckProblem[] {
+  const problems: CheckProblem[] = [];
+  const error = (message: string, fix: Edit | null = null) => problems.push({ level: "error", message, fix });
   const rows = new Map(history.map((row) => [row.id, row]));
   const files = new Map(migrations.map((m) => [m.id, m]));
 
@@ -659,39 +835,53 @@ export function consistencyProblems(migrations: readonly Migration[], history: r
     for (const d of m.depends) {
       if (files.has(d) || isApplied(rows.get(d))) continue;
       const meant = closest(d, [...files.keys()].filter((id) => id !== m.id));
-      problems.push(
+      const words = d.split(/\s+/);
+      const spaced = words.length > 1 && words.every((w) => files.has(w.replace(/\.sql$/, "")) || isApplied(rows.get(w)));
+      error(
         `${m.file}:${m.dependsLine ?? 1}: depends on "${d}", which is neither a file in the migrations directory nor applied` +
-          (meant ? ` — did you mean "${meant}"?` : ""),
+          (spaced ? ` — separate ids with commas (an id may contain spaces)` : meant ? ` — did you mean "${meant}"?` : ""),
+        spaced ? setDepends(m, m.depends.flatMap((x) => (x === d ? words : [x])))
+          : meant && m.dependsLine !== null ? setDepends(m, m.depends.map((x) => (x === d ? meant : x))) : null,
       );
     }
   }
 
   const cycle = findCycle(migrations);
   if (cycle) {
-    problems.push(
+    error(
       `dependency cycle: ${cycle.join(" -> ")} — each waits for the next, so none can run; ` +
         `remove one of these "depends:" entries (${files.get(cycle[0])!.file})`,
     );
   }
 
+  for (const [pending, appliedAfter] of pendingAmongApplied(migrations, rows)) {
+    const to = rename(pending);
+    error(
+      `inconsistent history: ${appliedAfter.id} is applied, but it depends on ${pending.id}, which is not` +
+        (appliedAfter.depends.includes(pending.id) ? "" : ` (once the pending files between them are renamed)`) +
+        `. This usually happens after merging branches that both added migrations. ` +
+        `Rename ${pending.file} -> ${to} so it sorts after the applied migrations ` +
+        `(if another database already applied it under its old name, roll it back there first)`,
+      { file: pending.file, rename: to },
+    );
+  }
+  if (problems.some((p) => p.fix && "rename" in p.fix)) {
+    problems.push(...renamedReferences(migrations, problems, afterFixes(migrations, problems)));
+  }
   for (const m of migrations) {
-    if (!isApplied(rows.get(m.id))) continue;
-    for (const d of m.depends) {
-      if (files.has(d) && !isApplied(rows.get(d))) {
-        problems.push(
-          `inconsistent history: ${m.id} is applied, but it depends on ${d}, which is not. ` +
-            `This usually happens after merging branches that both added migrations. ` +
-            `Rename ${files.get(d)!.file} so it sorts after the applied migrations, ` +
-            `or declare the real order with "-- depends:" in ${m.file}`,
-        );
-      }
+    if (!isApplied(rows.get(m.id)) || m.dependsLine === null) continue;
+    for (const d of m.depends.filter((d) => files.has(d) && !isApplied(rows.get(d)))) {
+      error(
+        `${m.file}:${m.dependsLine}: inconsistent history: ${m.id} is applied, but its "depends:" names ${d}, which is not: ` +
+          `was the line edited after ${m.id} was applied? Correct it (front-matter is not part of the checksum)`,
+      );
     }
   }
 
   for (const m of migrations) {
     const row = rows.get(m.id);
     if (isApplied(row) && row!.checksum !== null && row!.checksum !== m.checksum) {
-      problems.push(
+      error(
         `${m.file}: the up SQL changed after the migration was applied (checksum ${row!.checksum!.slice(0, 12)} ` +
           `in the database, ${m.checksum.slice(0, 12)} on disk). Applied migrations are not re-run: ` +
           `undo the edit and put the change in a new migration, or, if the edit was on purpose and the schema ` +
@@ -700,6 +890,33 @@ export function consistencyProblems(migrations: readonly Migration[], history: r
     }
   }
   return problems;
+}
+
+export function consistencyProblems(migrations: readonly Migration[], history: readonly HistoryRow[]): string[] {
+  return consistencyFindings(migrations, history).map((p) => p.message);
+}
+
+/**
+ * The pending files an applied one takes as its default parent (the previous
+ * id), each with that applied file. Walking back from the newest: renaming a
+ * pending file makes the file before it the parent, so that one is listed too
+ * if it is pending. Renaming exactly these makes every applied file's parent
+ * applied, in one round.
+ */
+function pendingAmongApplied(migrations: readonly Migration[], rows: Map<string, HistoryRow>): [Migration, Migration][] {
+  const sorted = [...migrations].sort((a, b) => compareIds(a.id, b.id));
+  const found: [Migration, Migration][] = [];
+  let child: Migration | null = null;
+  for (let i = sorted.length - 1; i >= 0; i--) {
+    const m = sorted[i];
+    const applied = isApplied(rows.get(m.id));
+    if (child && !applied) {
+      found.push([m, child]);
+      continue;
+    }
+    child = applied && m.dependsLine === null ? m : null;
+  }
+  return found.reverse();
 }
 
 // ============================================================================
@@ -741,6 +958,8 @@ export interface Plan {
   detect: string[];
   /** strict mode found blocked migrations: apply nothing, record nothing. */
   refused: boolean;
+  /** When refused: the edits that let this release through --pre (see preAdvice). */
+  advice?: CheckProblem[];
 }
 
 export function pendingMigrations(migrations: readonly Migration[], history: readonly HistoryRow[]): Migration[] {
@@ -754,8 +973,8 @@ export function pendingMigrations(migrations: readonly Migration[], history: rea
  * migrations and history are inconsistent (see consistencyProblems).
  */
 export function planRun({ migrations, history, now, mode, phase }: PlanInput): Plan {
-  const problems = consistencyProblems(migrations, history);
-  if (problems.length > 0) throw new InputError(problems.join("\n"));
+  const problems = consistencyFindings(migrations, history);
+  if (problems.length > 0) throw new CheckError(problems);
 
   const rows = new Map(history.map((row) => [row.id, row]));
   const pending = dependencyOrder(pendingMigrations(migrations, history));
@@ -815,6 +1034,7 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   if (mode === "strict" && plan.blocked.length > 0) {
     plan.refused = true;
     plan.apply = [];
+    plan.advice = preAdvice(plan, pending);
     return plan;
   }
   // 6. Start the clock on delayed migrations the first time a --pre run sees them.
@@ -929,27 +1149,49 @@ export function revertSteps(
 ): RevertStep[] {
   const files = new Map(migrations.map((m) => [m.id, m]));
   const rows = new Map(history.filter(isApplied).map((row) => [row.id, row]));
+  // Each applied migration's applied dependents, built once: the walks below are linear.
+  const dependents = new Map<string, string[]>();
+  for (const id of rows.keys()) {
+    for (const d of new Set(dependenciesOf(id, files, rows))) {
+      if (!rows.has(d)) continue;
+      const list = dependents.get(d);
+      if (list) list.push(id);
+      else dependents.set(d, [id]);
+    }
+  }
   const undo = new Set(roots);
-  for (let grew = true; grew;) {
-    grew = false;
-    for (const id of rows.keys()) {
-      if (!undo.has(id) && dependenciesOf(id, files, rows).some((d) => undo.has(d))) {
-        undo.add(id);
-        grew = true;
+  for (const queue = [...undo]; queue.length > 0;) {
+    for (const dependent of dependents.get(queue.pop()!) ?? []) {
+      if (!undo.has(dependent)) {
+        undo.add(dependent);
+        queue.push(dependent);
       }
     }
   }
   // Dependents before what they depend on; among the free ones, the latest applied first.
+  const waitingFor = new Map([...undo].map((id) => [id, (dependents.get(id) ?? []).filter((d) => undo.has(d)).length]));
+  const free = new Heap<HistoryRow>(newerThan);
+  for (const [id, count] of waitingFor) if (count === 0 && rows.has(id)) free.push(rows.get(id)!);
   const steps: RevertStep[] = [];
-  const left = new Set(undo);
+  const left = new Set([...undo].filter((id) => rows.has(id)));
   while (left.size > 0) {
-    const free = [...left].filter((id) => ![...left].some((other) => dependenciesOf(other, files, rows).includes(id)));
-    const next = newestFirst(free.map((id) => rows.get(id)!))[0] ?? rows.get([...left][0])!;
-    left.delete(next.id);
+    // A cycle among applied migrations leaves nothing free: take the first left, as before.
+    const next = free.pop() ?? rows.get(left.values().next().value!)!;
+    if (!left.delete(next.id)) continue;
     steps.push({ id: next.id, ...downFor(next, files.get(next.id)) });
+    for (const d of new Set(dependenciesOf(next.id, files, rows))) {
+      if (!left.has(d)) continue;
+      const count = waitingFor.get(d)! - 1;
+      waitingFor.set(d, count);
+      if (count === 0) free.push(rows.get(d)!);
+    }
   }
   return steps;
 }
+
+/** Applied later; ties (same millisecond, as --baseline records) by id, last first. */
+const newerThan = (a: HistoryRow, b: HistoryRow): boolean =>
+  (b.appliedAt!.getTime() - a.appliedAt!.getTime() || compareIds(b.id, a.id)) < 0;
 
 /** Latest applied first; ties (same millisecond, as --baseline records) by id, last first. */
 function newestFirst(rows: HistoryRow[]): HistoryRow[] {
@@ -1028,60 +1270,204 @@ export function syncPlan(migrations: readonly Migration[], history: readonly His
   return { revert, apply: planRun({ migrations, history: remaining, now, mode: "strict", phase: "all" }).apply };
 }
 
-/** The version number at the start of an id (`0042` of `0042_add_orders`), if it has one. */
-const versionOf = (id: string): string | null => /^(\d+)[_-]/.exec(id)?.[1] ?? null;
+/** Where the files came from in version control (see gitOrigins); null outside a checkout. */
+export interface FileOrigins {
+  /** true when the two files were added on different branches: neither adding commit contains the other. */
+  concurrent(a: Migration, b: Migration): boolean;
+}
+
+export interface TreeContext {
+  history?: readonly HistoryRow[];
+  /** How to tell a merge from a batch; null (not a checkout) turns those findings into warnings. */
+  origins?: FileOrigins | null;
+  rename?: (m: Migration) => string;
+}
 
 /**
- * `--check` on the files alone: what a merge of two branches typically breaks.
- * Exactly one leaf per independent chain (one whose root declares `depends: []`
- * or is the first migration), and no two migrations sharing a version number.
+ * `--check` on the files: what a merge of two branches breaks. Files sharing
+ * a version are a clash only when two branches each added one (files added
+ * together, or one after the other on one branch, run in id order by
+ * design); separate leaves likewise, and never when every leaf declares its
+ * own `depends:` (the heads of a deliberate DAG). Outside a git checkout
+ * both are warnings, since only the history can tell. Each step looks at the
+ * files as the previous steps' fixes leave them, so all fixes apply in one round.
  */
-export function treeProblems(migrations: readonly Migration[]): string[] {
-  const problems: string[] = [];
+export function treeProblems(migrations: readonly Migration[], context: TreeContext = {}): CheckProblem[] {
+  const history = context.history ?? [];
+  const rows = new Map(history.map((row) => [row.id, row]));
+  const origins = context.origins ?? null;
+  const clashes = versionClashes(migrations, rows, origins, context.rename ?? newNames(migrations, history));
+  const renamed = afterFixes(migrations, clashes);
+  const references = renamedReferences(migrations, clashes, renamed);
+  return [...clashes, ...references, ...separateLeaves(afterFixes(renamed, references), rows, origins)];
+}
+
+/** Files sharing a version that two branches each added, each with its rename. */
+function versionClashes(
+  migrations: readonly Migration[],
+  rows: Map<string, HistoryRow>,
+  origins: FileOrigins | null,
+  rename: (m: Migration) => string,
+): CheckProblem[] {
+  const applied = (m: Migration) => isApplied(rows.get(m.id));
+  const problems: CheckProblem[] = [];
   const byVersion = new Map<string, Migration[]>();
   for (const m of migrations) {
     const version = versionOf(m.id);
-    if (version) byVersion.set(version, [...(byVersion.get(version) ?? []), m]);
+    if (version !== null) byVersion.set(version, [...(byVersion.get(version) ?? []), m]);
   }
   for (const [version, same] of byVersion) {
     if (same.length < 2 || same.slice(1).every((m) => m.dependsLine !== null)) continue;
-    const last = migrations[migrations.length - 1].id;
-    const next = String(Number(versionOf(last) ?? version) + 1).padStart(version.length, "0");
-    problems.push(
-      `${same.map((m) => m.id).join(" and ")} share the number ${version}: two branches both added a migration. ` +
-        `Rename the one that is not applied anywhere yet so it sorts last ` +
-        `(${same[same.length - 1].file} -> ${next}_${same[same.length - 1].id.slice(version.length + 1)}.sql), ` +
-        `or declare the order with "-- depends:"`,
-    );
+    if (!origins) {
+      const target = same.findLast((m) => !applied(m));
+      if (!target) continue;
+      const to = rename(target);
+      problems.push({
+        level: "warning",
+        message: `${same.map((x) => x.id).join(", ")} share the version ${version}. This is not a git checkout, so safemigrate cannot ` +
+          `tell files added together (fine: they run in id order) from two branches that each added one. If two branches ` +
+          `did, rename the one not applied anywhere yet so it sorts last: ${target.file} -> ${to}`,
+        fix: { file: target.file, rename: to },
+      });
+      continue;
+    }
+    // Applied files keep their names, and so do files that declare their order; each
+    // pending one in the default order that another branch added is renamed.
+    const fixed = (m: Migration) => applied(m) || m.dependsLine !== null;
+    const kept: Migration[] = [];
+    for (const m of [...same.filter(fixed), ...same.filter((m) => !fixed(m))]) {
+      const other = fixed(m) ? undefined : kept.find((k) => origins.concurrent(k, m));
+      if (!other) {
+        kept.push(m);
+        continue;
+      }
+      const to = rename(m);
+      problems.push({
+        level: "error",
+        message: `${other.id} and ${m.id} share the version ${version} and were added on different branches: two branches both ` +
+          `added a migration. Rename the one not applied anywhere yet so it sorts last: ${m.file} -> ${to}`,
+        fix: { file: m.file, rename: to },
+      });
+    }
   }
+  return problems;
+}
 
-  // Leaves per connected component of the dependency graph.
-  const ids = migrations.map((m) => m.id);
-  const component = new Map(ids.map((id) => [id, id]));
+/**
+ * The migrations as they are once these fixes are applied: renamed files
+ * take their new ids, edited `depends:` lines their new lists, and every
+ * file without one its new default parent (the previous id).
+ */
+export function afterFixes(migrations: readonly Migration[], problems: readonly CheckProblem[]): Migration[] {
+  const byFile = new Map(migrations.map((m) => [m.file, m]));
+  for (const { fix } of problems) {
+    const m = fix && byFile.get(fix.file);
+    if (!fix || !m) continue;
+    byFile.delete(fix.file);
+    const edited: Migration = "rename" in fix
+      ? { ...m, file: fix.rename, id: basename(fix.rename, ".sql") }
+      : { ...m, depends: dependsList(("replace" in fix ? fix.replace : fix.insert).replace(/^--\s*depends:/, ""), fix.file), dependsLine: fix.line };
+    byFile.set(edited.file, edited);
+  }
+  const sorted = [...byFile.values()].sort((a, b) => compareIds(a.id, b.id));
+  return sorted.map((m, i) => (m.dependsLine !== null ? m : { ...m, depends: i === 0 ? [] : [sorted[i - 1].id] }));
+}
+
+/** A `depends:` line naming a file that a rename moves: the same line with the new id. */
+export function renamedReferences(before: readonly Migration[], renames: readonly CheckProblem[], after: readonly Migration[]): CheckProblem[] {
+  const byFile = new Map(before.map((m) => [m.file, m.id]));
+  const newId = new Map(renames.flatMap(({ fix }) => (fix && "rename" in fix ? [[byFile.get(fix.file)!, basename(fix.rename, ".sql")]] : [])));
+  return after.filter((m) => m.dependsLine !== null && m.depends.some((d) => newId.has(d))).map((m) => {
+    const fix = setDepends(m, m.depends.map((d) => newId.get(d) ?? d));
+    return { level: "error", message: `${m.file}:${m.dependsLine}: names ${m.depends.filter((d) => newId.has(d)).join(", ")}, which a rename above moves: ${describeEdit(fix)}`, fix };
+  });
+}
+
+/** Groups of leaves per connected part of the graph that nothing orders, each with the one line that joins them. */
+function separateLeaves(migrations: readonly Migration[], rows: Map<string, HistoryRow>, origins: FileOrigins | null): CheckProblem[] {
+  const byId = new Map(migrations.map((m) => [m.id, m]));
+  const parent = new Map(migrations.map((m) => [m.id, m.id]));
   const find = (id: string): string => {
-    while (component.get(id) !== id) id = component.get(id)!;
-    return id;
+    let root = id;
+    while (parent.get(root) !== root) root = parent.get(root)!;
+    for (let at = id; at !== root;) {
+      const up = parent.get(at)!;
+      parent.set(at, root);
+      at = up;
+    }
+    return root;
   };
   const dependedOn = new Set<string>();
   for (const m of migrations) {
     for (const d of m.depends) {
-      if (!component.has(d)) continue;
+      if (!byId.has(d)) continue;
       dependedOn.add(d);
-      component.set(find(m.id), find(d));
+      parent.set(find(m.id), find(d));
     }
   }
-  const leaves = new Map<string, string[]>();
-  for (const id of ids) {
-    if (dependedOn.has(id)) continue;
-    leaves.set(find(id), [...(leaves.get(find(id)) ?? []), id]);
+  const groups = new Map<string, Migration[]>();
+  for (const m of migrations) {
+    if (!dependedOn.has(m.id)) groups.set(find(m.id), [...(groups.get(find(m.id)) ?? []), m]);
   }
-  for (const group of leaves.values()) {
-    if (group.length < 2) continue;
-    problems.push(
-      `${group.join(", ")} are separate leaves of one dependency chain: nothing orders them, which usually means two ` +
-        `branches each added migrations on the same parent. Make one depend on the other ` +
-        `("-- depends: ${group[0]}" in ${group[group.length - 1]}), or rename it so it sorts last and drop its explicit "depends:"`,
-    );
+  const problems: CheckProblem[] = [];
+  for (const leaves of groups.values()) {
+    if (leaves.length < 2 || leaves.every((m) => m.dependsLine !== null)) continue;
+    if (origins && !leaves.some((a, i) => leaves.slice(i + 1).some((b) => origins.concurrent(a, b)))) continue;
+    // The newest pending leaf lists the others and keeps its own parents: then it is the only leaf.
+    const pending = leaves.filter((m) => !isApplied(rows.get(m.id)));
+    const target = (pending.length > 0 ? pending : leaves).reduce((a, b) => (compareIds(a.id, b.id) > 0 ? a : b));
+    const others = leaves.filter((m) => m !== target).map((m) => m.id);
+    const fix = setDepends(target, [...new Set([...target.depends, ...others])]);
+    problems.push({
+      level: origins ? "error" : "warning",
+      message: `${leaves.map((m) => m.id).join(", ")} are separate leaves of one dependency chain: nothing orders them, which ` +
+        `usually means branches each added migrations on the same parent` +
+        (origins ? "" : " (this is not a git checkout, so safemigrate cannot tell)") +
+        `. Make ${target.id} depend on the other leaves as well as its own parent: ${describeEdit(fix)}`,
+      fix,
+    });
+  }
+  return problems;
+}
+
+/**
+ * What --pre would refuse (strict) or leave for --all: a before_deploy or
+ * always migration that waits behind a pending after_deploy one. When that is
+ * only the default order (no `depends:` line), the fix is the line that
+ * depends on what lies past the after_deploy ones instead; the after_deploy
+ * ones then wait for --all on their own.
+ */
+export function preAdvice(plan: Plan, pending: readonly Migration[]): CheckProblem[] {
+  const byId = new Map(pending.map((m) => [m.id, m]));
+  const held = new Set([...plan.delayed.map((d) => d.id), ...plan.blocked.map((b) => b.id)]);
+  const afterDeploy = (id: string) => held.has(id) && byId.get(id)?.safe === "after_deploy";
+  const past = new Map<string, string[]>();
+  const pastAfterDeploy = (id: string): string[] => {
+    if (!past.has(id)) past.set(id, [...new Set(byId.get(id)!.depends.flatMap((d) => (afterDeploy(d) ? pastAfterDeploy(d) : [d])))]);
+    return past.get(id)!;
+  };
+  const problems: CheckProblem[] = [];
+  for (const m of pending) {
+    const behind = m.depends.filter(afterDeploy);
+    if (m.safe === "after_deploy" || !held.has(m.id) || behind.length === 0) continue;
+    const effect = m.safe === "before_deploy" ? "--pre refuses the release (strict mode) or skips it" : "--pre leaves it for --all";
+    if (m.dependsLine !== null) {
+      problems.push({
+        level: "warning",
+        message: `${m.file}:${m.dependsLine}: ${m.id} is ${m.safe} but declares "depends:" on ${behind.join(", ")} (after_deploy, ` +
+          `not applied), so ${effect}. Ship ${behind.join(", ")} in an earlier release, or drop it from the line if ${m.id} does not need it`,
+        fix: null,
+      });
+      continue;
+    }
+    const fix = setDepends(m, [...new Set(m.depends.flatMap((d) => (afterDeploy(d) ? pastAfterDeploy(d) : [d])))]);
+    problems.push({
+      level: "warning",
+      message: `${m.id} is ${m.safe} but comes after ${behind.join(", ")} (after_deploy, not applied) only by the default order, ` +
+        `so ${effect}. If it does not need ${behind.join(", ")}: ${describeEdit(fix)} — then --pre applies it before the deploy ` +
+        `and --all applies ${behind.join(", ")} after it`,
+      fix,
+    });
   }
   return problems;
 }
@@ -1710,6 +2096,10 @@ const DRIVER_OPTIONS = {
   keep_alive: 30,
   // No array or custom-type parameters are ever sent: skip the catalog query on connect.
   fetch_types: false,
+  // Never named prepared statements, not even the driver's own BEGIN and COMMIT: behind a transaction pooler a
+  // name prepared on one server connection is missing on the next, and a COMMIT that fails that way and is
+  // retried commits an aborted transaction, which is a ROLLBACK that reports success (seen in test/faults.test.ts).
+  prepare: false,
   onnotice: () => {},
 } as const;
 
@@ -2622,7 +3012,8 @@ async function applyAll(db: Database, migrations: readonly Migration[], phase: s
   const applied: AppliedMigration[] = [];
   for (const migration of migrations) {
     const durationMs = await applyMigration(db, migration, phase, executionOf(options));
-    applied.push({ id: migration.id, safe: migration.safe, durationMs });
+    // Whole milliseconds in results (and so in JSON); the event keeps the fraction for the human line.
+    applied.push({ id: migration.id, safe: migration.safe, durationMs: Math.round(durationMs) });
     options.onEvent?.({ type: "applied", migration, durationMs });
   }
   return applied;
@@ -2690,7 +3081,7 @@ async function runSteps(
   for (const [index, step] of revert.entries()) {
     try {
       const durationMs = await revertMigration(db, step, executionOf(options));
-      progress.reverted.push({ id: step.id, durationMs });
+      progress.reverted.push({ id: step.id, durationMs: Math.round(durationMs) });
       options.onEvent?.({ type: "reverted", step, durationMs });
     } catch (error) {
       if (!(error instanceof DatabaseError)) throw error;
@@ -2701,7 +3092,7 @@ async function runSteps(
   for (const [index, migration] of apply.entries()) {
     try {
       const durationMs = await applyMigration(db, migration, phase, executionOf(options));
-      progress.applied.push({ id: migration.id, safe: migration.safe, durationMs });
+      progress.applied.push({ id: migration.id, safe: migration.safe, durationMs: Math.round(durationMs) });
       options.onEvent?.({ type: "applied", migration, durationMs });
     } catch (error) {
       if (!(error instanceof DatabaseError)) throw error;
@@ -2781,12 +3172,14 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
 
 /** Findings that stop a run: raised before anything is applied, exit 2. */
 export class LintError extends InputError {
-  constructor(readonly findings: Finding[]) {
+  readonly findings: Finding[];
+  constructor(findings: Finding[]) {
     super(
       `refusing to apply: ${plural(findings.length, "unwaived finding")} in migrations about to run:\n` +
         findings.map((f) => `  ${formatFinding(f)}`).join("\n") +
         `\nFix the migration, waive a finding with "-- safemigrate-ignore: <rule> -- <reason>" above the statement, or pass --no-lint`,
     );
+    this.findings = findings;
   }
 }
 
@@ -3515,6 +3908,31 @@ async function rehearseRollback(
     });
   }
   return { ids, reverted: tail.length };
+/*
+ * The programmatic API: the CLI's commands for a program (a test setup, a
+ * deploy script), on a Database from connect() and the migrations from
+ * readMigrations(). Thin names over the functions above, documented in the
+ * README; rollback() and rehearse() already have that shape.
+ */
+
+/** What `--pre` or `--all` would do now: apply, delayed, blocked. Changes nothing, takes no lock. */
+export async function plan(db: Database, migrations: readonly Migration[], options: RunOptions): Promise<Plan> {
+  return (await migrate(db, migrations, { ...options, dryRun: true })).plan;
+}
+
+/** `--pre` or `--all`: apply what the plan says under the migration lock; throws a SafemigrateError on failure. */
+export function run(db: Database, migrations: readonly Migration[], options: Omit<RunOptions, "dryRun">): Promise<RunResult> {
+  return migrate(db, migrations, { ...options, dryRun: false });
+}
+
+/** `--status`: every migration from the files or the history, with its state. */
+export async function status(db: Queryable, migrations: readonly Migration[]): Promise<StatusRow[]> {
+  return migrationStatus(migrations, await readHistory(db));
+}
+
+/** `--lint`: every finding of the deploy-safety analysis, waived ones with their reason. No database. */
+export function lint(migrations: readonly Migration[]): Promise<Finding[]> {
+  return analyzeMigrations(migrations);
 }
 
 // ============================================================================
@@ -3525,6 +3943,8 @@ export interface Output {
   out(line: string): void;
   err(line: string): void;
   color: boolean;
+  /** Set by the console output once the reader of stdout or stderr went away (`| head`): the run stops quietly. */
+  closed?: boolean;
 }
 
 const paint = (output: Output, code: number, text: string) => output.color ? `\x1b[${code}m${text}\x1b[0m` : text;
@@ -3568,12 +3988,16 @@ export function humanRunEvent(output: Output, event: RunEvent): void {
 
 export function blockedReport(plan: Plan): string {
   const lines = plan.blocked.map((b) => `  ${b.id} (${b.safe}) is blocked by ${b.blockedBy.join(", ")}`);
+  const fixes = (plan.advice ?? []).map((a) => `  ${a.fix ? `fix: ${describeEdit(a.fix)}` : a.message}`);
   return [
     `refusing to run --pre: ${plural(plan.blocked.length, "migration")} cannot run before the deploy because ` +
     `${plan.blocked.length === 1 ? "it depends" : "they depend"} on migrations that are only safe after it:`,
     ...lines,
-    `Nothing was applied. Apply the blocking migrations first (run --all after the previous deploy), ` +
-    `change their "safe:" if they really are safe before the deploy, or use --mode nonstrict to apply only what is not blocked.`,
+    `Nothing was applied.` + (fixes.length > 0 ? ` Where the dependency is only the default order, declare what the migration really needs:` : ""),
+    ...fixes,
+    `Or change "safe:" of the blocking migrations if they really are safe before the deploy, or use --mode nonstrict to ` +
+    `apply only what is not blocked. Run --all first only if the blocking migrations shipped with an earlier release: ` +
+    `if they are new in this one, --all would apply them under the old code.`,
   ].join("\n");
 }
 
@@ -3619,6 +4043,7 @@ export function runResultJson(result: RunResult, database: string): unknown {
       : { applied: result.applied }),
     delayed: plan.delayed,
     blocked: plan.blocked,
+    ...(plan.advice ? { advice: plan.advice } : {}),
     detected: result.dryRun ? [] : plan.detect,
     invalidIndexes: result.invalidIndexes,
   };
@@ -3773,7 +4198,8 @@ Options:
 
 Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
 2 invalid input (usage, front-matter, dependency graph, checksum drift, a failed check or rehearsal),
-3 strict mode found migrations blocked by after_deploy ones.
+3 strict mode found migrations blocked by after_deploy ones,
+141 the reader of the output went away (| head): the run stopped there.
 `;
 
 const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "lint", "rollback", "fake", "baseline", "accept-changed"] as const;
@@ -4131,6 +4557,8 @@ export async function main(
     }
     return EXIT.ok;
   } catch (error) {
+    // The reader went away (`| head`): stop quietly; whatever the error became on its way up.
+    if (output.closed) return EXIT_OUTPUT_CLOSED;
     const known = error instanceof SafemigrateError;
     const exitCode = known ? error.exitCode : EXIT.failed;
     const message = redact(known ? error.message : `unexpected error: ${(error as Error)?.message ?? error}`);
@@ -4139,6 +4567,7 @@ export async function main(
       printJson({
         ok: false, exitCode, error: message,
         ...(error instanceof LintError ? { findings: error.findings } : {}),
+        ...(error instanceof CheckError ? { problems: error.problems } : {}),
         ...(error instanceof StoppedMidway ? error.progress : {}),
       });
     }
@@ -4207,7 +4636,11 @@ async function runLint(migrations: Migration[], options: CliOptions, output: Out
   return exitCode;
 }
 
-/** `--check`: files (and with --database-url, the history) without changing anything. */
+/**
+ * `--check`: files (and with --database-url, the history) without changing
+ * anything. Every problem comes with its fix as text and, in --json, as an
+ * edit a script can apply.
+ */
 async function runCheck(
   migrations: Migration[],
   options: CliOptions,
@@ -4222,29 +4655,164 @@ async function runCheck(
       await db.close();
     }
   }
-  const problems = [...consistencyProblems(migrations, history), ...treeProblems(migrations)];
+  const all = checkProblems(migrations, history, gitOrigins(options.dir), options.databaseUrl !== null);
+  const errors = all.filter((p) => p.level === "error");
+  const exitCode = errors.length === 0 ? EXIT.ok : EXIT.invalid;
   if (options.json) {
-    output.out(JSON.stringify({ ok: problems.length === 0, exitCode: problems.length ? 2 : 0, command: "check", migrations: migrations.length, problems }));
-  } else if (problems.length === 0) {
-    output.out(`ok: ${plural(migrations.length, "migration")}, front-matter valid, dependency graph complete and acyclic` +
-      (options.databaseUrl ? ", consistent with the database's history" : ""));
-  } else {
-    for (const problem of problems) output.err(`safemigrate: ${problem}`);
+    output.out(JSON.stringify({ ok: errors.length === 0, exitCode, command: "check", migrations: migrations.length, problems: all }));
+    return exitCode;
   }
-  return problems.length === 0 ? EXIT.ok : EXIT.invalid;
+  for (const p of all) {
+    output.err(`safemigrate: ${p.level === "warning" ? "warning: " : ""}${p.message}` + (p.fix ? `\n    fix: ${describeEdit(p.fix)}` : ""));
+  }
+  if (errors.length === 0) {
+    output.out(`ok: ${plural(migrations.length, "migration")}, front-matter valid, dependency graph complete and acyclic` +
+      (options.databaseUrl ? ", consistent with the database's history" : "") +
+      (all.length > 0 ? ` (${plural(all.length, "warning")})` : ""));
+  }
+  return exitCode;
 }
 
-export function consoleOutput(env: Record<string, string | undefined>): Output {
+/**
+ * The problems --check reports, in the order a user fixes them: the history
+ * (the same findings and fixes --all refuses with), the files, and with a
+ * history what --pre would refuse. One name allocator, so no two renames collide.
+ */
+export function checkProblems(
+  migrations: readonly Migration[],
+  history: readonly HistoryRow[],
+  origins: FileOrigins | null,
+  withHistory: boolean,
+): CheckProblem[] {
+  const rename = newNames(migrations, history);
+  const consistency = consistencyFindings(migrations, history, rename);
+  const state = afterFixes(migrations, consistency);
+  const tree = treeProblems(state, { history, origins, rename });
+  const problems = [...consistency, ...tree];
+  if (!withHistory || consistency.some((p) => p.fix === null)) return problems;
+  const final = afterFixes(state, tree);
+  const pre = planRun({ migrations: final, history, now: new Date(), mode: "nonstrict", phase: "pre" });
+  return [...problems, ...preAdvice(pre, pendingMigrations(final, history))];
+}
+
+/**
+ * Tells a merge from a batch with git: a file's adding commit is the newest
+ * `git log --diff-filter=A` entry for it (renames count as adds, so a
+ * renamed file belongs to the commit that renamed it; an uncommitted file
+ * to the change in progress). Two files are concurrent when neither adding
+ * commit is an ancestor of the other. null when `dir` is not in a checkout.
+ */
+export function gitOrigins(dir: string): FileOrigins | null {
+  const git = (...args: string[]) => spawnSync("git", ["-C", dir, ...args], { encoding: "utf8" });
+  let inside: ReturnType<typeof git>;
+  try {
+    inside = git("rev-parse", "--is-inside-work-tree");
+  } catch {
+    return null;
+  }
+  if (inside.status !== 0 || inside.stdout.trim() !== "true") return null;
+  const heads = ["HEAD", ...(git("rev-parse", "-q", "--verify", "MERGE_HEAD").status === 0 ? ["MERGE_HEAD"] : [])];
+  const added = new Map<string, string | null>();
+  const addedBy = (m: Migration): string | null => {
+    if (!added.has(m.file)) {
+      const log = git("log", "--no-renames", "--diff-filter=A", "--format=%H", ...heads, "--", `${m.id}.sql`);
+      added.set(m.file, log.status === 0 ? log.stdout.split("\n")[0] || null : null);
+    }
+    return added.get(m.file)!;
+  };
+  const isAncestor = (a: string, b: string) => git("merge-base", "--is-ancestor", a, b).status === 0;
   return {
-    out: (line) => process.stdout.write(`${redact(line)}\n`),
-    err: (line) => process.stderr.write(`${redact(line)}\n`),
-    color: Boolean(process.stdout.isTTY) && !env.NO_COLOR,
+    concurrent(a, b) {
+      const [x, y] = [addedBy(a), addedBy(b)];
+      return x !== null && y !== null && x !== y && !isAncestor(x, y) && !isAncestor(y, x);
+    },
   };
 }
 
-if (import.meta.main) {
-  const code = await main(process.argv.slice(2));
-  // Let piped output drain before exiting; PGlite keeps handles open otherwise.
-  await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
-  process.exit(code);
+/*
+ * Writing to the terminal or a pipe. Every line is written synchronously and
+ * completely before the program goes on, so process.exit can never cut output:
+ * Bun makes a piped stdout non-blocking and drops what is still queued at exit
+ * (JSON was cut at 64 KB), so a write that meets EAGAIN waits a moment and
+ * tries the rest again. When the reader goes away (EPIPE, as after `| head -1`)
+ * the run stops at that line without a word, like a Unix tool killed by
+ * SIGPIPE, and exits 141 (128 + SIGPIPE), the code a shell shows for those:
+ * the command did not run to its end. Each migration is all or nothing, so
+ * stopping between two lines leaves the history true.
+ */
+
+/** Exit code when the reader of the output went away: what a shell reports for a process killed by SIGPIPE. */
+export const EXIT_OUTPUT_CLOSED = 141;
+
+/** Raised by a write once the reader is gone; main turns it into a quiet exit 141. */
+export class OutputClosedError extends Error {
+  constructor() {
+    super("the reader of the output went away");
+    this.name = "OutputClosedError";
+  }
+}
+
+const pauseCell = new Int32Array(new SharedArrayBuffer(4));
+/** Blocks the thread for `ms`: the output is all this CLI waits for while a slow reader catches up. */
+const pause = (ms: number) => Atomics.wait(pauseCell, 0, 0, ms);
+
+/** Writes all of `text` to `fd`, waiting out a full non-blocking pipe; throws OutputClosedError on EPIPE. */
+export function writeFully(fd: number, text: string): void {
+  const bytes = new TextEncoder().encode(text);
+  let waitMs = 1;
+  for (let offset = 0; offset < bytes.length;) {
+    try {
+      offset += writeSync(fd, bytes, offset, bytes.length - offset);
+      waitMs = 1;
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === "EPIPE") throw new OutputClosedError();
+      if (code !== "EAGAIN" && code !== "EWOULDBLOCK") throw error;
+      pause(waitMs);
+      waitMs = Math.min(waitMs * 2, 50);
+    }
+  }
+}
+
+export function consoleOutput(env: Record<string, string | undefined>): Output {
+  const output: Output = {
+    out: (line) => write(1, `${redact(line)}\n`),
+    err: (line) => write(2, `${redact(line)}\n`),
+    color: isatty(1) && !env.NO_COLOR,
+    closed: false,
+  };
+  /** Every write to the console goes through here: complete, in order, and silent once the reader is gone. */
+  const write = (fd: number, text: string) => {
+    if (output.closed) return;
+    try {
+      writeFully(fd, text);
+    } catch (error) {
+      if (error instanceof OutputClosedError) output.closed = true;
+      throw error;
+    }
+  };
+  return output;
+}
+
+/**
+ * True when this file is the program being run rather than imported:
+ * `import.meta.main` on Bun, Deno and Node 24.2+; on older Node the script
+ * named on the command line (through the symlinks npx and bin links add).
+ */
+function isMainModule(): boolean {
+  const main = (import.meta as { main?: boolean }).main;
+  if (typeof main === "boolean") return main;
+  const script = process.argv[1];
+  try {
+    return script !== undefined && pathToFileURL(realpathSync(script)).href === import.meta.url;
+  } catch {
+    return false;
+  }
+}
+
+if (isMainModule()) {
+  const output = consoleOutput(process.env);
+  const code = await main(process.argv.slice(2), process.env, output);
+  // Every byte is written by now (writeFully); exit at once, since PGlite keeps handles open.
+  process.exit(output.closed ? EXIT_OUTPUT_CLOSED : code);
 }
