@@ -3908,6 +3908,8 @@ async function rehearseRollback(
     });
   }
   return { ids, reverted: tail.length };
+}
+
 /*
  * The programmatic API: the CLI's commands for a program (a test setup, a
  * deploy script), on a Database from connect() and the migrations from
