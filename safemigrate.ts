@@ -4595,6 +4595,9 @@ async function runRehearse(
   const scratch = await scratchDatabase(options.databaseUrl ?? (env.DATABASE_URL || null), extensionsCreatedBy(migrations));
   const interrupted = (signal: "SIGINT" | "SIGTERM") => async () => {
     output.err(`safemigrate: ${signal}: dropping the scratch database and stopping`);
+    // Dropping it ends the session running the rehearsal; that lost connection is expected now, not a crash.
+    process.removeAllListeners("uncaughtException");
+    process.on("uncaughtException", () => {});
     await scratch.drop();
     process.exit(signal === "SIGINT" ? 130 : 143);
   };
