@@ -25,7 +25,7 @@
  */
 import { createHash } from "node:crypto";
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { basename, dirname, join } from "node:path";
 import process from "node:process";
@@ -618,6 +618,100 @@ async function parseSectionUncached(section: SqlSection, file: string): Promise<
   return { statements, place };
 }
 
+/**
+ * `--new <name>`: the next file in the numbering the directory already uses,
+ * so a project keeps one convention. The style is read from the newest id
+ * that has one: 14-digit UTC timestamps (20240105093000, dbmate and Rails),
+ * diesel's 2019-11-15-182353, Unix milliseconds (node-pg-migrate), or a
+ * zero-padded sequence (0007) whose width is kept; the separator after the
+ * number, the one between words and lower case are kept too.
+ */
+export interface NumberingStyle {
+  kind: "sequence" | "timestamp" | "dashed-timestamp" | "unix-ms";
+  /** Digits of a sequence number. */
+  width: number;
+  /** Between the number and the name. */
+  separator: string;
+  /** Between the words of the name. */
+  wordSeparator: string;
+  lowercase: boolean;
+}
+
+const NUMBERED_ID = /^(\d{4}-\d{2}-\d{2}-\d{6}|\d+)([_-])(.+)$/;
+
+export function numberingStyle(ids: readonly string[]): NumberingStyle {
+  const numbered = ids.map((id) => NUMBERED_ID.exec(id)).filter((m) => m !== null);
+  const names = numbered.map((m) => m[3]);
+  const count = (pattern: RegExp) => names.join("").match(pattern)?.length ?? 0;
+  const style: NumberingStyle = {
+    kind: "sequence",
+    width: 4,
+    separator: "_",
+    wordSeparator: count(/-/g) > count(/_/g) ? "-" : "_",
+    lowercase: names.every((name) => name === name.toLowerCase()),
+  };
+  const newest = numbered.at(-1);
+  if (!newest) return style;
+  const [, number, separator] = newest;
+  style.separator = separator;
+  if (number.includes("-")) style.kind = "dashed-timestamp";
+  else if (number.length === 14 && /^(19|20)/.test(number)) style.kind = "timestamp";
+  else if (number.length === 13 && /^1/.test(number)) style.kind = "unix-ms";
+  else style.width = number.length;
+  return style;
+}
+
+/** The moment a timestamp id stands for, so a new one can be made later than it. */
+function timeOfNumber(number: string, kind: NumberingStyle["kind"]): number {
+  if (kind === "unix-ms") return Number(number);
+  const d = number.replace(/-/g, "");
+  return Date.UTC(+d.slice(0, 4), +d.slice(4, 6) - 1, +d.slice(6, 8), +d.slice(8, 10), +d.slice(10, 12), +d.slice(12, 14));
+}
+
+/** The id of a new migration called `name`, after every id in `ids`, in their style. */
+export function nextMigrationId(ids: readonly string[], name: string, now: Date): string {
+  const words = name.replace(/\.sql$/, "").split(/[\s_-]+/).filter(Boolean);
+  if (words.length === 0 || !words.every((w) => /^[\p{L}\p{N}]+$/u.test(w))) {
+    throw new InputError(`--new "${name}": a migration name is words of letters and digits, like add_orders_status`);
+  }
+  const style = numberingStyle(ids);
+  const numbers = ids.map((id) => NUMBERED_ID.exec(id)?.[1]).filter((n) => n !== undefined);
+  const last = numbers.at(-1);
+  let number: string;
+  if (style.kind === "sequence") {
+    const next = Math.max(0, ...numbers.filter((n) => /^\d+$/.test(n)).map(Number)) + 1;
+    number = String(next).padStart(style.width, "0");
+  } else {
+    // Never before the newest id, even with a clock behind it: ids sort in byte order.
+    const time = Math.max(now.getTime(), last ? timeOfNumber(last, style.kind) + (style.kind === "unix-ms" ? 1 : 1_000) : 0);
+    const iso = new Date(time).toISOString(); // 2024-01-05T09:30:00.000Z
+    number = style.kind === "unix-ms" ? String(time)
+      : style.kind === "timestamp" ? iso.slice(0, 19).replace(/\D/g, "")
+      : `${iso.slice(0, 10)}-${iso.slice(11, 19).replace(/:/g, "")}`;
+  }
+  const title = words.join(style.wordSeparator);
+  return `${number}${style.separator}${style.lowercase ? title.toLowerCase() : title}`;
+}
+
+/**
+ * The new file: front-matter with the default phase spelled out (and a
+ * `depends:` line when the directory writes them: its newest file declares
+ * one), an up section to fill in and a down section.
+ */
+export function newMigrationText(previous: Migration | undefined): string {
+  return [
+    "-- safe: after_deploy",
+    "-- (before_deploy if the code running now keeps working with it; always if no code depends on it)",
+    ...(previous?.dependsLine != null ? [`-- depends: ${previous.id}`] : []),
+    "",
+    "-- migrate:up",
+    "",
+    "",
+    "-- migrate:down",
+    "",
+  ].join("\n");
+}
+
 // ============================================================================
 // 3. The dependency graph and the consistency checks
 // ============================================================================
@@ -631,7 +725,11 @@ const isApplied = (row: HistoryRow | undefined): boolean => row?.appliedAt != nu
  */
 class Heap<T> {
   private items: T[] = [];
-  constructor(private readonly before: (a: T, b: T) => boolean) {}
+  private readonly before: (a: T, b: T) => boolean;
+  // No parameter properties: Node's type stripping refuses them.
+  constructor(before: (a: T, b: T) => boolean) {
+    this.before = before;
+  }
   get size(): number {
     return this.items.length;
   }
@@ -757,8 +855,10 @@ export interface CheckProblem {
 
 /** An InputError that carries its problems, so --json can hand the fixes to a script. */
 export class CheckError extends InputError {
-  constructor(readonly problems: CheckProblem[]) {
+  readonly problems: CheckProblem[];
+  constructor(problems: CheckProblem[]) {
     super(problems.map((p) => p.message).join("\n"));
+    this.problems = problems;
   }
 }
 
@@ -885,7 +985,8 @@ export function consistencyFindings(
         `${m.file}: the up SQL changed after the migration was applied (checksum ${row!.checksum!.slice(0, 12)} ` +
           `in the database, ${m.checksum.slice(0, 12)} on disk). Applied migrations are not re-run: ` +
           `undo the edit and put the change in a new migration, or, if the edit was on purpose and the schema ` +
-          `already matches it, record it with --accept-changed ${m.id}`,
+          `already matches it, record it with --accept-changed ${m.id}. On a development database, ` +
+          `--sync rolls it back and applies the file as it is now`,
       );
     }
   }
@@ -937,6 +1038,8 @@ export interface DelayedMigration {
   /** When a delayed after_deploy becomes safe for --pre; null when it has no delay or was not seen yet. */
   dueAt: Date | null;
   delayMs: number | null;
+  /** Pending dependencies that cannot run now either: why it waits even when due or safe; absent when none. */
+  waitsFor?: string[];
 }
 
 export interface BlockedMigration {
@@ -958,6 +1061,10 @@ export interface Plan {
   detect: string[];
   /** strict mode found blocked migrations: apply nothing, record nothing. */
   refused: boolean;
+  /** --all: delayed migrations it applies before their delay has passed (or before any --pre started it). */
+  early: DelayedMigration[];
+  /** Applied migrations with no file in this checkout. */
+  missingFiles: string[];
   /** When refused: the edits that let this release through --pre (see preAdvice). */
   advice?: CheckProblem[];
 }
@@ -978,17 +1085,22 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
 
   const rows = new Map(history.map((row) => [row.id, row]));
   const pending = dependencyOrder(pendingMigrations(migrations, history));
-  const plan: Plan = { phase, mode, apply: [], delayed: [], blocked: [], detect: [], refused: false };
-
-  if (phase === "all" || mode === "disabled") {
-    plan.apply = pending;
-    return plan;
-  }
-
+  const files = new Set(migrations.map((m) => m.id));
+  const missingFiles = history.filter((row) => isApplied(row) && !files.has(row.id)).map((row) => row.id);
+  const plan: Plan = { phase, mode, apply: [], delayed: [], blocked: [], detect: [], refused: false, early: [], missingFiles };
   const dueAt = (m: Migration): Date | null => {
     const detectedAt = rows.get(m.id)?.detectedAt;
     return m.delayMs !== null && detectedAt ? new Date(detectedAt.getTime() + m.delayMs) : null;
   };
+
+  if (phase === "all" || mode === "disabled") {
+    plan.apply = pending;
+    plan.early = pending
+      .filter((m) => m.delayMs !== null && m.safe === "after_deploy" && (dueAt(m) === null || dueAt(m)! > now))
+      .map((m) => ({ id: m.id, safe: m.safe, dueAt: dueAt(m), delayMs: m.delayMs }));
+    return plan;
+  }
+
   // 1. An after_deploy whose delay has passed since a --pre run first saw it counts as always.
   const resolved = new Map<string, Safe>();
   for (const m of pending) {
@@ -1027,7 +1139,10 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   for (const m of pending) {
     if (ready.has(m.id)) plan.apply.push(m);
     else if (blocked.has(m.id)) plan.blocked.push({ id: m.id, safe: m.safe, blockedBy: m.depends.filter(unsafeNow) });
-    else plan.delayed.push({ id: m.id, safe: m.safe, dueAt: dueAt(m), delayMs: m.delayMs });
+    else {
+      const waitsFor = m.depends.filter(unsafeNow);
+      plan.delayed.push({ id: m.id, safe: m.safe, dueAt: dueAt(m), delayMs: m.delayMs, ...(waitsFor.length > 0 ? { waitsFor } : {}) });
+    }
   }
 
   // 5. strict: anything blocked means nothing runs.
@@ -1477,13 +1592,23 @@ export function preAdvice(plan: Plan, pending: readonly Migration[]): CheckProbl
 // ============================================================================
 
 /**
- * What a rule is about. Phase rules: old code must keep working after a
- * before_deploy (or always) migration, so contraction belongs in after_deploy.
- * Lock rules: what holds a strong lock on an existing table for long.
+ * The analysis reads each migration's parse tree in dependency order, carrying
+ * what earlier migrations declared (column types, tables, functions, indexes),
+ * and turns each hazardous statement into a finding about one object. Whether
+ * a finding stops a run is decided last, by one small function (`gateReason`)
+ * against what the live database holds before the run: an object the run
+ * itself creates, or a table small enough that a lock on it is brief, cannot
+ * stop a run, so a fresh database takes a project's whole history. Without a
+ * database (`--lint`), every table is assumed live and large.
+ *
+ * Rule kinds: phase rules (old code must keep working after a before_deploy or
+ * always migration, so contraction belongs in after_deploy); lock rules (a
+ * strong lock held on an existing table for long); failures (the statement
+ * cannot run as written); waiver problems; information (never gating).
  */
 export interface Rule {
-  kind: "phase" | "lock" | "waiver";
-  /** How to do the same thing safely. */
+  kind: "phase" | "lock" | "failure" | "waiver" | "info";
+  /** How to do the same thing safely; the message has already said why. */
   fix: string;
 }
 
@@ -1496,22 +1621,27 @@ export const RULES = {
   "drop-function": { kind: "phase", fix: "stop calling the function, deploy, then drop it in an after_deploy migration" },
   "rename-table": { kind: "phase", fix: `keep both names for one release: create a view under the new name (or the new table and backfill), switch the code, drop the old name after the deploy (${EXPAND_CONTRACT})` },
   "rename-column": { kind: "phase", fix: `add the new column, backfill it, write both from the code, switch reads, drop the old column in an after_deploy migration (${EXPAND_CONTRACT})` },
-  "change-column-type": { kind: "phase", fix: `old code may write values the new type rejects: add a column of the new type, backfill, switch the code, drop the old column after the deploy (${EXPAND_CONTRACT})` },
-  "add-not-null": { kind: "phase", fix: "old code may still write NULL: set NOT NULL in an after_deploy migration, once the deployed code always writes the column" },
-  "not-null-column-without-default": { kind: "phase", fix: "old code's INSERTs do not name the new column and would fail: give it a DEFAULT, or add it nullable now and set NOT NULL after the deploy" },
-  "drop-default": { kind: "phase", fix: "old code may rely on the default when it inserts: drop the default in an after_deploy migration" },
+  "change-column-type": { kind: "phase", fix: `add a column of the new type, backfill, switch the code, drop the old column after the deploy (${EXPAND_CONTRACT})` },
+  "add-not-null": { kind: "phase", fix: "set NOT NULL in an after_deploy migration, once the deployed code always writes the column (or give the column a DEFAULT in the same migration)" },
+  "not-null-column-without-default": { kind: "phase", fix: "give it a DEFAULT, or add it nullable now and set NOT NULL after the deploy" },
+  "drop-default": { kind: "phase", fix: "drop the default in an after_deploy migration" },
   "index-not-concurrently": { kind: "lock", fix: "use CREATE [UNIQUE] INDEX CONCURRENTLY in a migration with \"-- transaction: false\"; for a constraint, then ADD CONSTRAINT ... UNIQUE/PRIMARY KEY USING INDEX" },
-  "concurrently-in-transaction": { kind: "lock", fix: "CONCURRENTLY (and VACUUM) cannot run inside a transaction block: add \"-- transaction: false\" to the front-matter" },
-  "foreign-key-not-valid": { kind: "lock", fix: "add the foreign key NOT VALID (brief lock), then ALTER TABLE ... VALIDATE CONSTRAINT in a later migration, or later in a \"transaction: false\" one (no write lock while it scans)" },
+  "drop-index-not-concurrently": { kind: "lock", fix: "use DROP INDEX CONCURRENTLY in a migration with \"-- transaction: false\"" },
+  "concurrently-in-transaction": { kind: "failure", fix: "add \"-- transaction: false\" to the front-matter (of the down section, for a down)" },
+  "foreign-key-not-valid": { kind: "lock", fix: "add the foreign key NOT VALID, then ALTER TABLE ... VALIDATE CONSTRAINT in a later migration, or later in a \"transaction: false\" one" },
   "check-not-valid": { kind: "lock", fix: "add the CHECK constraint NOT VALID, then VALIDATE CONSTRAINT it in a later migration, or later in a \"transaction: false\" one" },
   "set-not-null-scan": { kind: "lock", fix: "first ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID and VALIDATE CONSTRAINT it; then SET NOT NULL skips the scan (PostgreSQL 12+) and the check can be dropped" },
-  "volatile-default": { kind: "lock", fix: "a volatile default rewrites the table: add the column without a default (or with a constant one), then SET DEFAULT, and backfill existing rows in batches" },
-  "type-change-rewrite": { kind: "lock", fix: `a type change rewrites the table and its indexes under an ACCESS EXCLUSIVE lock: add a new column of the new type and backfill it (${EXPAND_CONTRACT}); only varchar -> text/varchar widening is free` },
-  "vacuum-full": { kind: "lock", fix: "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: use plain VACUUM, or pg_repack outside the migration" },
-  "cluster": { kind: "lock", fix: "CLUSTER rewrites the table under an ACCESS EXCLUSIVE lock: use pg_repack outside the migration" },
+  "volatile-default": { kind: "lock", fix: "add the column without a default (or with a constant one), then SET DEFAULT, and backfill existing rows in batches" },
+  "type-change-rewrite": { kind: "lock", fix: `add a new column of the new type and backfill it (${EXPAND_CONTRACT}); only widening varchar or numeric, varchar -> text, and timestamp -> timestamptz with the session time zone UTC are free` },
+  "backfill-under-lock": { kind: "lock", fix: "put the ALTER TABLE and the UPDATE/DELETE in separate migrations (or a \"transaction: false\" one) and backfill in batches" },
+  "vacuum-full": { kind: "lock", fix: "use plain VACUUM, or pg_repack outside the migration" },
+  "cluster": { kind: "lock", fix: "use pg_repack outside the migration" },
   "reindex-not-concurrently": { kind: "lock", fix: "use REINDEX ... CONCURRENTLY in a migration with \"-- transaction: false\"" },
-  "lock-table": { kind: "lock", fix: "an explicit LOCK TABLE queues every other query behind it: remove it and let each statement take the lock it needs" },
-  "transaction-control": { kind: "lock", fix: "safemigrate runs each migration in its own transaction; a BEGIN/COMMIT inside it would commit half a migration: remove it" },
+  "lock-table": { kind: "lock", fix: "remove it and let each statement take the lock it needs" },
+  "transaction-control": { kind: "lock", fix: "remove them; for work that must commit in steps, use \"-- transaction: false\" (or one migration per step)" },
+  "syntax-error": { kind: "failure", fix: "correct the SQL; a down section is only run during a rollback, often in an incident" },
+  "dynamic-sql": { kind: "info", fix: "review the statements it runs by hand, or write them as plain SQL so they can be checked" },
+  "phase-suggestion": { kind: "info", fix: "mark it \"-- safe: before_deploy\" so it ships with the release step" },
   "waiver-without-reason": { kind: "waiver", fix: "say why: -- safemigrate-ignore: <rule> -- <reason>" },
   "unknown-rule": { kind: "waiver", fix: "name a rule from the README's list of rules" },
 } satisfies Record<string, Rule>;
@@ -1528,7 +1658,14 @@ export interface Finding {
   fix: string;
   /** The reason from the waiver, when one covers the finding. */
   waived: string | null;
+  /** The table, view, index or function it is about ("users", "app.users"); null for the migration as a whole. */
+  subject: string | null;
+  /** Why this finding does not stop a run (information, or what the live database holds); null when it does. */
+  notGating: string | null;
 }
+
+/** A finding stops `--pre`/`--all` (and makes `--lint` exit 2) when it is neither waived nor judged harmless here. */
+export const isGating = (f: Finding): boolean => f.waived === null && f.notGating === null;
 
 // The parse tree is libpg-query's JSON; these are the few shapes the rules read.
 type Node = Record<string, any>;
@@ -1544,7 +1681,17 @@ const VOLATILE_FUNCTIONS = new Set([
   "clock_timestamp", "timeofday", "nextval", "txid_current", "statement_timestamp", "setseed",
 ]);
 const SERIAL_TYPES = new Set(["serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"]);
+/** The parser's names for types people spell otherwise; messages show the spelling people write. */
+const TYPE_SPELLING: Record<string, string> = {
+  int2: "smallint", int4: "integer", int8: "bigint", float4: "real", float8: "double precision", bool: "boolean",
+  bpchar: "char", timestamp: "timestamp", timestamptz: "timestamptz", varbit: "varbit",
+};
+/** Session time zones in which timestamp and timestamptz have the same bytes. */
+const UTC_ZONES = /^(utc|etc\/utc|gmt|etc\/gmt|z|zulu|universal|etc\/universal|utc0|gmt0)$/i;
+/** Words that make a DO block or a dynamic EXECUTE change the schema. */
+const DDL_WORDS = /\b(create|alter|drop|truncate|reindex|cluster|vacuum|lock)\s/i;
 
+const nameOf = (names: Node[] | undefined): string => (names ?? []).map((n) => n.String?.sval).filter((n) => n && n !== "public" && n !== "pg_catalog").join(".");
 const tableKey = (rel: RangeVar): string => (rel.schemaname && rel.schemaname !== "public" ? `${rel.schemaname}.${rel.relname}` : rel.relname);
 const quoted = (rel: RangeVar): string => (rel.schemaname ? `${rel.schemaname}.${rel.relname}` : rel.relname);
 const typeNameOf = (typeName: Node | undefined): string =>
@@ -1555,7 +1702,7 @@ function functionsIn(node: unknown, into: string[] = []): string[] {
   if (Array.isArray(node)) for (const item of node) functionsIn(item, into);
   else if (node && typeof node === "object") {
     const call = (node as Node).FuncCall;
-    if (call) into.push(call.funcname.map((n: Node) => n.String?.sval).pop());
+    if (call) into.push(nameOf(call.funcname));
     for (const value of Object.values(node)) functionsIn(value, into);
   }
   return into;
@@ -1565,7 +1712,12 @@ function functionsIn(node: unknown, into: string[] = []): string[] {
 interface ColumnType {
   name: string;
   modifiers: number[];
+  array: boolean;
 }
+
+/** `varchar(200)`, `numeric(10,2)`, `integer[]`: the type as the migration spelled it. */
+export const formatType = (t: ColumnType): string =>
+  `${TYPE_SPELLING[t.name] ?? t.name}${t.modifiers.length ? `(${t.modifiers.join(",")})` : ""}${t.array ? "[]" : ""}`;
 
 /** State the rules carry from one migration to the next, in dependency order. */
 export interface AnalysisState {
@@ -1575,31 +1727,42 @@ export interface AnalysisState {
   provenNotNull: Set<string>;
   /** Column types by "table.column", as the migrations declared them, to tell a widening from a rewrite. */
   columnTypes: Map<string, ColumnType>;
+  /** Tables the migrations created, so CREATE TABLE IF NOT EXISTS of a table no migration made creates it. */
+  tables: Set<string>;
+  /** Functions the migrations created: trigger functions are never called by the code; VOLATILE ones rewrite as defaults. */
+  functions: Map<string, { trigger: boolean; volatile: boolean }>;
+  /** Index name -> the table it is on. */
+  indexes: Map<string, string>;
 }
 
-export const newAnalysisState = (): AnalysisState => ({ notNullChecks: new Map(), provenNotNull: new Set(), columnTypes: new Map() });
+export const newAnalysisState = (): AnalysisState => ({
+  notNullChecks: new Map(), provenNotNull: new Set(), columnTypes: new Map(), tables: new Set(), functions: new Map(), indexes: new Map(),
+});
 
 interface RawFinding {
   rule: RuleId;
   message: string;
   /** Byte offset into the statement's SQL section, for line:column. */
   location: number;
+  subject: string | null;
 }
 
 const columnTypeOf = (typeName: Node | undefined): ColumnType => ({
   name: typeNameOf(typeName),
   modifiers: (typeName?.typmods ?? []).map((m: Node) => m.A_Const?.ival?.ival ?? NaN),
+  array: (typeName?.arrayBounds ?? []).length > 0,
 });
 
 /**
  * A type change that keeps every value valid and needs no rewrite (binary
- * coercible): widening varchar or numeric, or varchar to text. With `from`
+ * coercible): widening varchar or numeric, varchar to text, and timestamp to
+ * timestamptz when the session time zone is UTC (PostgreSQL 12+). With `from`
  * unknown (the table predates the migrations) only varchar/text targets pass.
  */
-function isFreeWidening(from: ColumnType | undefined, to: ColumnType, using: boolean): boolean {
-  if (using) return false;
+function isFreeWidening(from: ColumnType | undefined, to: ColumnType, utc: boolean): boolean {
   const textual = (t: ColumnType) => t.name === "text" || t.name === "varchar";
-  if (!from) return textual(to) && to.modifiers.length === 0;
+  if (!from) return textual(to) && to.modifiers.length === 0 && !to.array;
+  if (from.array !== to.array) return false;
   if (textual(from) && to.name === "text") return true;
   if (from.name === "varchar" && to.name === "varchar") {
     return to.modifiers.length === 0 || (from.modifiers.length > 0 && to.modifiers[0] >= from.modifiers[0]);
@@ -1611,8 +1774,13 @@ function isFreeWidening(from: ColumnType | undefined, to: ColumnType, using: boo
     const [p2, s2 = 0] = to.modifiers;
     return from.modifiers.length > 0 && s1 === s2 && p2 >= p1;
   }
+  if (from.name === "timestamp" && to.name === "timestamptz") return utc && (to.modifiers[0] ?? 6) >= (from.modifiers[0] ?? 6);
   return false;
 }
+
+/** A USING that only names the column itself converts nothing a plain cast would not. */
+const isTrivialUsing = (using: Node | undefined, column: string): boolean =>
+  !using || using.ColumnRef?.fields?.at(-1)?.String?.sval === column;
 
 /** Views and functions the migration creates anywhere: dropping or replacing them in it is its own business. */
 function objectsCreatedIn(statements: readonly Statement[]): Set<string> {
@@ -1620,7 +1788,7 @@ function objectsCreatedIn(statements: readonly Statement[]): Set<string> {
   for (const { node } of statements) {
     const [kind, body] = Object.entries(node)[0] as [string, Node];
     if (kind === "ViewStmt") created.add(tableKey(body.view));
-    if (kind === "CreateFunctionStmt") created.add(body.funcname.map((n: Node) => n.String?.sval).filter((n: string) => n !== "public").join("."));
+    if (kind === "CreateFunctionStmt") created.add(nameOf(body.funcname));
   }
   return created;
 }
@@ -1630,250 +1798,470 @@ const TRANSACTION_CONTROL = new Set([
   "TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED",
 ]);
 
+/** ALTER TABLE subcommands that take less than ACCESS EXCLUSIVE; every other one takes it. */
+const WEAKER_THAN_EXCLUSIVE = new Set([
+  "AT_ValidateConstraint", "AT_SetStatistics", "AT_SetOptions", "AT_ResetOptions", "AT_ClusterOn", "AT_DropCluster",
+  "AT_AttachPartition", "AT_DetachPartitionFinalize", "AT_EnableTrig", "AT_EnableAlwaysTrig", "AT_EnableReplicaTrig",
+  "AT_DisableTrig", "AT_EnableTrigAll", "AT_DisableTrigAll", "AT_EnableTrigUser", "AT_DisableTrigUser",
+]);
+
+const takesExclusive = (cmd: Node): boolean =>
+  !WEAKER_THAN_EXCLUSIVE.has(cmd.subtype) && !(cmd.subtype === "AT_AddConstraint" && cmd.def?.Constraint?.contype === "CONSTR_FOREIGN");
+
+/** The body of a DO block or of a function, as written. */
+const bodyOf = (options: Node[] | undefined): string =>
+  (options ?? []).filter((o) => o.DefElem?.defname === "as").map((o) => {
+    const arg = o.DefElem.arg;
+    return arg.String?.sval ?? (arg.List?.items ?? []).map((i: Node) => i.String?.sval ?? "").join("\n");
+  }).join("\n");
+
 /** What one migration has done so far, statement by statement. */
 interface MigrationScope {
-  /** Tables created earlier in this migration (not `IF NOT EXISTS`: that table may be an old one). */
+  /** Tables created earlier in this migration. */
   tables: Set<string>;
   /** Views and functions created anywhere in this migration. */
   objects: Set<string>;
+  /** Indexes created earlier in this migration. */
+  indexes: Set<string>;
   /** Constraints added NOT VALID in this migration, "table.constraint": validating them in the same transaction scans under that lock. */
   notValidHere: Map<string, RuleId>;
+  /** "table.column" given a default in this migration: old code's INSERTs get it, so NOT NULL cannot break them. */
+  defaults: Set<string>;
+  /** Existing tables an earlier ALTER TABLE of this transaction holds ACCESS EXCLUSIVE on -> line of that statement. */
+  exclusive: Map<string, number>;
+  /** Tables TRUNCATEd earlier in this migration: adding a NOT NULL column cannot fail on rows. */
+  emptied: Set<string>;
+  /** Columns DROPped earlier in this migration, "table.column": renaming another column to that name swaps it in place. */
+  dropped: Set<string>;
+  /** `SET timezone = 'UTC'` ran earlier in this migration. */
+  utc: boolean;
+  /** Functions created in this migration whose body runs dynamic DDL (EXECUTE). */
+  dynamicFunctions: Set<string>;
+  /** How many BEGIN/COMMIT statements the migration has: reported once, on the first. */
+  transactionControl: number;
+  /** Rules already reported for this migration, for those reported once per migration. */
+  reported: Set<RuleId>;
 }
 
 /** The findings of one statement, before waivers. */
 function statementFindings(
-  stmt: Node,
-  at: number,
+  statement: Statement,
   migration: Migration,
   scope: MigrationScope,
   state: AnalysisState,
 ): RawFinding[] {
+  const at = statement.offset;
   const found: RawFinding[] = [];
   const beforeDeploy = migration.safe !== "after_deploy";
   const phase = migration.safe === "always" ? "an always migration (it may run before the deploy)" : "a before_deploy migration";
-  const phaseFinding = (rule: RuleId, what: string, location = at, why = "the old code still serving traffic may use it") => {
-    if (beforeDeploy) found.push({ rule, message: `${what} in ${phase}: ${why}`, location });
+  const phaseFinding = (rule: RuleId, subject: string, what: string, location = at, why = "the old code still serving traffic may use it") => {
+    if (beforeDeploy) found.push({ rule, message: `${what} in ${phase}: ${why}`, location, subject });
   };
-  const lockFinding = (rule: RuleId, message: string, location = at) => found.push({ rule, message, location });
+  const lockFinding = (rule: RuleId, subject: string | null, message: string, location = at) => found.push({ rule, message, location, subject });
   const inTransaction = migration.up.transaction;
+  const untilCommit = inTransaction ? " and the migration commits" : "";
   const existing = (rel: RangeVar | undefined) => rel !== undefined && !scope.tables.has(tableKey(rel));
-  const [kind, node] = Object.entries(stmt)[0] as [string, Node];
+  /** Rules reported once per migration: true the first time. */
+  const once = (rule: RuleId) => !scope.reported.has(rule) && Boolean(scope.reported.add(rule));
+  const [kind, node] = Object.entries(statement.node)[0] as [string, Node];
 
   switch (kind) {
     case "CreateStmt": {
-      if (!node.if_not_exists) scope.tables.add(tableKey(node.relation));
+      const key = tableKey(node.relation);
+      // IF NOT EXISTS may name a table that is already there, but not one no earlier migration created.
+      if (!node.if_not_exists || !state.tables.has(key)) scope.tables.add(key);
+      state.tables.add(key);
       for (const element of node.tableElts ?? []) {
         const column = element.ColumnDef;
-        if (column) state.columnTypes.set(`${tableKey(node.relation)}.${column.colname}`, columnTypeOf(column.typeName));
+        if (column) state.columnTypes.set(`${key}.${column.colname}`, columnTypeOf(column.typeName));
       }
       break;
     }
     case "CreateTableAsStmt":
-      if (node.into?.rel && !node.if_not_exists) scope.tables.add(tableKey(node.into.rel));
+      if (node.into?.rel) {
+        const key = tableKey(node.into.rel);
+        if (!node.if_not_exists || !state.tables.has(key)) scope.tables.add(key);
+        state.tables.add(key);
+      }
+      break;
+    case "CreateFunctionStmt": {
+      const name = nameOf(node.funcname);
+      const volatility = (node.options ?? []).find((o: Node) => o.DefElem?.defname === "volatility")?.DefElem.arg.String?.sval;
+      state.functions.set(name, { trigger: typeNameOf(node.returnType) === "trigger", volatile: !volatility || volatility === "volatile" });
+      const body = bodyOf(node.options);
+      if (/\bexecute\b/i.test(body) && DDL_WORDS.test(body)) scope.dynamicFunctions.add(name);
+      break;
+    }
+    case "VariableSetStmt":
+      if (node.name === "timezone") {
+        const value = node.args?.[0]?.A_Const?.sval?.sval ?? "";
+        scope.utc = UTC_ZONES.test(value);
+      }
       break;
     case "DropStmt": {
-      const names: string[] = (node.objects ?? []).map((o: Node) =>
-        (o.List?.items ?? o.ObjectWithArgs?.objname ?? [o]).map((i: Node) => i.String?.sval).filter((n: string) => n !== "public").join(".")
-      );
+      const names: string[] = (node.objects ?? []).map((o: Node) => nameOf(o.List?.items ?? o.ObjectWithArgs?.objname ?? [o]));
       const removeType = node.removeType as string;
       if (node.concurrent && inTransaction) {
-        lockFinding("concurrently-in-transaction", "DROP INDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+        lockFinding("concurrently-in-transaction", null, "DROP INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
       }
-      if (removeType === "OBJECT_TABLE" && !names.every((n) => scope.tables.has(n))) {
-        phaseFinding("drop-table", `DROP TABLE ${names.join(", ")}`);
+      const notHere = (set: Set<string>) => names.find((n) => !set.has(n));
+      if (removeType === "OBJECT_TABLE") {
+        const table = notHere(scope.tables);
+        if (table) phaseFinding("drop-table", table, `DROP TABLE ${names.join(", ")}`);
+        for (const n of names) state.tables.delete(n);
       } else if (removeType === "OBJECT_SCHEMA") {
-        phaseFinding("drop-table", `DROP SCHEMA ${names.join(", ")}`, at, "the old code may use the tables in it");
-      } else if ((removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") && !names.every((n) => scope.objects.has(n))) {
-        phaseFinding("drop-view", `DROP VIEW ${names.join(", ")}`);
-      } else if ((removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") && !names.every((n) => scope.objects.has(n))) {
-        phaseFinding("drop-function", `DROP FUNCTION ${names.join(", ")}`);
+        phaseFinding("drop-table", names[0], `DROP SCHEMA ${names.join(", ")}`, at, "the old code may use the tables in it");
+      } else if (removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") {
+        const view = notHere(scope.objects);
+        if (view) phaseFinding("drop-view", view, `DROP VIEW ${names.join(", ")}`);
+      } else if (removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") {
+        // A trigger function is only called by its trigger, never by the application.
+        const called = names.find((n) => !scope.objects.has(n) && !state.functions.get(n)?.trigger);
+        if (called) phaseFinding("drop-function", called, `DROP FUNCTION ${names.join(", ")}`);
+      } else if (removeType === "OBJECT_INDEX" && !node.concurrent) {
+        const index = names.find((n) => !scope.indexes.has(n) && !scope.tables.has(state.indexes.get(n) ?? ""));
+        if (index) {
+          const table = state.indexes.get(index) ?? "the table it indexes";
+          lockFinding(
+            "drop-index-not-concurrently", index,
+            `DROP INDEX ${index} takes an ACCESS EXCLUSIVE lock on ${table}: it waits for every running query on ${table} ` +
+              `(up to lock_timeout) while new ones queue behind it, then holds it${inTransaction ? " until the migration commits" : " briefly"}`,
+          );
+        }
       }
+      if (removeType === "OBJECT_INDEX") for (const n of names) state.indexes.delete(n);
       break;
     }
     case "RenameStmt": {
       // A rename breaks the code on one side of the deploy whatever the phase: old code before it, new code after it.
       const why = "old code breaks if it runs before the deploy, new code if it runs after; no phase makes a rename safe";
       const relation = node.relation as RangeVar | undefined;
-      if (!existing(relation)) break;
-      const location = relation!.location ?? at;
-      if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
-        lockFinding("rename-table", `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation!)} to ${node.newname}: ${why}`, location);
-      } else if (node.renameType === "OBJECT_COLUMN") {
-        lockFinding("rename-column", `renaming column ${quoted(relation!)}.${node.subname} to ${node.newname}: ${why}`, location);
-        const type = state.columnTypes.get(`${tableKey(relation!)}.${node.subname}`);
-        if (type) state.columnTypes.set(`${tableKey(relation!)}.${node.newname}`, type);
+      if (relation && node.renameType === "OBJECT_INDEX") {
+        const table = state.indexes.get(relation.relname);
+        if (table) state.indexes.set(node.newname, table);
+        if (scope.indexes.has(relation.relname)) scope.indexes.add(node.newname);
+        break;
       }
+      const existed = existing(relation);
+      if (relation && node.renameType === "OBJECT_TABLE") renameTable(state, scope, tableKey(relation), relation.schemaname ? `${relation.schemaname}.${node.newname}` : node.newname);
+      if (!existed) break;
+      const location = relation!.location ?? at;
+      const key = tableKey(relation!);
+      if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
+        lockFinding("rename-table", key, `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation!)} to ${node.newname}: ${why}`, location);
+      } else if (node.renameType === "OBJECT_COLUMN" && scope.dropped.has(`${key}.${node.newname}`)) {
+        // Dropping a column and renaming its replacement to its name: code using the name finds a column either way.
+        const type = state.columnTypes.get(`${key}.${node.subname}`);
+        if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
+      } else if (node.renameType === "OBJECT_COLUMN") {
+        lockFinding("rename-column", key, `renaming column ${quoted(relation!)}.${node.subname} to ${node.newname}: ${why}`, location);
+        const type = state.columnTypes.get(`${key}.${node.subname}`);
+        if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
+      }
+      if (inTransaction) scope.exclusive.set(key, statement.line);
       break;
     }
     case "IndexStmt": {
+      const table = tableKey(node.relation);
+      if (node.idxname) {
+        state.indexes.set(node.idxname, table);
+        scope.indexes.add(node.idxname);
+      }
       if (node.concurrent && inTransaction) {
-        lockFinding("concurrently-in-transaction", "CREATE INDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+        lockFinding("concurrently-in-transaction", null, "CREATE INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
       } else if (!node.concurrent && existing(node.relation)) {
-        lockFinding("index-not-concurrently", `CREATE INDEX on ${quoted(node.relation)} blocks every write to it until the index is built`);
+        lockFinding(
+          "index-not-concurrently", table,
+          `CREATE INDEX on ${quoted(node.relation)} takes a SHARE lock: writes to it wait until the index is built${untilCommit} (reads go on)`,
+        );
       }
       break;
     }
     case "ReindexStmt": {
       const concurrently = (node.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently");
+      const subject = node.relation ? tableKey(node.relation) : null;
       if (concurrently && inTransaction) {
-        lockFinding("concurrently-in-transaction", "REINDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+        lockFinding("concurrently-in-transaction", null, "REINDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
       } else if (!concurrently) {
-        lockFinding("reindex-not-concurrently", "REINDEX without CONCURRENTLY blocks writes (and reads through the index) until it finishes");
+        lockFinding("reindex-not-concurrently", subject, "REINDEX without CONCURRENTLY blocks writes to the table, and reads that use its indexes, until it ends");
       }
       break;
     }
-    case "VacuumStmt":
+    case "VacuumStmt": {
+      const relation = node.rels?.[0]?.VacuumRelation?.relation;
       if ((node.options ?? []).some((o: Node) => o.DefElem?.defname === "full")) {
-        lockFinding("vacuum-full", "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock");
+        lockFinding("vacuum-full", relation ? tableKey(relation) : null, "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends");
       } else if (node.is_vacuumcmd && inTransaction) {
-        lockFinding("concurrently-in-transaction", "VACUUM cannot run inside the transaction this migration runs in");
+        lockFinding("concurrently-in-transaction", null, "VACUUM cannot run inside a transaction: the migration would fail");
       }
       break;
+    }
     case "ClusterStmt":
-      lockFinding("cluster", `CLUSTER${node.relation ? ` ${quoted(node.relation)}` : ""} rewrites the table under an ACCESS EXCLUSIVE lock`);
+      lockFinding(
+        "cluster", node.relation ? tableKey(node.relation) : null,
+        `CLUSTER${node.relation ? ` ${quoted(node.relation)}` : ""} rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends`,
+      );
       break;
-    case "LockStmt":
-      lockFinding("lock-table", "LOCK TABLE takes a lock that queues every later query on the table behind it");
+    case "LockStmt": {
+      const relation = node.relations?.[0]?.RangeVar;
+      lockFinding("lock-table", relation ? tableKey(relation) : null, `LOCK TABLE holds its lock until the migration commits; every conflicting query queues behind it`);
       break;
+    }
     case "TransactionStmt":
-      if (inTransaction && TRANSACTION_CONTROL.has(node.kind)) {
-        lockFinding("transaction-control", `${node.kind.replace("TRANS_STMT_", "")} inside a migration that safemigrate already runs in a transaction`);
+      // A COMMIT (AND CHAIN) ends the transaction: the locks taken so far are released.
+      if (TRANSACTION_CONTROL.has(node.kind)) scope.exclusive.clear();
+      if (inTransaction && TRANSACTION_CONTROL.has(node.kind) && scope.transactionControl > 0 && once("transaction-control")) {
+        const count = scope.transactionControl;
+        lockFinding(
+          "transaction-control", null,
+          `${node.kind.replace("TRANS_STMT_", "")}${count > 1 ? ` (and ${count - 1} more BEGIN/COMMIT statements)` : ""} inside a migration safemigrate runs in one transaction: ` +
+            `it commits part of the migration, so a later failure leaves that part applied`,
+        );
       }
       break;
-    case "AlterTableStmt": {
-      const rel = node.relation as RangeVar;
-      if (!existing(rel)) {
-        // Still learn the columns of a table created earlier in this migration.
-        for (const { AlterTableCmd: cmd } of node.cmds ?? []) {
-          if (cmd?.subtype === "AT_AddColumn" || cmd?.subtype === "AT_AlterColumnType") {
-            const name = cmd.def?.ColumnDef?.colname ?? cmd.name;
-            state.columnTypes.set(`${tableKey(rel)}.${name}`, columnTypeOf(cmd.def?.ColumnDef?.typeName));
-          }
+    case "DoStmt":
+    case "SelectStmt": {
+      const dynamic = kind === "DoStmt" ? DDL_WORDS.test(bodyOf(node.args)) : functionsIn(node).some((f) => scope.dynamicFunctions.has(f));
+      if (dynamic && once("dynamic-sql")) {
+        lockFinding(
+          "dynamic-sql", null,
+          `${kind === "DoStmt" ? "a DO block" : "a function this migration defines"} runs DDL built at run time (EXECUTE or a DO body), which this analysis cannot see: ` +
+            `the locks it takes and its phase are not checked (reported once per migration)`,
+        );
+      }
+      break;
+    }
+    case "TruncateStmt":
+      for (const { RangeVar: rel } of node.relations ?? []) if (rel) scope.emptied.add(tableKey(rel));
+      break;
+    case "UpdateStmt":
+    case "DeleteStmt": {
+      const rel = node.relation as RangeVar | undefined;
+      // A data statement the parser only syntax-checked (a big data migration) has no tree to read.
+      if (!rel) break;
+      const since = scope.exclusive.get(tableKey(rel));
+      const everyRow = !node.whereClause || node.whereClause.NullTest !== undefined;
+      if (since !== undefined && everyRow) {
+        lockFinding(
+          "backfill-under-lock", tableKey(rel),
+          `${kind === "UpdateStmt" ? "UPDATE" : "DELETE"} of ${node.whereClause ? "the rows" : "every row"} of ${quoted(rel)} runs while this transaction holds ` +
+            `the ACCESS EXCLUSIVE lock the ALTER TABLE on line ${since} took: every read and write of ${quoted(rel)} waits until the migration commits`,
+        );
+      }
+      break;
+    }
+    case "AlterTableStmt":
+      alterTableFindings(node, statement, migration, scope, state, { at, phaseFinding, lockFinding, existing, untilCommit });
+      break;
+  }
+  return found;
+}
+
+/** What the migrations declared about a table follows it to its new name. */
+function renameTable(state: AnalysisState, scope: MigrationScope, from: string, to: string): void {
+  const to_ = to.startsWith("public.") ? to.slice("public.".length) : to;
+  for (const [column, type] of [...state.columnTypes]) {
+    if (column.startsWith(`${from}.`)) state.columnTypes.set(`${to_}.${column.slice(from.length + 1)}`, type);
+  }
+  for (const [index, table] of state.indexes) if (table === from) state.indexes.set(index, to_);
+  if (state.tables.delete(from)) state.tables.add(to_);
+  if (scope.tables.delete(from)) scope.tables.add(to_);
+}
+
+interface FindingSinks {
+  at: number;
+  phaseFinding: (rule: RuleId, subject: string, what: string, location?: number, why?: string) => void;
+  lockFinding: (rule: RuleId, subject: string | null, message: string, location?: number) => void;
+  existing: (rel: RangeVar | undefined) => boolean;
+  untilCommit: string;
+}
+
+function alterTableFindings(node: Node, statement: Statement, migration: Migration, scope: MigrationScope, state: AnalysisState, sinks: FindingSinks): void {
+  const { phaseFinding, lockFinding, existing, untilCommit } = sinks;
+  const rel = node.relation as RangeVar;
+  const key = tableKey(rel);
+  const cmds: Node[] = (node.cmds ?? []).map((c: Node) => c.AlterTableCmd).filter(Boolean);
+  if (!existing(rel)) {
+    // Still learn the columns of a table created earlier in this migration.
+    for (const cmd of cmds) {
+      if (cmd.subtype === "AT_AddColumn" || cmd.subtype === "AT_AlterColumnType") {
+        const name = cmd.def?.ColumnDef?.colname ?? cmd.name;
+        state.columnTypes.set(`${key}.${name}`, columnTypeOf(cmd.def?.ColumnDef?.typeName));
+      }
+    }
+    return;
+  }
+  if (migration.up.transaction && cmds.some(takesExclusive) && !scope.exclusive.has(key)) scope.exclusive.set(key, statement.line);
+  const table = quoted(rel);
+  const location = rel.location ?? sinks.at;
+  const exclusively = `under an ACCESS EXCLUSIVE lock: reads and writes of ${table} wait until it ends${untilCommit}`;
+  const notNull = (column: string) => {
+    if (!scope.defaults.has(`${key}.${column}`)) phaseFinding("add-not-null", key, `NOT NULL on ${table}.${column}`, location, "the old code may still write NULL");
+  };
+  for (const cmd of cmds) {
+    switch (cmd.subtype) {
+      case "AT_DropColumn":
+        scope.dropped.add(`${key}.${cmd.name}`);
+        phaseFinding("drop-column", key, `dropping column ${table}.${cmd.name}`, location);
+        state.columnTypes.delete(`${key}.${cmd.name}`);
+        break;
+      case "AT_AlterColumnType": {
+        const column = `${key}.${cmd.name}`;
+        const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
+        const from = state.columnTypes.get(column);
+        const free = isTrivialUsing(cmd.def?.ColumnDef?.raw_default, cmd.name) && isFreeWidening(from, target, scope.utc);
+        if (!(free && from)) {
+          phaseFinding("change-column-type", key, `changing the type of ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)}`, location, "the old code may write values the new type rejects");
+        }
+        if (!free) lockFinding("type-change-rewrite", key, `changing ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)} rewrites ${table} and rebuilds its indexes ${exclusively}`, location);
+        state.columnTypes.set(column, target);
+        break;
+      }
+      case "AT_SetNotNull": {
+        notNull(cmd.name);
+        if (!state.provenNotNull.has(`${key}.${cmd.name}`)) {
+          lockFinding("set-not-null-scan", key, `SET NOT NULL on ${table}.${cmd.name} scans every row (no rewrite) ${exclusively}`, location);
         }
         break;
       }
-      const table = quoted(rel);
-      const location = rel.location ?? at;
-      const notNull = (column: string) => {
-        phaseFinding("add-not-null", `NOT NULL on ${table}.${column}`, location, "the old code may still write NULL");
-      };
-      for (const { AlterTableCmd: cmd } of node.cmds ?? []) {
-        if (!cmd) continue;
-        switch (cmd.subtype) {
-          case "AT_DropColumn":
-            phaseFinding("drop-column", `dropping column ${table}.${cmd.name}`, location);
-            state.columnTypes.delete(`${tableKey(rel)}.${cmd.name}`);
-            break;
-          case "AT_AlterColumnType": {
-            const key = `${tableKey(rel)}.${cmd.name}`;
-            const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
-            const free = isFreeWidening(state.columnTypes.get(key), target, Boolean(cmd.def?.ColumnDef?.raw_default));
-            const known = state.columnTypes.has(key);
-            if (!(free && known)) {
-              phaseFinding("change-column-type", `changing the type of ${table}.${cmd.name} to ${target.name}`, location, "the old code may write values the new type rejects");
-            }
-            if (!free) lockFinding("type-change-rewrite", `changing ${table}.${cmd.name} to ${target.name} rewrites the table under an ACCESS EXCLUSIVE lock`, location);
-            state.columnTypes.set(key, target);
-            break;
-          }
-          case "AT_SetNotNull": {
-            notNull(cmd.name);
-            if (!state.provenNotNull.has(`${tableKey(rel)}.${cmd.name}`)) {
-              lockFinding("set-not-null-scan", `SET NOT NULL on ${table}.${cmd.name} scans the whole table under an ACCESS EXCLUSIVE lock`, location);
-            }
-            break;
-          }
-          case "AT_ColumnDefault":
-            if (!cmd.def) phaseFinding("drop-default", `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
-            break;
-          case "AT_AddColumn": {
-            const column = cmd.def?.ColumnDef ?? {};
-            const constraints = (column.constraints ?? []).map((c: Node) => c.Constraint);
-            const hasDefault = constraints.find((c: Node) => c.contype === "CONSTR_DEFAULT");
-            const generated = constraints.some((c: Node) => c.contype === "CONSTR_IDENTITY" || c.contype === "CONSTR_GENERATED");
-            const type = typeNameOf(column.typeName);
-            state.columnTypes.set(`${tableKey(rel)}.${column.colname}`, columnTypeOf(column.typeName));
-            const required = constraints.some((c: Node) => c.contype === "CONSTR_NOTNULL" || c.contype === "CONSTR_PRIMARY");
-            if (required && !hasDefault && !generated && !SERIAL_TYPES.has(type)) {
-              const what = `adding NOT NULL column ${table}.${column.colname} without a default`;
-              if (beforeDeploy) phaseFinding("not-null-column-without-default", what, location, "the old code's INSERTs do not name it and will fail");
-              else lockFinding("not-null-column-without-default", `${what}: it fails on a table that has rows`, location);
-            }
-            const volatile = functionsIn(hasDefault?.raw_expr).filter((f) => VOLATILE_FUNCTIONS.has(f));
-            if (volatile.length > 0 || SERIAL_TYPES.has(type) || generated) {
-              const why = volatile.length > 0 ? `${volatile[0]}()` : SERIAL_TYPES.has(type) ? type : "an identity or generated value";
-              lockFinding("volatile-default", `adding ${table}.${column.colname} with ${why} as its default rewrites the table under an ACCESS EXCLUSIVE lock`, location);
-            }
-            // A new column whose default is NULL has nothing to validate; with a default every row is checked.
-            if (hasDefault && constraints.some((c: Node) => c.contype === "CONSTR_FOREIGN")) {
-              lockFinding("foreign-key-not-valid", `adding ${table}.${column.colname} with a default and REFERENCES validates every row under a lock on both tables`, location);
-            }
-            if (constraints.some((c: Node) => c.contype === "CONSTR_UNIQUE" || c.contype === "CONSTR_PRIMARY")) {
-              lockFinding("index-not-concurrently", `adding ${table}.${column.colname} as UNIQUE or PRIMARY KEY builds its index while blocking writes`, location);
-            }
-            break;
-          }
-          case "AT_AddConstraint": {
-            const constraint = cmd.def?.Constraint ?? {};
-            const name = constraint.conname ? ` ${constraint.conname}` : "";
-            if (constraint.skip_validation && constraint.conname) {
-              scope.notValidHere.set(`${tableKey(rel)}.${constraint.conname}`, constraint.contype === "CONSTR_FOREIGN" ? "foreign-key-not-valid" : "check-not-valid");
-            }
-            switch (constraint.contype) {
-              case "CONSTR_FOREIGN":
-                if (!constraint.skip_validation) {
-                  lockFinding("foreign-key-not-valid", `adding foreign key${name} on ${table} without NOT VALID checks every row under a lock on both tables`, location);
-                }
-                break;
-              case "CONSTR_CHECK": {
-                const test = constraint.raw_expr?.NullTest;
-                const column = test?.nulltesttype === "IS_NOT_NULL" ? test.arg?.ColumnRef?.fields?.at(-1)?.String?.sval : null;
-                // NOT VALID still checks new rows: old code writing NULL breaks at once.
-                if (column) notNull(column);
-                if (!constraint.skip_validation) {
-                  lockFinding("check-not-valid", `adding CHECK${name} on ${table} without NOT VALID scans every row under an ACCESS EXCLUSIVE lock`, location);
-                }
-                if (column && constraint.conname) state.notNullChecks.set(`${tableKey(rel)}.${constraint.conname}`, column);
-                if (column && !constraint.skip_validation) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
-                break;
-              }
-              case "CONSTR_NOTNULL": {
-                // PostgreSQL 18: ADD CONSTRAINT name NOT NULL column [NOT VALID].
-                for (const key of constraint.keys ?? []) {
-                  const column = key.String?.sval;
-                  notNull(column);
-                  if (!constraint.skip_validation && !state.provenNotNull.has(`${tableKey(rel)}.${column}`)) {
-                    lockFinding("set-not-null-scan", `NOT NULL on ${table}.${column} scans the whole table under an ACCESS EXCLUSIVE lock`, location);
-                  }
-                }
-                break;
-              }
-              case "CONSTR_PRIMARY":
-              case "CONSTR_UNIQUE":
-              case "CONSTR_EXCLUSION":
-                if (!constraint.indexname) {
-                  lockFinding("index-not-concurrently", `adding a ${constraint.contype.replace("CONSTR_", "").toLowerCase()} constraint${name} on ${table} builds its index while blocking writes`, location);
-                }
-                break;
-            }
-            break;
-          }
-          case "AT_ValidateConstraint": {
-            const key = `${tableKey(rel)}.${cmd.name}`;
-            const column = state.notNullChecks.get(key);
-            if (column) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
-            const rule = scope.notValidHere.get(key);
-            if (rule && inTransaction) {
-              lockFinding(rule, `VALIDATE CONSTRAINT ${cmd.name} in the same transaction that added it NOT VALID scans while that lock is still held`, location);
-            }
-            break;
-          }
+      case "AT_ColumnDefault":
+        if (cmd.def) scope.defaults.add(`${key}.${cmd.name}`);
+        else phaseFinding("drop-default", key, `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
+        break;
+      case "AT_AddColumn":
+        addColumnFindings(cmd.def?.ColumnDef ?? {}, key, table, location, migration, scope, state, sinks, exclusively);
+        break;
+      case "AT_AddConstraint":
+        addConstraintFindings(cmd.def?.Constraint ?? {}, key, table, location, scope, state, sinks, notNull, exclusively);
+        break;
+      case "AT_ValidateConstraint": {
+        const constraint = `${key}.${cmd.name}`;
+        const column = state.notNullChecks.get(constraint);
+        if (column) state.provenNotNull.add(`${key}.${column}`);
+        const rule = scope.notValidHere.get(constraint);
+        if (rule && migration.up.transaction) {
+          lockFinding(rule, key, `VALIDATE CONSTRAINT ${cmd.name} in the same transaction that added it NOT VALID scans every row while that lock is still held, until the migration commits`, location);
+        }
+        break;
+      }
+    }
+  }
+}
+
+function addColumnFindings(
+  column: Node, key: string, table: string, location: number, migration: Migration, scope: MigrationScope, state: AnalysisState,
+  { phaseFinding, lockFinding }: FindingSinks, exclusively: string,
+): void {
+  const constraints: Node[] = (column.constraints ?? []).map((c: Node) => c.Constraint);
+  // DEFAULT NULL is what a column has without a default.
+  const hasDefault = constraints.find((c) => c.contype === "CONSTR_DEFAULT" && !c.raw_expr?.A_Const?.isnull);
+  const generated = constraints.some((c) => c.contype === "CONSTR_IDENTITY" || c.contype === "CONSTR_GENERATED");
+  const type = typeNameOf(column.typeName);
+  state.columnTypes.set(`${key}.${column.colname}`, columnTypeOf(column.typeName));
+  if (hasDefault) scope.defaults.add(`${key}.${column.colname}`);
+  const required = constraints.some((c) => c.contype === "CONSTR_NOTNULL" || c.contype === "CONSTR_PRIMARY");
+  if (required && !hasDefault && !generated && !SERIAL_TYPES.has(type)) {
+    const what = `adding NOT NULL column ${table}.${column.colname} without a default`;
+    if (migration.safe !== "after_deploy") phaseFinding("not-null-column-without-default", key, what, location, "the old code's INSERTs do not name it and will fail");
+    else if (!scope.emptied.has(key)) lockFinding("not-null-column-without-default", key, `${what}: it fails on a table that has rows`, location);
+  }
+  const called = functionsIn(hasDefault?.raw_expr);
+  const volatile = called.find((f) => VOLATILE_FUNCTIONS.has(f)) ??
+    called.find((f) => state.functions.get(f)?.volatile);
+  if (volatile || SERIAL_TYPES.has(type) || generated) {
+    const why = volatile
+      ? `${volatile}()${VOLATILE_FUNCTIONS.has(volatile) ? "" : " (declared without IMMUTABLE or STABLE, so VOLATILE)"} as its default`
+      : SERIAL_TYPES.has(type) ? `type ${type}` : constraints.some((c) => c.contype === "CONSTR_GENERATED") ? "a GENERATED ... STORED value" : "an identity";
+    lockFinding("volatile-default", key, `adding ${table}.${column.colname} with ${why} rewrites ${table} (a value computed for each row) ${exclusively}`, location);
+  }
+  // A new column whose value is NULL has nothing to validate; with a default or a generated value every row is checked.
+  if ((hasDefault || generated) && constraints.some((c) => c.contype === "CONSTR_FOREIGN")) {
+    lockFinding("foreign-key-not-valid", key, `adding ${table}.${column.colname} with ${hasDefault ? "a default" : "a generated value"} and REFERENCES checks every row under a SHARE ROW EXCLUSIVE lock on ${table} and the referenced table: writes to both wait until it ends`, location);
+  }
+  const indexed = constraints.find((c) => c.contype === "CONSTR_PRIMARY") ? "PRIMARY KEY" : constraints.some((c) => c.contype === "CONSTR_UNIQUE") ? "UNIQUE" : null;
+  if (indexed) lockFinding("index-not-concurrently", key, `adding ${table}.${column.colname} as ${indexed} builds its index ${exclusively}`, location);
+}
+
+function addConstraintFindings(
+  constraint: Node, key: string, table: string, location: number, scope: MigrationScope, state: AnalysisState,
+  { lockFinding }: FindingSinks, notNull: (column: string) => void, exclusively: string,
+): void {
+  const name = constraint.conname ? ` ${constraint.conname}` : "";
+  if (constraint.skip_validation && constraint.conname) {
+    scope.notValidHere.set(`${key}.${constraint.conname}`, constraint.contype === "CONSTR_FOREIGN" ? "foreign-key-not-valid" : "check-not-valid");
+  }
+  switch (constraint.contype) {
+    case "CONSTR_FOREIGN":
+      if (!constraint.skip_validation) {
+        lockFinding("foreign-key-not-valid", key, `adding foreign key${name} on ${table} without NOT VALID checks every row under a SHARE ROW EXCLUSIVE lock on ${table} and the referenced table: writes to both wait until it ends`, location);
+      }
+      break;
+    case "CONSTR_CHECK": {
+      const test = constraint.raw_expr?.NullTest;
+      const column = test?.nulltesttype === "IS_NOT_NULL" ? test.arg?.ColumnRef?.fields?.at(-1)?.String?.sval : null;
+      // NOT VALID still checks new rows: old code writing NULL breaks at once.
+      if (column) notNull(column);
+      if (!constraint.skip_validation) {
+        lockFinding("check-not-valid", key, `adding CHECK${name} on ${table} without NOT VALID scans every row (no rewrite) ${exclusively}`, location);
+      }
+      if (column && constraint.conname) state.notNullChecks.set(`${key}.${constraint.conname}`, column);
+      if (column && !constraint.skip_validation) state.provenNotNull.add(`${key}.${column}`);
+      break;
+    }
+    case "CONSTR_NOTNULL": {
+      // PostgreSQL 18: ADD CONSTRAINT name NOT NULL column [NOT VALID].
+      for (const k of constraint.keys ?? []) {
+        const column = k.String?.sval;
+        notNull(column);
+        if (!constraint.skip_validation && !state.provenNotNull.has(`${key}.${column}`)) {
+          lockFinding("set-not-null-scan", key, `NOT NULL on ${table}.${column} scans every row (no rewrite) ${exclusively}`, location);
         }
       }
       break;
     }
+    case "CONSTR_PRIMARY":
+    case "CONSTR_UNIQUE":
+    case "CONSTR_EXCLUSION":
+      if (!constraint.indexname) {
+        const kind = { CONSTR_PRIMARY: "a primary key", CONSTR_UNIQUE: "a unique", CONSTR_EXCLUSION: "an exclusion" }[constraint.contype as string];
+        lockFinding("index-not-concurrently", key, `adding ${kind} constraint${name} on ${table} builds its index ${exclusively}`, location);
+      }
+      break;
   }
-  return found;
+}
+
+/** BEGIN/COMMIT statements that split the migration; a lone COMMIT as the very last statement splits nothing. */
+function transactionControlCount(statements: readonly Statement[]): number {
+  const control = statements.filter(({ node }) => TRANSACTION_CONTROL.has((node as Node).TransactionStmt?.kind));
+  return control.length === 1 && control[0] === statements.at(-1) ? 0 : control.length;
+}
+
+/** Statements that only add (tables, columns with a default or nullable, indexes, new functions, rows): old code never notices them. */
+function onlyExpands(statements: readonly Statement[]): boolean {
+  const expands = ({ node }: Statement): boolean => {
+    const [kind, body] = Object.entries(node)[0] as [string, Node];
+    switch (kind) {
+      case "CreateStmt": case "CreateTableAsStmt": case "CreateSeqStmt": case "CreateEnumStmt": case "CreateDomainStmt":
+      case "CreateExtensionStmt": case "CreateSchemaStmt": case "CommentStmt": case "GrantStmt": case "InsertStmt":
+      case "VariableSetStmt": case "CompositeTypeStmt":
+        return true;
+      case "IndexStmt":
+        return !body.unique;
+      case "CreateFunctionStmt":
+        return !body.replace;
+      case "ViewStmt":
+        return !body.replace;
+      case "AlterTableStmt":
+        return (body.cmds ?? []).every(({ AlterTableCmd: cmd }: Node) => {
+          if (cmd?.subtype !== "AT_AddColumn") return false;
+          const constraints = (cmd.def?.ColumnDef?.constraints ?? []).map((c: Node) => c.Constraint.contype);
+          return !constraints.includes("CONSTR_NOTNULL") || constraints.includes("CONSTR_DEFAULT");
+        });
+      default:
+        return false;
+    }
+  };
+  return statements.length > 0 && statements.every(expands);
 }
 
 /** Waivers written directly above the statement starting on `line` (1-based file line). */
@@ -1895,50 +2283,209 @@ function waiversAbove(lines: string[], line: number): { rules: string[]; reason:
 
 /**
  * Analyses one migration's up SQL with the real PostgreSQL parser. Pure but
- * for loading the parser; `state` carries what earlier migrations proved.
+ * for loading the parser; `state` carries what earlier migrations declared,
+ * `gate` (the live database before the run) decides which findings stop it.
  */
-export async function analyzeMigration(migration: Migration, state: AnalysisState = newAnalysisState()): Promise<Finding[]> {
+export async function analyzeMigration(
+  migration: Migration,
+  state: AnalysisState = newAnalysisState(),
+  gate: Gate | null = null,
+): Promise<Finding[]> {
   if (migration.up.sql.trim() === "") return [];
   const { statements, place } = await parseSection(migration.up, migration.file);
   const fileLines = migration.source.split("\n");
   const findings: Finding[] = [];
-  const scope: MigrationScope = { tables: new Set(), objects: objectsCreatedIn(statements), notValidHere: new Map() };
+  const scope: MigrationScope = {
+    tables: new Set(), objects: objectsCreatedIn(statements), indexes: new Set(), notValidHere: new Map(), defaults: new Set(),
+    exclusive: new Map(), utc: false, dynamicFunctions: new Set(), reported: new Set(), emptied: new Set(), dropped: new Set(),
+    transactionControl: transactionControlCount(statements),
+  };
+  const add = (raw: RawFinding, where: { line: number; column: number }, waived: string | null) => {
+    const finding: Finding = { rule: raw.rule, migration: migration.id, file: migration.file, ...where, message: raw.message, fix: RULES[raw.rule].fix, waived, subject: raw.subject, notGating: null };
+    finding.notGating = gateReason(finding, gate);
+    findings.push(finding);
+  };
   for (const statement of statements) {
     const waivers = waiversAbove(fileLines, statement.line);
-
     for (const waiver of waivers) {
-      const where = { migration: migration.id, file: migration.file, line: waiver.line, column: waiver.column, waived: null };
-      if (!waiver.reason) {
-        findings.push({ ...where, rule: "waiver-without-reason", message: `waiver of ${waiver.rules.join(", ")} gives no reason`, fix: RULES["waiver-without-reason"].fix });
-      }
+      const where = { line: waiver.line, column: waiver.column };
+      if (!waiver.reason) add({ rule: "waiver-without-reason", message: `waiver of ${waiver.rules.join(", ")} gives no reason`, location: 0, subject: null }, where, null);
       for (const rule of waiver.rules.filter((r) => !(r in RULES))) {
         const meant = closest(rule, Object.keys(RULES));
-        findings.push({ ...where, rule: "unknown-rule", message: `the waiver names no known rule "${rule}"${meant ? ` — did you mean "${meant}"?` : ""}`, fix: RULES["unknown-rule"].fix });
+        add({ rule: "unknown-rule", message: `the waiver names no known rule "${rule}"${meant ? ` — did you mean "${meant}"?` : ""}`, location: 0, subject: null }, where, null);
       }
     }
-    for (const raw of statementFindings(statement.node, statement.offset, migration, scope, state)) {
-      const waiver = waivers.find((w) => w.rules.includes(raw.rule) && w.reason);
-      findings.push({
-        rule: raw.rule,
-        migration: migration.id,
-        file: migration.file,
-        ...place(raw.location),
-        message: raw.message,
-        fix: RULES[raw.rule].fix,
-        waived: waiver?.reason ?? null,
-      });
+    for (const raw of statementFindings(statement, migration, scope, state)) {
+      add(raw, place(raw.location), waivers.find((w) => w.rules.includes(raw.rule) && w.reason)?.reason ?? null);
+    }
+  }
+  if (migration.safe === "after_deploy" && onlyExpands(statements)) {
+    add({
+      rule: "phase-suggestion", subject: null, location: statements[0].offset,
+      message: "declared after_deploy, but its SQL only adds (no drop, rename, type change or new constraint): it could run before the deploy and ship a release earlier",
+    }, place(statements[0].offset), null);
+  }
+  return findings;
+}
+
+export interface AnalysisOptions {
+  /** Which migrations to report; all of them are analysed, in dependency order, for what they declare. */
+  report?: (m: Migration) => boolean;
+  /** The live database before the run: decides which findings stop it. Null: every table is assumed live and large. */
+  gate?: Gate | null;
+}
+
+/** Analyses migrations in dependency order, so what one declares (a column type, a validated check) counts for the next. */
+export async function analyzeMigrations(migrations: readonly Migration[], options: AnalysisOptions = {}): Promise<Finding[]> {
+  const state = newAnalysisState();
+  const findings: Finding[] = [];
+  for (const m of dependencyOrder(migrations)) {
+    const found = await analyzeMigration(m, state, options.gate ?? null);
+    if (!options.report || options.report(m)) findings.push(...found);
+  }
+  return findings;
+}
+
+// ---- the gate: what is dangerous on this database, now ----------------------
+
+/** What the database held before the run, read once from the catalog. */
+export interface LiveSchema {
+  /** Tables, views and indexes by key ("users", "app.users"): the table a lock on it falls on, and that table's size. */
+  relations: Map<string, { table: string; bytes: number; heapBytes: number }>;
+  /** Functions by name ("full_name", "app.full_name"). */
+  functions: Set<string>;
+}
+
+export interface Gate {
+  live: LiveSchema;
+  /** `pre` runs before the deploy (phase rules apply); `all` after it. */
+  phase: Phase;
+  /** Tables smaller than this (table, indexes and TOAST) are locked briefly: lock rules on them do not gate. */
+  smallTableBytes: number;
+}
+
+/** 1 MB: rewritten, scanned or indexed in under half a second even on a busy 2-core server (README, "The gate"). */
+export const DEFAULT_SMALL_TABLE_BYTES = 1024 * 1024;
+
+/** Reads the relations and functions of the database, with sizes (pg_total_relation_size is the files' real size, not an estimate). */
+export async function readLiveSchema(db: Queryable): Promise<LiveSchema> {
+  const history = tableOf(db);
+  const own = (sql: string) => `coalesce(to_regclass('${sql.replace(/'/g, "''")}')::oid, 0)`;
+  const rows = await db.query<{ schema: string; name: string; table_schema: string; table_name: string; bytes: string; heap_bytes: string }>(
+    `select n.nspname as schema, c.relname as name, tn.nspname as table_schema, t.relname as table_name,
+            case when t.relkind = 'p' then (select coalesce(sum(pg_total_relation_size(relid)), 0) from pg_partition_tree(t.oid))
+                 else pg_total_relation_size(t.oid) end as bytes,
+            case when t.relkind = 'p' then (select coalesce(sum(pg_relation_size(relid)), 0) from pg_partition_tree(t.oid))
+                 else pg_relation_size(t.oid) end as heap_bytes
+       from pg_class c
+       join pg_namespace n on n.oid = c.relnamespace
+       left join pg_index i on i.indexrelid = c.oid
+       join pg_class t on t.oid = coalesce(i.indrelid, c.oid)
+       join pg_namespace tn on tn.oid = t.relnamespace
+      where c.relkind in ('r', 'p', 'v', 'm', 'i', 'I', 'f')
+        and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_toast'
+        and t.oid not in (${own(history.sql)}, ${own(history.lockSql)})`,
+  );
+  const key = (schema: string, name: string) => (schema === "public" ? name : `${schema}.${name}`);
+  const functions = await db.query<{ schema: string; name: string }>(
+    `select n.nspname as schema, p.proname as name from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+      where n.nspname not in ('pg_catalog', 'information_schema')`,
+  );
+  return {
+    relations: new Map(rows.map((r) => [key(r.schema, r.name), { table: key(r.table_schema, r.table_name), bytes: Number(r.bytes), heapBytes: Number(r.heap_bytes) }])),
+    functions: new Set(functions.map((f) => key(f.schema, f.name))),
+  };
+}
+
+/** `1.5 MB`, `640 kB`: sizes as pg_size_pretty writes them (1024-based). */
+export function formatSize(bytes: number): string {
+  const units = ["bytes", "kB", "MB", "GB", "TB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${Number.isInteger(value) ? value : value.toFixed(1)} ${units[unit]}`;
+}
+
+/** `10MB`, `512kB`, `1GB`, `0` -> bytes; null when it is not a size. */
+export function parseSize(text: string): number | null {
+  const match = /^(\d+(?:\.\d+)?)\s*(b|bytes|kb|mb|gb|tb)?$/i.exec(text.trim());
+  if (!match) return null;
+  const unit = ["b", "kb", "mb", "gb", "tb"].indexOf((match[2] ?? "b").toLowerCase().replace("bytes", "b"));
+  return Math.round(Number(match[1]) * 1024 ** unit);
+}
+
+/**
+ * Why a finding does not stop this run, or null when it does. Without a live
+ * database every finding but information gates. With one: an object that did
+ * not exist before the run was created by it (nothing depends on it yet); a
+ * phase rule gates only before the deploy; a lock rule only on a table at
+ * least `smallTableBytes` large.
+ */
+export function gateReason(f: Finding, gate: Gate | null): string | null {
+  const rule: Rule = RULES[f.rule];
+  if (rule.kind === "info") return "information only";
+  if (!gate || rule.kind === "failure" || rule.kind === "waiver") return null;
+  const { live } = gate;
+  if (f.subject === null) return live.relations.size === 0 ? "the database had no tables before this run" : null;
+  const relation = live.relations.get(f.subject);
+  const schema = [...live.relations.keys()].some((k) => k.startsWith(`${f.subject}.`));
+  if (!relation && !live.functions.has(f.subject) && !schema) return `${f.subject} did not exist before this run`;
+  const bytes = relation?.bytes ?? 0;
+  if (f.rule === "not-null-column-without-default" && gate.phase === "all") {
+    return relation && relation.heapBytes === 0 ? `${relation.table} is empty` : null;
+  }
+  if (rule.kind === "phase") {
+    const everyPhase = f.rule === "rename-table" || f.rule === "rename-column";
+    return gate.phase === "all" && !everyPhase ? "--all runs after the deploy: no old code is left to break" : null;
+  }
+  if (relation && bytes < gate.smallTableBytes) {
+    return `${relation.table} is small (${formatSize(bytes)}, below --small-table ${formatSize(gate.smallTableBytes)}): the lock is held briefly`;
+  }
+  return null;
+}
+
+// ---- down sections ------------------------------------------------------------
+
+/**
+ * Checks a migration's down section the way it will run during a rollback:
+ * it must parse, and CONCURRENTLY, VACUUM or BEGIN/COMMIT must match the down's
+ * own `transaction:` setting. Exported for `--check` too.
+ */
+export async function analyzeDown(migration: Migration): Promise<Finding[]> {
+  const down = migration.down;
+  if (!down || down.sql.trim() === "") return [];
+  const finding = (rule: RuleId, message: string, where: { line: number; column: number }): Finding => ({
+    rule, migration: migration.id, file: migration.file, ...where, message: `down section: ${message}`, fix: RULES[rule].fix,
+    waived: null, subject: null, notGating: null,
+  });
+  let parsed: ParsedSection;
+  try {
+    parsed = await parseSection(down, migration.file);
+  } catch (error) {
+    if (!(error instanceof InputError)) throw error;
+    const line = Number(/:(\d+): /.exec(error.message)?.[1] ?? down.line);
+    return [finding("syntax-error", error.message.replace(/^.*?: SQL syntax error: /, "SQL syntax error: "), { line, column: 1 })];
+  }
+  const findings: Finding[] = [];
+  for (const { node, offset } of parsed.statements) {
+    const [kind, body] = Object.entries(node)[0] as [string, Node];
+    const concurrently = body.concurrent || (kind === "ReindexStmt" && (body.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently")) ||
+      (kind === "VacuumStmt" && body.is_vacuumcmd);
+    if (concurrently && down.transaction) {
+      findings.push(finding("concurrently-in-transaction", `${statementWords(kind)} cannot run inside a transaction: the rollback would fail`, parsed.place(offset)));
+    }
+    if (kind === "TransactionStmt" && down.transaction && TRANSACTION_CONTROL.has(body.kind)) {
+      findings.push(finding("transaction-control", `${body.kind.replace("TRANS_STMT_", "")} inside a down section safemigrate runs in one transaction: it commits part of the rollback`, parsed.place(offset)));
     }
   }
   return findings;
 }
 
-/** Analyses migrations in dependency order, so what one proves (a validated NOT NULL check) counts for the next. */
-export async function analyzeMigrations(migrations: readonly Migration[]): Promise<Finding[]> {
-  const state = newAnalysisState();
-  const findings: Finding[] = [];
-  for (const m of dependencyOrder(migrations)) findings.push(...(await analyzeMigration(m, state)));
-  return findings;
-}
+const statementWords = (kind: string): string =>
+  ({ IndexStmt: "CREATE INDEX CONCURRENTLY", DropStmt: "DROP INDEX CONCURRENTLY", ReindexStmt: "REINDEX CONCURRENTLY", VacuumStmt: "VACUUM" })[kind] ?? kind;
 
 // ============================================================================
 // 6. Database adapters
@@ -2020,7 +2567,7 @@ const secrets = new Set<string>();
  * "postgres" would mangle the output and tell the reader what it was.)
  */
 export function redact(text: string): string {
-  let out = text.replace(/(\w+:\/\/[^:/@\s]*:)[^@\s]*@/g, "$1***@");
+  let out = text.replace(/(\w+:\/\/[^:/@\s]*:)(?!<password>@)[^@\s]*@/g, "$1***@");
   for (const secret of secrets) {
     out = out.split(`:${secret}@`).join(":***@");
     if (secret.length >= 12) out = out.split(secret).join("***");
@@ -2066,7 +2613,15 @@ function describeConnectionError(error: unknown, label: string): string {
     case "ETIMEDOUT":
       return `could not connect to ${label}: timed out`;
     case "28P01":
-      return `could not connect to ${label}: ${message} (check the password in the database URL)`;
+      return `could not connect to ${label}: ${message} (check the password in the database URL or PGPASSWORD)`;
+    case "DEPTH_ZERO_SELF_SIGNED_CERT":
+    case "SELF_SIGNED_CERT_IN_CHAIN":
+    case "UNABLE_TO_VERIFY_LEAF_SIGNATURE":
+    case "UNABLE_TO_GET_ISSUER_CERT_LOCALLY":
+    case "CERT_HAS_EXPIRED":
+    case "ERR_TLS_CERT_ALTNAME_INVALID":
+      return `could not connect to ${label}: the server's SSL certificate could not be verified (${message}) — ` +
+        `give its CA with sslrootcert=<file> (or PGSSLROOTCERT), or use sslmode=require to encrypt without verifying`;
     case "28000":
     case "3D000":
       return `could not connect to ${label}: ${message}`;
@@ -2074,6 +2629,100 @@ function describeConnectionError(error: unknown, label: string): string {
       return `database error on ${label}: ${message}`;
   }
 }
+
+/**
+ * libpq's sslmode values, and what each asks of postgres.js. postgres.js
+ * alone verifies under "no-verify" and never falls back under "allow", so
+ * every mode is mapped here. "allow" is treated as "prefer" (both connect
+ * with or without SSL; libpq only tries the plain connection first).
+ */
+export const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full", "no-verify"] as const;
+export type SslMode = (typeof SSL_MODES)[number];
+
+/** The URL shape shown in hints; redact() leaves its `<password>` placeholder alone. */
+const URL_EXAMPLE = "postgres://user:<password>@host:5432/db";
+
+/** Query parameters safemigrate interprets itself; the rest go to the server as settings, as postgres.js does. */
+const URL_PARAMETERS = ["sslmode", "ssl", "sslrootcert", "host", "connect_timeout", "application_name"];
+
+/** What a URL asks of the driver beyond DRIVER_OPTIONS: sslmode, libpq's `?host=/socket/dir`, connect_timeout, application_name. */
+export function postgresOptions(url: string): { url: string; sslMode: SslMode; applicationName: string | null; options: postgres.Options<{}> } {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new InputError(`the database URL is not a valid URL — expected ${URL_EXAMPLE}`);
+  }
+  const param = (name: string) => parsed.searchParams.get(name);
+  const sslText = param("sslmode") ?? param("ssl") ?? "prefer";
+  const sslMode = (sslText === "true" ? "require" : sslText === "false" ? "disable" : sslText) as SslMode;
+  if (!SSL_MODES.includes(sslMode)) {
+    throw new InputError(`sslmode "${sslText}" in ${describeUrl(url)} is not one of ${SSL_MODES.join(", ")}`);
+  }
+  const rootCertFile = param("sslrootcert");
+  let ca: string | undefined;
+  if (rootCertFile && rootCertFile !== "system") {
+    try {
+      ca = readFileSync(rootCertFile, "utf8");
+    } catch (error) {
+      throw new InputError(`cannot read sslrootcert ${rootCertFile}: ${(error as Error).message}`);
+    }
+  }
+  const verify = { rejectUnauthorized: true, ...(ca ? { ca } : {}) };
+  const ssl: postgres.Options<{}>["ssl"] = {
+    disable: false,
+    allow: "prefer",
+    prefer: "prefer",
+    require: "require",
+    "no-verify": "require",
+    // verify-ca checks the chain but not the host name.
+    "verify-ca": { ...verify, checkServerIdentity: () => undefined },
+    "verify-full": verify,
+  }[sslMode] as postgres.Options<{}>["ssl"];
+  const socketDir = param("host")?.startsWith("/") ? param("host")! : null;
+  const port = Number(parsed.port || 5432);
+  const connectTimeout = Number(param("connect_timeout") || 0);
+  for (const name of URL_PARAMETERS) parsed.searchParams.delete(name);
+  return {
+    url: parsed.toString(),
+    sslMode,
+    applicationName: param("application_name"),
+    options: {
+      ssl,
+      ...(socketDir ? { path: `${socketDir}/.s.PGSQL.${port}` } : {}),
+      ...(connectTimeout > 0 ? { connect_timeout: connectTimeout } : {}),
+    },
+  };
+}
+
+/** Whether the server answers an SSLRequest with "S"; null when it cannot be asked. */
+async function serverAcceptsSsl(host: string, port: number): Promise<boolean | null> {
+  const { connect: connectTcp } = await import("node:net");
+  return await new Promise((resolve) => {
+    const socket = connectTcp({ host, port }, () => socket.write(new Uint8Array([0, 0, 0, 8, 4, 210, 22, 47])));
+    socket.setTimeout(5_000, () => (socket.destroy(), resolve(null)));
+    socket.once("data", (data) => (socket.destroy(), resolve(data[0] === 83)));
+    socket.once("error", () => resolve(null));
+  });
+}
+
+/** A session that holds a lock a migration waits for, from pg_blocking_pids and pg_stat_activity. */
+export interface BlockingSession {
+  pid: number;
+  application: string;
+  state: string;
+  query: string;
+  /** How long its transaction (or, outside one, its query) has been running. */
+  forMs: number;
+}
+
+/** Asked from a second session while the working session (its pid as the login announced it) waits. */
+const BLOCKERS_QUERY = `
+select b.pid, b.application_name as application, b.state, left(b.query, 200) as query,
+       (extract(epoch from now() - coalesce(b.xact_start, b.query_start)) * 1000)::int as "forMs"
+  from unnest(pg_blocking_pids($1)) as blocking(pid)
+  join pg_stat_activity b on b.pid = blocking.pid
+ order by b.pid`;
 
 export interface ConnectOptions {
   /** --history-table; the default `safemigrate_history` in the current schema. */
@@ -2103,9 +2752,16 @@ const DRIVER_OPTIONS = {
   onnotice: () => {},
 } as const;
 
+/** A driver for the URL; `application_name` is the URL's (or PGAPPNAME's, see libpqUrl) when it gives one. */
 function openDriver(url: string, label: string, applicationName: string, onclose?: () => void): postgres.Sql {
+  const resolved = postgresOptions(url);
   try {
-    return postgres(url, { ...DRIVER_OPTIONS, onclose, connection: { application_name: applicationName } });
+    return postgres(resolved.url, {
+      ...DRIVER_OPTIONS,
+      ...resolved.options,
+      onclose,
+      connection: { application_name: resolved.applicationName ?? applicationName },
+    });
   } catch (error) {
     throw new InputError(`invalid database URL ${label}: ${redact((error as Error).message)}`);
   }
@@ -2122,13 +2778,13 @@ function driverQueryable(sql: postgres.Sql | postgres.TransactionSql): Queryable
 }
 
 /** A postgres.js connection whose errors read as safemigrate's; `guard` runs before each call. */
-function driverConnection(client: postgres.Sql, label: string, guard: () => void = () => {}): Connection {
+function driverConnection(client: postgres.Sql, url: string, label: string, guard: () => void = () => {}): Connection {
   const wrap = async <T>(run: () => Promise<T>): Promise<T> => {
     try {
       guard();
       return await run();
     } catch (error) {
-      throw asDriverError(error, label);
+      throw (await withoutSslExplained(error, url, label)) ?? asDriverError(error, label);
     }
   };
   const base = driverQueryable(client);
@@ -2149,7 +2805,7 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
   const client = openDriver(url, label, "safemigrate", () => {
     if (opened) closed = true;
   });
-  const working = driverConnection(client, label, () => {
+  const working = driverConnection(client, url, label, () => {
     if (closed) throw new ConnectionLostError(`the connection to ${label} was lost`);
   });
   let announced: number | null = null;
@@ -2171,23 +2827,65 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
       opened = true;
     },
     transaction: (work) => working.transaction(work),
-    openSide: async () => driverConnection(openDriver(url, label, "safemigrate-lease"), label),
+    openSide: async () => driverConnection(openDriver(url, label, "safemigrate-lease"), url, label),
     announcedPid: () => announced,
     close: () => working.close(),
   };
+}
+
+/**
+ * postgres.js under sslmode=require against a server without SSL reports a
+ * reset socket; ask the server (one SSLRequest) and say what is wrong.
+ */
+async function withoutSslExplained(error: unknown, url: string, label: string): Promise<DatabaseError | null> {
+  const code = (error as { code?: string })?.code;
+  if (!["ECONNRESET", "EPROTO", "EPIPE", "CONNECTION_CLOSED"].includes(code ?? "")) return null;
+  const { sslMode: mode, options } = postgresOptions(url);
+  if (options.path || ["disable", "allow", "prefer"].includes(mode)) return null;
+  const server = new URL(url);
+  if ((await serverAcceptsSsl(server.hostname || "localhost", Number(server.port || 5432))) !== false) return null;
+  return new DatabaseError(
+    `could not connect to ${label}: the server does not accept SSL connections, and sslmode=${mode} requires SSL — ` +
+      `turn on ssl in the server's postgresql.conf, or use sslmode=prefer (or disable) for a server on a trusted network`,
+  );
 }
 
 /** Errors raised by the server keep their fields (position, code) for the runner; others become DatabaseError. */
 function asDriverError(error: unknown, label: string): unknown {
   if (error instanceof SafemigrateError) return error;
   if (isConnectionLoss(error)) {
-    const e = error as { message?: string };
-    return new ConnectionLostError(redact(`the connection to ${label} was lost (${e?.message ?? String(error)})`));
+    const e = error as { message?: string; code?: string };
+    return Object.assign(new ConnectionLostError(redact(`the connection to ${label} was lost (${e?.message ?? String(error)})`)), { code: e?.code });
   }
   const e = error as { name?: string; severity?: string; code?: string };
   const fromServer = e?.name === "PostgresError" || (e?.severity !== undefined && e?.code !== undefined);
   if (fromServer && !LOGIN_ERRORS.includes(e.code!)) return error;
-  return new DatabaseError(redact(describeConnectionError(error, label)));
+  // The code stays on the error: --wait retries the ones that mean "not up yet".
+  return Object.assign(new DatabaseError(redact(describeConnectionError(error, label))), { code: e?.code });
+}
+
+/**
+ * A new PGlite database runs initdb in WebAssembly: seconds, and the bulk of
+ * a first run. A copy of a freshly initialised data directory (PGlite's
+ * dumpDataDir, about 4.5 MB) is kept in the user's cache and loaded instead:
+ * several times faster, for new directories, `pglite:memory`, --rehearse and
+ * --plan without a database. A copy another PGlite build cannot start is
+ * replaced. Null when there is no home to keep it in.
+ */
+function pgliteTemplateFile(): string | null {
+  const base = process.env.XDG_CACHE_HOME || (process.env.HOME ? join(process.env.HOME, ".cache") : null);
+  return base ? join(base, "safemigrate", "pglite-template.tar.gz") : null;
+}
+
+/** Keeps a dump of a database that was just initialised and not yet used; best effort. */
+async function saveTemplate(db: { dumpDataDir(compression?: "gzip"): Promise<Blob | File> }, file: string): Promise<void> {
+  try {
+    const bytes = new Uint8Array(await (await db.dumpDataDir("gzip")).arrayBuffer());
+    mkdirSync(join(file, ".."), { recursive: true });
+    const temporary = `${file}.${process.pid}.tmp`;
+    writeFileSync(temporary, bytes);
+    renameSync(temporary, file);
+  } catch { /* a read-only home only loses the speed-up */ }
 }
 
 /**
@@ -2196,14 +2894,33 @@ function asDriverError(error: unknown, label: string): unknown {
  */
 export async function connectPglite(url: string, options: ConnectOptions = {}): Promise<Database> {
   const target = url.slice("pglite:".length);
+  const inMemory = target === "memory" || target === "";
   const { PGlite } = await import("@electric-sql/pglite");
-  const settings = { extensions: await pgliteExtensions(options.extensions ?? []) };
-  const db = target === "memory" || target === "" ? new PGlite(settings) : new PGlite(target, settings);
-  try {
+  const extensions = await pgliteExtensions(options.extensions ?? []);
+  // Only into nothing: a template is never unpacked over files already there.
+  const isNew = inMemory || !existsSync(target) || readdirSync(target).length === 0;
+  const templateFile = isNew ? pgliteTemplateFile() : null;
+  const template = templateFile && existsSync(templateFile) ? new Blob([readFileSync(templateFile)]) : null;
+  const open = async (loadDataDir: Blob | null) => {
+    const settings = loadDataDir ? { loadDataDir, extensions } : { extensions };
+    const db = inMemory ? new PGlite(settings) : new PGlite(target, settings);
     await db.waitReady;
+    return db;
+  };
+  let db: Awaited<ReturnType<typeof open>>;
+  try {
+    try {
+      db = await open(template);
+    } catch (error) {
+      if (!template) throw error;
+      // A template from another PGlite build: start over without it.
+      if (!inMemory) rmSync(target, { recursive: true, force: true });
+      db = await open(null);
+    }
   } catch (error) {
     throw new DatabaseError(`could not open the PGlite database in ${target}: ${(error as Error).message}`);
   }
+  if (templateFile && !template) await saveTemplate(db, templateFile);
   type Conn = Pick<typeof db, "query" | "exec">;
   const queryable = (conn: Conn): Queryable => ({
     query: async <T>(text: string, params?: unknown[]) => (await conn.query(text, params)).rows as T[],
@@ -2250,11 +2967,35 @@ export function extensionsCreatedBy(migrations: readonly Migration[]): string[] 
   return [...new Set(names)].sort();
 }
 
+/** Network errors and "the database system is starting up": the server is not there yet, so --wait retries them. */
+const NOT_UP_YET = ["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "CONNECT_TIMEOUT", "ETIMEDOUT", "ECONNRESET", "EHOSTUNREACH", "57P03"];
+
+/**
+ * --wait: a first query, retried while the server is not up yet, for at most
+ * `waitMs` (containers start together; the database may come up after us).
+ */
+export async function waitForDatabase(db: Database, waitMs: number, onWait?: () => void): Promise<void> {
+  const deadline = Date.now() + waitMs;
+  for (let attempt = 0;; attempt++) {
+    try {
+      await db.query("select 1");
+      return;
+    } catch (error) {
+      if (!NOT_UP_YET.includes((error as { code?: string }).code ?? "")) throw error;
+      if (Date.now() >= deadline) {
+        throw new DatabaseError(`${(error as Error).message} (waited ${formatDuration(waitMs)} with --wait)`);
+      }
+      if (attempt === 0) onWait?.();
+      await sleep(Math.min(100 * 2 ** attempt, 2_000, Math.max(deadline - Date.now(), 10)));
+    }
+  }
+}
+
 export function connect(url: string, options: ConnectOptions = {}): Promise<Database> {
   if (url.startsWith("pglite:")) return connectPglite(url, options);
   if (/^postgres(ql)?:\/\//i.test(url)) return connectPostgres(url, options);
   throw new InputError(
-    `unsupported database URL ${describeUrl(url)} — use postgres://user:password@host:5432/db, pglite:<dir> or pglite:memory`,
+    `unsupported database URL ${describeUrl(url)} — use ${URL_EXAMPLE}, pglite:<dir> or pglite:memory`,
   );
 }
 
@@ -2342,7 +3083,7 @@ async function prepareTables(db: Database): Promise<{ serverPid: number | null }
       return { serverPid: state.pid };
     } catch (error) {
       const code = (error as { code?: string }).code;
-      if (attempt >= 3 || (code !== "23505" && code !== "42P07")) throw describeSetupError(error, t);
+      if (attempt >= 3 || (code !== "23505" && code !== "42P07")) throw await historyTableRefused(db, error);
     }
   }
 }
@@ -2402,9 +3143,15 @@ function historyRowFrom(row: Record<string, unknown>): HistoryRow {
 
 export type RunEvent =
   | { type: "waiting-for-lock"; holder: string }
+  | { type: "starting"; id: string; safe: Safe | null; verb: "apply" | "roll back" }
+  | { type: "statement"; id: string; file: string; line: number; sql: string }
   | { type: "applied"; migration: Migration; durationMs: number }
   | { type: "reverted"; step: RevertStep; durationMs: number }
-  | { type: "lock-timeout"; id: string; file: string; line: number; attempt: number; attempts: number; waitMs: number }
+  | {
+    type: "lock-timeout"; id: string; file: string; line: number; attempt: number; attempts: number; waitMs: number;
+    /** Who held the lock, asked while the statement waited. */
+    blockers: BlockingSession[];
+  }
   | { type: "dropped-invalid-index"; name: string };
 
 export interface AppliedMigration {
@@ -2419,6 +3166,8 @@ export interface RunResult {
   dryRun: boolean;
   /** Invalid indexes found before the run (left by a failed CREATE INDEX CONCURRENTLY), and whether they were dropped. */
   invalidIndexes: { name: string; definition: string; dropped: boolean }[];
+  /** The analysis of what is (or would be) applied, each finding judged by the gate; a plan keeps the gating ones too. */
+  findings?: Finding[];
 }
 
 export interface LockOptions {
@@ -2444,6 +3193,9 @@ export interface RunOptions extends LockOptions {
   /** Show the plan only: no lock, no history table, no detection. */
   dryRun?: boolean;
   now?: () => Date;
+  /** The gate: tables below this size are locked briefly (--small-table); findings of migrations up to `lintAfter` are not reported. */
+  smallTableBytes?: number;
+  lintAfter?: string | null;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -2620,6 +3372,29 @@ export async function underLock<T>(
   }
 }
 
+/**
+ * PostgreSQL 15 gives only the owner CREATE on `public`: a deploy role that
+ * does not own it cannot create the history table. Say where the table goes
+ * and how to place it, instead of the bare "permission denied".
+ */
+async function historyTableRefused(db: Database, error: unknown): Promise<unknown> {
+  if ((error as { code?: string })?.code !== "42501") return describeSetupError(error, db.history);
+  const t = db.history;
+  const [where] = await db.query<{ role: string; schema: string | null; path: string }>(
+    `select current_user as role, current_schema() as schema, current_setting('search_path') as path`,
+  ).catch(() => [{ role: "<role>", schema: null, path: "?" }]);
+  const qualified = t.name.includes(".");
+  const schema = qualified ? t.name.split(".")[0] : where.schema ?? "public";
+  return new DatabaseError(
+    `cannot create the history table ${t.name} (and ${t.name}_lock) in schema "${schema}" on ${db.label}: ${(error as Error).message}\n` +
+      (qualified ? "" : `  safemigrate keeps its history in the first schema of the search_path (${where.path}), where your migrations' tables go too. `) +
+      `As the schema's owner (or a superuser), run:\n` +
+      `    grant create on schema ${schema} to ${where.role};\n` +
+      `  or keep the history in a schema the role owns: create schema safemigrate authorization ${where.role}; ` +
+      `and pass --history-table safemigrate.${HISTORY_TABLE}`,
+  );
+}
+
 /** `transaction: false` statements commit one by one: through a pooler nothing can fence them, so refuse before starting. */
 export function refuseUnfencedThroughPooler(db: Database, sections: readonly { id: string; file: string; section: SqlSection }[]): void {
   if (!db.lease?.pooled) return;
@@ -2684,6 +3459,29 @@ function checkLease(db: Database, what: SectionRun): void {
 }
 
 /**
+ * While a statement waits, asks once (just before lock_timeout would end the
+ * wait) who holds the lock: once the timeout has fired, the wait and with it
+ * pg_blocking_pids are gone.
+ */
+function watchBlockers(db: Database, lockTimeoutMs: number): { seen: () => Promise<BlockingSession[]>; stop: () => void } {
+  let asked: Promise<BlockingSession[]> = Promise.resolve([]);
+  const ask = async (pid: number) => {
+    const side = await db.openSide();
+    try {
+      return await side.query<BlockingSession>(BLOCKERS_QUERY, [pid]);
+    } finally {
+      await side.close();
+    }
+  };
+  // PGlite has one session (nothing else holds locks); through a pooler the announced pid is not the server's.
+  const pid = db.server ? db.announcedPid() : null;
+  const timer = lockTimeoutMs > 0 && pid !== null
+    ? setTimeout(() => asked = ask(pid).catch(() => []), Math.max(lockTimeoutMs - Math.min(lockTimeoutMs / 5, 500), 1))
+    : null;
+  return { seen: () => asked, stop: () => timer && clearTimeout(timer) };
+}
+
+/**
  * Runs one SQL section (the up or down of a migration) and then `record`,
  * which writes the history. In a transaction both commit together or not at
  * all, behind the lease's fence, and a lock timeout retries the whole
@@ -2704,16 +3502,23 @@ export async function runSection(
   /** Runs `attempt` until it does not fail on lock_timeout, at most settings.attempts times. */
   const withRetries = async (line: number, attempt: () => Promise<void>) => {
     for (let n = 1;; n++) {
+      const watch = watchBlockers(db, lockTimeout);
       try {
         return await attempt();
       } catch (error) {
         if (!isLockTimeout(error) || n >= settings.attempts) throw Object.assign(error as object, { attempts: n });
         const waitMs = backoffMs(n);
-        settings.onEvent?.({ type: "lock-timeout", id: what.id, file: what.file, line, attempt: n, attempts: settings.attempts, waitMs });
+        settings.onEvent?.({
+          type: "lock-timeout", id: what.id, file: what.file, line, attempt: n, attempts: settings.attempts, waitMs, blockers: await watch.seen(),
+        });
         await sleep(waitMs);
+      } finally {
+        watch.stop();
       }
     }
   };
+  const announce = (statement: Statement) =>
+    settings.onEvent?.({ type: "statement", id: what.id, file: what.file, line: statement.line, sql: statement.sql });
   const timeouts = (scope: "local" | "session") =>
     `set ${scope === "local" ? "local " : ""}lock_timeout = ${lockTimeout}; set ${scope === "local" ? "local " : ""}statement_timeout = ${statementTimeout}`;
   const failure = (line: number, error: unknown, consequence: string) =>
@@ -2742,6 +3547,7 @@ export async function runSection(
             checkLease(db, what);
             const sent = index === 0 ? prefix : "";
             failed = { statement, prefix: sent };
+            announce(statement);
             await tx.exec(sent + statement.sql);
           }
           failed = null;
@@ -2777,6 +3583,7 @@ export async function runSection(
       try {
         checkLease(db, what);
         if (fence) await db.exec(fence);
+        announce(statement);
         await withRetries(statement.line, () => db.exec(statement.sql));
         await what.marker?.progress(db, index + 1);
       } catch (error) {
@@ -3011,6 +3818,7 @@ export async function interruptedReport(rows: readonly HistoryRow[], migrations:
 async function applyAll(db: Database, migrations: readonly Migration[], phase: string, options: LockOptions) {
   const applied: AppliedMigration[] = [];
   for (const migration of migrations) {
+    options.onEvent?.({ type: "starting", id: migration.id, safe: migration.safe, verb: "apply" });
     const durationMs = await applyMigration(db, migration, phase, executionOf(options));
     // Whole milliseconds in results (and so in JSON); the event keeps the fraction for the human line.
     applied.push({ id: migration.id, safe: migration.safe, durationMs: Math.round(durationMs) });
@@ -3080,6 +3888,7 @@ async function runSteps(
   };
   for (const [index, step] of revert.entries()) {
     try {
+      options.onEvent?.({ type: "starting", id: step.id, safe: null, verb: "roll back" });
       const durationMs = await revertMigration(db, step, executionOf(options));
       progress.reverted.push({ id: step.id, durationMs: Math.round(durationMs) });
       options.onEvent?.({ type: "reverted", step, durationMs });
@@ -3091,6 +3900,7 @@ async function runSteps(
   }
   for (const [index, migration] of apply.entries()) {
     try {
+      options.onEvent?.({ type: "starting", id: migration.id, safe: migration.safe, verb: "apply" });
       const durationMs = await applyMigration(db, migration, phase, executionOf(options));
       progress.applied.push({ id: migration.id, safe: migration.safe, durationMs: Math.round(durationMs) });
       options.onEvent?.({ type: "applied", migration, durationMs });
@@ -3148,7 +3958,10 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
     planRun({ migrations, history, now: now(), mode: options.mode, phase: options.phase });
   if (options.dryRun) {
     const invalidIndexes = (await findInvalidIndexes(db)).map((index) => ({ ...index, dropped: false }));
-    return { plan: plan(await readHistory(db)), applied: [], dryRun: true, invalidIndexes };
+    const planned = plan(await readHistory(db));
+    const gate = options.lint !== false && !planned.refused && planned.apply.length > 0;
+    const findings = gate ? await gateFindings(db, migrations, planned.apply, options) : [];
+    return { plan: planned, applied: [], dryRun: true, invalidIndexes, findings };
   }
 
   return await underLock(db, options, async (history) => {
@@ -3162,7 +3975,7 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
     // A syntax error anywhere stops the run before anything is applied (each section is parsed once, then cached).
     for (const m of result.plan.apply) await parseSection(m.up, m.file);
     refuseUnfencedThroughPooler(db, result.plan.apply.map((m) => ({ id: m.id, file: m.file, section: m.up })));
-    if (options.lint !== false) await refuseUnsafe(migrations, result.plan.apply);
+    if (options.lint !== false) result.findings = await refuseUnsafe(db, migrations, result.plan.apply, options);
     result.invalidIndexes = await repairInvalidIndexes(db, Boolean(options.repairInvalidIndexes), options.onEvent);
     result.applied = await applyAll(db, result.plan.apply, options.phase, options);
     await recordDetected(db, result.plan, migrations);
@@ -3173,21 +3986,44 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
 /** Findings that stop a run: raised before anything is applied, exit 2. */
 export class LintError extends InputError {
   readonly findings: Finding[];
-  constructor(findings: Finding[]) {
+  constructor(findings: Finding[], all: readonly Finding[] = findings) {
+    const others = all.filter((f) => !isGating(f)).length;
     super(
-      `refusing to apply: ${plural(findings.length, "unwaived finding")} in migrations about to run:\n` +
+      `refusing to apply: ${plural(findings.length, "gating finding")} in migrations about to run:\n` +
         findings.map((f) => `  ${formatFinding(f)}`).join("\n") +
+        (others > 0 ? `\n(${plural(others, "other finding")} did not gate: waived, or harmless on this database)` : "") +
         `\nFix the migration, waive a finding with "-- safemigrate-ignore: <rule> -- <reason>" above the statement, or pass --no-lint`,
     );
     this.findings = findings;
   }
 }
 
-/** The analysis over every migration (what earlier ones prove counts), reported for those about to run. */
-async function refuseUnsafe(migrations: readonly Migration[], toApply: readonly Migration[]): Promise<void> {
+/** The analysis of the migrations about to run (all of them analysed, so what earlier ones declared counts), judged against the live database. */
+export async function gateFindings(
+  db: Queryable,
+  migrations: readonly Migration[],
+  toApply: readonly Migration[],
+  options: { phase: Phase; smallTableBytes?: number; lintAfter?: string | null },
+): Promise<Finding[]> {
   const ids = new Set(toApply.map((m) => m.id));
-  const findings = (await analyzeMigrations(migrations)).filter((f) => ids.has(f.migration) && f.waived === null);
-  if (findings.length > 0) throw new LintError(findings);
+  const gate: Gate = { live: await readLiveSchema(db), phase: options.phase, smallTableBytes: options.smallTableBytes ?? DEFAULT_SMALL_TABLE_BYTES };
+  return await analyzeMigrations(migrations, { gate, report: (m) => ids.has(m.id) && isLinted(m.id, options.lintAfter ?? null) });
+}
+
+/** Migrations up to `--lint-after` (like strong_migrations' start_after) are analysed but not reported. */
+export const isLinted = (id: string, lintAfter: string | null): boolean => lintAfter === null || compareIds(id, lintAfter) > 0;
+
+/** Raises LintError when a finding gates; returns every finding, for the run to show. */
+async function refuseUnsafe(
+  db: Queryable,
+  migrations: readonly Migration[],
+  toApply: readonly Migration[],
+  options: RunOptions,
+): Promise<Finding[]> {
+  const findings = await gateFindings(db, migrations, toApply, options);
+  const gating = findings.filter(isGating);
+  if (gating.length > 0) throw new LintError(gating, findings);
+  return findings;
 }
 
 /**
@@ -3945,6 +4781,8 @@ export interface Output {
   out(line: string): void;
   err(line: string): void;
   color: boolean;
+  /** On a terminal: show `line` in place of the previous status line (null clears it). Absent elsewhere. */
+  status?(line: string | null): void;
   /** Set by the console output once the reader of stdout or stderr went away (`| head`): the run stops quietly. */
   closed?: boolean;
 }
@@ -3959,10 +4797,11 @@ const ms = (value: number) => `${value < 10 ? value.toFixed(1) : Math.round(valu
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 function delayNote(d: DelayedMigration, now: Date): string {
-  if (d.delayMs === null) return `${d.safe}: waits for --all`;
-  if (d.dueAt === null) return `after_deploy, delay ${formatDuration(d.delayMs)}: the clock starts at this --pre`;
+  const behind = d.waitsFor ? `, and it waits for ${d.waitsFor.join(", ")}, which cannot run before the deploy` : "";
+  if (d.delayMs === null) return `${d.safe}: waits for --all${behind}`;
+  if (d.dueAt === null) return `after_deploy, delay ${formatDuration(d.delayMs)}: the clock starts at this --pre${behind}`;
   return `after_deploy, delay ${formatDuration(d.delayMs)}: due ${d.dueAt.toISOString()}` +
-    (d.dueAt <= now ? "" : ` (in ${formatDuration(Math.ceil((d.dueAt.getTime() - now.getTime()) / 60_000) * 60_000)})`);
+    (d.dueAt <= now ? "" : ` (in ${formatDuration(Math.ceil((d.dueAt.getTime() - now.getTime()) / 60_000) * 60_000)})`) + behind;
 }
 
 /** Where a step's down SQL comes from, and why, for the plan and the progress lines. */
@@ -3981,11 +4820,72 @@ export function humanRunEvent(output: Output, event: RunEvent): void {
       `  ${yellow(output, "lock timeout")}  ${event.id}  ${dim(output, `(${event.file}:${event.line})`)}  attempt ${event.attempt} of ${event.attempts}, ` +
         `retrying in ${(event.waitMs / 1000).toFixed(1)} s`,
     );
+    for (const b of event.blockers) {
+      output.err(
+        `      held by pid ${b.pid} (${b.application || "no application_name"}, ${b.state ?? "?"} for ${formatSeconds(b.forMs)}): ` +
+          `${b.query.replace(/\s+/g, " ").trim()}`,
+      );
+    }
   } else if (event.type === "dropped-invalid-index") {
     output.out(`  ${yellow(output, "dropped invalid index")}  ${event.name}`);
   } else if (event.type === "reverted") {
     output.out(`  ${yellow(output, "rolled back")}  ${event.step.id}  ${dim(output, `(${downSource(event.step)})`)}  ${ms(event.durationMs)}`);
   }
+}
+
+const formatSeconds = (ms: number) => ms < 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 1000)} s`;
+
+/**
+ * Progress of a run for people: a line when a migration starts (so a log
+ * shows what is running when a deploy hangs). On a terminal that line is
+ * rewritten in place with the elapsed time, then replaced by the result line.
+ * `--verbose` adds each statement as it is sent. `stop` clears what is left.
+ */
+export function humanProgress(output: Output, verbose: boolean): { onEvent: (event: RunEvent) => void; stop: () => void } {
+  let current: string | null = null;
+  let ticker: ReturnType<typeof setInterval> | null = null;
+  const stop = () => {
+    if (ticker) clearInterval(ticker);
+    ticker = current = null;
+    output.status?.(null);
+  };
+  /** Prints over the status line, then puts it back. */
+  const around = (print: () => void) => {
+    output.status?.(null);
+    print();
+    if (current) output.status?.(current);
+  };
+  const onEvent = (event: RunEvent) => {
+    if (event.type === "starting") {
+      const line = `  ${event.verb === "apply" ? "applying" : "rolling back"}  ${event.id}` +
+        (event.safe ? `  ${dim(output, `(${event.safe})`)}` : "");
+      if (!output.status) return output.out(line);
+      const started = Date.now();
+      output.status(current = line);
+      ticker = setInterval(() => output.status!(current = `${line}  ${dim(output, formatSeconds(Date.now() - started))}`), 1_000);
+      (ticker as { unref?: () => void }).unref?.();
+    } else if (event.type === "statement") {
+      if (verbose) {
+        around(() => {
+          output.out(dim(output, `    ${event.file}:${event.line}`));
+          for (const line of event.sql.trim().split("\n")) output.out(`      ${line}`);
+        });
+      }
+    } else if (event.type === "applied" || event.type === "reverted") {
+      stop();
+      humanRunEvent(output, event);
+    } else {
+      around(() => humanRunEvent(output, event));
+    }
+  };
+  return { onEvent, stop };
+}
+
+/** The SQL a step would run, indented under its plan line (--plan --sql). */
+function planSql(output: Output, section: SqlSection | null | undefined): void {
+  if (!section) return;
+  if (!section.transaction) output.out(dim(output, "      -- runs outside a transaction, statement by statement"));
+  for (const line of section.sql.trim().split("\n")) output.out(`      ${line}`);
 }
 
 export function blockedReport(plan: Plan): string {
@@ -4003,16 +4903,65 @@ export function blockedReport(plan: Plan): string {
   ].join("\n");
 }
 
-export function humanRunSummary(output: Output, result: RunResult, total: number, now: Date): void {
+/** A run's exit code; a plan's is the one the run would have. */
+export function runExitCode(result: RunResult): number {
+  if (result.plan.refused) return EXIT.blocked;
+  return result.findings?.some(isGating) ? EXIT.invalid : EXIT.ok;
+}
+
+const createdByTheRun = (f: Finding) => /did not exist before this run$|no tables before this run$/.test(f.notGating ?? "");
+
+/**
+ * The gate's findings in a run or plan: in a plan, the refusal the run would
+ * print; then each finding that does not gate, with why, except those on
+ * objects the run itself creates and information, which are counted (a fresh
+ * database has hundreds; --lint lists them).
+ */
+function humanGateFindings(output: Output, result: RunResult): void {
+  const findings = (result.findings ?? []).filter((f) => f.waived === null);
+  const gating = findings.filter(isGating);
+  if (result.dryRun && gating.length > 0) {
+    output.err(red(output, `safemigrate: the run would stop (exit ${EXIT.invalid}), nothing applied: ${new LintError(gating, findings).message}`));
+  }
+  const created = findings.filter(createdByTheRun);
+  const information = findings.filter((f) => RULES[f.rule].kind === "info");
+  for (const f of findings.filter((f) => !isGating(f) && !createdByTheRun(f) && RULES[f.rule].kind !== "info")) {
+    output.out(`  ${yellow(output, "not gating")}  ${f.file}:${f.line}: ${f.rule}: ${f.message} ${dim(output, `(${f.notGating})`)}`);
+  }
+  const counted = [
+    created.length > 0 ? `${plural(created.length, "finding")} on objects this run creates, not gating` : "",
+    information.length > 0 ? `${plural(information.length, "information finding")}` : "",
+  ].filter(Boolean);
+  if (counted.length > 0) output.out(`  ${dim(output, `${counted.join("; ")} (--lint lists them)`)}`);
+}
+
+export function humanRunSummary(output: Output, result: RunResult, total: number, now: Date, showSql = false): void {
   const { plan } = result;
+  humanGateFindings(output, result);
   if (result.dryRun) {
     output.out(`plan for --${plan.phase}${plan.phase === "pre" ? ` (${plan.mode})` : ""}:`);
     for (const index of result.invalidIndexes) {
       output.out(`  ${red(output, "invalid index")}  ${index.name}  ${dim(output, "(a run would refuse until --repair-invalid-indexes drops it)")}`);
     }
-    for (const m of plan.apply) output.out(`  ${green(output, "would apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+    for (const m of plan.apply) {
+      output.out(`  ${green(output, "would apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+      if (showSql) planSql(output, m.up);
+    }
   }
   for (const d of plan.delayed) output.out(`  ${yellow(output, "waits")}  ${d.id}  ${dim(output, `(${delayNote(d, now)})`)}`);
+  for (const d of plan.early) {
+    const clock = d.dueAt === null ? "no --pre has started its clock" : `due ${d.dueAt.toISOString()}`;
+    output.out(
+      `  ${yellow(output, "before its delay")}  ${d.id}  ` +
+        dim(output, `(delay ${formatDuration(d.delayMs!)}, ${clock}; --all ${result.dryRun ? "would apply" : "applied"} it now)`),
+    );
+  }
+  if (plan.missingFiles.length > 0) {
+    output.out(
+      `  ${yellow(output, "no file")}  ${plan.missingFiles.join(", ")}  ${dim(output, `(applied, but not in this checkout: ` +
+        `an older checkout or another branch? --status lists them, --sync rolls them back on a development database)`)}`,
+    );
+  }
   if (plan.refused) {
     output.err(red(output, `safemigrate: ${blockedReport(plan)}`));
     return;
@@ -4022,7 +4971,9 @@ export function humanRunSummary(output: Output, result: RunResult, total: number
   }
   const pendingAfter = plan.delayed.length + plan.blocked.length;
   const later = pendingAfter > 0 ? `; ${plural(pendingAfter, "migration")} left for --all` : "";
-  if (result.dryRun) {
+  if (result.dryRun && runExitCode(result) !== EXIT.ok) {
+    output.out(`The run would apply nothing and exit ${runExitCode(result)}. Nothing was changed.`);
+  } else if (result.dryRun) {
     output.out(`${plural(plan.apply.length, "migration")} would be applied${later}. Nothing was changed.`);
   } else if (result.applied.length === 0) {
     output.out(`Nothing to apply${later}.`);
@@ -4034,8 +4985,8 @@ export function humanRunSummary(output: Output, result: RunResult, total: number
 export function runResultJson(result: RunResult, database: string): unknown {
   const { plan } = result;
   return {
-    ok: !plan.refused,
-    exitCode: plan.refused ? EXIT.blocked : EXIT.ok,
+    ok: runExitCode(result) === EXIT.ok,
+    exitCode: runExitCode(result),
     command: plan.phase,
     mode: plan.mode,
     database,
@@ -4048,6 +4999,7 @@ export function runResultJson(result: RunResult, database: string): unknown {
     ...(plan.advice ? { advice: plan.advice } : {}),
     detected: result.dryRun ? [] : plan.detect,
     invalidIndexes: result.invalidIndexes,
+    findings: result.findings ?? [],
   };
 }
 
@@ -4069,24 +5021,37 @@ export function humanStatus(output: Output, rows: StatusRow[]): void {
 
 /** `file:line:column: rule: message` and the fix on the next line. */
 export function formatFinding(f: Finding): string {
-  return `${f.file}:${f.line}:${f.column}: ${f.rule}: ${f.message}\n    fix: ${f.fix}` + (f.waived ? `\n    waived: ${f.waived}` : "");
+  return `${f.file}:${f.line}:${f.column}: ${f.rule}: ${f.message}\n    fix: ${f.fix}` + (f.waived ? `\n    waived: ${f.waived}` : "") +
+    (f.notGating && !f.waived ? `\n    not gating: ${f.notGating}` : "");
 }
 
 /** A GitHub Actions workflow command: the finding shows as an annotation on the file in the pull request. */
 export function githubAnnotation(f: Finding): string {
   const escape = (text: string) => text.replace(/%/g, "%25").replace(/\r/g, "%0D").replace(/\n/g, "%0A");
   const property = (text: string) => escape(text).replace(/:/g, "%3A").replace(/,/g, "%2C");
-  return `::error file=${property(f.file)},line=${f.line},col=${f.column},title=${property(`safemigrate ${f.rule}`)}::` +
+  return `::${isGating(f) ? "error" : "notice"} file=${property(f.file)},line=${f.line},col=${f.column},title=${property(`safemigrate ${f.rule}`)}::` +
     escape(`${f.message}. Fix: ${f.fix}`);
 }
 
 export const stepJson = ({ id, source, origin, note }: RevertStep) => ({ id, source, origin, note });
 
-export function humanRevertPlan(output: Output, title: string, steps: readonly RevertStep[], apply: readonly Migration[] = []): void {
+export function humanRevertPlan(
+  output: Output,
+  title: string,
+  steps: readonly RevertStep[],
+  apply: readonly Migration[] = [],
+  showSql = false,
+): void {
   output.out(title);
   if (steps.length === 0 && apply.length === 0) output.out("  nothing to do");
-  for (const s of steps) output.out(`  ${yellow(output, "roll back")}  ${s.id}  ${dim(output, `(${downSource(s)})`)}`);
-  for (const m of apply) output.out(`  ${green(output, "apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+  for (const s of steps) {
+    output.out(`  ${yellow(output, "roll back")}  ${s.id}  ${dim(output, `(${downSource(s)})`)}`);
+    if (showSql) planSql(output, s.down);
+  }
+  for (const m of apply) {
+    output.out(`  ${green(output, "apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+    if (showSql) planSql(output, m.up);
+  }
 }
 
 const REHEARSAL_NOTE: Record<string, string> = {
@@ -4173,19 +5138,27 @@ Usage:
   bun safemigrate.ts --accept-changed <id>  accept the edited up SQL of an applied migration
   bun safemigrate.ts --check            check the files (and, with --database-url, the history) for CI and pre-commit
   bun safemigrate.ts --rehearse         apply, undo and re-apply every migration, then roll back the newest, on a scratch database
-  bun safemigrate.ts --lint             check each migration's SQL against its declared phase and for long locks
+  bun safemigrate.ts --lint [<file>...] check each migration's SQL against its declared phase and for long locks
+                                        (named files only, still knowing what earlier migrations declared)
+  bun safemigrate.ts --new <name>       create the next migration file, numbered as the directory already is
 
 Options:
   --plan                 with --pre, --all, --rollback or --sync: show what would happen, change nothing
+  --sql                  with --plan: also show the SQL that would run
+  --verbose              show each statement as it is sent
   --json                 print one JSON object on stdout
   --dir <path>           migrations directory (default ./migrations)
   --database-url <url>   postgres://user@host:5432/db (sslmode honoured), pglite:<dir> or pglite:memory
-                         (default: env DATABASE_URL, else an embedded PGlite in .safemigrate/)
+                         (default: env DATABASE_URL, else PGHOST/PGUSER/... as psql reads them,
+                         else an embedded PGlite in .safemigrate/)
+  --wait <time>          wait this long for the database to accept connections, e.g. 30s
   --mode <mode>          strict | nonstrict | disabled (default: env SAFEMIGRATE, else strict)
   --lock-wait <time>     how long to wait for another run's lock, e.g. 30s, 5m (default 5m)
   --force                let --sync run in a release environment
   --format <f>           --lint output: human (default), github (Actions annotations) or json
-  --no-lint              let --pre/--all apply migrations with unwaived findings
+  --no-lint              let --pre/--all apply migrations with gating findings
+  --small-table <size>   lock rules do not gate on existing tables smaller than this (default 1MB; 0: every table)
+  --lint-after <id>      report findings only for migrations after <id> (default: env SAFEMIGRATE_LINT_AFTER)
   --lock-timeout <t>     lock_timeout for every statement (default 5s; a file's "-- lock-timeout:" wins)
   --statement-timeout <t>  statement_timeout (default off; a file's "-- statement-timeout:" wins)
   --lock-retries <n>     attempts for a statement that hits lock_timeout (default 5)
@@ -4196,7 +5169,11 @@ Options:
   --direct-url <url>     a direct connection for the run when --database-url is a pooler (env SAFEMIGRATE_DIRECT_URL)
   --lease <time>         how long the run's lock lasts without a heartbeat (default 60s)
   -h, --help             show this help
-  --version              print the version
+  -v, --version          print the version
+
+Options other than --plan, --sql, --rerun, --force and --format can also be set in safemigrate.json (or a
+"safemigrate" section of package.json) and as SAFEMIGRATE_<OPTION> (SAFEMIGRATE_LOCK_TIMEOUT=10s); a flag wins over
+the environment, the environment over the file. .env files are read as Bun reads them.
 
 Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
 2 invalid input (usage, front-matter, dependency graph, checksum drift, a failed check or rehearsal),
@@ -4204,17 +5181,32 @@ Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
 141 the reader of the output went away (| head): the run stopped there.
 `;
 
-const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "lint", "rollback", "fake", "baseline", "accept-changed"] as const;
+const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "lint", "rollback", "fake", "baseline", "accept-changed", "new"] as const;
 type Command = (typeof COMMANDS)[number];
-const ID_COMMANDS: readonly Command[] = ["rollback", "fake", "baseline", "accept-changed"];
+/** Commands that take a value: a migration id, or for --new the name of the new migration. */
+const ID_COMMANDS: readonly Command[] = ["rollback", "fake", "baseline", "accept-changed", "new"];
 const PLANNABLE: readonly Command[] = ["pre", "all", "rollback", "sync"];
 const BOOLEAN_FLAGS = [
   "pre", "all", "status", "sync", "check", "rehearse", "lint", "plan", "json", "last", "force", "repair-invalid-indexes", "help", "version",
+  "verbose", "sql",
 ];
 const STRING_FLAGS = [
   "dir", "database-url", "mode", "lock-wait", "rollback", "fake", "baseline", "accept-changed", "format", "lock-timeout",
-  "statement-timeout", "lock-retries", "rerun", "history-table", "direct-url", "lease", "after",
+  "statement-timeout", "lock-retries", "rerun", "history-table", "direct-url", "lease", "small-table", "lint-after", "wait", "new", "after",
 ];
+/**
+ * Options that can be set once for a project instead of on every command
+ * line: in the project file and in SAFEMIGRATE_<NAME> variables. A flag wins
+ * over the environment, the environment over the file. Commands are never
+ * settings: what to do is always said on the command line.
+ */
+export const SETTINGS = [
+  "dir", "database-url", "mode", "lock-wait", "lock-timeout", "statement-timeout", "lock-retries", "wait",
+  "lint", "repair-invalid-indexes", "verbose", "json", "history-table", "direct-url", "lease",
+] as const;
+const BOOLEAN_SETTINGS: readonly string[] = ["lint", "repair-invalid-indexes", "verbose", "json"];
+/** `lock-wait` -> `SAFEMIGRATE_LOCK_WAIT`. */
+export const settingVariable = (setting: string) => `SAFEMIGRATE_${setting.toUpperCase().replace(/-/g, "_")}`;
 /** A missing URL here is an error: a release step must never migrate a local toy database. */
 const RELEASE_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER", "CI"];
 /** Where --sync refuses without --force: deployed apps (CI runs review apps, so it is not listed). */
@@ -4225,19 +5217,31 @@ const isSet = (value: string | undefined) => value !== undefined && !["", "0", "
 
 export interface CliOptions {
   command: Command | "help" | "version";
-  /** The migration id for --rollback, --fake, --baseline, --accept-changed; null for --rollback --last. */
+  /** The migration id for --rollback, --fake, --baseline, --accept-changed, the name for --new; null for --rollback --last. */
   target: string | null;
   plan: boolean;
   json: boolean;
   force: boolean;
+  /** --verbose: show each statement as it runs. */
+  verbose: boolean;
+  /** --plan --sql: show the SQL that would run. */
+  sql: boolean;
   dir: string;
-  /** From --database-url only; the environment is consulted in resolveDatabaseUrl. */
+  /** From --database-url or SAFEMIGRATE_DATABASE_URL; DATABASE_URL and PG* are consulted in resolveDatabaseUrl. */
   databaseUrl: string | null;
+  /** "database-url" from the project file: used when the environment names no database. */
+  projectDatabaseUrl: string | null;
   mode: Mode;
   lockWaitMs: number;
+  /** --wait: how long to wait for the database to accept connections; 0 to fail at once. */
+  waitMs: number;
   format: "human" | "github" | "json";
   /** false with --no-lint. */
   lint: boolean;
+  /** --small-table in bytes, --lint-after, and the files or ids named after --lint. */
+  smallTableBytes: number;
+  lintAfter: string | null;
+  lintOnly: string[];
   repairInvalidIndexes: boolean;
   execution: Omit<ExecutionSettings, "onEvent">;
   /** --rerun: interrupted migrations to run again from their first statement. */
@@ -4250,22 +5254,125 @@ export interface CliOptions {
   after: string | null;
 }
 
-/** Turns argv and the environment into options; every mistake is an InputError. */
-export function parseArgs(argv: string[], env: Record<string, string | undefined>): CliOptions {
-  const args = mri(argv, { boolean: BOOLEAN_FLAGS, string: STRING_FLAGS, alias: { h: "help" } });
+/** The settings from the project file, and the name to give it in messages. */
+export interface ProjectSettings {
+  file: string;
+  values: Record<string, unknown>;
+}
+
+/**
+ * The project file, in the directory safemigrate runs in: `safemigrate.json`,
+ * else the "safemigrate" section of `package.json`. Same names as the flags.
+ */
+export function readProjectSettings(cwd: string): ProjectSettings | null {
+  const candidates: [string, string, (json: Record<string, unknown>) => unknown][] = [
+    ["safemigrate.json", "safemigrate.json", (json) => json],
+    ["package.json", `package.json "safemigrate"`, (json) => json?.safemigrate],
+  ];
+  for (const [name, file, section] of candidates) {
+    const path = join(cwd, name);
+    if (!existsSync(path)) continue;
+    let values: unknown;
+    try {
+      values = section(JSON.parse(readFileSync(path, "utf8")));
+    } catch (error) {
+      if (name === "package.json") continue; // someone else's file; not ours to judge
+      throw new InputError(`${file}: not valid JSON: ${(error as Error).message}`);
+    }
+    if (values === undefined) continue;
+    if (typeof values !== "object" || values === null || Array.isArray(values)) throw new InputError(`${file}: expected an object of settings`);
+    for (const [key, value] of Object.entries(values)) {
+      if (!(SETTINGS as readonly string[]).includes(key)) {
+        const meant = closest(key, SETTINGS);
+        throw new InputError(`${file}: unknown setting "${key}"${meant ? ` — did you mean "${meant}"?` : ""} (settings: ${SETTINGS.join(", ")})`);
+      }
+      const expected = BOOLEAN_SETTINGS.includes(key) ? "boolean" : key === "lock-retries" ? "number" : "string";
+      if (typeof value !== expected) throw new InputError(`${file}: "${key}" must be a ${expected}, not ${JSON.stringify(value)}`);
+    }
+    return { file, values: values as Record<string, unknown> };
+  }
+  return null;
+}
+
+/** One option's value and where it came from, for messages: `--lock-wait`, `SAFEMIGRATE_LOCK_WAIT`, `safemigrate.json "lock-wait"`. */
+interface Setting<T> {
+  value: T;
+  from: string;
+}
+
+/** A flag, else SAFEMIGRATE_<NAME>, else the project file. */
+function settingOf(
+  name: (typeof SETTINGS)[number],
+  args: Record<string, unknown>,
+  env: Record<string, string | undefined>,
+  project: ProjectSettings | null,
+): Setting<string | boolean> | undefined {
+  const boolean = BOOLEAN_SETTINGS.includes(name);
+  // --lint is the command; only --no-lint sets the option.
+  const flag = name === "lint" ? (args.lint === false ? false : undefined) : args[name];
+  if (flag !== undefined) return { value: flag as string | boolean, from: `--${name}` };
+  const variable = settingVariable(name);
+  const fromEnv = env[variable] || (name === "mode" && env.SAFEMIGRATE ? env.SAFEMIGRATE : undefined);
+  if (fromEnv !== undefined) {
+    return { value: boolean ? isSet(fromEnv) : fromEnv, from: env[variable] ? variable : "SAFEMIGRATE" };
+  }
+  const fromFile = project?.values[name];
+  if (fromFile !== undefined) return { value: typeof fromFile === "number" ? String(fromFile) : fromFile as string | boolean, from: `${project!.file} "${name}"` };
+  return undefined;
+}
+
+/**
+ * mri reads `--rollback --plan 0003` as an empty --rollback and a stray
+ * argument (the number 3, even): put a lone bare word back after the command
+ * that takes it, so flags can come in any order.
+ */
+function valueAfterItsCommand(argv: string[]): string[] {
+  const at = argv.findIndex((token) => ID_COMMANDS.some((c) => token === `--${c}`));
+  if (at < 0 || (argv[at + 1] !== undefined && !argv[at + 1].startsWith("-"))) return argv;
+  const bare: number[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const token = argv[i];
+    if (token === "--") break;
+    if (token.startsWith("-")) {
+      if (i !== at && STRING_FLAGS.includes(token.replace(/^--?/, "")) && !token.includes("=")) i++;
+      continue;
+    }
+    bare.push(i);
+  }
+  if (bare.length !== 1) return argv;
+  const rest = argv.filter((_, i) => i !== bare[0]);
+  rest.splice(rest.indexOf(argv[at]) + 1, 0, argv[bare[0]]);
+  return rest;
+}
+
+/** Turns argv, the environment and the project file into options; every mistake is an InputError. */
+export function parseArgs(
+  argv: string[],
+  env: Record<string, string | undefined>,
+  project: ProjectSettings | null = null,
+): CliOptions {
+  const args = mri(valueAfterItsCommand(argv), { boolean: BOOLEAN_FLAGS, string: STRING_FLAGS, alias: { h: "help", v: "version" } });
+  const setting = (name: (typeof SETTINGS)[number]) => settingOf(name, args, env, project);
   const options: CliOptions = {
     command: "help",
     target: null,
     plan: Boolean(args.plan),
-    json: Boolean(args.json),
+    json: Boolean(setting("json")?.value),
     force: Boolean(args.force),
+    verbose: Boolean(setting("verbose")?.value),
+    sql: Boolean(args.sql),
     dir: "./migrations",
     databaseUrl: null,
+    projectDatabaseUrl: null,
     mode: "strict",
     lockWaitMs: 5 * 60_000,
-    format: args.json ? "json" : "human",
-    lint: args.lint !== false,
-    repairInvalidIndexes: Boolean(args["repair-invalid-indexes"]),
+    waitMs: 0,
+    format: "human",
+    lint: setting("lint")?.value !== false,
+    smallTableBytes: DEFAULT_SMALL_TABLE_BYTES,
+    lintAfter: args["lint-after"] ?? (env.SAFEMIGRATE_LINT_AFTER || null),
+    lintOnly: args.lint === true ? args._.map(String) : [],
+    repairInvalidIndexes: Boolean(setting("repair-invalid-indexes")?.value),
     execution: { ...DEFAULT_EXECUTION },
     rerun: [],
     historyTable: historyTable(),
@@ -4273,19 +5380,22 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     leaseMs: DEFAULT_LEASE_MS,
     after: args.after ?? null,
   };
+  options.format = options.json ? "json" : "human";
   for (const key of Object.keys(args)) {
-    if (key === "_" || key === "h" || BOOLEAN_FLAGS.includes(key) || STRING_FLAGS.includes(key)) continue;
+    if (key === "_" || key === "h" || key === "v" || BOOLEAN_FLAGS.includes(key) || STRING_FLAGS.includes(key)) continue;
     const meant = closest(key, [...BOOLEAN_FLAGS, ...STRING_FLAGS]);
-    throw new InputError(`unknown option --${key}${meant ? ` — did you mean --${meant}?` : ""} (see --help)`);
+    throw new InputError(`unknown option ${key.length === 1 ? "-" : "--"}${key}${meant ? ` — did you mean --${meant}?` : ""} (see --help)`);
   }
   if (args.help) return options;
   if (args.version) return { ...options, command: "version" };
-  if (args._.length > 0) throw new InputError(`unexpected argument "${args._[0]}" (see --help)`);
+  if (args._.length > 0 && args.lint !== true) throw new InputError(`unexpected argument "${args._[0]}" (see --help)`);
   for (const key of STRING_FLAGS) {
     if (Array.isArray(args[key]) && key !== "rerun") throw new InputError(`--${key} is given more than once`);
     const lastIsTheValue = key === "rollback" && args.last;
     if (args[key] === "" && !lastIsTheValue) {
-      throw new InputError(`--${key} needs a value${key === "rollback" ? " (a migration id, or --last)" : ""}`);
+      throw new InputError(
+        `--${key} needs a value${key === "rollback" ? " (a migration id, or --last)" : key === "new" ? " (a name, like add_orders_status)" : ""}`,
+      );
     }
   }
 
@@ -4301,6 +5411,7 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   if (args.plan && !PLANNABLE.includes(options.command)) {
     throw new InputError(`--plan goes with --pre, --all, --rollback or --sync, not --${options.command}`);
   }
+  if (args.sql && !args.plan) throw new InputError("--sql goes with --plan: it shows the SQL that would run");
   if (args.last && options.command !== "rollback") throw new InputError("--last goes with --rollback");
   if (args.after !== undefined && options.command !== "rehearse") throw new InputError("--after goes with --rehearse");
   if (options.command === "rollback" && args.last && args.rollback !== "") {
@@ -4308,25 +5419,28 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   }
   if (ID_COMMANDS.includes(options.command)) options.target = args[options.command] || null;
 
-  const modeText = args.mode ?? env.SAFEMIGRATE ?? "strict";
-  if (!(MODES as readonly string[]).includes(modeText)) {
-    throw new InputError(`${args.mode ? "--mode" : "SAFEMIGRATE"} must be strict, nonstrict or disabled, not "${modeText}"`);
+  const mode = setting("mode") ?? { value: "strict", from: "--mode" };
+  if (!(MODES as readonly string[]).includes(mode.value as string)) {
+    throw new InputError(`${mode.from} must be strict, nonstrict or disabled, not "${mode.value}"`);
   }
-  options.mode = modeText as Mode;
-  const duration = (flag: string, allowOff = false): number | undefined => {
-    const text = args[flag];
-    if (text === undefined) return undefined;
+  options.mode = mode.value as Mode;
+  const duration = (name: (typeof SETTINGS)[number], allowOff = false): number | undefined => {
+    const given = setting(name);
+    if (given === undefined) return undefined;
+    const text = String(given.value);
     if (allowOff && (text === "off" || text === "0")) return 0;
     const parsed = parseDuration(text);
-    if (parsed === null) throw new InputError(`--${flag} "${text}" is not a duration (like 500ms, 30s or 5m${allowOff ? `, or "off"` : ""})`);
+    if (parsed === null) throw new InputError(`${given.from} "${text}" is not a duration (like 500ms, 30s or 5m${allowOff ? `, or "off"` : ""})`);
     return parsed;
   };
   options.lockWaitMs = duration("lock-wait") ?? options.lockWaitMs;
+  options.waitMs = duration("wait", true) ?? options.waitMs;
   options.execution.lockTimeoutMs = duration("lock-timeout") ?? options.execution.lockTimeoutMs;
   options.execution.statementTimeoutMs = duration("statement-timeout", true) ?? options.execution.statementTimeoutMs;
-  if (args["lock-retries"] !== undefined) {
-    const attempts = Number(args["lock-retries"]);
-    if (!Number.isInteger(attempts) || attempts < 1) throw new InputError(`--lock-retries must be a whole number of attempts, 1 or more`);
+  const retries = setting("lock-retries");
+  if (retries !== undefined) {
+    const attempts = Number(retries.value);
+    if (!Number.isInteger(attempts) || attempts < 1) throw new InputError(`${retries.from} must be a whole number of attempts, 1 or more`);
     options.execution.attempts = attempts;
   }
   if (args.format !== undefined) {
@@ -4337,10 +5451,17 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     options.format = args.format;
     options.json ||= args.format === "json";
   }
-  options.dir = args.dir ?? options.dir;
-  options.databaseUrl = args["database-url"] ?? null;
-  options.directUrl = args["direct-url"] ?? null;
-  options.historyTable = historyTable(args["history-table"] ?? env.SAFEMIGRATE_HISTORY_TABLE ?? HISTORY_TABLE);
+  if (args["small-table"] !== undefined) {
+    const bytes = parseSize(args["small-table"]);
+    if (bytes === null) throw new InputError(`--small-table "${args["small-table"]}" is not a size (like 10MB, 512kB or 0)`);
+    options.smallTableBytes = bytes;
+  }
+  options.dir = (setting("dir")?.value as string | undefined) ?? options.dir;
+  const url = setting("database-url");
+  if (url && !url.from.startsWith(project?.file ?? "\0")) options.databaseUrl = url.value as string;
+  else if (url) options.projectDatabaseUrl = url.value as string;
+  options.directUrl = (setting("direct-url")?.value as string | undefined) ?? null;
+  options.historyTable = historyTable((setting("history-table")?.value as string | undefined) ?? HISTORY_TABLE);
   options.leaseMs = duration("lease") ?? options.leaseMs;
   if (args.rerun !== undefined) {
     if (options.command !== "pre" && options.command !== "all") throw new InputError("--rerun goes with --pre or --all");
@@ -4349,23 +5470,143 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   return options;
 }
 
-/** The URL to use; without one, the embedded default — but never in a release environment. */
+/**
+ * `.env` files, read the way Bun reads them by itself (same files, same
+ * precedence), so a command migrates the same database under Bun, Deno and
+ * Node: `.env`, `.env.<mode>`, `.env.local` (not in test), `.env.<mode>.local`,
+ * later files winning, where mode is NODE_ENV if it is production or test and
+ * development otherwise. Variables already set in the environment win over
+ * every file. Under Bun this changes nothing; elsewhere it does what Bun did.
+ */
+export function withEnvFiles(env: Record<string, string | undefined>, cwd: string): Record<string, string | undefined> {
+  const mode = env.NODE_ENV === "production" || env.NODE_ENV === "test" ? env.NODE_ENV : "development";
+  const names = [".env", `.env.${mode}`, ...(mode === "test" ? [] : [".env.local"]), `.env.${mode}.local`];
+  const fromFiles: Record<string, string> = {};
+  for (const name of names) {
+    const path = join(cwd, name);
+    if (existsSync(path)) Object.assign(fromFiles, parseEnvFile(readFileSync(path, "utf8")));
+  }
+  const merged: Record<string, string | undefined> = { ...fromFiles, ...env };
+  // $NAME and ${NAME} refer to the environment or to any file's variable, as in Bun.
+  const expand = (value: string) =>
+    value.replace(/\$(?:\{(\w+)\}|(\w+))/g, (_, braced, bare) => merged[braced ?? bare] ?? "");
+  for (const [key, value] of Object.entries(fromFiles)) if (env[key] === undefined) merged[key] = expand(value);
+  return merged;
+}
+
+/** KEY=value lines: `export ` allowed, quotes (double ones may span lines and know \n), `#` comments. */
+export function parseEnvFile(text: string): Record<string, string> {
+  const values: Record<string, string> = {};
+  const entry = /^\s*(?:export\s+)?([\w.-]+)\s*=\s*(?:"((?:\\.|[^"\\])*)"|'([^']*)'|`([^`]*)`|([^#\r\n]*))/gm;
+  for (const [, key, double, single, backtick, bare] of text.matchAll(entry)) {
+    values[key] = double !== undefined ? double.replace(/\\n/g, "\n").replace(/\\(["\\])/g, "$1")
+      : (single ?? backtick ?? bare).trim();
+  }
+  return values;
+}
+
+/**
+ * libpq's environment, read as psql reads it. Any of the first group means
+ * "a server is configured": the embedded default is then never used.
+ */
+const LIBPQ_SERVER_VARIABLES = ["PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE"];
+/** URL query parameters libpq fills from the environment when the URL does not give them. */
+const LIBPQ_PARAMETERS: [variable: string, parameter: string][] = [
+  ["PGSSLMODE", "sslmode"],
+  ["PGSSLROOTCERT", "sslrootcert"],
+  ["PGAPPNAME", "application_name"],
+  ["PGCONNECT_TIMEOUT", "connect_timeout"],
+];
+
+/** The password for a connection from the password file (PGPASSFILE, else ~/.pgpass), as libpq looks it up. */
+export function passwordFromFile(env: Record<string, string | undefined>, host: string, port: string, database: string, user: string): string | null {
+  const file = env.PGPASSFILE || (env.HOME ? join(env.HOME, ".pgpass") : null);
+  if (!file || !existsSync(file)) return null;
+  const wanted = [host, port, database, user];
+  for (const line of readFileSync(file, "utf8").split(/\r?\n/)) {
+    if (line.trim() === "" || line.startsWith("#")) continue;
+    // host:port:database:user:password; a backslash escapes ":" and itself.
+    const fields = [""];
+    for (let i = 0; i < line.length; i++) {
+      if (line[i] === "\\" && i + 1 < line.length) fields[fields.length - 1] += line[++i];
+      else if (line[i] === ":" && fields.length < 5) fields.push("");
+      else fields[fields.length - 1] += line[i];
+    }
+    if (fields.length < 5) continue;
+    const matches = wanted.every((value, i) => fields[i] === "*" || fields[i] === value ||
+      (i === 0 && value === "localhost" && fields[i] === "127.0.0.1"));
+    if (matches) return fields[4];
+  }
+  return null;
+}
+
+/**
+ * A postgres:// URL with everything libpq would take from the environment
+ * made explicit: with no URL, one built from PGHOST, PGPORT, PGUSER,
+ * PGDATABASE (null when none of them is set); with a URL, the parts it leaves
+ * out (user, password, sslmode, ...) from the same variables. Explicit so the
+ * result is the same under every runtime and does not depend on which of them
+ * the driver reads by itself.
+ */
+export function libpqUrl(given: string | null, env: Record<string, string | undefined>): string | null {
+  if (given !== null && !/^postgres(ql)?:\/\//i.test(given)) return given;
+  if (env.PGSSLMODE && !(SSL_MODES as readonly string[]).includes(env.PGSSLMODE)) {
+    throw new InputError(`PGSSLMODE "${env.PGSSLMODE}" is not one of ${SSL_MODES.join(", ")}`);
+  }
+  if (given === null && !LIBPQ_SERVER_VARIABLES.some((name) => env[name])) return null;
+  let url: URL;
+  try {
+    url = new URL(given ?? "postgres://localhost");
+  } catch {
+    return given; // connect() reports the invalid URL
+  }
+  const host = env.PGHOST || env.PGHOSTADDR || "localhost";
+  if (given === null) {
+    if (host.startsWith("/")) url.searchParams.set("host", host);
+    else url.hostname = host;
+    url.port = env.PGPORT || "5432";
+  }
+  if (!url.username) url.username = encodeURIComponent(env.PGUSER || env.USER || env.LOGNAME || "postgres");
+  const user = decodeURIComponent(url.username);
+  if (url.pathname === "" || url.pathname === "/") url.pathname = `/${encodeURIComponent(env.PGDATABASE || user)}`;
+  if (!url.password) {
+    const password = env.PGPASSWORD ||
+      passwordFromFile(env, url.searchParams.get("host") ?? (url.hostname || "localhost"), url.port || "5432", decodeURIComponent(url.pathname.slice(1)), user);
+    if (password) url.password = encodeURIComponent(password);
+  }
+  for (const [variable, parameter] of LIBPQ_PARAMETERS) {
+    if (env[variable] && !url.searchParams.has(parameter) && !(parameter === "sslmode" && url.searchParams.has("ssl"))) {
+      url.searchParams.set(parameter, env[variable]!);
+    }
+  }
+  return url.toString();
+}
+
+/**
+ * The database to use: --database-url or SAFEMIGRATE_DATABASE_URL, else
+ * DATABASE_URL, else the PG* variables, else the project file; the embedded
+ * default only when none of them names one — and never in a release environment.
+ */
 export function resolveDatabaseUrl(
   options: CliOptions,
   env: Record<string, string | undefined>,
   output: Output,
 ): string {
   // A direct URL, when given, carries the run: the pooled one stays the application's.
-  const url = options.directUrl ?? (env.SAFEMIGRATE_DIRECT_URL || null) ?? options.databaseUrl ?? (env.DATABASE_URL || null);
+  const url = libpqUrl(options.directUrl ?? (env.SAFEMIGRATE_DIRECT_URL || null) ?? options.databaseUrl ?? (env.DATABASE_URL || null), env) ??
+    libpqUrl(options.projectDatabaseUrl, env);
   if (url) return url;
   const release = RELEASE_ENVIRONMENT.filter((name) => isSet(env[name]));
   if (release.length > 0) {
     throw new InputError(
-      `no database URL: set DATABASE_URL or pass --database-url. This looks like a release environment ` +
+      `no database URL: set DATABASE_URL or pass --database-url (or set PGHOST, PGDATABASE, ...). This looks like a release environment ` +
         `(${release.join(", ")} set), where migrating an embedded toy database would report success for nothing`,
     );
   }
-  output.err(`safemigrate: no DATABASE_URL; using the embedded PGlite database in ${DEFAULT_PGLITE_DIR}/`);
+  output.err(
+    `safemigrate: no DATABASE_URL; using the embedded PGlite database in ${DEFAULT_PGLITE_DIR}/ ` +
+      `(neither --database-url, DATABASE_URL nor any of ${LIBPQ_SERVER_VARIABLES.join(", ")} is set)`,
+  );
   return `pglite:${DEFAULT_PGLITE_DIR}`;
 }
 
@@ -4377,6 +5618,20 @@ export function resolveDatabaseUrl(
 export function withoutCreating(url: string): string {
   const dir = url.startsWith("pglite:") ? url.slice("pglite:".length) : null;
   return dir && dir !== "memory" && !existsSync(join(dir, "PG_VERSION")) ? "pglite:memory" : url;
+}
+
+/**
+ * Opens the database; creating an embedded one takes seconds (initdb in
+ * WebAssembly), so that is said before it starts and timed when it ends.
+ */
+async function openDatabase(url: string, output: Output, options: ConnectOptions): Promise<Database> {
+  const dir = url.startsWith("pglite:") ? url.slice("pglite:".length) : "memory";
+  if (dir === "memory" || existsSync(join(dir, "PG_VERSION"))) return await connect(url, options);
+  output.err(`safemigrate: creating the embedded PostgreSQL (PGlite) database in ${dir}/ — a first run takes a few seconds...`);
+  const started = performance.now();
+  const db = await connect(url, options);
+  output.err(`safemigrate: created ${dir}/ in ${(Math.round((performance.now() - started) / 100) / 10).toFixed(1)} s`);
+  return db;
 }
 
 /**
@@ -4445,10 +5700,11 @@ export async function main(
 ): Promise<number> {
   let json = argv.includes("--json");
   let db: Database | null = null;
+  let progress: ReturnType<typeof humanProgress> | null = null;
   const printJson = (value: unknown) => output.out(JSON.stringify(value));
   try {
     exitCleanlyOnDriverCrash(output);
-    const options = parseArgs(argv, env);
+    const options = parseArgs(argv, env, readProjectSettings(process.cwd()));
     json = options.json;
     if (options.command === "help") {
       output.out(USAGE);
@@ -4458,8 +5714,10 @@ export async function main(
       output.out(VERSION);
       return EXIT.ok;
     }
+    if (options.command === "new") return newMigrationCommand(options, output);
     const migrations = readMigrations(options.dir);
-    const onEvent = json ? undefined : (event: RunEvent) => humanRunEvent(output, event);
+    progress = json ? null : humanProgress(output, options.verbose);
+    const onEvent = progress?.onEvent;
     const lock = { lockWaitMs: options.lockWaitMs, leaseMs: options.leaseMs, onEvent, execution: options.execution };
 
     // Commands that need no database of the user's.
@@ -4479,11 +5737,15 @@ export async function main(
 
     const url = resolveDatabaseUrl(options, env, output);
     const readOnly = options.plan || options.command === "status";
-    db = await connect(readOnly ? withoutCreating(url) : url, {
+    db = await openDatabase(readOnly ? withoutCreating(url) : url, output, {
       historyTable: options.historyTable,
       extensions: extensionsCreatedBy(migrations),
     });
     const label = describeUrl(url);
+    if (options.waitMs > 0) {
+      await waitForDatabase(db, options.waitMs, () =>
+        output.err(`safemigrate: waiting up to ${formatDuration(options.waitMs)} for ${label} to accept connections...`));
+    }
     // Timed from here: opening an embedded database for the first time is not the migrations' time.
     const started = performance.now();
     const header = (title: string) => !json && !options.plan && output.out(`safemigrate ${title} on ${label}`);
@@ -4504,19 +5766,21 @@ export async function main(
           mode: options.mode,
           dryRun: options.plan,
           lint: options.lint,
+          smallTableBytes: options.smallTableBytes,
+          lintAfter: options.lintAfter,
           repairInvalidIndexes: options.repairInvalidIndexes,
           rerun: options.rerun,
         });
         if (json) printJson(runResultJson(result, label));
-        else humanRunSummary(output, result, performance.now() - started, new Date());
-        return result.plan.refused ? EXIT.blocked : EXIT.ok;
+        else humanRunSummary(output, result, performance.now() - started, new Date(), options.sql);
+        return runExitCode(result);
       }
       case "rollback": {
         const target = options.target ?? { last: true as const };
         header(`--rollback ${options.target ?? "--last"}`);
         const result = await rollback(db, migrations, target, { ...lock, dryRun: options.plan });
         if (json) printJson({ ok: true, exitCode: 0, command: "rollback", database: label, dryRun: result.dryRun, steps: result.steps.map(stepJson), reverted: result.reverted });
-        else if (result.dryRun) humanRevertPlan(output, `plan for --rollback ${options.target ?? "--last"}:`, result.steps);
+        else if (result.dryRun) humanRevertPlan(output, `plan for --rollback ${options.target ?? "--last"}:`, result.steps, [], options.sql);
         else output.out(`Rolled back ${plural(result.reverted.length, "migration")} in ${ms(performance.now() - started)}.`);
         return EXIT.ok;
       }
@@ -4525,7 +5789,7 @@ export async function main(
         const result = await sync(db, migrations, {
           ...lock,
           dryRun: options.plan,
-          onPlan: json ? undefined : (plan) => humanRevertPlan(output, options.plan ? "plan for --sync:" : "sync plan:", plan.revert, plan.apply),
+          onPlan: json ? undefined : (plan) => humanRevertPlan(output, options.plan ? "plan for --sync:" : "sync plan:", plan.revert, plan.apply, options.sql),
         });
         if (json) {
           printJson({
@@ -4559,6 +5823,7 @@ export async function main(
     }
     return EXIT.ok;
   } catch (error) {
+    progress?.stop();
     // The reader went away (`| head`): stop quietly; whatever the error became on its way up.
     if (output.closed) return EXIT_OUTPUT_CLOSED;
     const known = error instanceof SafemigrateError;
@@ -4577,6 +5842,18 @@ export async function main(
   } finally {
     await db?.close().catch(() => {});
   }
+}
+
+/** `--new <name>`: writes the next migration file; no database needed. */
+function newMigrationCommand(options: CliOptions, output: Output): number {
+  mkdirSync(options.dir, { recursive: true });
+  const migrations = readMigrations(options.dir);
+  const id = nextMigrationId(migrations.map((m) => m.id), options.target!, new Date());
+  const file = join(options.dir, `${id}.sql`);
+  writeFileSync(file, newMigrationText(migrations.at(-1)), { flag: "wx" });
+  if (options.json) output.out(JSON.stringify({ ok: true, exitCode: 0, command: "new", id, file }));
+  else output.out(`Created ${file}`);
+  return EXIT.ok;
 }
 
 /**
@@ -4621,24 +5898,60 @@ async function runRehearse(
   }
 }
 
-/** `--lint`: the deploy-safety analysis over every migration file; no database needed. */
+/**
+ * `--lint`: the deploy-safety analysis, up and down sections. Every migration
+ * is analysed in dependency order (so a file is judged knowing what earlier
+ * ones declared); findings are reported for the migrations named on the
+ * command line (all by default), after `--lint-after`, and, with
+ * --database-url, only for pending ones, judged as `--pre` would judge them.
+ */
 async function runLint(migrations: Migration[], options: CliOptions, output: Output): Promise<number> {
-  const findings = await analyzeMigrations(migrations);
-  const open = findings.filter((f) => f.waived === null);
-  const exitCode = open.length === 0 ? EXIT.ok : EXIT.invalid;
+  const named = lintTargets(migrations, options);
+  let applied = new Set<string>();
+  let gate: Gate | null = null;
+  if (options.databaseUrl) {
+    const db = await connect(withoutCreating(options.databaseUrl), { historyTable: options.historyTable });
+    try {
+      applied = new Set((await readHistory(db)).filter((row) => row.appliedAt !== null).map((row) => row.id));
+      gate = { live: await readLiveSchema(db), phase: "pre", smallTableBytes: options.smallTableBytes };
+    } finally {
+      await db.close();
+    }
+  }
+  const report = (m: Migration) => !applied.has(m.id) && isLinted(m.id, options.lintAfter) && (named === null || named.has(m.id));
+  const reported = migrations.filter(report);
+  const findings = await analyzeMigrations(migrations, { report, gate });
+  for (const m of reported) findings.push(...(await analyzeDown(m)));
+  const gating = findings.filter(isGating);
+  const exitCode = gating.length === 0 ? EXIT.ok : EXIT.invalid;
+  const shown = findings.filter((f) => f.waived === null);
   if (options.format === "json") {
-    output.out(JSON.stringify({ ok: open.length === 0, exitCode, command: "lint", migrations: migrations.length, findings }));
+    output.out(JSON.stringify({ ok: gating.length === 0, exitCode, command: "lint", migrations: reported.length, findings }));
   } else if (options.format === "github") {
-    for (const f of open) output.out(githubAnnotation(f));
+    for (const f of shown) output.out(githubAnnotation(f));
   } else {
-    for (const f of open) output.out(formatFinding(f));
-    const waived = findings.length - open.length;
+    for (const f of shown) output.out(formatFinding(f));
+    const waived = findings.length - shown.length;
+    const other = shown.length - gating.length;
     output.out(
-      (open.length === 0 ? `ok: ${plural(migrations.length, "migration")}, no findings` : `${plural(open.length, "finding")}`) +
-        (waived > 0 ? ` (${waived} waived)` : "") + ".",
+      (gating.length === 0 ? `ok: ${plural(reported.length, "migration")}, no gating findings` : `${plural(gating.length, "gating finding")}`) +
+        (other > 0 ? `, ${other} not gating` : "") + (waived > 0 ? ` (${waived} waived)` : "") + ".",
     );
   }
   return exitCode;
+}
+
+/** The migrations named after `--lint` (as files or ids); null when none are named. */
+function lintTargets(migrations: readonly Migration[], options: CliOptions): Set<string> | null {
+  const ids = migrations.map((m) => m.id);
+  const check = (id: string, what: string) => {
+    if (ids.includes(id)) return id;
+    const meant = closest(id, ids);
+    throw new InputError(`${what} "${id}" is not a migration in ${options.dir}${meant ? ` — did you mean "${meant}"?` : ""}`);
+  };
+  if (options.lintAfter !== null) check(options.lintAfter, "--lint-after");
+  if (options.lintOnly.length === 0) return null;
+  return new Set(options.lintOnly.map((arg) => check(arg.replace(/^.*[\\/]/, "").replace(/\.sql$/, ""), "--lint")));
 }
 
 /**
@@ -4785,6 +6098,7 @@ export function consoleOutput(env: Record<string, string | undefined>): Output {
     err: (line) => write(2, `${redact(line)}\n`),
     color: isatty(1) && !env.NO_COLOR,
     closed: false,
+    ...(isatty(1) ? { status: (line: string | null) => write(1, `\r\x1b[K${line === null ? "" : redact(line)}`) } : {}),
   };
   /** Every write to the console goes through here: complete, in order, and silent once the reader is gone. */
   const write = (fd: number, text: string) => {
@@ -4817,7 +6131,7 @@ function isMainModule(): boolean {
 
 if (isMainModule()) {
   const output = consoleOutput(process.env);
-  const code = await main(process.argv.slice(2), process.env, output);
+  const code = await main(process.argv.slice(2), withEnvFiles(process.env, process.cwd()), output);
   // Every byte is written by now (writeFully); exit at once, since PGlite keeps handles open.
   process.exit(output.closed ? EXIT_OUTPUT_CLOSED : code);
 }

@@ -76,6 +76,8 @@ describe(`every --json result matches schema/output.schema.json (${backend.name}
     writeFileSync(join(dir, "0005_e.sql"), "-- safe: before_deploy\nalter table a drop column old;\n");
     expect((await json(["--pre"], 2)).findings[0]).toMatchObject({ rule: "drop-column", migration: "0005_e", waived: null });
 
+    expect((await json(["--new", "add_f"], 0)).id).toBe("0006_add_f");
+
     expect([...seen.keys()].sort()).toEqual([...KINDS].sort());
   });
 
