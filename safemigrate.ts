@@ -1722,24 +1722,55 @@ export function migrationStatus(migrations: readonly Migration[], history: reado
 
 // ---- Rollback, sync and --check (pure) ----------------------------------------
 
+/**
+ * Where the down SQL of a step comes from. The file is the truth while its up
+ * SQL is the one that was applied (so a down fixed in the file is what runs);
+ * the copy stored at apply time is for a file that is gone or whose up changed.
+ */
+export type DownOrigin = "file" | "stored";
+
 /** One applied migration to undo, with the down SQL that will undo it. */
 export interface RevertStep {
   id: string;
   /** Where the down SQL comes from, for messages: the file, or `safemigrate_history[<id>]` for the copy stored when it was applied. */
   source: string;
+  origin: DownOrigin;
   down: SqlSection | null;
+  /** A down section with no SQL (empty, or only comments like `-- Nothing`): irreversible on purpose. */
+  irreversible: boolean;
+  /** Why the stored copy was used, or that the file's down differs from it; null when there is nothing to say. */
+  note: string | null;
+}
+
+/** True when SQL holds no statement: only whitespace, comments and semicolons. */
+export function hasNoStatements(sql: string): boolean {
+  return sql.replace(/\/\*[\s\S]*?\*\//g, "").replace(/--[^\n]*/g, "").replace(/[\s;]/g, "") === "";
 }
 
 /**
- * The down SQL to undo an applied migration: the copy stored in the history
- * when it was applied (so a migration whose file is gone on this branch can
- * still be undone), else the file's.
+ * The down SQL to undo an applied migration: the file's while its up SQL is
+ * the applied one (a fixed down is used), else the copy stored in the history
+ * when it was applied (the file is gone on this branch, or its up changed).
  */
 export function downFor(row: HistoryRow, file: Migration | undefined): Omit<RevertStep, "id"> {
-  if (row.downSql === null) return { source: file?.file ?? row.id, down: file?.down ?? null };
-  if (file?.down && file.down.raw === row.downSql) return { source: file.file, down: file.down };
-  const source = `${HISTORY_TABLE}[${row.id}]`;
-  return { source, down: parseMigration(row.id, source, row.downSql).down! };
+  const stored = row.downSql === null ? null : parseMigration(row.id, `${HISTORY_TABLE}[${row.id}]`, row.downSql).down;
+  const step = (origin: DownOrigin, down: SqlSection | null, note: string | null) => ({
+    source: origin === "file" ? file!.file : `${HISTORY_TABLE}[${row.id}]`,
+    origin,
+    down,
+    irreversible: down !== null && hasNoStatements(down.sql),
+    note,
+  });
+  const upUnchanged = file !== undefined && (row.checksum === null || row.checksum === file.checksum);
+  if (upUnchanged) {
+    const differs = row.downSql !== null && row.downSql !== (file.down?.raw ?? null);
+    return step("file", file.down, differs ? "which differs from the copy stored when it was applied (--accept-changed refreshes that copy)" : null);
+  }
+  if (stored) {
+    return step("stored", stored, file ? "the file's up SQL changed since it was applied" : "its file is gone");
+  }
+  // Applied without a down section: the changed file's down is all there is.
+  return file ? step("file", file.down, null) : { ...step("stored", null, "its file is gone"), source: row.id };
 }
 
 /** Dependencies of an applied migration: from its file if present, else as recorded when applied. */
@@ -1807,15 +1838,22 @@ function newestFirst(rows: HistoryRow[]): HistoryRow[] {
   return [...rows].sort((a, b) => b.appliedAt!.getTime() - a.appliedAt!.getTime() || compareIds(b.id, a.id));
 }
 
-function refuseWithoutDown(steps: RevertStep[], what: string): void {
+/** Refuses, before anything changes, steps that cannot be undone: no down section, or one irreversible on purpose. */
+function refuseUnrevertable(steps: RevertStep[], what: string): void {
   const missing = steps.filter((s) => s.down === null);
-  if (missing.length === 0) return;
-  throw new InputError(
-    `cannot ${what}: ${missing.map((s) => `${s.id} (${s.source})`).join(", ")} ` +
-      `${missing.length === 1 ? "has" : "have"} no "-- migrate:down" section. Nothing was changed. ` +
-      `Add one to the file (the down SQL is not part of the checksum, so that is not drift), ` +
-      `or undo it by hand and delete its row from ${HISTORY_TABLE}`,
-  );
+  const irreversible = steps.filter((s) => s.irreversible);
+  if (missing.length === 0 && irreversible.length === 0) return;
+  const named = (list: RevertStep[]) => list.map((s) => `${s.id} (${s.source})`).join(", ");
+  const reasons = [
+    missing.length > 0 &&
+    `${named(missing)} ${missing.length === 1 ? "has" : "have"} no "-- migrate:down" section: add one to the file ` +
+      `(the down SQL is not part of the checksum, so that is not drift), or undo it by hand and delete its row from ${HISTORY_TABLE}`,
+    irreversible.length > 0 &&
+    `${named(irreversible)} ${irreversible.length === 1 ? "is" : "are"} irreversible: the down section has no SQL, ` +
+      `only comments, which marks a migration that cannot be undone. Roll back to a later migration instead, ` +
+      `or write the down SQL in the file`,
+  ].filter(Boolean);
+  throw new InputError(`cannot ${what}: ${reasons.join("; ")}. Nothing was changed.`);
 }
 
 /** `--rollback <id>` (or the most recently applied with `last`): what to undo, newest first. */
@@ -1845,7 +1883,7 @@ export function rollbackPlan(
     id = newestFirst(applied.filter((row) => !dependedOn.has(row.id)))[0]?.id ?? newestFirst(applied)[0].id;
   }
   const steps = revertSteps([id], migrations, history);
-  refuseWithoutDown(steps, `roll back ${id}`);
+  refuseUnrevertable(steps, `roll back ${id}`);
   return steps;
 }
 
@@ -1866,7 +1904,7 @@ export function syncPlan(migrations: readonly Migration[], history: readonly His
     .filter((row) => !files.has(row.id) || (row.checksum !== null && row.checksum !== files.get(row.id)!.checksum))
     .map((row) => row.id);
   const revert = revertSteps(diverged, migrations, history);
-  refuseWithoutDown(revert, "switch the database to this branch");
+  refuseUnrevertable(revert, "switch the database to this branch");
   const undone = new Set(revert.map((s) => s.id));
   const remaining = history.filter((row) => !undone.has(row.id));
   return { revert, apply: planRun({ migrations, history: remaining, now, mode: "strict", phase: "all" }).apply };
@@ -3243,6 +3281,8 @@ select b.pid, b.application_name as application, b.state, left(b.query, 200) as 
 export interface ConnectOptions {
   /** --history-table; the default `safemigrate_history` in the current schema. */
   historyTable?: HistoryTable;
+  /** For an embedded database: the contrib extensions to load (see extensionsCreatedBy). */
+  extensions?: string[];
 }
 
 /**
@@ -3402,18 +3442,22 @@ async function saveTemplate(db: { dumpDataDir(compression?: "gzip"): Promise<Blo
   } catch { /* a read-only home only loses the speed-up */ }
 }
 
-/** PGlite: `pglite:memory` or `pglite:<directory>`. Loaded only when used. */
+/**
+ * PGlite: `pglite:memory` or `pglite:<directory>`. Loaded only when used.
+ * `options.extensions` are the contrib extensions to load (PGlite takes them when it starts).
+ */
 export async function connectPglite(url: string, options: ConnectOptions = {}): Promise<Database> {
   const target = url.slice("pglite:".length);
   const inMemory = target === "memory" || target === "";
   const { PGlite } = await import("@electric-sql/pglite");
+  const extensions = await pgliteExtensions(options.extensions ?? []);
   // Only into nothing: a template is never unpacked over files already there.
   const isNew = inMemory || !existsSync(target) || readdirSync(target).length === 0;
   const templateFile = isNew ? pgliteTemplateFile() : null;
   const template = templateFile && existsSync(templateFile) ? new Blob([readFileSync(templateFile)]) : null;
   const open = async (loadDataDir: Blob | null) => {
-    const options = loadDataDir ? { loadDataDir } : {};
-    const db = inMemory ? new PGlite(options) : new PGlite(target, options);
+    const settings = loadDataDir ? { loadDataDir, extensions } : { extensions };
+    const db = inMemory ? new PGlite(settings) : new PGlite(target, settings);
     await db.waitReady;
     return db;
   };
@@ -3494,6 +3538,28 @@ export function unencodedPassword(url: string): string | null {
     `(${bad.map((c) => `${c} as ${URL_ENCODED[c]}`).join(", ")}): ` +
     `${scheme[0]}${userinfo.slice(0, colon)}:<password, encoded>@${url.slice(at + 1)} ` +
     `(encodeURIComponent in JavaScript, urllib.parse.quote(p, safe="") in Python)`;
+}
+
+/** Extensions PGlite ships as contrib modules, by the name CREATE EXTENSION uses. */
+async function pgliteExtensions(names: string[]): Promise<import("@electric-sql/pglite").Extensions> {
+  const loaded: import("@electric-sql/pglite").Extensions = {};
+  for (const name of new Set(names)) {
+    const module = name.replace(/-/g, "_");
+    try {
+      loaded[module] = (await import(`@electric-sql/pglite/contrib/${module}`))[module];
+    } catch {
+      // Not shipped with PGlite: CREATE EXTENSION will say so, naming the migration.
+    }
+  }
+  return loaded;
+}
+
+/** Extensions the migrations create (`create extension [if not exists] "name"`), for PGlite to load. */
+export function extensionsCreatedBy(migrations: readonly Migration[]): string[] {
+  const names = migrations.flatMap((m) =>
+    [...m.source.matchAll(/create\s+extension\s+(?:if\s+not\s+exists\s+)?"?([\w-]+)"?/gi)].map((match) => match[1].toLowerCase())
+  );
+  return [...new Set(names)].sort();
 }
 
 /** Network errors and "the database system is starting up": the server is not there yet, so --wait retries them. */
@@ -4431,15 +4497,128 @@ async function applyAll(db: Database, migrations: readonly Migration[], phase: s
   return applied;
 }
 
-async function revertAll(db: Database, steps: readonly RevertStep[], options: LockOptions) {
-  const reverted: { id: string; durationMs: number }[] = [];
-  for (const step of steps) {
-    options.onEvent?.({ type: "starting", id: step.id, safe: null, verb: "roll back" });
-    const durationMs = await revertMigration(db, step, executionOf(options));
-    reverted.push({ id: step.id, durationMs: Math.round(durationMs) });
-    options.onEvent?.({ type: "reverted", step, durationMs });
+/** How far a rollback or sync got: what was undone and applied, the step that failed and what was not reached. */
+export interface Progress {
+  /** Steps planned: downs to run, then ups. */
+  planned: { revert: number; apply: number };
+  reverted: { id: string; durationMs: number }[];
+  applied: AppliedMigration[];
+  /** The step that failed and what of it took effect; null when every step ran. */
+  failed: { id: string; action: "revert" | "apply"; source: string; tookEffect: string } | null;
+  notReached: { id: string; action: "revert" | "apply" }[];
+}
+
+/** A rollback or sync that stopped at a failing step: exit 1, with the progress for the human and JSON reports. */
+export class StoppedMidway extends DatabaseError {
+  constructor(message: string, readonly progress: Progress) {
+    super(message);
   }
-  return reverted;
+}
+
+/**
+ * A failed down says what it left behind and that its migration is still
+ * recorded as applied: runSection's words fit an up ("it is not recorded"),
+ * which for a down would say the opposite of what happened.
+ */
+function revertFailure(error: unknown, step: RevertStep): { message: string; tookEffect: string } {
+  const message = (error as Error).message;
+  const tookEffect = tookEffectOf(message, step.down!.transaction);
+  if (step.down!.transaction) return { message: `${message}; ${step.id} stays applied`, tookEffect };
+  const stays = `; ${step.id} stays recorded as applied. Make the down's statements safe to re-run (IF EXISTS) before retrying`;
+  const rewritten = message.replace(/; it is not recorded\. Make its statements safe to re-run \(IF NOT EXISTS\) before retrying$/, stays);
+  return { message: rewritten === message ? `${message}${stays}` : rewritten, tookEffect };
+}
+
+/** What of a failed section took effect, read from runSection's message: nothing, or the statements before the failing one. */
+function tookEffectOf(message: string, transactional: boolean): string {
+  const partly = /statement (\d+) of (\d+) failed; this runs without a transaction, so the statements before it \(lines ([\d, ]+)\)/
+    .exec(message);
+  return transactional || !partly ? "nothing" : `statements 1 to ${Number(partly[1]) - 1} of ${partly[2]} (lines ${partly[3]})`;
+}
+
+/**
+ * Runs the downs, then the ups, one by one. A failing step stops the run with
+ * a StoppedMidway that lists what was done, what failed and what was not reached.
+ */
+async function runSteps(
+  db: Database,
+  revert: readonly RevertStep[],
+  apply: readonly Migration[],
+  phase: string,
+  options: LockOptions,
+): Promise<Progress> {
+  const progress: Progress = { planned: { revert: revert.length, apply: apply.length }, reverted: [], applied: [], failed: null, notReached: [] };
+  const stop = (index: number, failed: NonNullable<Progress["failed"]>, message: string): never => {
+    progress.failed = failed;
+    progress.notReached = [
+      ...revert.slice(failed.action === "revert" ? index + 1 : revert.length).map(({ id }) => ({ id, action: "revert" as const })),
+      ...apply.slice(failed.action === "apply" ? index + 1 : 0).map(({ id }) => ({ id, action: "apply" as const })),
+    ];
+    throw new StoppedMidway(`${message}\n${describeProgress(progress)}`, progress);
+  };
+  for (const [index, step] of revert.entries()) {
+    try {
+      options.onEvent?.({ type: "starting", id: step.id, safe: null, verb: "roll back" });
+      const durationMs = await revertMigration(db, step, executionOf(options));
+      progress.reverted.push({ id: step.id, durationMs: Math.round(durationMs) });
+      options.onEvent?.({ type: "reverted", step, durationMs });
+    } catch (error) {
+      if (!(error instanceof DatabaseError)) throw error;
+      const { message, tookEffect } = revertFailure(error, step);
+      stop(index, { id: step.id, action: "revert", source: step.source, tookEffect }, message);
+    }
+  }
+  for (const [index, migration] of apply.entries()) {
+    try {
+      options.onEvent?.({ type: "starting", id: migration.id, safe: migration.safe, verb: "apply" });
+      const durationMs = await applyMigration(db, migration, phase, executionOf(options));
+      progress.applied.push({ id: migration.id, safe: migration.safe, durationMs: Math.round(durationMs) });
+      options.onEvent?.({ type: "applied", migration, durationMs });
+    } catch (error) {
+      if (!(error instanceof DatabaseError)) throw error;
+      stop(index, { id: migration.id, action: "apply", source: migration.file, tookEffect: tookEffectOf(error.message, migration.up.transaction) }, error.message);
+    }
+  }
+  return progress;
+}
+
+/** "rolled back 75 of 83 ...": where the database is after a rollback or sync stopped. */
+export function describeProgress(progress: Progress): string {
+  const { revert, apply } = progress.planned;
+  const lines = [
+    `stopped at ${progress.failed!.id}: rolled back ${progress.reverted.length} of ${revert}` +
+    (apply > 0 ? `, applied ${progress.applied.length} of ${apply}` : "") + " before it",
+  ];
+  if (progress.reverted.length > 0) lines.push(`  rolled back: ${progress.reverted.map((s) => s.id).join(", ")}`);
+  if (progress.applied.length > 0) lines.push(`  applied: ${progress.applied.map((s) => s.id).join(", ")}`);
+  lines.push(`  failed: ${progress.failed!.id} (${progress.failed!.tookEffect === "nothing" ? "nothing of it took effect" : `took effect: ${progress.failed!.tookEffect}`})`);
+  const notReverted = progress.notReached.filter((s) => s.action === "revert").map((s) => s.id);
+  const notApplied = progress.notReached.filter((s) => s.action === "apply").map((s) => s.id);
+  if (notReverted.length > 0) lines.push(`  not reached, still applied: ${notReverted.join(", ")}`);
+  if (notApplied.length > 0) lines.push(`  not reached, still pending: ${notApplied.join(", ")}`);
+  return lines.join("\n");
+}
+
+/**
+ * Every down (and up) about to run is parsed first: a syntax error refuses
+ * before anything changes, naming the file and line and where the SQL came from.
+ */
+async function parseBeforeActing(revert: readonly RevertStep[], apply: readonly Migration[] = []): Promise<void> {
+  for (const step of revert) {
+    try {
+      await parseSection(step.down!, step.source);
+    } catch (error) {
+      if (!(error instanceof InputError)) throw error;
+      throw new InputError(
+        `${error.message}\n  in the down SQL of ${step.id} ` +
+          (step.origin === "file"
+            ? `from its file`
+            : `stored in ${HISTORY_TABLE} when it was applied (lines count from its "-- migrate:down" line)`) +
+          `. Nothing was changed.`,
+      );
+    }
+  }
+  for (const m of apply) await parseSection(m.up, m.file);
 }
 
 /** `--pre` / `--all`: plan against the history as it is once the lock is held, apply, record detection. */
@@ -4575,11 +4754,14 @@ export async function rollback(
   options: LockOptions & { dryRun?: boolean },
 ): Promise<RollbackResult> {
   if (options.dryRun) {
-    return { steps: rollbackPlan(target, migrations, await readHistory(db)), reverted: [], dryRun: true };
+    const steps = rollbackPlan(target, migrations, await readHistory(db));
+    await parseBeforeActing(steps);
+    return { steps, reverted: [], dryRun: true };
   }
   return await underLock(db, options, async (history) => {
     const steps = rollbackPlan(target, migrations, history);
-    return { steps, reverted: await revertAll(db, steps, options), dryRun: false };
+    await parseBeforeActing(steps);
+    return { steps, reverted: (await runSteps(db, steps, [], "rollback", options)).reverted, dryRun: false };
   });
 }
 
@@ -4599,6 +4781,7 @@ export async function sync(
   const now = options.now ?? (() => new Date());
   if (options.dryRun) {
     const plan = syncPlan(migrations, await readHistory(db), now());
+    await parseBeforeActing(plan.revert, plan.apply);
     options.onPlan?.(plan);
     return { plan, reverted: [], applied: [], dryRun: true };
   }
@@ -4606,9 +4789,9 @@ export async function sync(
     const interrupted = interruptedMigrations(history);
     if (interrupted.length > 0) throw new InputError(await interruptedReport(interrupted, migrations));
     const plan = syncPlan(migrations, history, now());
+    await parseBeforeActing(plan.revert, plan.apply);
     options.onPlan?.(plan);
-    const reverted = await revertAll(db, plan.revert, options);
-    const applied = await applyAll(db, plan.apply, "sync", options);
+    const { reverted, applied } = await runSteps(db, plan.revert, plan.apply, "sync", options);
     return { plan, reverted, applied, dryRun: false };
   });
 }
@@ -4663,30 +4846,50 @@ export async function recordWithoutRunning(
   });
 }
 
-/** `--accept-changed <id>`: take the edited file's checksum as the applied one, and say so in the history. */
+/**
+ * `--accept-changed <id>`: take the edited file's checksum as the applied one,
+ * and say so in the history; the stored down SQL is refreshed from the file
+ * (alone, when only the down was edited).
+ */
 export async function acceptChanged(
   db: Database,
   migrations: readonly Migration[],
   target: string,
   options: LockOptions = {},
-): Promise<{ id: string; from: string; to: string }> {
+): Promise<{ id: string; from: string; to: string; downRefreshed: boolean }> {
   const m = migrationNamed(migrations, target);
   const id = m.id;
   return await underLock(db, options, async (history) => {
     const row = history.find((r) => r.id === id);
     if (!isApplied(row)) throw new InputError(`${id} is not applied; there is no recorded checksum to replace`);
-    if (row!.checksum === m.checksum) throw new InputError(`${id} has not changed since it was applied; nothing to accept`);
+    const down = m.down?.raw ?? null;
+    if (row!.checksum === m.checksum) {
+      if (row!.downSql === down) throw new InputError(`${id} has not changed since it was applied; nothing to accept`);
+      // Only the down was fixed: refresh the stored copy, which a rollback uses once the file is gone.
+      await db.query(
+        `update ${HISTORY_TABLE} set down_sql = $2, note = concat_ws(E'\\n', note, $3::text) where id = $1`,
+        [id, down, `refreshed the stored down SQL from ${m.file} at ${new Date().toISOString()}`],
+      );
+      return { id, from: m.checksum, to: m.checksum, downRefreshed: true };
+    }
     const from = row!.checksum ?? "none";
     await db.query(
       `update ${db.history.sql} set checksum = $2, down_sql = $3,
          note = concat_ws(E'\\n', note, $4::text) where id = $1`,
       [id, m.checksum, m.down?.raw ?? null, `accepted changed up SQL at ${new Date().toISOString()}: checksum ${from} -> ${m.checksum}`],
     );
-    return { id, from, to: m.checksum };
+    return { id, from, to: m.checksum, downRefreshed: row!.downSql !== down };
   });
 }
 
 // ---- Rehearsal: prove the down migrations on a scratch database ---------------
+//
+// A rehearsal compares the schema before and after each step, hundreds of
+// times. Reading the whole catalog each time (pg_get_functiondef and friends
+// for thousands of objects) would cost more than the migrations themselves, so
+// the snapshot is kept up to date incrementally: a cheap fingerprint (the xmin
+// of each object's catalog rows) says which objects a step touched, and only
+// those, and what depends on them, are read again.
 
 /** Catalog objects by a key ("column public.users.email") and their definition. */
 export type SchemaSnapshot = Map<string, string>;
@@ -4698,75 +4901,301 @@ const NOT_HISTORY = `c.relname not in ('${HISTORY_TABLE}', '${HISTORY_TABLE}_loc
 const NOT_EXTENSION = (catalog: string, oid: string) =>
   `not exists (select from pg_depend dep where dep.classid = '${catalog}'::regclass and dep.objid = ${oid} and dep.deptype = 'e')`;
 
-const SNAPSHOT_QUERIES: string[] = [
-  `select 'schema ' || quote_ident(n.nspname) as key, '' as def from pg_namespace n
-    where ${USER_SCHEMAS} and ${NOT_EXTENSION("pg_namespace", "n.oid")}`,
-  `select 'extension ' || extname as key, extversion as def from pg_extension`,
-  `select (case c.relkind when 'r' then 'table ' when 'p' then 'table ' when 'v' then 'view ' when 'm' then 'materialized view '
-           when 'S' then 'sequence ' when 'f' then 'foreign table ' end) || format('%I.%I', n.nspname, c.relname) as key,
-          case when c.relkind in ('v', 'm') then pg_get_viewdef(c.oid) else '' end as def
-     from pg_class c join pg_namespace n on n.oid = c.relnamespace
-    where c.relkind in ('r', 'p', 'v', 'm', 'S', 'f') and ${USER_SCHEMAS} and ${NOT_HISTORY}
-      and ${NOT_EXTENSION("pg_class", "c.oid")}`,
-  `select format('column %I.%I.%I', n.nspname, c.relname, a.attname) as key,
-          format_type(a.atttypid, a.atttypmod)
-          || case when a.attnotnull then ' not null' else '' end
-          || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
-          || case a.attidentity when 'a' then ' generated always as identity' when 'd' then ' generated by default as identity' else '' end
-          || case a.attgenerated when 's' then ' stored' else '' end
-          || coalesce(' collate ' || nullif(co.collname, 'default'), '') as def
-     from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
-     left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
-     left join pg_collation co on co.oid = a.attcollation and a.attcollation <> 0
-    where a.attnum > 0 and not a.attisdropped and c.relkind in ('r', 'p', 'v', 'm', 'f')
-      and ${USER_SCHEMAS} and ${NOT_HISTORY} and ${NOT_EXTENSION("pg_class", "c.oid")}`,
-  `select format('constraint %I.%I.%I', n.nspname, c.relname, con.conname) as key, pg_get_constraintdef(con.oid) as def
-     from pg_constraint con join pg_class c on c.oid = con.conrelid join pg_namespace n on n.oid = c.relnamespace
-    where ${USER_SCHEMAS} and ${NOT_HISTORY}`,
-  `select format('index %I.%I', n.nspname, c.relname) as key, pg_get_indexdef(i.indexrelid) as def
-     from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
-     join pg_class t on t.oid = i.indrelid
-    where ${USER_SCHEMAS} and t.relname not in ('${HISTORY_TABLE}', '${HISTORY_TABLE}_lock')`,
-  `select format('sequence %I.%I', n.nspname, c.relname) as key,
-          format('%s start %s increment %s min %s max %s cache %s%s', format_type(s.seqtypid, null), s.seqstart,
-                 s.seqincrement, s.seqmin, s.seqmax, s.seqcache, case when s.seqcycle then ' cycle' else '' end) as def
-     from pg_sequence s join pg_class c on c.oid = s.seqrelid join pg_namespace n on n.oid = c.relnamespace
-    where ${USER_SCHEMAS}`,
-  `select format('function %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)) as key,
-          case when p.prokind in ('f', 'p') then pg_get_functiondef(p.oid) else p.prokind::text end as def
-     from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-    where ${USER_SCHEMAS} and ${NOT_EXTENSION("pg_proc", "p.oid")}`,
-  `select format('trigger %I.%I.%I', n.nspname, c.relname, t.tgname) as key, pg_get_triggerdef(t.oid) as def
-     from pg_trigger t join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
-    where not t.tgisinternal and ${USER_SCHEMAS}`,
-  `select format('type %I.%I', n.nspname, t.typname) as key,
-          case t.typtype when 'e' then 'enum (' || (select string_agg(quote_literal(e.enumlabel), ', ' order by e.enumsortorder)
-                                                   from pg_enum e where e.enumtypid = t.oid) || ')'
-                         when 'd' then 'domain ' || format_type(t.typbasetype, t.typtypmod)
-                         else t.typtype::text end as def
-     from pg_type t join pg_namespace n on n.oid = t.typnamespace
-    where t.typtype in ('e', 'd', 'c') and ${USER_SCHEMAS}
-      and not exists (select from pg_class c where c.oid = t.typrelid and c.relkind <> 'c')
-      and ${NOT_EXTENSION("pg_type", "t.oid")}`,
+/**
+ * Each query yields key, definition and unit: the catalog object whose change
+ * means the row must be read again ('r' relation, 'p' function, 't' type,
+ * 'n' schema, 'e' extension, then its oid). `oid` is the column a re-read of
+ * some units filters on.
+ */
+interface SnapshotQuery {
+  kind: "r" | "p" | "t" | "n" | "e";
+  oid: string;
+  sql: string;
+}
+
+const SNAPSHOT_QUERIES: SnapshotQuery[] = [
+  {
+    kind: "n", oid: "n.oid",
+    sql: `select 'schema ' || quote_ident(n.nspname) as key, '' as def, 'n' || n.oid as unit from pg_namespace n
+           where ${USER_SCHEMAS} and ${NOT_EXTENSION("pg_namespace", "n.oid")}`,
+  },
+  { kind: "e", oid: "e.oid", sql: `select 'extension ' || e.extname, e.extversion, 'e' || e.oid from pg_extension e where true` },
+  {
+    kind: "r", oid: "c.oid",
+    sql: `select (case c.relkind when 'r' then 'table ' when 'p' then 'table ' when 'v' then 'view ' when 'm' then 'materialized view '
+                  when 'f' then 'foreign table ' end) || format('%I.%I', n.nspname, c.relname),
+                 case when c.relkind in ('v', 'm') then pg_get_viewdef(c.oid) else '' end, 'r' || c.oid
+            from pg_class c join pg_namespace n on n.oid = c.relnamespace
+           where c.relkind in ('r', 'p', 'v', 'm', 'f') and ${USER_SCHEMAS} and ${NOT_HISTORY}
+             and ${NOT_EXTENSION("pg_class", "c.oid")}`,
+  },
+  {
+    kind: "r", oid: "c.oid",
+    sql: `select format('column %I.%I.%I', n.nspname, c.relname, a.attname),
+                 format_type(a.atttypid, a.atttypmod)
+                 || case when a.attnotnull then ' not null' else '' end
+                 || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+                 || case a.attidentity when 'a' then ' generated always as identity' when 'd' then ' generated by default as identity' else '' end
+                 || case a.attgenerated when 's' then ' stored' else '' end
+                 || coalesce(' collate ' || nullif(co.collname, 'default'), ''), 'r' || c.oid
+            from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
+            left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+            left join pg_collation co on co.oid = a.attcollation and a.attcollation <> 0
+           where a.attnum > 0 and not a.attisdropped and c.relkind in ('r', 'p', 'v', 'm', 'f')
+             and ${USER_SCHEMAS} and ${NOT_HISTORY} and ${NOT_EXTENSION("pg_class", "c.oid")}`,
+  },
+  {
+    kind: "r", oid: "c.oid",
+    sql: `select format('constraint %I.%I.%I', n.nspname, c.relname, con.conname), pg_get_constraintdef(con.oid), 'r' || c.oid
+            from pg_constraint con join pg_class c on c.oid = con.conrelid join pg_namespace n on n.oid = c.relnamespace
+           where ${USER_SCHEMAS} and ${NOT_HISTORY}`,
+  },
+  {
+    kind: "r", oid: "c.oid",
+    sql: `select format('index %I.%I', n.nspname, c.relname), pg_get_indexdef(i.indexrelid), 'r' || c.oid
+            from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+            join pg_class t on t.oid = i.indrelid
+           where ${USER_SCHEMAS} and t.relname not in ('${HISTORY_TABLE}', '${HISTORY_TABLE}_lock')`,
+  },
+  {
+    kind: "r", oid: "c.oid",
+    sql: `select format('sequence %I.%I', n.nspname, c.relname),
+                 format('%s start %s increment %s min %s max %s cache %s%s', format_type(s.seqtypid, null), s.seqstart,
+                        s.seqincrement, s.seqmin, s.seqmax, s.seqcache, case when s.seqcycle then ' cycle' else '' end),
+                 'r' || c.oid
+            from pg_sequence s join pg_class c on c.oid = s.seqrelid join pg_namespace n on n.oid = c.relnamespace
+           where ${USER_SCHEMAS}`,
+  },
+  {
+    kind: "p", oid: "p.oid",
+    sql: `select format('function %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)),
+                 case when p.prokind in ('f', 'p') then pg_get_functiondef(p.oid) else p.prokind::text end, 'p' || p.oid
+            from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+           where ${USER_SCHEMAS} and ${NOT_EXTENSION("pg_proc", "p.oid")}`,
+  },
+  {
+    kind: "r", oid: "c.oid",
+    sql: `select format('trigger %I.%I.%I', n.nspname, c.relname, t.tgname), pg_get_triggerdef(t.oid), 'r' || c.oid
+            from pg_trigger t join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
+           where not t.tgisinternal and ${USER_SCHEMAS}`,
+  },
+  {
+    kind: "t", oid: "t.oid",
+    sql: `select format('type %I.%I', n.nspname, t.typname),
+                 case t.typtype when 'e' then 'enum (' || (select string_agg(quote_literal(e.enumlabel), ', ' order by e.enumsortorder)
+                                                          from pg_enum e where e.enumtypid = t.oid) || ')'
+                                when 'd' then 'domain ' || format_type(t.typbasetype, t.typtypmod)
+                                else t.typtype::text end, 't' || t.oid
+            from pg_type t join pg_namespace n on n.oid = t.typnamespace
+           where t.typtype in ('e', 'd', 'c') and ${USER_SCHEMAS}
+             and not exists (select from pg_class c where c.oid = t.typrelid and c.relkind <> 'c')
+             and ${NOT_EXTENSION("pg_type", "t.oid")}`,
+  },
 ];
+
+/** The snapshot rows of the given units (all of them when `units` is null), in one query. */
+function snapshotQuery(units: string[] | null): string {
+  return SNAPSHOT_QUERIES.flatMap(({ kind, oid, sql }) => {
+    if (units === null) return [sql];
+    const oids = units.filter((u) => u[0] === kind).map((u) => u.slice(1));
+    return oids.length === 0 ? [] : [`${sql} and ${oid} = any('{${oids.join(",")}}'::oid[])`];
+  }).map((sql) => `select * from (${sql}) q(key, def, unit)`).join("\n union all ");
+}
+
+/** Per catalog: how many rows an object has there and the sum of their xmins; any insert, update or delete changes it. */
+const rowVersions = (catalog: string, id: string, where = "true") =>
+  `(select ${id} as id, count(*) || ':' || sum(xmin::text::bigint) as v from ${catalog} where ${id} >= 16384 and ${where} group by ${id})`;
+
+/**
+ * The version of every object (unit) in the schema, compared with the one the
+ * last refresh stored in a temporary table: returns the units that changed or
+ * went away, and those whose definitions render their names (a foreign key
+ * names the table it references), and stores the new versions.
+ */
+const FINGERPRINT_TABLE = "pg_temp.safemigrate_fingerprint";
+export const FINGERPRINT_QUERY = `
+  with fingerprint as (
+    select 'n' || n.oid as unit, n.xmin::text as version from pg_namespace n where ${USER_SCHEMAS}
+    union all select 'e' || e.oid, e.xmin::text from pg_extension e
+    union all
+    select 'r' || c.oid, concat_ws('/', c.xmin, a.v, d.v, con.v, tg.v, r.v, i.xmin, s.xmin)
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      left join ${rowVersions("pg_attribute", "attrelid", "attnum > 0")} a on a.id = c.oid
+      left join ${rowVersions("pg_attrdef", "adrelid")} d on d.id = c.oid
+      left join ${rowVersions("pg_constraint", "conrelid")} con on con.id = c.oid
+      left join ${rowVersions("pg_trigger", "tgrelid")} tg on tg.id = c.oid
+      left join ${rowVersions("pg_rewrite", "ev_class")} r on r.id = c.oid
+      left join pg_index i on i.indexrelid = c.oid
+      left join pg_sequence s on s.seqrelid = c.oid
+     where c.relkind in ('r', 'p', 'v', 'm', 'S', 'f', 'i') and ${USER_SCHEMAS}
+    union all select 'p' || p.oid, p.xmin::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace where ${USER_SCHEMAS}
+    union all
+    select 't' || t.oid, concat_ws('/', t.xmin, e.v)
+      from pg_type t join pg_namespace n on n.oid = t.typnamespace
+      left join ${rowVersions("pg_enum", "enumtypid")} e on e.id = t.oid
+     where t.typtype in ('e', 'd', 'c') and ${USER_SCHEMAS}
+  ),
+  changed as (
+    select f.unit from fingerprint f left join ${FINGERPRINT_TABLE} o on o.unit = f.unit where o.version is distinct from f.version
+    union all select o.unit from ${FINGERPRINT_TABLE} o where not exists (select from fingerprint f where f.unit = o.unit)
+  ),
+  stored as (
+    insert into ${FINGERPRINT_TABLE} select * from fingerprint f where f.unit in (select unit from changed)
+    on conflict (unit) do update set version = excluded.version
+  ),
+  removed as (
+    delete from ${FINGERPRINT_TABLE} o where not exists (select from fingerprint f where f.unit = o.unit)
+  )
+  select unit from changed
+  union
+  select case d.classid
+           when 'pg_class'::regclass then 'r' || d.objid
+           when 'pg_proc'::regclass then 'p' || d.objid
+           when 'pg_type'::regclass then 't' || d.objid
+           when 'pg_constraint'::regclass then (select 'r' || x.conrelid from pg_constraint x where x.oid = d.objid)
+           when 'pg_rewrite'::regclass then (select 'r' || x.ev_class from pg_rewrite x where x.oid = d.objid)
+           when 'pg_attrdef'::regclass then (select 'r' || x.adrelid from pg_attrdef x where x.oid = d.objid)
+           when 'pg_trigger'::regclass then (select 'r' || x.tgrelid from pg_trigger x where x.oid = d.objid)
+         end
+    from changed c join pg_depend d
+      on d.refclassid = case left(c.unit, 1) when 'r' then 'pg_class'::regclass when 'p' then 'pg_proc'::regclass
+                                             when 't' then 'pg_type'::regclass end
+     and d.refobjid = substr(c.unit, 2)::oid`;
+
+/**
+ * The schema as it is now, read again only where it changed since the last
+ * refresh. `refresh` returns a snapshot that later refreshes do not modify.
+ */
+export class SchemaTracker {
+  private keysOf = new Map<string, Set<string>>();
+  private current: SchemaSnapshot | null = null;
+  private stale = true;
+
+  constructor(private readonly db: Queryable) {}
+
+  /** Something ran on the database: the next `now` reads the catalog. */
+  touched(): void {
+    this.stale = true;
+  }
+
+  /** The schema now: the last snapshot when nothing ran since, else a refresh. */
+  async now(): Promise<SchemaSnapshot> {
+    return this.stale || this.current === null ? await this.refresh() : this.current;
+  }
+
+  async refresh(): Promise<SchemaSnapshot> {
+    this.stale = false;
+    if (this.current === null) {
+      await this.db.exec(`create temporary table if not exists safemigrate_fingerprint (unit text primary key, version text);
+                          truncate ${FINGERPRINT_TABLE}`);
+    }
+    let units: string[];
+    try {
+      units = (await this.db.query<{ unit: string | null }>(FINGERPRINT_QUERY)).flatMap((r) => (r.unit ? [r.unit] : []));
+    } catch (error) {
+      // A migration ended the session's temporary table (DISCARD ALL): start over.
+      if ((error as { code?: string }).code !== "42P01" || this.current === null) throw error;
+      this.current = null;
+      return await this.refresh();
+    }
+    const everything = this.current === null || units.some((u) => u[0] === "n" && this.keysOf.has(u));
+    if (!everything && units.length === 0) return this.current!;
+
+    // A renamed schema renders into everything in it: read everything again.
+    const next = everything ? new Map<string, string>() : new Map(this.current);
+    if (everything) this.keysOf.clear();
+    for (const unit of everything ? [] : units) {
+      for (const key of this.keysOf.get(unit) ?? []) next.delete(key);
+      this.keysOf.delete(unit);
+    }
+    const rows = await this.db.query<{ key: string; def: string | null; unit: string }>(snapshotQuery(everything ? null : units));
+    for (const row of rows) {
+      next.set(row.key, row.def ?? "");
+      if (!this.keysOf.has(row.unit)) this.keysOf.set(row.unit, new Set());
+      this.keysOf.get(row.unit)!.add(row.key);
+    }
+    this.current = next;
+    return next;
+  }
+}
 
 /** The user-visible schema, read from the catalog (no pg_dump needed; the same on PGlite and a server). */
 export async function snapshotSchema(db: Queryable): Promise<SchemaSnapshot> {
-  const snapshot: SchemaSnapshot = new Map();
-  for (const query of SNAPSHOT_QUERIES) {
-    for (const row of await db.query<{ key: string; def: string | null }>(query)) snapshot.set(row.key, row.def ?? "");
-  }
-  return snapshot;
+  return await new SchemaTracker(db).refresh();
 }
 
-/** What differs between two snapshots, one line per object. */
+/**
+ * What a definition means for comparison: function bodies without comments
+ * and with whitespace collapsed; in views, timestamps PostgreSQL folded from
+ * 'now' or 'today' when the view was created are one placeholder.
+ */
+function comparable(key: string, def: string): string {
+  if (key.startsWith("function ")) {
+    return def.replace(/\/\*[\s\S]*?\*\//g, " ").replace(/--[^\n]*/g, " ").replace(/\s+/g, " ").replace(/ ?([(),;]) ?/g, "$1").trim();
+  }
+  if (key.startsWith("view ") || key.startsWith("materialized view ")) {
+    return def.replace(/'\d{4}-\d\d-\d\d( \d\d:\d\d:\d\d(\.\d+)?([+-]\d\d(:\d\d)?)?)?'::(timestamp|date)[a-z ]*/g, "'<now>'::$5");
+  }
+  return def;
+}
+
+/** A line diff of two multi-line definitions: changed lines with one line of context, at most 30 lines. */
+function lineDiff(before: string, after: string): string[] {
+  const a = before.split("\n");
+  const b = after.split("\n");
+  // Longest common subsequence, table from the end.
+  const lcs = Array.from({ length: a.length + 1 }, () => new Uint16Array(b.length + 1));
+  for (let i = a.length - 1; i >= 0; i--) {
+    for (let j = b.length - 1; j >= 0; j--) lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+  }
+  const ops: { mark: " " | "-" | "+"; line: string }[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (i < a.length && j < b.length && a[i] === b[j]) ops.push({ mark: " ", line: a[i++] }), j++;
+    else if (j < b.length && (i === a.length || lcs[i][j + 1] > lcs[i + 1][j])) ops.push({ mark: "+", line: b[j++] });
+    else ops.push({ mark: "-", line: a[i++] });
+  }
+  const near = (k: number) => ops.slice(Math.max(0, k - 1), k + 2).some((op) => op.mark !== " ");
+  const shown = ops.flatMap((op, k) => (near(k) ? [`${op.mark} ${op.line}`] : []));
+  return shown.length > 30 ? [...shown.slice(0, 30), `  ... ${shown.length - 30} more lines`] : shown;
+}
+
+/** A one-line change with only the part that differs and some context around it. */
+function inlineDiff(before: string, after: string): string {
+  const oneLine = (def: string) => def.replace(/\s+/g, " ").trim();
+  const [a, b] = [oneLine(before), oneLine(after)];
+  if (a.length + b.length <= 200) return `${a} -> ${b}`;
+  let start = 0;
+  while (start < a.length && a[start] === b[start]) start++;
+  let end = 0;
+  while (end < a.length - start && end < b.length - start && a[a.length - 1 - end] === b[b.length - 1 - end]) end++;
+  const from = Math.max(0, start - 40);
+  const cut = (s: string) => `${from > 0 ? "..." : ""}${s.slice(from, s.length - end + 40)}${end > 40 ? "..." : ""}`;
+  return `${cut(a)} -> ${cut(b)}`;
+}
+
+/**
+ * What differs between two snapshots, one entry per object, sorted. A changed
+ * multi-line definition (a function, a view) comes as a line diff.
+ */
 export function diffSchemas(before: SchemaSnapshot, after: SchemaSnapshot): string[] {
   const oneLine = (def: string) => def.replace(/\s+/g, " ").trim();
-  const described = (key: string, def: string) => `${key}${def ? ` (${oneLine(def)})` : ""}`;
+  const described = (key: string, def: string) => {
+    const text = oneLine(def);
+    return `${key}${text ? ` (${text.length > 120 ? `${text.slice(0, 117)}...` : text})` : ""}`;
+  };
   const lines: string[] = [];
   for (const [key, def] of before) {
-    if (!after.has(key)) lines.push(`missing: ${described(key, def)}`);
-    else if (after.get(key) !== def) lines.push(`changed: ${key}: ${oneLine(def)} -> ${oneLine(after.get(key)!)}`);
+    const now = after.get(key);
+    if (now === undefined) lines.push(`missing: ${described(key, def)}`);
+    else if (now !== def && comparable(key, now) !== comparable(key, def)) {
+      lines.push(
+        def.includes("\n") || now.includes("\n")
+          ? [`changed: ${key}:`, ...lineDiff(def.trim(), now.trim()).map((l) => `  ${l}`)].join("\n")
+          : `changed: ${key}: ${inlineDiff(def, now)}`,
+      );
+    }
   }
   for (const [key, def] of after) {
     if (!before.has(key)) lines.push(`left behind: ${described(key, def)}`);
@@ -4774,81 +5203,217 @@ export function diffSchemas(before: SchemaSnapshot, after: SchemaSnapshot): stri
   return lines.sort();
 }
 
-export type RehearsalProblem =
-  | { id: string; file: string; kind: "up failed"; message: string }
-  | { id: string; file: string; kind: "no down"; message: string }
-  | { id: string; file: string; kind: "down failed"; message: string }
-  | { id: string; file: string; kind: "down does not restore"; message: string; differences: string[] }
-  | { id: string; file: string; kind: "up fails again"; message: string };
+export type RehearsalProblemKind =
+  | "up failed"
+  | "no down"
+  | "down failed"
+  | "down does not restore"
+  | "up fails again"
+  | "second up differs"
+  | "rollback failed"
+  | "rollback does not restore";
+
+export interface RehearsalProblem {
+  id: string;
+  file: string;
+  kind: RehearsalProblemKind;
+  message: string;
+  /** Schema differences, for "does not restore" and "second up differs". */
+  differences?: string[];
+}
+
+/** What happened to one migration in a rehearsal, in the order they ran. */
+export type RehearsalStep =
+  | { id: string; status: "ok" | "problems"; problems: RehearsalProblem[] }
+  | { id: string; status: "irreversible"; problems: RehearsalProblem[] }
+  | { id: string; status: "not reached"; because: string; problems: RehearsalProblem[] }
+  | { id: string; status: "applied"; problems: RehearsalProblem[] };
 
 export interface RehearsalResult {
+  /** Migrations that went up, down and up again (or tried to). */
   rehearsed: string[];
   problems: RehearsalProblem[];
+  /** Migrations whose down section has no SQL: applied once, not undone. */
+  irreversible: string[];
+  /** Migrations skipped because a migration they declare a dependency on failed. */
+  notReached: { id: string; because: string }[];
+  /** Applied without a round trip (`--after`). */
+  appliedOnly: string[];
+  /** The rollback a user would run at the end: the newest migrations back to the last one that cannot be undone. */
+  rollback: { ids: string[]; reverted: number } | null;
+  /** Why there was no rollback to rehearse: the newest migration cannot be undone cleanly. */
+  noRollback: string | null;
+}
+
+export interface RehearseOptions {
+  /** Apply the migrations up to and including this id without a round trip; rehearse the ones after it. */
+  after?: string | null;
+  onStep?: (step: RehearsalStep) => void;
 }
 
 /**
- * For each migration in order on a scratch database: snapshot the schema,
- * apply up, apply down, compare with the snapshot, apply up again. A failing
- * up stops the rehearsal (what follows would run on a schema it never expects).
+ * On a scratch database, in dependency order: apply each migration, undo it,
+ * compare the schema with the one before, apply it again and compare with the
+ * first application. A failure is recorded and the rehearsal goes on: a
+ * migration whose up failed counts as not applied, and the migrations that
+ * declare a dependency on it (`depends:`) are not reached; the default
+ * dependency on the previous file is only an order, so the next one still runs.
+ * At the end it rolls back the newest migrations, newest first, as a user
+ * would, and compares with the schema before them.
  */
 export async function rehearse(
   db: Database,
   migrations: readonly Migration[],
-  onStep?: (id: string, problems: RehearsalProblem[]) => void,
+  options: RehearseOptions | RehearseOptions["onStep"] = {},
 ): Promise<RehearsalResult> {
+  const { after = null, onStep } = typeof options === "function" ? { onStep: options } : options;
   const problems = consistencyProblems(migrations, []);
   if (problems.length > 0) throw new InputError(problems.join("\n"));
+  const order = dependencyOrder(migrations);
+  const start = after === null ? 0 : order.findIndex((m) => m.id === after.replace(/\.sql$/, "")) + 1;
+  if (start === 0 && after !== null) {
+    const meant = closest(after, order.map((m) => m.id));
+    throw new InputError(`--after ${after}: no such migration${meant ? ` — did you mean "${meant}"?` : ""}`);
+  }
   await createHistoryTable(db);
-  const result: RehearsalResult = { rehearsed: [], problems: [] };
-  const message = (error: unknown) => (error as Error).message;
+  const result: RehearsalResult = { rehearsed: [], problems: [], irreversible: [], notReached: [], appliedOnly: [], rollback: null, noRollback: null };
+  const tracker = new SchemaTracker(db);
+  const notApplied = new Set<string>();
+  /** The newest migrations that all went round cleanly, and the schema before the first of them. */
+  let tail: { migrations: Migration[]; before: SchemaSnapshot } | null = null;
 
-  for (const m of dependencyOrder(migrations)) {
+  for (const [index, m] of order.entries()) {
     const found: RehearsalProblem[] = [];
-    const report = () => {
-      result.rehearsed.push(m.id);
-      result.problems.push(...found);
-      onStep?.(m.id, found);
-    };
-    const before = await snapshotSchema(db);
-    try {
-      await applyMigration(db, m, "rehearse");
-    } catch (error) {
-      found.push({ id: m.id, file: m.file, kind: "up failed", message: message(error) });
-      report();
-      break;
+    const problem = (kind: RehearsalProblemKind, message: string, differences?: string[]) =>
+      found.push({ id: m.id, file: m.file, kind, message, ...(differences ? { differences } : {}) });
+    const blocker = m.dependsLine === null ? undefined : m.depends.find((d) => notApplied.has(d));
+    const step = blocker !== undefined
+      ? { status: "not reached" as const, because: blocker }
+      : index < start
+      ? (tracker.touched(), await applyOnce(db, m, problem))
+      : await roundTrip(db, m, tracker, problem);
+    if (step.status === "not reached") result.notReached.push({ id: m.id, because: step.because });
+    else if (step.status === "applied") result.appliedOnly.push(m.id);
+    else result.rehearsed.push(m.id);
+    if (step.status === "irreversible") result.irreversible.push(m.id);
+    if (step.status === "not reached" || step.status === "failed") notApplied.add(m.id);
+    result.problems.push(...found);
+    if (index >= start && step.status === "ok" && found.length === 0) {
+      tail = tail ?? { migrations: [], before: step.before! };
+      tail.migrations.push(m);
+    } else {
+      tail = null;
+      result.noRollback = `the newest migration that cannot be undone cleanly is ${m.id} (${
+        step.status === "ok" || step.status === "failed" ? found.map((p) => p.kind).join(", ") : step.status
+      })`;
     }
-    if (!m.down) {
-      found.push({ id: m.id, file: m.file, kind: "no down", message: `${m.file}: has no "-- migrate:down" section` });
-      report();
-      continue;
-    }
-    try {
-      await revertMigration(db, { id: m.id, source: m.file, down: m.down });
-    } catch (error) {
-      found.push({ id: m.id, file: m.file, kind: "down failed", message: message(error) });
-      report();
-      break;
-    }
-    const differences = diffSchemas(before, await snapshotSchema(db));
-    if (differences.length > 0) {
-      found.push({
-        id: m.id,
-        file: m.file,
-        kind: "down does not restore",
-        message: `${m.file}:${m.down.line}: the down section does not restore the schema from before the up`,
-        differences,
-      });
-    }
-    try {
-      await applyMigration(db, m, "rehearse");
-    } catch (error) {
-      found.push({ id: m.id, file: m.file, kind: "up fails again", message: message(error) });
-      report();
-      break;
-    }
-    report();
+    const status = step.status === "failed" ? "problems" : step.status === "ok" && found.length > 0 ? "problems" : step.status;
+    onStep?.({ id: m.id, status, problems: found, ...(step.status === "not reached" ? { because: step.because } : {}) } as RehearsalStep);
+  }
+  if (tail) {
+    result.noRollback = null;
+    result.rollback = await rehearseRollback(db, tail.migrations, tail.before, tracker, result.problems);
   }
   return result;
+}
+
+type Problem = (kind: RehearsalProblemKind, message: string, differences?: string[]) => void;
+type StepOutcome =
+  | { status: "ok"; before?: SchemaSnapshot }
+  | { status: "failed" | "irreversible" | "applied" }
+  | { status: "not reached"; because: string };
+
+const messageOf = (error: unknown) => (error as Error).message;
+
+/** A migration before `--after`: applied, not rehearsed. */
+async function applyOnce(db: Database, m: Migration, problem: Problem): Promise<StepOutcome> {
+  try {
+    await applyMigration(db, m, "rehearse");
+    return { status: "applied" };
+  } catch (error) {
+    problem("up failed", messageOf(error));
+    return { status: "failed" };
+  }
+}
+
+const fileStep = (m: Migration): RevertStep => ({ id: m.id, source: m.file, origin: "file", down: m.down, irreversible: false, note: null });
+
+/**
+ * Up, down, compare, up again, compare: what one migration's round trip
+ * finds. The schema is read only where a comparison needs it: not at all for
+ * a migration without a down (or an irreversible one).
+ */
+async function roundTrip(db: Database, m: Migration, tracker: SchemaTracker, problem: Problem): Promise<StepOutcome> {
+  const reversible = m.down !== null && !hasNoStatements(m.down.sql);
+  const before = reversible ? await tracker.now() : undefined;
+  const run = async (work: Promise<unknown>, kind: RehearsalProblemKind) => {
+    tracker.touched();
+    try {
+      await work;
+      return true;
+    } catch (error) {
+      problem(kind, messageOf(error));
+      return false;
+    }
+  };
+  if (!(await run(applyMigration(db, m, "rehearse"), "up failed"))) return { status: "failed" };
+  if (!m.down) {
+    problem("no down", `${m.file}: has no "-- migrate:down" section`);
+    return { status: "ok" };
+  }
+  if (!reversible) return { status: "irreversible" };
+  const afterUp = await tracker.now();
+  if (!(await run(revertMigration(db, fileStep(m)), "down failed"))) return { status: "ok" };
+  const differences = diffSchemas(before!, await tracker.now());
+  if (differences.length > 0) {
+    problem("down does not restore", `${m.file}:${m.down.line}: the down section does not restore the schema from before the up`, differences);
+  }
+  if (!(await run(applyMigration(db, m, "rehearse"), "up fails again"))) return { status: "failed" };
+  const again = diffSchemas(afterUp, await tracker.now());
+  if (again.length > 0) {
+    problem("second up differs", `${m.file}:${m.up.line}: applied again after its down, the up leaves a different schema than the first time`, again);
+  }
+  return { status: "ok", before };
+}
+
+/** The rollback a user runs: the newest clean migrations, newest first, back to the schema before the first of them. */
+async function rehearseRollback(
+  db: Database,
+  tail: Migration[],
+  before: SchemaSnapshot,
+  tracker: SchemaTracker,
+  problems: RehearsalProblem[],
+): Promise<RehearsalResult["rollback"]> {
+  const newestFirst = [...tail].reverse();
+  const ids = newestFirst.map((m) => m.id);
+  for (const [index, m] of newestFirst.entries()) {
+    try {
+      tracker.touched();
+      await revertMigration(db, fileStep(m));
+    } catch (error) {
+      problems.push({
+        id: m.id,
+        file: m.file,
+        kind: "rollback failed",
+        message: `rolling back the newest ${tail.length} migrations (${ids[0]} back to ${ids[ids.length - 1]}), ` +
+          `${index} of ${tail.length} were undone before ${m.id} failed: ${messageOf(error)}`,
+      });
+      return { ids, reverted: index };
+    }
+  }
+  const differences = diffSchemas(before, await tracker.now());
+  if (differences.length > 0) {
+    const oldest = tail[0];
+    problems.push({
+      id: oldest.id,
+      file: oldest.file,
+      kind: "rollback does not restore",
+      message: `rolling back the newest ${tail.length} migrations, newest first (${ids[0]} back to ${oldest.id}), ` +
+        `does not restore the schema from before ${oldest.id}`,
+      differences,
+    });
+  }
+  return { ids, reverted: tail.length };
 }
 
 /*
@@ -4909,8 +5474,11 @@ function delayNote(d: DelayedMigration, now: Date): string {
     (d.dueAt <= now ? "" : ` (in ${formatDuration(Math.ceil((d.dueAt.getTime() - now.getTime()) / 60_000) * 60_000)})`) + behind;
 }
 
+/** Where a step's down SQL comes from, and why, for the plan and the progress lines. */
 const downSource = (step: RevertStep) =>
-  step.source.startsWith(`${HISTORY_TABLE}[`) ? `down SQL stored in ${HISTORY_TABLE} when it was applied` : `down SQL from ${step.source}`;
+  step.origin === "stored"
+    ? `down SQL stored in ${HISTORY_TABLE} when it was applied${step.note ? `: ${step.note}` : ""}`
+    : `down SQL from ${step.source}${step.note ? `, ${step.note}` : ""}`;
 
 export function humanRunEvent(output: Output, event: RunEvent): void {
   if (event.type === "waiting-for-lock") {
@@ -5135,6 +5703,8 @@ export function githubAnnotation(f: Finding): string {
     escape(`${f.message}. Fix: ${f.fix}`);
 }
 
+export const stepJson = ({ id, source, origin, note }: RevertStep) => ({ id, source, origin, note });
+
 export function humanRevertPlan(
   output: Output,
   title: string,
@@ -5154,16 +5724,70 @@ export function humanRevertPlan(
   }
 }
 
-export function humanRehearsalStep(output: Output, id: string, problems: readonly RehearsalProblem[]): void {
-  if (problems.length === 0) {
-    output.out(`  ${green(output, "ok")}  ${id}  ${dim(output, "(up, down, schema restored, up again)")}`);
+const REHEARSAL_NOTE: Record<string, string> = {
+  ok: "up, down, schema restored, up again, same schema",
+  irreversible: "its down section has no SQL: applied once, not undone",
+  applied: "applied without a round trip (--after)",
+};
+
+export function humanRehearsalStep(output: Output, step: RehearsalStep): void {
+  if (step.status === "not reached") {
+    output.out(`  ${yellow(output, "not reached")}  ${step.id}  ${dim(output, `(depends on ${step.because}, which is not applied)`)}`);
     return;
   }
-  for (const p of problems) {
-    output.out(`  ${red(output, p.kind)}  ${id}`);
-    for (const line of p.message.split("\n")) output.out(`      ${line}`);
-    if (p.kind === "down does not restore") for (const d of p.differences) output.out(`        ${d}`);
+  if (step.problems.length === 0) {
+    const paint = step.status === "ok" ? green : yellow;
+    output.out(`  ${paint(output, step.status)}  ${step.id}  ${dim(output, `(${REHEARSAL_NOTE[step.status]})`)}`);
+    return;
   }
+  for (const p of step.problems) humanRehearsalProblem(output, p);
+}
+
+function humanRehearsalProblem(output: Output, p: RehearsalProblem): void {
+  output.out(`  ${red(output, p.kind)}  ${p.id}`);
+  for (const line of p.message.split("\n")) output.out(`      ${line}`);
+  for (const d of p.differences ?? []) for (const line of d.split("\n")) output.out(`        ${line}`);
+}
+
+/** The end of a rehearsal: the rollback a user would run, every problem on one line, and the counts. */
+export function humanRehearsalSummary(output: Output, result: RehearsalResult, totalMs: number): void {
+  for (const p of result.problems.filter((p) => p.kind.startsWith("rollback"))) humanRehearsalProblem(output, p);
+  if (result.rollback && result.rollback.reverted === result.rollback.ids.length && !result.problems.some((p) => p.kind.startsWith("rollback"))) {
+    const { ids } = result.rollback;
+    output.out(`  ${green(output, "rollback ok")}  ${dim(output, `(the newest ${plural(ids.length, "migration")}, ${ids[0]} back to ${ids[ids.length - 1]}, newest first: schema restored)`)}`);
+  }
+  if (result.noRollback) output.out(`  ${yellow(output, "no rollback rehearsed")}  ${dim(output, `(${result.noRollback})`)}`);
+  if (result.problems.length > 0) {
+    output.out(`Problems:`);
+    for (const p of result.problems) output.out(`  ${p.file}: ${p.kind}`);
+  }
+  const counts = [
+    plural(result.problems.length, "problem"),
+    `${result.irreversible.length} irreversible`,
+    `${result.notReached.length} not reached`,
+  ];
+  output.out(
+    `Rehearsed ${plural(result.rehearsed.length, "migration")} in ${(totalMs / 1000).toFixed(1)} s: ${counts.join(", ")}` +
+      (result.appliedOnly.length > 0 ? ` (${result.appliedOnly.length} applied first without a round trip)` : "") + ".",
+  );
+}
+
+export function rehearsalJson(result: RehearsalResult, database: string): unknown {
+  const ok = result.problems.length === 0;
+  return {
+    ok,
+    exitCode: ok ? EXIT.ok : EXIT.invalid,
+    command: "rehearse",
+    database,
+    counts: {
+      rehearsed: result.rehearsed.length,
+      problems: result.problems.length,
+      irreversible: result.irreversible.length,
+      notReached: result.notReached.length,
+      appliedOnly: result.appliedOnly.length,
+    },
+    ...result,
+  };
 }
 
 // ============================================================================
@@ -5183,7 +5807,7 @@ Usage:
   bun safemigrate.ts --baseline <id>    record <id> and everything it depends on as applied without running them
   bun safemigrate.ts --accept-changed <id>  accept the edited up SQL of an applied migration
   bun safemigrate.ts --check            check the files (and, with --database-url, the history) for CI and pre-commit
-  bun safemigrate.ts --rehearse         apply, undo and re-apply every migration on a scratch database
+  bun safemigrate.ts --rehearse         apply, undo and re-apply every migration, then roll back the newest, on a scratch database
   bun safemigrate.ts --lint [<file>...] check each migration's SQL against its declared phase and for long locks
                                         (named files only, still knowing what earlier migrations declared)
   bun safemigrate.ts --new <name>       create the next migration file, numbered as the directory already is
@@ -5208,6 +5832,7 @@ Options:
   --lock-timeout <t>     lock_timeout for every statement (default 5s; a file's "-- lock-timeout:" wins)
   --statement-timeout <t>  statement_timeout (default off; a file's "-- statement-timeout:" wins)
   --lock-retries <n>     attempts for a statement that hits lock_timeout (default 5)
+  --after <id>           with --rehearse: apply the migrations up to <id> without a round trip, rehearse the rest
   --repair-invalid-indexes  drop invalid indexes left by a failed CREATE INDEX CONCURRENTLY, then run
   --rerun <id>           with --pre/--all: run an interrupted "transaction: false" migration again from its start
   --history-table <t>    keep the history in <t> or <schema>.<t> (default safemigrate_history); one per service
@@ -5237,7 +5862,7 @@ const BOOLEAN_FLAGS = [
 ];
 const STRING_FLAGS = [
   "dir", "database-url", "mode", "lock-wait", "rollback", "fake", "baseline", "accept-changed", "format", "lock-timeout",
-  "statement-timeout", "lock-retries", "rerun", "history-table", "direct-url", "lease", "small-table", "lint-after", "wait", "new",
+  "statement-timeout", "lock-retries", "rerun", "history-table", "direct-url", "lease", "small-table", "lint-after", "wait", "new", "after",
 ];
 /**
  * Options that can be set once for a project instead of on every command
@@ -5295,6 +5920,8 @@ export interface CliOptions {
   /** --direct-url; the environment's SAFEMIGRATE_DIRECT_URL is consulted in resolveDatabaseUrl. */
   directUrl: string | null;
   leaseMs: number;
+  /** --rehearse --after <id>: apply up to <id> without a round trip. */
+  after: string | null;
 }
 
 /** The settings from the project file, and the name to give it in messages. */
@@ -5421,6 +6048,7 @@ export function parseArgs(
     historyTable: historyTable(),
     directUrl: null,
     leaseMs: DEFAULT_LEASE_MS,
+    after: args.after ?? null,
   };
   options.format = options.json ? "json" : "human";
   for (const key of Object.keys(args)) {
@@ -5455,6 +6083,7 @@ export function parseArgs(
   }
   if (args.sql && !args.plan) throw new InputError("--sql goes with --plan: it shows the SQL that would run");
   if (args.last && options.command !== "rollback") throw new InputError("--last goes with --rollback");
+  if (args.after !== undefined && options.command !== "rehearse") throw new InputError("--after goes with --rehearse");
   if (options.command === "rollback" && args.last && args.rollback !== "") {
     throw new InputError("give --rollback either a migration id or --last, not both");
   }
@@ -5675,14 +6304,21 @@ async function openDatabase(url: string, output: Output, options: ConnectOptions
   return db;
 }
 
-/** A scratch database for --rehearse: a temporary one on the given server, else an in-memory PGlite. */
-async function scratchDatabase(url: string | null): Promise<{ db: Database; drop: () => Promise<void> }> {
+/**
+ * A scratch database for --rehearse: a temporary one on the server the URL
+ * names, else an in-memory PGlite. `drop` removes it; it also works while a
+ * statement runs (on SIGINT or SIGTERM), ending the session that runs it.
+ */
+async function scratchDatabase(
+  url: string | null,
+  extensions: string[],
+): Promise<{ db: Database; label: string; drop: () => Promise<void> }> {
   if (!url || url.startsWith("pglite:")) {
-    const db = await connect("pglite:memory");
-    return { db, drop: () => db.close() };
+    const db = await connect("pglite:memory", { extensions });
+    return { db, label: `pglite:memory, embedded PostgreSQL ${await serverVersion(db)}`, drop: () => db.close() };
   }
   const admin = await connect(url);
-  const name = `safemigrate_rehearsal_${Date.now()}_${Math.random().toString(36).slice(2, 8)}`;
+  const name = `safemigrate_rehearsal_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
   try {
     await admin.exec(`create database ${name}`);
   } catch (error) {
@@ -5692,14 +6328,21 @@ async function scratchDatabase(url: string | null): Promise<{ db: Database; drop
   const scratchUrl = new URL(url);
   scratchUrl.pathname = `/${name}`;
   const db = await connect(scratchUrl.toString());
+  let dropped: Promise<void> | null = null;
   return {
     db,
-    drop: async () => {
-      await db.close();
-      await admin.exec(`drop database if exists ${name} with (force)`).catch(() => {});
-      await admin.close();
-    },
+    label: `${db.label}, PostgreSQL ${await serverVersion(db)}`,
+    drop: () =>
+      dropped ??= (async () => {
+        await admin.exec(`drop database if exists ${name} with (force)`).catch(() => {});
+        await Promise.all([db.close().catch(() => {}), admin.close().catch(() => {})]);
+      })(),
   };
+}
+
+async function serverVersion(db: Queryable): Promise<string> {
+  const [row] = await db.query<{ version: string }>(`select current_setting('server_version') as version`);
+  return row.version.split(" ")[0];
 }
 
 /**
@@ -5752,7 +6395,7 @@ export async function main(
     // Commands that need no database of the user's.
     if (options.command === "check") return await runCheck(migrations, options, output);
     if (options.command === "lint") return await runLint(migrations, options, output);
-    if (options.command === "rehearse") return await runRehearse(migrations, options, output);
+    if (options.command === "rehearse") return await runRehearse(migrations, options, output, env);
 
     if (options.command === "sync" && !options.force && !options.plan) {
       const deployed = DEPLOYED_ENVIRONMENT.filter((name) => isSet(env[name]));
@@ -5766,7 +6409,10 @@ export async function main(
 
     const url = resolveDatabaseUrl(options, env, output);
     const readOnly = options.plan || options.command === "status";
-    db = await openDatabase(readOnly ? withoutCreating(url) : url, output, { historyTable: options.historyTable });
+    db = await openDatabase(readOnly ? withoutCreating(url) : url, output, {
+      historyTable: options.historyTable,
+      extensions: extensionsCreatedBy(migrations),
+    });
     const label = describeUrl(url);
     if (options.waitMs > 0) {
       await waitForDatabase(db, options.waitMs, () =>
@@ -5805,7 +6451,7 @@ export async function main(
         const target = options.target ?? { last: true as const };
         header(`--rollback ${options.target ?? "--last"}`);
         const result = await rollback(db, migrations, target, { ...lock, dryRun: options.plan });
-        if (json) printJson({ ok: true, exitCode: 0, command: "rollback", database: label, dryRun: result.dryRun, steps: result.steps.map(({ id, source }) => ({ id, source })), reverted: result.reverted });
+        if (json) printJson({ ok: true, exitCode: 0, command: "rollback", database: label, dryRun: result.dryRun, steps: result.steps.map(stepJson), reverted: result.reverted });
         else if (result.dryRun) humanRevertPlan(output, `plan for --rollback ${options.target ?? "--last"}:`, result.steps, [], options.sql);
         else output.out(`Rolled back ${plural(result.reverted.length, "migration")} in ${ms(performance.now() - started)}.`);
         return EXIT.ok;
@@ -5820,7 +6466,7 @@ export async function main(
         if (json) {
           printJson({
             ok: true, exitCode: 0, command: "sync", database: label, dryRun: result.dryRun,
-            revert: result.plan.revert.map(({ id, source }) => ({ id, source })),
+            revert: result.plan.revert.map(stepJson),
             apply: result.plan.apply.map((m) => m.id), reverted: result.reverted, applied: result.applied,
           });
         } else if (!result.dryRun) {
@@ -5838,7 +6484,9 @@ export async function main(
       case "accept-changed": {
         const accepted = await acceptChanged(db, migrations, options.target!, lock);
         if (json) printJson({ ok: true, exitCode: 0, command: "accept-changed", database: label, ...accepted });
-        else {
+        else if (accepted.from === accepted.to) {
+          output.out(`Refreshed the stored down SQL of ${accepted.id} from its file; the history notes it.`);
+        } else {
           output.out(`Accepted the changed up SQL of ${accepted.id} (checksum ${accepted.from.slice(0, 12)} -> ${accepted.to.slice(0, 12)}); ` +
             `the history notes it. The edit is not run: apply any schema change it implies in a new migration.`);
         }
@@ -5854,7 +6502,14 @@ export async function main(
     const exitCode = known ? error.exitCode : EXIT.failed;
     const message = redact(known ? error.message : describeUnexpected(error));
     output.err(red(output, `safemigrate: error: ${message}`));
-    if (json) printJson({ ok: false, exitCode, error: message, ...(error instanceof LintError ? { findings: error.findings } : {}), ...(error instanceof CheckError ? { problems: error.problems } : {}) });
+    if (json) {
+      printJson({
+        ok: false, exitCode, error: message,
+        ...(error instanceof LintError ? { findings: error.findings } : {}),
+        ...(error instanceof CheckError ? { problems: error.problems } : {}),
+        ...(error instanceof StoppedMidway ? error.progress : {}),
+      });
+    }
     return exitCode;
   } finally {
     await db?.close().catch(() => {});
@@ -5873,21 +6528,44 @@ function newMigrationCommand(options: CliOptions, output: Output): number {
   return EXIT.ok;
 }
 
-/** `--rehearse`: up, down, compare, up again for every migration, on a scratch database. */
-async function runRehearse(migrations: Migration[], options: CliOptions, output: Output): Promise<number> {
-  const scratch = await scratchDatabase(options.databaseUrl);
+/**
+ * `--rehearse`: every migration's round trip and the rollback a user would
+ * run, on a scratch database next to the one the other commands use
+ * (--database-url, then DATABASE_URL, then an embedded PGlite). Interrupted,
+ * it drops the scratch database before exiting.
+ */
+async function runRehearse(
+  migrations: Migration[],
+  options: CliOptions,
+  output: Output,
+  env: Record<string, string | undefined>,
+): Promise<number> {
+  const started = performance.now();
+  const scratch = await scratchDatabase(options.databaseUrl ?? (env.DATABASE_URL || null), extensionsCreatedBy(migrations));
+  const interrupted = (signal: "SIGINT" | "SIGTERM") => async () => {
+    output.err(`safemigrate: ${signal}: dropping the scratch database and stopping`);
+    // Dropping it ends the session running the rehearsal; that lost connection is expected now, not a crash.
+    process.removeAllListeners("uncaughtException");
+    process.on("uncaughtException", () => {});
+    await scratch.drop();
+    process.exit(signal === "SIGINT" ? 130 : 143);
+  };
+  const onInt = interrupted("SIGINT");
+  const onTerm = interrupted("SIGTERM");
+  process.on("SIGINT", onInt);
+  process.on("SIGTERM", onTerm);
   try {
-    if (!options.json) output.out(`safemigrate --rehearse on a scratch database (${scratch.db.label})`);
-    const result = await rehearse(scratch.db, migrations, options.json ? undefined : (id, p) => humanRehearsalStep(output, id, p));
-    const ok = result.problems.length === 0;
-    if (options.json) output.out(JSON.stringify({ ok, exitCode: ok ? 0 : 2, command: "rehearse", ...result }));
-    else {
-      output.out(ok
-        ? `Rehearsed ${plural(result.rehearsed.length, "migration")}: every down restores the schema and every up re-applies.`
-        : `${plural(result.problems.length, "problem")} in ${plural(result.rehearsed.length, "rehearsed migration")}.`);
-    }
-    return ok ? EXIT.ok : EXIT.invalid;
+    if (!options.json) output.out(`safemigrate --rehearse on a scratch database (${scratch.label})`);
+    const result = await rehearse(scratch.db, migrations, {
+      after: options.after,
+      onStep: options.json ? undefined : (step) => humanRehearsalStep(output, step),
+    });
+    if (options.json) output.out(JSON.stringify(rehearsalJson(result, scratch.label)));
+    else humanRehearsalSummary(output, result, performance.now() - started);
+    return result.problems.length === 0 ? EXIT.ok : EXIT.invalid;
   } finally {
+    process.off("SIGINT", onInt);
+    process.off("SIGTERM", onTerm);
     await scratch.drop();
   }
 }

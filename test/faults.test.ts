@@ -358,8 +358,9 @@ describeServer("racing runners and interrupted transaction: false migrations", (
     reserved.release();
     await blocker.end();
     // The server finishes the index on its own; the next run must not fail with "already exists".
+    const history = await watch.sql.unsafe(`select id, started_at, applied_at, statements_done from safemigrate_history`);
     const next = await startRunner(args).done;
-    expect(next.code).toBe(2);
+    expect({ code: next.code, history: history.length }).toEqual({ code: 2, history: 1 });
     expectCleanOutput(next);
     expect(next.stderr).toContain(`${dir}/0001_index.sql: 0001_index was interrupted`);
     expect(next.stderr).toContain(`may have taken effect: ${dir}/0001_index.sql:4 create index concurrently items_id on items (id)`);

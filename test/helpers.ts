@@ -103,6 +103,16 @@ export const BACKENDS: Backend[] = [
   { name: "pglite", available: true, databaseUrl: pgliteDatabaseUrl },
 ];
 
+/** Opens a database only for the duration of `work`: an embedded one has one owner at a time (the CLI is another). */
+export async function withDb<T>(url: string, work: (db: Database) => Promise<T>): Promise<T> {
+  const db = await connect(url);
+  try {
+    return await work(db);
+  } finally {
+    await db.close();
+  }
+}
+
 /** Opens a database for a test and closes it afterwards. */
 export async function open(url: string): Promise<Database> {
   const db = await connect(url);
