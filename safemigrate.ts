@@ -2643,7 +2643,10 @@ Options:
   --json                 print one JSON object on stdout
   --dir <path>           migrations directory (default ./migrations)
   --database-url <url>   postgres://user@host:5432/db (sslmode honoured), pglite:<dir> or pglite:memory
-                         (default: env DATABASE_URL, else an embedded PGlite in .safemigrate/)
+                         (default: env DATABASE_URL, else an embedded PGlite in .safemigrate/);
+                         give it several times to run on a fleet of databases
+  --targets <file>       a fleet: one database URL a line, # comments (--pre, --all, --plan, --status, --check)
+  --parallel <n>         databases of a fleet worked on at once (default 4)
   --mode <mode>          strict | nonstrict | disabled (default: env SAFEMIGRATE, else strict)
   --lock-wait <time>     how long to wait for another run's lock, e.g. 30s, 5m (default 5m)
   --force                let --sync run in a release environment
@@ -2659,6 +2662,7 @@ Options:
 Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
 2 invalid input (usage, front-matter, dependency graph, checksum drift, a failed check or rehearsal),
 3 strict mode found migrations blocked by after_deploy ones.
+On a fleet the most severe code of any database: 1 over 2 over 3.
 `;
 
 const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "lint", "rollback", "fake", "baseline", "accept-changed"] as const;
@@ -2670,7 +2674,7 @@ const BOOLEAN_FLAGS = [
 ];
 const STRING_FLAGS = [
   "dir", "database-url", "mode", "lock-wait", "rollback", "fake", "baseline", "accept-changed", "format", "lock-timeout",
-  "statement-timeout", "lock-retries",
+  "statement-timeout", "lock-retries", "targets", "parallel",
 ];
 /** A missing URL here is an error: a release step must never migrate a local toy database. */
 const RELEASE_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER", "CI"];
@@ -2690,6 +2694,12 @@ export interface CliOptions {
   dir: string;
   /** From --database-url only; the environment is consulted in resolveDatabaseUrl. */
   databaseUrl: string | null;
+  /** Every --database-url given (a fleet when more than one). */
+  databaseUrls: string[];
+  /** --targets: a file listing a fleet's database URLs. */
+  targetsFile: string | null;
+  /** --parallel: databases of a fleet worked on at once. */
+  parallel: number;
   mode: Mode;
   lockWaitMs: number;
   format: "human" | "github" | "json";
@@ -2710,6 +2720,9 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     force: Boolean(args.force),
     dir: "./migrations",
     databaseUrl: null,
+    databaseUrls: [],
+    targetsFile: null,
+    parallel: 4,
     mode: "strict",
     lockWaitMs: 5 * 60_000,
     format: args.json ? "json" : "human",
@@ -2726,7 +2739,7 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   if (args.version) return { ...options, command: "version" };
   if (args._.length > 0) throw new InputError(`unexpected argument "${args._[0]}" (see --help)`);
   for (const key of STRING_FLAGS) {
-    if (Array.isArray(args[key])) throw new InputError(`--${key} is given more than once`);
+    if (Array.isArray(args[key]) && key !== "database-url") throw new InputError(`--${key} is given more than once`);
     const lastIsTheValue = key === "rollback" && args.last;
     if (args[key] === "" && !lastIsTheValue) {
       throw new InputError(`--${key} needs a value${key === "rollback" ? " (a migration id, or --last)" : ""}`);
@@ -2781,7 +2794,15 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     options.json ||= args.format === "json";
   }
   options.dir = args.dir ?? options.dir;
-  options.databaseUrl = args["database-url"] ?? null;
+  options.databaseUrls = [args["database-url"] ?? []].flat();
+  if (options.databaseUrls.includes("")) throw new InputError("--database-url needs a value");
+  options.databaseUrl = options.databaseUrls[0] ?? null;
+  options.targetsFile = args.targets ?? null;
+  if (args.parallel !== undefined) {
+    const parallel = Number(args.parallel);
+    if (!Number.isInteger(parallel) || parallel < 1) throw new InputError("--parallel must be a whole number of databases, 1 or more");
+    options.parallel = parallel;
+  }
   return options;
 }
 
@@ -2864,6 +2885,7 @@ export async function main(
     const migrations = readMigrations(options.dir);
     const onEvent = json ? undefined : (event: RunEvent) => humanRunEvent(output, event);
     const lock = { lockWaitMs: options.lockWaitMs, onEvent, execution: options.execution };
+    if (isFleet(options)) return await runFleet(migrations, options, output);
 
     // Commands that need no database of the user's.
     if (options.command === "check") return await runCheck(migrations, options, output);
@@ -3031,6 +3053,203 @@ async function runCheck(
     for (const problem of problems) output.err(`safemigrate: ${problem}`);
   }
   return problems.length === 0 ? EXIT.ok : EXIT.invalid;
+}
+
+// ---- Fleets: the same command on many databases -------------------------------
+//
+// A thin layer over the single-database functions: each target gets its own
+// connection, lock, plan and result, exactly as if safemigrate had been run
+// on it alone, and a failure on one target never stops the others. The files
+// are read and checked once. At most --parallel targets are open at a time,
+// so memory stays bounded however long the list is; each target's output is
+// held until it finishes so blocks never interleave, then one summary table.
+
+const FLEET_COMMANDS: readonly CliOptions["command"][] = ["pre", "all", "status", "check"];
+
+const isFleet = (options: CliOptions) => options.targetsFile !== null || options.databaseUrls.length > 1;
+
+/** A targets file: one URL a line; blank lines and `#` comments (a whole line, or after a space) ignored. */
+export function parseTargets(text: string, file: string): string[] {
+  const urls: string[] = [];
+  for (const [index, raw] of text.split(/\r?\n/).entries()) {
+    const line = raw.replace(/(^|\s)#.*$/, "").trim();
+    if (line === "") continue;
+    const where = `${file}:${index + 1}`;
+    if (!/^(postgres(ql)?:\/\/|pglite:)/i.test(line)) {
+      throw new InputError(`${where}: "${redact(line)}" is not a database URL (postgres://user@host:5432/db, pglite:<dir>)`);
+    }
+    rememberPassword(line);
+    urls.push(line);
+  }
+  return urls;
+}
+
+/** Every target of the fleet, in the order given: --database-url ones, then the file's. Duplicates are refused. */
+function fleetTargets(options: CliOptions): string[] {
+  const fromFile = options.targetsFile === null ? [] : parseTargets(readTargetsFile(options.targetsFile), options.targetsFile);
+  const urls = [...options.databaseUrls, ...fromFile];
+  urls.forEach(rememberPassword);
+  if (urls.length === 0) throw new InputError(`${options.targetsFile}: lists no database URL`);
+  const seen = new Set<string>();
+  for (const url of urls) {
+    if (seen.has(url)) throw new InputError(`${describeUrl(url)} is a target twice; each database takes the lock once`);
+    seen.add(url);
+  }
+  return urls;
+}
+
+function readTargetsFile(file: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (error) {
+    throw new InputError(`cannot read the targets file ${file}: ${(error as { code?: string }).code ?? (error as Error).message}`);
+  }
+}
+
+export interface TargetResult {
+  database: string;
+  exitCode: number;
+  /** Migrations applied (or, with --plan, that would be); applied ones for --status and --check. */
+  applied: number;
+  /** Pending ones left for later (--pre), or pending (--status, --check). */
+  waiting: number;
+  blocked: number;
+  error: string | null;
+  durationMs: number;
+  /** What --json prints for this target alone. */
+  json: Record<string, unknown>;
+}
+
+/** Runs `work` on every item, at most `limit` at a time; results in the items' order. */
+async function inParallel<T, R>(items: readonly T[], limit: number, work: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const index = next++;
+      results[index] = await work(items[index]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+/** One target, as the single-database command would run it, its output into `output`. */
+async function runTarget(url: string, migrations: Migration[], options: CliOptions, output: Output): Promise<TargetResult> {
+  const database = describeUrl(url);
+  const started = performance.now();
+  const result: TargetResult = { database, exitCode: EXIT.ok, applied: 0, waiting: 0, blocked: 0, error: null, durationMs: 0, json: {} };
+  const readOnly = options.plan || options.command === "status" || options.command === "check";
+  let db: Database | null = null;
+  try {
+    db = await connect(readOnly ? withoutCreating(url) : url);
+    if (options.command === "pre" || options.command === "all") {
+      const run = await migrate(db, migrations, {
+        lockWaitMs: options.lockWaitMs,
+        execution: options.execution,
+        onEvent: options.json ? undefined : (event) => humanRunEvent(output, event),
+        phase: options.command,
+        mode: options.mode,
+        dryRun: options.plan,
+        lint: options.lint,
+        repairInvalidIndexes: options.repairInvalidIndexes,
+      });
+      if (!options.json) humanRunSummary(output, run, performance.now() - started, new Date());
+      Object.assign(result, {
+        exitCode: run.plan.refused ? EXIT.blocked : EXIT.ok,
+        applied: run.dryRun ? run.plan.apply.length : run.applied.length,
+        waiting: run.plan.delayed.length,
+        blocked: run.plan.blocked.length,
+        json: runResultJson(run, database),
+      });
+    } else {
+      const history = await readHistory(db);
+      const rows = migrationStatus(migrations, history);
+      result.applied = rows.filter((r) => r.state !== "pending").length;
+      result.waiting = rows.length - result.applied;
+      if (options.command === "status") {
+        if (!options.json) humanStatus(output, rows);
+        result.json = { ok: true, exitCode: 0, command: "status", database, migrations: rows };
+      } else {
+        const problems = consistencyProblems(migrations, history);
+        for (const problem of problems) output.err(`safemigrate: ${problem}`);
+        if (problems.length === 0 && !options.json) output.out("ok: consistent with the database's history");
+        result.exitCode = problems.length === 0 ? EXIT.ok : EXIT.invalid;
+        result.error = problems.length === 0 ? null : `${plural(problems.length, "problem")} with the history`;
+        result.json = { ok: problems.length === 0, exitCode: result.exitCode, command: "check", database, problems };
+      }
+    }
+  } catch (error) {
+    const known = error instanceof SafemigrateError;
+    result.exitCode = known ? error.exitCode : EXIT.failed;
+    result.error = redact(known ? error.message : `unexpected error: ${(error as Error)?.message ?? error}`);
+    if (!options.json) output.err(red(output, `safemigrate: error: ${result.error}`));
+    result.json = { ok: false, exitCode: result.exitCode, database, error: result.error, ...(error instanceof LintError ? { findings: error.findings } : {}) };
+  } finally {
+    await db?.close().catch(() => {});
+  }
+  result.durationMs = performance.now() - started;
+  return result;
+}
+
+/** The fleet's exit code: the most severe of any target's. A failure outranks invalid input, which outranks blocked. */
+export function fleetExitCode(codes: readonly number[]): number {
+  return [EXIT.failed, EXIT.invalid, EXIT.blocked].find((code) => codes.includes(code)) ?? EXIT.ok;
+}
+
+/** One line per target: what happened, and how long it took. */
+export function fleetTable(output: Output, results: readonly TargetResult[]): void {
+  const width = results.reduce((widest, r) => Math.max(widest, r.database.length), 6);
+  output.out(`${"target".padEnd(width)}  ${"applied".padStart(7)}  ${"waiting".padStart(7)}  ${"blocked".padStart(7)}  failed  ${"time".padStart(8)}`);
+  for (const r of results) {
+    const failed = r.exitCode === EXIT.ok || r.exitCode === EXIT.blocked ? "-" : red(output, `exit ${r.exitCode}`);
+    const blocked = r.blocked > 0 ? yellow(output, String(r.blocked).padStart(7)) : String(r.blocked).padStart(7);
+    output.out(`${r.database.padEnd(width)}  ${String(r.applied).padStart(7)}  ${String(r.waiting).padStart(7)}  ${blocked}  ${failed.padEnd(6)}  ${ms(r.durationMs).padStart(8)}`);
+  }
+}
+
+/** `--pre`, `--all` (also with --plan), `--status` and `--check` on every target of a fleet. */
+async function runFleet(migrations: Migration[], options: CliOptions, output: Output): Promise<number> {
+  if (!FLEET_COMMANDS.includes(options.command)) {
+    throw new InputError(`--${options.command} works on one database at a time; a fleet (--targets, several --database-url) takes --pre, --all, --plan, --status or --check`);
+  }
+  const urls = fleetTargets(options);
+  if (options.command === "check") {
+    const problems = treeProblems(migrations);
+    if (problems.length > 0) throw new InputError(problems.join("\n"));
+  }
+  const started = performance.now();
+  const results = await inParallel(urls, options.parallel, async (url) => {
+    const lines: [keyof Output & ("out" | "err"), string][] = [];
+    const held: Output = { out: (line) => lines.push(["out", line]), err: (line) => lines.push(["err", line]), color: output.color };
+    const result = await runTarget(url, migrations, options, held);
+    if (!options.json) {
+      output.out(dim(output, `== ${result.database}`));
+      for (const [stream, line] of lines) output[stream](line);
+    }
+    return result;
+  });
+  const exitCode = fleetExitCode(results.map((r) => r.exitCode));
+  const command = options.command + (options.plan ? " --plan" : "");
+  if (options.json) {
+    output.out(JSON.stringify({
+      ok: exitCode === EXIT.ok,
+      exitCode,
+      command: options.command,
+      dryRun: options.plan,
+      durationMs: Math.round(performance.now() - started),
+      targets: results.map((r) => ({ ...r.json, durationMs: Math.round(r.durationMs) })),
+    }));
+    return exitCode;
+  }
+  output.out("");
+  fleetTable(output, results);
+  const count = (code: number) => results.filter((r) => r.exitCode === code).length;
+  output.out(
+    `--${command} on ${plural(results.length, "database")} in ${ms(performance.now() - started)}: ` +
+      `${count(EXIT.ok)} ok, ${count(EXIT.failed)} failed, ${count(EXIT.invalid)} invalid, ${count(EXIT.blocked)} blocked.`,
+  );
+  return exitCode;
 }
 
 export function consoleOutput(env: Record<string, string | undefined>): Output {
