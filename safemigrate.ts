@@ -3221,7 +3221,8 @@ async function runFleet(migrations: Migration[], options: CliOptions, output: Ou
   const started = performance.now();
   const results = await inParallel(urls, options.parallel, async (url) => {
     const lines: [keyof Output & ("out" | "err"), string][] = [];
-    const held: Output = { out: (line) => lines.push(["out", line]), err: (line) => lines.push(["err", line]), color: output.color };
+    // Errors name their target: stderr is read apart from the blocks on stdout.
+    const held: Output = { out: (line) => lines.push(["out", line]), err: (line) => lines.push(["err", `${describeUrl(url)}: ${line}`]), color: output.color };
     const result = await runTarget(url, migrations, options, held);
     if (!options.json) {
       output.out(dim(output, `== ${result.database}`));
