@@ -65,6 +65,7 @@ const WORK = mkdtempSync(join(tmpdir(), "smcmp-"));
 // A snapshot of safemigrate.ts (next to a node_modules link), so editing it during a run cannot mix versions.
 const CLI = join(WORK, "safemigrate.ts");
 copyFileSync(join(ROOT, "safemigrate.ts"), CLI);
+copyFileSync(join(ROOT, "package.json"), join(WORK, "package.json")); // Deno resolves npm imports through it
 symlinkSync(join(ROOT, "node_modules"), join(WORK, "node_modules"));
 const CA = process.env.NODE_EXTRA_CA_CERTS ?? (existsSync("/etc/ssl/certs/ca-certificates.crt") ? "/etc/ssl/certs/ca-certificates.crt" : null);
 const BASE_ENV: Record<string, string> = Object.fromEntries(
