@@ -608,7 +608,8 @@ export function dependencyOrder(migrations: readonly Migration[]): Migration[] {
 /**
  * One cycle among the migrations, as a list of ids ending where it started;
  * null if none. Depth-first with an explicit stack: a history of 100,000
- * migrations is a chain 100,000 deep, more than a call stack holds.
+ * migrations is a chain 100,000 deep, and its depth should not depend on how
+ * deep the runtime lets functions recurse.
  */
 export function findCycle(migrations: readonly Migration[]): string[] | null {
   const byId = new Map(migrations.map((m) => [m.id, m]));
