@@ -271,7 +271,7 @@ async function runOnce(command: Command): Promise<Sample> {
   });
   const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
   const wallMs = performance.now() - started;
-  if (!(command.okCodes ?? [0]).includes(code)) throw new Error(`${command.name} exited ${code}:\n${(err + out).slice(-2000)}`);
+  if (!(command.okCodes ?? [0]).includes(code)) throw new Error(`${command.name} exited ${code}:\n${err.slice(0, 1500)}\n...\n${out.slice(-500)}`);
   const [user, sys, rss] = readFileSync(timeFile, "utf8").trim().split("\n").pop()!.split(" ").map(Number);
   return { wallMs, cpuMs: (user + sys) * 1000, rssKb: rss };
 }
@@ -285,6 +285,8 @@ interface Row {
   name: string;
   kind: Command["kind"];
   samples: Sample[];
+  /** Runs that failed (exit code, or a wrong result): reported, not timed. */
+  failures: string[];
 }
 
 /**
@@ -296,14 +298,22 @@ async function interleaved(
   contenders: { name: string; prepare: () => Promise<Command>; check?: (command: Command) => Promise<void> }[],
   runs = RUNS,
 ): Promise<Row[]> {
-  const rows = contenders.map((c) => ({ name: c.name, kind: "peer" as Command["kind"], samples: [] as Sample[] }));
+  const rows: Row[] = contenders.map((c) => ({ name: c.name, kind: "peer", samples: [], failures: [] }));
   for (let round = 0; round < runs; round++) {
     for (let k = 0; k < contenders.length; k++) {
       const index = (k + round) % contenders.length;
       const command = await contenders[index].prepare();
       rows[index].kind = command.kind;
-      rows[index].samples.push(await runOnce(command));
-      await contenders[index].check?.(command);
+      // A failed run of one tool is reported and the bench goes on.
+      try {
+        const sample = await runOnce(command);
+        await contenders[index].check?.(command);
+        rows[index].samples.push(sample);
+      } catch (error) {
+        const message = (error as Error).message;
+        rows[index].failures.push(message.split("\n").find((l) => /error/i.test(l)) ?? message.split("\n")[0]);
+        console.error(`  ${rows[index].name}: run ${round + 1} failed: ${message.slice(0, 600)}`);
+      }
     }
   }
   return rows;
@@ -313,10 +323,14 @@ const fmt = (ms: number) => (ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${ms.
 
 function report(title: string, rows: Row[]): string {
   const floor = rows.find((r) => r.kind === "floor");
-  const peers = rows.filter((r) => r.kind === "peer");
+  const peers = rows.filter((r) => r.kind === "peer" && r.samples.length > 0);
   const fastestPeer = peers.length ? Math.min(...peers.map((r) => median(r.samples.map((s) => s.wallMs)))) : null;
   const lines = [`### ${title}`, "", "| command | median | min–max | x floor | x fastest peer | CPU (user+sys) | peak RSS |", "|---|---:|---:|---:|---:|---:|---:|"];
   for (const r of rows) {
+    if (r.samples.length === 0) {
+      lines.push(`| ${r.name} | failed | ${r.failures.length} runs | | | | |`);
+      continue;
+    }
     const walls = r.samples.map((s) => s.wallMs);
     const m = median(walls);
     const floorM = floor ? median(floor.samples.map((s) => s.wallMs)) : null;
@@ -325,6 +339,7 @@ function report(title: string, rows: Row[]): string {
         `${fastestPeer ? (m / fastestPeer).toFixed(2) : "—"} | ${fmt(median(r.samples.map((s) => s.cpuMs)))} | ${(median(r.samples.map((s) => s.rssKb)) / 1024).toFixed(0)} MB |`,
     );
   }
+  for (const r of rows.filter((row) => row.failures.length > 0)) lines.push(`\n${r.name}: ${r.failures.length} of ${r.failures.length + r.samples.length} runs failed (${r.failures[0].slice(0, 200)})`);
   const text = `${lines.join("\n")}\n`;
   console.log(`\n${text}`);
   return text;
