@@ -1,0 +1,3270 @@
+#!/usr/bin/env bun
+/**
+ * safemigrate — deploy-safe PostgreSQL migrations from plain `.sql` files.
+ *
+ * Each migration says in its front-matter whether it is safe to run before the
+ * new code is deployed (`-- safe: before_deploy`), only after it
+ * (`after_deploy`, the default) or at any time (`always`). The release step
+ * runs `safemigrate --pre`, which applies exactly the migrations that are safe
+ * before the deploy; `safemigrate --all` applies the rest afterwards.
+ *
+ * The file reads top-down in the order data flows:
+ *   1. types and errors
+ *   2. reading migration files and their front-matter
+ *   3. the dependency graph and the consistency checks
+ *   4. the planner (pure: files + history + clock + mode -> plan), rollback and sync plans
+ *   5. deploy-safety analysis (the parse tree of each migration against its phase)
+ *   6. database adapters (postgres.js and PGlite behind one interface)
+ *   7. executing a plan (lock, history, transactions, timeouts and retries, rehearsal)
+ *   8. output (human, JSON, GitHub annotations)
+ *   9. the command line
+ *
+ * Runs under Bun (`bun safemigrate.ts`) and Deno (`deno run -A safemigrate.ts`).
+ */
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import process from "node:process";
+import mri from "mri";
+// Types only: postgres.js is imported when a postgres:// URL is opened, so
+// --version, --help, --lint and --check without a database never load it.
+import type postgres from "postgres";
+
+export const VERSION = "0.1.0";
+
+// ============================================================================
+// 1. Types and errors
+// ============================================================================
+
+export type Safe = "before_deploy" | "after_deploy" | "always";
+export const SAFE_VALUES: readonly Safe[] = ["before_deploy", "after_deploy", "always"];
+
+/** strict: refuse when anything is blocked; nonstrict: skip it; disabled: --pre acts as --all. */
+export type Mode = "strict" | "nonstrict" | "disabled";
+export const MODES: readonly Mode[] = ["strict", "nonstrict", "disabled"];
+
+/** Which command is running: the release step (`pre`) or after the deploy (`all`). */
+export type Phase = "pre" | "all";
+
+export const EXIT = { ok: 0, failed: 1, invalid: 2, blocked: 3 } as const;
+
+/** The table safemigrate keeps its history in, in the current schema. */
+export const HISTORY_TABLE = "safemigrate_history";
+
+/** A SQL section of a migration file (up or down) and where it starts in the file. */
+export interface SqlSection {
+  sql: string;
+  /** 1-based line in the file of the first line of `sql`. */
+  line: number;
+  /** false when the section declared `transaction: false`. */
+  transaction: boolean;
+}
+
+export interface Migration {
+  id: string;
+  /** Path of the file, as shown in messages. */
+  file: string;
+  safe: Safe;
+  depends: string[];
+  /** Line of the `depends:` directive; null when the default (previous id) applies. */
+  dependsLine: number | null;
+  delayMs: number | null;
+  up: SqlSection;
+  /** The down section as written, from its `-- migrate:down` marker on; null when the file has none. */
+  down: (SqlSection & { raw: string }) | null;
+  /** sha256 of the up SQL with normalised line endings; front-matter and down excluded. */
+  checksum: string;
+  /** `lock-timeout:` and `statement-timeout:` from the front-matter; null when not set, 0 for off. */
+  lockTimeoutMs: number | null;
+  statementTimeoutMs: number | null;
+  /** The whole file, line endings normalised: the analysis reads waivers from it. */
+  source: string;
+}
+
+/** One row of `safemigrate_history`. A row with `appliedAt` null was only detected (delays). */
+export interface HistoryRow {
+  id: string;
+  checksum: string | null;
+  safe: string | null;
+  phase: string | null;
+  detectedAt: Date | null;
+  appliedAt: Date | null;
+  durationMs: number | null;
+  downSql: string | null;
+  /** Dependencies as declared when it was applied, so a migration whose file is gone can still be ordered. */
+  depends: string[] | null;
+}
+
+/** An error meant for the user: one readable message and the exit code it maps to. */
+export class SafemigrateError extends Error {
+  constructor(message: string, readonly exitCode: number) {
+    super(message);
+    this.name = "SafemigrateError";
+  }
+}
+
+/** Bad input: usage, front-matter, dependency graph, checksum drift (exit 2). */
+export class InputError extends SafemigrateError {
+  constructor(message: string) {
+    super(message, EXIT.invalid);
+  }
+}
+
+/** A migration or the database failed (exit 1). */
+export class DatabaseError extends SafemigrateError {
+  constructor(message: string) {
+    super(message, EXIT.failed);
+  }
+}
+
+// ============================================================================
+// 2. Reading migration files and their front-matter
+// ============================================================================
+
+const DIRECTIVES = ["safe", "depends", "delay", "transaction", "lock-timeout", "statement-timeout"] as const;
+type Directive = (typeof DIRECTIVES)[number];
+
+/** `-- key: value`; the key must start with a letter so `-- 12:30` stays a comment. */
+const DIRECTIVE_LINE = /^--\s*([A-Za-z][\w-]*)\s*:(.*)$/;
+/** dbmate's section markers, with its optional `transaction:false` on the same line. */
+const SECTION_MARKER = /^--\s*migrate:(up|down)\b(.*)$/i;
+const COMMENT_LINE = /^\s*--/;
+
+const DURATION_UNITS: Record<string, number> = {
+  ms: 1,
+  s: 1_000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+  w: 604_800_000,
+};
+
+/** Parses `7d`, `90s`, `1h30m`, `500ms` into milliseconds; null when it is not a duration. */
+export function parseDuration(text: string): number | null {
+  const value = text.trim().toLowerCase();
+  if (!/^(\d+(ms|[smhdw]))+$/.test(value)) return null;
+  let total = 0;
+  for (const [, amount, unit] of value.matchAll(/(\d+)(ms|[smhdw])/g)) {
+    total += Number(amount) * DURATION_UNITS[unit];
+  }
+  return total;
+}
+
+/** Shortest readable form of a duration in ms: 604800000 -> "7d". */
+export function formatDuration(ms: number): string {
+  for (const unit of ["d", "h", "m", "s"]) {
+    const size = DURATION_UNITS[unit];
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+/** Edits (insert, delete, substitute, swap two neighbours) that turn `a` into `b`. */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => i || j));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/** The candidate a mistyped word most likely meant, if any is close enough. */
+export function closest(word: string, candidates: readonly string[]): string | null {
+  const w = word.toLowerCase();
+  let best: string | null = null;
+  let bestDistance = Infinity;
+  for (const candidate of candidates) {
+    const distance = editDistance(w, candidate);
+    const allowed = Math.max(1, Math.floor(candidate.length / 3));
+    const isPrefix = w.length >= 3 && candidate.startsWith(w);
+    if ((distance <= allowed || isPrefix) && distance < bestDistance) {
+      best = candidate;
+      bestDistance = distance;
+    }
+  }
+  return best;
+}
+
+/**
+ * Byte order of the UTF-8 encoding, which is code point order. UTF-16 code
+ * units already sort that way except surrogates (U+10000 and up) against
+ * U+E000..U+FFFF, so only the first differing unit is looked at, and only
+ * when both are at or above U+D800 is it corrected. Sorting 10,000 ids calls
+ * this ~130,000 times: no allocation here.
+ */
+export function compareIds(a: string, b: string): number {
+  const shorter = Math.min(a.length, b.length);
+  for (let i = 0; i < shorter; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x === y) continue;
+    return x >= 0xd800 && y >= 0xd800 ? codePointRank(x) - codePointRank(y) : x - y;
+  }
+  return a.length - b.length;
+}
+
+/** Surrogates (astral code points) rank above U+E000..U+FFFF. */
+const codePointRank = (unit: number): number => (unit >= 0xe000 ? unit - 0x800 : unit + 0x2000);
+
+/**
+ * Waiver comments are excluded, so waiving a finding in an applied migration
+ * is not drift. Most files have neither \r nor a waiver: they skip the
+ * line-by-line pass (a no-op over 10,000 applied migrations hashes every one).
+ */
+export function checksumOf(upSql: string): string {
+  const plain = !upSql.includes("\r") && !/safemigrate-ignore/i.test(upSql);
+  const normalised = plain
+    ? upSql.trim()
+    : upSql.replace(/\r\n?/g, "\n").split("\n").filter((line) => !WAIVER_LINE.test(line)).join("\n").trim();
+  return sha256Hex(normalised);
+}
+
+/**
+ * Bun's native hasher where there is one: importing node:crypto costs Bun
+ * ~15 ms of start-up (it loads the stream modules). Deno and Node get
+ * node:crypto on first use, without a static import.
+ */
+function sha256Hex(text: string): string {
+  const bun = (globalThis as { Bun?: { CryptoHasher: new (algorithm: string) => { update(t: string): { digest(e: "hex"): string } } } }).Bun;
+  if (bun) return new bun.CryptoHasher("sha256").update(text).digest("hex");
+  const crypto = process.getBuiltinModule("node:crypto") as typeof import("node:crypto");
+  return crypto.createHash("sha256").update(text).digest("hex");
+}
+
+/** `-- safemigrate-ignore: rule[, rule] -- reason` directly above a statement. */
+const WAIVER_LINE = /^\s*--\s*safemigrate-ignore\s*:/i;
+
+interface ParsedDirectives {
+  "lock-timeout"?: { value: number; line: number };
+  "statement-timeout"?: { value: number; line: number };
+  safe?: { value: Safe; line: number };
+  depends?: { value: string[]; line: number };
+  delay?: { value: number; text: string; line: number };
+  transaction?: { value: boolean; line: number };
+}
+
+/**
+ * Recognises a front-matter directive on one line. Returns null for an ordinary
+ * comment (`-- Note: ...`, `-- https://...`); throws for a near miss so a typo
+ * like `-- saf: always` is never silently ignored.
+ */
+function directiveOn(line: string, where: string): { key: Directive; value: string } | null {
+  const match = DIRECTIVE_LINE.exec(line.trim());
+  if (!match) {
+    // `-- safe = always` or `-- safe before_deploy`: clearly meant as a directive.
+    const loose = /^--\s*(safe|depends|delay|transaction)\s*(=\s*|\s+)(\S+)\s*$/i.exec(line.trim());
+    if (loose && (loose[2].startsWith("=") || isValidValue(loose[1].toLowerCase() as Directive, loose[3]))) {
+      throw new InputError(`${where}: write the directive as "-- ${loose[1].toLowerCase()}: ${loose[3]}"`);
+    }
+    return null;
+  }
+  const key = match[1].toLowerCase();
+  if ((DIRECTIVES as readonly string[]).includes(key)) return { key: key as Directive, value: match[2].trim() };
+  const meant = closest(key, DIRECTIVES);
+  if (meant) {
+    throw new InputError(`${where}: unknown directive "${match[1]}:" — did you mean "${meant}:"?`);
+  }
+  return null;
+}
+
+function isValidValue(key: Directive, value: string): boolean {
+  switch (key) {
+    case "safe":
+      return (SAFE_VALUES as readonly string[]).includes(value);
+    case "delay":
+      return parseDuration(value) !== null;
+    case "transaction":
+      return value === "true" || value === "false";
+    case "lock-timeout":
+      return parseDuration(value) !== null;
+    case "statement-timeout":
+      return value === "off" || value === "0" || parseDuration(value) !== null;
+    case "depends":
+      return false;
+  }
+}
+
+function applyDirective(
+  parsed: ParsedDirectives,
+  key: Directive,
+  value: string,
+  line: number,
+  where: string,
+): void {
+  if (parsed[key]) {
+    throw new InputError(`${where}: "${key}:" is given twice (first on line ${parsed[key]!.line})`);
+  }
+  switch (key) {
+    case "safe": {
+      if (!isValidValue("safe", value)) {
+        const meant = closest(value.replace(/[\s-]/g, "_"), SAFE_VALUES);
+        throw new InputError(
+          `${where}: "safe: ${value}" is not valid — use before_deploy, after_deploy or always` +
+            (meant ? ` (did you mean "${meant}"?)` : ""),
+        );
+      }
+      parsed.safe = { value: value as Safe, line };
+      return;
+    }
+    case "depends": {
+      const list = value.replace(/^\[|\]$/g, "").split(/[\s,]+/).filter(Boolean);
+      parsed.depends = { value: list.map((id) => id.replace(/\.sql$/, "")), line };
+      return;
+    }
+    case "delay": {
+      const ms = parseDuration(value);
+      if (ms === null) {
+        throw new InputError(
+          `${where}: "delay: ${value}" is not a duration — use a number and a unit s, m, h, d or w, like "delay: 7d"`,
+        );
+      }
+      parsed.delay = { value: ms, text: value, line };
+      return;
+    }
+    case "lock-timeout":
+    case "statement-timeout": {
+      if (!isValidValue(key, value)) {
+        throw new InputError(
+          `${where}: "${key}: ${value}" is not a duration — use a number and a unit s, m or h, like "${key}: 5s"` +
+            (key === "statement-timeout" ? ` (or "off")` : ""),
+        );
+      }
+      parsed[key] = { value: value === "off" || value === "0" ? 0 : parseDuration(value)!, line };
+      return;
+    }
+    case "transaction": {
+      if (!isValidValue("transaction", value)) {
+        throw new InputError(`${where}: "transaction: ${value}" is not valid — use true or false`);
+      }
+      parsed.transaction = { value: value === "true", line };
+      return;
+    }
+  }
+}
+
+/**
+ * Parses one migration file. Pure: the caller reads the file.
+ *
+ * Layout: front-matter (comment and blank lines at the top, directives among
+ * them), the up SQL, then optionally `-- migrate:down` and the down SQL, which
+ * may start with its own `-- transaction: false`. An optional `-- migrate:up`
+ * marker is accepted so dbmate files only need front-matter added.
+ */
+export function parseMigration(id: string, file: string, text: string): Omit<Migration, "depends" | "dependsLine"> & {
+  declaredDepends: { value: string[]; line: number } | null;
+} {
+  const lines = text.replace(/\r\n?/g, "\n").split("\n");
+  const at = (index: number) => `${file}:${index + 1}`;
+
+  const up: ParsedDirectives = {};
+  const down: ParsedDirectives = {};
+  let section: "up" | "down" = "up";
+  let inFrontMatter = true;
+  let upStart = -1;
+  let upEnd = lines.length;
+  let downMarker = -1;
+  let downStart = -1;
+  let firstSqlLine = -1;
+
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i];
+    const trimmed = line.trim();
+    const marker = SECTION_MARKER.exec(trimmed);
+
+    if (marker) {
+      const kind = marker[1].toLowerCase();
+      const options = marker[2];
+      if (kind === "up") {
+        if (section === "down" || !inFrontMatter) {
+          throw new InputError(`${at(i)}: "-- migrate:up" must come before the up SQL and before "-- migrate:down"`);
+        }
+      } else {
+        if (section === "down") throw new InputError(`${at(i)}: a second "-- migrate:down" (the first is on line ${downMarker + 1})`);
+        section = "down";
+        inFrontMatter = true;
+        downMarker = i;
+        upEnd = i;
+      }
+      const option = /transaction\s*:\s*(\S+)/i.exec(options);
+      if (option) applyDirective(section === "up" ? up : down, "transaction", option[1], i + 1, at(i));
+      continue;
+    }
+
+    if (inFrontMatter && (trimmed === "" || COMMENT_LINE.test(trimmed))) {
+      const directive = trimmed === "" ? null : directiveOn(trimmed, at(i));
+      if (directive) {
+        if (section === "down" && directive.key !== "transaction") {
+          throw new InputError(
+            `${at(i)}: "${directive.key}:" belongs in the front-matter at the top of the file; ` +
+              `the down section may only set "transaction:"`,
+          );
+        }
+        applyDirective(section === "up" ? up : down, directive.key, directive.value, i + 1, at(i));
+      }
+      continue;
+    }
+
+    if (inFrontMatter) {
+      inFrontMatter = false;
+      if (section === "up") {
+        upStart = i;
+        firstSqlLine = i;
+      } else {
+        downStart = i;
+      }
+      continue;
+    }
+
+    // Below the front-matter a directive has no effect: say so instead of ignoring it.
+    if (COMMENT_LINE.test(trimmed)) {
+      const directive = directiveOn(trimmed, at(i));
+      if (directive) {
+        throw new InputError(
+          `${at(i)}: "-- ${directive.key}:" has no effect here — directives must be in the front-matter ` +
+            `before the first SQL (line ${(section === "up" ? firstSqlLine : downStart) + 1}); move it to the top of the ${section === "up" ? "file" : "down section"}`,
+        );
+      }
+    }
+  }
+
+  if (up.delay && up.safe && up.safe.value !== "after_deploy") {
+    throw new InputError(
+      `${at(up.delay.line - 1)}: "delay:" only applies to after_deploy migrations, but this one is ${up.safe.value} — ` +
+        `remove the delay or mark it "safe: after_deploy"`,
+    );
+  }
+
+  const upSql = upStart < 0 ? "" : lines.slice(upStart, upEnd).join("\n").trimEnd();
+  const downSection = downMarker < 0
+    ? null
+    : {
+      // From the marker on, so dbmate's `-- migrate:down transaction:false` survives in the stored copy.
+      raw: lines.slice(downMarker).join("\n").trim(),
+      sql: downStart < 0 ? "" : lines.slice(downStart).join("\n").trimEnd(),
+      line: downStart < 0 ? downMarker + 2 : downStart + 1,
+      transaction: down.transaction?.value ?? true,
+    };
+
+  return {
+    id,
+    file,
+    safe: up.safe?.value ?? "after_deploy",
+    declaredDepends: up.depends ?? null,
+    delayMs: up.delay?.value ?? null,
+    lockTimeoutMs: up["lock-timeout"]?.value ?? null,
+    statementTimeoutMs: up["statement-timeout"]?.value ?? null,
+    source: lines.join("\n"),
+    up: { sql: upSql, line: upStart < 0 ? 1 : upStart + 1, transaction: up.transaction?.value ?? true },
+    down: downSection,
+    checksum: checksumOf(upSql),
+  };
+}
+
+/**
+ * Reads every `*.sql` file directly in `dir`, sorted by id in byte order, and
+ * fills in the default dependency (the previous id). Reports every bad file at
+ * once so a user fixes them in one pass.
+ */
+export function readMigrations(dir: string): Migration[] {
+  if (!existsSync(dir)) {
+    throw new InputError(`migrations directory ${dir} does not exist (set it with --dir)`);
+  }
+  const names = readdirSync(dir, { withFileTypes: true })
+    .filter((entry) => entry.isFile() && entry.name.endsWith(".sql"))
+    .map((entry) => entry.name.slice(0, -".sql".length))
+    .sort(compareIds);
+
+  const problems: string[] = [];
+  const migrations: Migration[] = [];
+  for (const [index, id] of names.entries()) {
+    const file = join(dir, `${id}.sql`);
+    try {
+      const parsed = parseMigration(id, file, readFileSync(file, "utf8"));
+      const { declaredDepends, ...rest } = parsed;
+      migrations.push({
+        ...rest,
+        depends: declaredDepends ? declaredDepends.value : index === 0 ? [] : [names[index - 1]],
+        dependsLine: declaredDepends?.line ?? null,
+      });
+    } catch (error) {
+      if (!(error instanceof InputError)) throw error;
+      problems.push(error.message);
+    }
+  }
+  if (problems.length > 0) throw new InputError(problems.join("\n"));
+  return migrations;
+}
+
+/** 1-based file line of a 1-based character position inside a SQL section. */
+function lineAt(section: SqlSection, position: number): number {
+  return section.line + (section.sql.slice(0, Math.max(0, position - 1)).match(/\n/g)?.length ?? 0);
+}
+
+/** A statement of a SQL section: its text, the file line it starts on, and its parse tree. */
+export interface Statement {
+  sql: string;
+  line: number;
+  /** libpg-query's parse tree of the statement (`{ CreateStmt: {...} }`). */
+  node: Record<string, unknown>;
+  /** Byte offset of the statement's first token in the section. */
+  offset: number;
+}
+
+export interface ParsedSection {
+  statements: Statement[];
+  /** File line and column of a byte offset in the section (parse-tree locations count UTF-8 bytes). */
+  place(offset: number): { line: number; column: number };
+}
+
+/**
+ * Parses a SQL section with the real PostgreSQL parser, so semicolons in
+ * strings, dollar quotes and comments are handled. libpg-query is loaded only here.
+ */
+export async function parseSection(section: SqlSection, file: string): Promise<ParsedSection> {
+  // The analysis and the runner both need a migration's statements: parse each section once.
+  let parsed = parsedSections.get(section);
+  if (!parsed) {
+    parsed = parseSectionUncached(section, file);
+    parsedSections.set(section, parsed);
+  }
+  return await parsed;
+}
+
+const parsedSections = new WeakMap<SqlSection, Promise<ParsedSection>>();
+
+async function parseSectionUncached(section: SqlSection, file: string): Promise<ParsedSection> {
+  if (section.sql.trim() === "") return { statements: [], place: () => ({ line: section.line, column: 1 }) };
+  const { parse } = await import("libpg-query");
+  let tree: Awaited<ReturnType<typeof parse>>;
+  try {
+    tree = await parse(section.sql);
+  } catch (error) {
+    const position = (error as { sqlDetails?: { cursorPosition?: number } }).sqlDetails?.cursorPosition ?? 0;
+    throw new InputError(`${file}:${lineAt(section, position)}: SQL syntax error: ${(error as Error).message}`);
+  }
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+  const bytes = encoder.encode(section.sql);
+  const place = (offset: number) => {
+    const before = decoder.decode(bytes.subarray(0, offset));
+    return {
+      line: section.line + (before.match(/\n/g)?.length ?? 0),
+      column: before.length - (before.lastIndexOf("\n") + 1) + 1,
+    };
+  };
+  const statements = (tree.stmts ?? []).flatMap(({ stmt, stmt_location, stmt_len }) => {
+    const start = stmt_location ?? 0;
+    const raw = decoder.decode(bytes.subarray(start, stmt_len ? start + stmt_len : bytes.length));
+    // The parser may count comments before a statement as part of it; its line is that of its first token.
+    const leading = /^(\s|--[^\n]*\n?)*/.exec(raw)![0];
+    const offset = start + encoder.encode(leading).length;
+    const sql = raw.slice(leading.length).trim();
+    return stmt && sql ? [{ sql, line: place(offset).line, node: stmt as Record<string, unknown>, offset }] : [];
+  });
+  return { statements, place };
+}
+
+// ============================================================================
+// 3. The dependency graph and the consistency checks
+// ============================================================================
+
+const isApplied = (row: HistoryRow | undefined): boolean => row?.appliedAt != null;
+
+/**
+ * Orders migrations so every one comes after its dependencies, ties broken by
+ * id. Dependencies outside `migrations` (already applied, or missing) are
+ * ignored here; `consistencyProblems` reports the missing ones.
+ */
+export function dependencyOrder(migrations: readonly Migration[]): Migration[] {
+  const byId = new Map(migrations.map((m) => [m.id, m]));
+  const waitingOn = new Map<string, number>();
+  const dependents = new Map<string, string[]>();
+  for (const m of migrations) {
+    const inSet = [...new Set(m.depends)].filter((d) => byId.has(d));
+    waitingOn.set(m.id, inSet.length);
+    for (const d of inSet) dependents.set(d, [...(dependents.get(d) ?? []), m.id]);
+  }
+  // Ready ids kept sorted descending so pop() yields the smallest id.
+  const ready = migrations.filter((m) => waitingOn.get(m.id) === 0).map((m) => m.id).sort((a, b) => compareIds(b, a));
+  const ordered: Migration[] = [];
+  while (ready.length > 0) {
+    const id = ready.pop()!;
+    ordered.push(byId.get(id)!);
+    for (const dependent of dependents.get(id) ?? []) {
+      const left = waitingOn.get(dependent)! - 1;
+      waitingOn.set(dependent, left);
+      if (left === 0) {
+        const at = ready.findIndex((r) => compareIds(r, dependent) < 0);
+        ready.splice(at < 0 ? ready.length : at, 0, dependent);
+      }
+    }
+  }
+  return ordered;
+}
+
+/**
+ * One cycle among the migrations, as a list of ids ending where it started;
+ * null if none. Depth-first with an explicit stack: a history of 100,000
+ * migrations is a chain 100,000 deep, and its depth should not depend on how
+ * deep the runtime lets functions recurse.
+ */
+export function findCycle(migrations: readonly Migration[]): string[] | null {
+  const byId = new Map(migrations.map((m) => [m.id, m]));
+  const state = new Map<string, "visiting" | "done">();
+  for (const root of migrations) {
+    if (state.has(root.id)) continue;
+    // Each frame: an id on the current path and how many of its dependencies were looked at.
+    const path: { id: string; next: number }[] = [{ id: root.id, next: 0 }];
+    state.set(root.id, "visiting");
+    while (path.length > 0) {
+      const frame = path[path.length - 1];
+      const depends = byId.get(frame.id)!.depends;
+      if (frame.next === depends.length) {
+        state.set(frame.id, "done");
+        path.pop();
+        continue;
+      }
+      const d = depends[frame.next++];
+      if (!byId.has(d) || state.get(d) === "done") continue;
+      if (state.get(d) === "visiting") return [...path.slice(path.findIndex((f) => f.id === d)).map((f) => f.id), d];
+      state.set(d, "visiting");
+      path.push({ id: d, next: 0 });
+    }
+  }
+  return null;
+}
+
+/**
+ * Everything that must stop a run before it starts: unknown dependencies,
+ * cycles, applied migrations that depend on pending ones (typical after
+ * merging branches), and applied migrations whose up SQL changed.
+ */
+export function consistencyProblems(migrations: readonly Migration[], history: readonly HistoryRow[]): string[] {
+  const problems: string[] = [];
+  const rows = new Map(history.map((row) => [row.id, row]));
+  const files = new Map(migrations.map((m) => [m.id, m]));
+
+  for (const m of migrations) {
+    for (const d of m.depends) {
+      if (files.has(d) || isApplied(rows.get(d))) continue;
+      const meant = closest(d, [...files.keys()].filter((id) => id !== m.id));
+      problems.push(
+        `${m.file}:${m.dependsLine ?? 1}: depends on "${d}", which is neither a file in the migrations directory nor applied` +
+          (meant ? ` — did you mean "${meant}"?` : ""),
+      );
+    }
+  }
+
+  const cycle = findCycle(migrations);
+  if (cycle) {
+    problems.push(
+      `dependency cycle: ${cycle.join(" -> ")} — each waits for the next, so none can run; ` +
+        `remove one of these "depends:" entries (${files.get(cycle[0])!.file})`,
+    );
+  }
+
+  for (const m of migrations) {
+    if (!isApplied(rows.get(m.id))) continue;
+    for (const d of m.depends) {
+      if (files.has(d) && !isApplied(rows.get(d))) {
+        problems.push(
+          `inconsistent history: ${m.id} is applied, but it depends on ${d}, which is not. ` +
+            `This usually happens after merging branches that both added migrations. ` +
+            `Rename ${files.get(d)!.file} so it sorts after the applied migrations, ` +
+            `or declare the real order with "-- depends:" in ${m.file}`,
+        );
+      }
+    }
+  }
+
+  for (const m of migrations) {
+    const row = rows.get(m.id);
+    if (isApplied(row) && row!.checksum !== null && row!.checksum !== m.checksum) {
+      problems.push(
+        `${m.file}: the up SQL changed after the migration was applied (checksum ${row!.checksum!.slice(0, 12)} ` +
+          `in the database, ${m.checksum.slice(0, 12)} on disk). Applied migrations are not re-run: ` +
+          `undo the edit and put the change in a new migration, or, if the edit was on purpose and the schema ` +
+          `already matches it, record it with --accept-changed ${m.id}`,
+      );
+    }
+  }
+  return problems;
+}
+
+// ============================================================================
+// 4. The planner (pure: no I/O)
+// ============================================================================
+
+export interface PlanInput {
+  migrations: readonly Migration[];
+  history: readonly HistoryRow[];
+  now: Date;
+  mode: Mode;
+  phase: Phase;
+}
+
+export interface DelayedMigration {
+  id: string;
+  safe: Safe;
+  /** When a delayed after_deploy becomes safe for --pre; null when it has no delay or was not seen yet. */
+  dueAt: Date | null;
+  delayMs: number | null;
+}
+
+export interface BlockedMigration {
+  id: string;
+  safe: Safe;
+  /** Direct dependencies that are pending and not safe to run now. */
+  blockedBy: string[];
+}
+
+export interface Plan {
+  phase: Phase;
+  mode: Mode;
+  /** Pending migrations to apply now, in dependency order. */
+  apply: Migration[];
+  /** Pending migrations left for --all (after_deploy, or always/before_deploy waiting on one). */
+  delayed: DelayedMigration[];
+  blocked: BlockedMigration[];
+  /** Delayed migrations with a delay that no --pre run has seen before: record them as detected. */
+  detect: string[];
+  /** strict mode found blocked migrations: apply nothing, record nothing. */
+  refused: boolean;
+}
+
+export function pendingMigrations(migrations: readonly Migration[], history: readonly HistoryRow[]): Migration[] {
+  const rows = new Map(history.map((row) => [row.id, row]));
+  return migrations.filter((m) => !isApplied(rows.get(m.id)));
+}
+
+/**
+ * The deploy-phase filter, after django-safemigrate 6.0. Pending migrations
+ * only; applied ones satisfy dependencies. Throws InputError when the
+ * migrations and history are inconsistent (see consistencyProblems).
+ */
+export function planRun({ migrations, history, now, mode, phase }: PlanInput): Plan {
+  const problems = consistencyProblems(migrations, history);
+  if (problems.length > 0) throw new InputError(problems.join("\n"));
+
+  const rows = new Map(history.map((row) => [row.id, row]));
+  const pending = dependencyOrder(pendingMigrations(migrations, history));
+  const plan: Plan = { phase, mode, apply: [], delayed: [], blocked: [], detect: [], refused: false };
+
+  if (phase === "all" || mode === "disabled") {
+    plan.apply = pending;
+    return plan;
+  }
+
+  const dueAt = (m: Migration): Date | null => {
+    const detectedAt = rows.get(m.id)?.detectedAt;
+    return m.delayMs !== null && detectedAt ? new Date(detectedAt.getTime() + m.delayMs) : null;
+  };
+  // 1. An after_deploy whose delay has passed since a --pre run first saw it counts as always.
+  const resolved = new Map<string, Safe>();
+  for (const m of pending) {
+    const due = dueAt(m);
+    resolved.set(m.id, m.safe === "after_deploy" && due !== null && due <= now ? "always" : m.safe);
+  }
+
+  // 2. Split into ready / delayed / blocked.
+  const ready = new Set(pending.filter((m) => resolved.get(m.id) !== "after_deploy").map((m) => m.id));
+  const delayed = new Set(pending.filter((m) => resolved.get(m.id) === "after_deploy").map((m) => m.id));
+  const blocked = new Set<string>();
+  const unsafeNow = (id: string) => delayed.has(id) || blocked.has(id);
+
+  // 3. A ready migration that depends on something unsafe now cannot run either.
+  for (let moved = true; moved;) {
+    moved = false;
+    for (const m of pending) {
+      if (!ready.has(m.id) || !m.depends.some(unsafeNow)) continue;
+      ready.delete(m.id);
+      (resolved.get(m.id) === "before_deploy" ? blocked : delayed).add(m.id);
+      moved = true;
+    }
+  }
+  // 4. A delayed migration behind a blocked one is blocked too.
+  for (let moved = true; moved;) {
+    moved = false;
+    for (const m of pending) {
+      if (delayed.has(m.id) && m.depends.some((d) => blocked.has(d))) {
+        delayed.delete(m.id);
+        blocked.add(m.id);
+        moved = true;
+      }
+    }
+  }
+
+  for (const m of pending) {
+    if (ready.has(m.id)) plan.apply.push(m);
+    else if (blocked.has(m.id)) plan.blocked.push({ id: m.id, safe: m.safe, blockedBy: m.depends.filter(unsafeNow) });
+    else plan.delayed.push({ id: m.id, safe: m.safe, dueAt: dueAt(m), delayMs: m.delayMs });
+  }
+
+  // 5. strict: anything blocked means nothing runs.
+  if (mode === "strict" && plan.blocked.length > 0) {
+    plan.refused = true;
+    plan.apply = [];
+    return plan;
+  }
+  // 6. Start the clock on delayed migrations the first time a --pre run sees them.
+  const byId = new Map(pending.map((m) => [m.id, m]));
+  plan.detect = plan.delayed
+    .filter((d) => byId.get(d.id)!.delayMs !== null && !rows.get(d.id)?.detectedAt)
+    .map((d) => d.id);
+  return plan;
+}
+
+export type MigrationState = "applied" | "pending" | "changed" | "file missing";
+
+export interface StatusRow {
+  id: string;
+  safe: string | null;
+  state: MigrationState;
+  appliedAt: Date | null;
+  detectedAt: Date | null;
+}
+
+/** Every migration known from the files or the history, in id order. */
+export function migrationStatus(migrations: readonly Migration[], history: readonly HistoryRow[]): StatusRow[] {
+  const rows = new Map(history.map((row) => [row.id, row]));
+  const files = new Map(migrations.map((m) => [m.id, m]));
+  const ids = [...new Set([...files.keys(), ...history.filter(isApplied).map((row) => row.id)])].sort(compareIds);
+  return ids.map((id) => {
+    const m = files.get(id);
+    const row = rows.get(id);
+    const state: MigrationState = !m
+      ? "file missing"
+      : !isApplied(row)
+      ? "pending"
+      : row!.checksum !== null && row!.checksum !== m.checksum
+      ? "changed"
+      : "applied";
+    return {
+      id,
+      safe: m?.safe ?? row?.safe ?? null,
+      state,
+      appliedAt: row?.appliedAt ?? null,
+      detectedAt: row?.detectedAt ?? null,
+    };
+  });
+}
+
+// ---- Rollback, sync and --check (pure) ----------------------------------------
+
+/** One applied migration to undo, with the down SQL that will undo it. */
+export interface RevertStep {
+  id: string;
+  /** Where the down SQL comes from, for messages: the file, or `safemigrate_history[<id>]` for the copy stored when it was applied. */
+  source: string;
+  down: SqlSection | null;
+}
+
+/**
+ * The down SQL to undo an applied migration: the copy stored in the history
+ * when it was applied (so a migration whose file is gone on this branch can
+ * still be undone), else the file's.
+ */
+export function downFor(row: HistoryRow, file: Migration | undefined): Omit<RevertStep, "id"> {
+  if (row.downSql === null) return { source: file?.file ?? row.id, down: file?.down ?? null };
+  if (file?.down && file.down.raw === row.downSql) return { source: file.file, down: file.down };
+  const source = `${HISTORY_TABLE}[${row.id}]`;
+  return { source, down: parseMigration(row.id, source, row.downSql).down! };
+}
+
+/** Dependencies of an applied migration: from its file if present, else as recorded when applied. */
+function dependenciesOf(id: string, files: Map<string, Migration>, rows: Map<string, HistoryRow>): string[] {
+  return files.get(id)?.depends ?? rows.get(id)?.depends ?? [];
+}
+
+/**
+ * The applied migrations to undo so that `roots` can be undone: the roots and
+ * every applied migration that depends on one of them, transitively, newest first.
+ */
+export function revertSteps(
+  roots: Iterable<string>,
+  migrations: readonly Migration[],
+  history: readonly HistoryRow[],
+): RevertStep[] {
+  const files = new Map(migrations.map((m) => [m.id, m]));
+  const rows = new Map(history.filter(isApplied).map((row) => [row.id, row]));
+  const undo = new Set(roots);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const id of rows.keys()) {
+      if (!undo.has(id) && dependenciesOf(id, files, rows).some((d) => undo.has(d))) {
+        undo.add(id);
+        grew = true;
+      }
+    }
+  }
+  // Dependents before what they depend on; among the free ones, the latest applied first.
+  const steps: RevertStep[] = [];
+  const left = new Set(undo);
+  while (left.size > 0) {
+    const free = [...left].filter((id) => ![...left].some((other) => dependenciesOf(other, files, rows).includes(id)));
+    const next = newestFirst(free.map((id) => rows.get(id)!))[0] ?? rows.get([...left][0])!;
+    left.delete(next.id);
+    steps.push({ id: next.id, ...downFor(next, files.get(next.id)) });
+  }
+  return steps;
+}
+
+/** Latest applied first; ties (same millisecond, as --baseline records) by id, last first. */
+function newestFirst(rows: HistoryRow[]): HistoryRow[] {
+  return [...rows].sort((a, b) => b.appliedAt!.getTime() - a.appliedAt!.getTime() || compareIds(b.id, a.id));
+}
+
+function refuseWithoutDown(steps: RevertStep[], what: string): void {
+  const missing = steps.filter((s) => s.down === null);
+  if (missing.length === 0) return;
+  throw new InputError(
+    `cannot ${what}: ${missing.map((s) => `${s.id} (${s.source})`).join(", ")} ` +
+      `${missing.length === 1 ? "has" : "have"} no "-- migrate:down" section. Nothing was changed. ` +
+      `Add one to the file (the down SQL is not part of the checksum, so that is not drift), ` +
+      `or undo it by hand and delete its row from ${HISTORY_TABLE}`,
+  );
+}
+
+/** `--rollback <id>` (or the most recently applied with `last`): what to undo, newest first. */
+export function rollbackPlan(
+  target: string | { last: true },
+  migrations: readonly Migration[],
+  history: readonly HistoryRow[],
+): RevertStep[] {
+  const applied = history.filter(isApplied);
+  let id: string;
+  if (typeof target === "string") {
+    id = target.replace(/\.sql$/, "");
+    if (!applied.some((row) => row.id === id)) {
+      const known = [...migrations.map((m) => m.id), ...applied.map((row) => row.id)];
+      const meant = known.includes(id) ? null : closest(id, known);
+      throw new InputError(
+        known.includes(id) ? `${id} is not applied; there is nothing to roll back`
+          : `no migration "${id}" is known${meant ? ` — did you mean "${meant}"?` : ""}`,
+      );
+    }
+  } else {
+    if (applied.length === 0) throw new InputError("no migration is applied; there is nothing to roll back");
+    // The latest applied among those no other applied migration depends on.
+    const files = new Map(migrations.map((m) => [m.id, m]));
+    const rows = new Map(applied.map((row) => [row.id, row]));
+    const dependedOn = new Set(applied.flatMap((row) => dependenciesOf(row.id, files, rows)));
+    id = newestFirst(applied.filter((row) => !dependedOn.has(row.id)))[0]?.id ?? newestFirst(applied)[0].id;
+  }
+  const steps = revertSteps([id], migrations, history);
+  refuseWithoutDown(steps, `roll back ${id}`);
+  return steps;
+}
+
+export interface SyncPlan {
+  revert: RevertStep[];
+  apply: Migration[];
+}
+
+/**
+ * `--sync`: make the database match this branch's migrations directory. Undo
+ * the applied migrations that are gone from the directory or whose up SQL
+ * changed (and what depends on them), then apply everything pending.
+ */
+export function syncPlan(migrations: readonly Migration[], history: readonly HistoryRow[], now: Date): SyncPlan {
+  const files = new Map(migrations.map((m) => [m.id, m]));
+  const diverged = history
+    .filter(isApplied)
+    .filter((row) => !files.has(row.id) || (row.checksum !== null && row.checksum !== files.get(row.id)!.checksum))
+    .map((row) => row.id);
+  const revert = revertSteps(diverged, migrations, history);
+  refuseWithoutDown(revert, "switch the database to this branch");
+  const undone = new Set(revert.map((s) => s.id));
+  const remaining = history.filter((row) => !undone.has(row.id));
+  return { revert, apply: planRun({ migrations, history: remaining, now, mode: "strict", phase: "all" }).apply };
+}
+
+/** The version number at the start of an id (`0042` of `0042_add_orders`), if it has one. */
+const versionOf = (id: string): string | null => /^(\d+)[_-]/.exec(id)?.[1] ?? null;
+
+/**
+ * `--check` on the files alone: what a merge of two branches typically breaks.
+ * Exactly one leaf per independent chain (one whose root declares `depends: []`
+ * or is the first migration), and no two migrations sharing a version number.
+ */
+export function treeProblems(migrations: readonly Migration[]): string[] {
+  const problems: string[] = [];
+  const byVersion = new Map<string, Migration[]>();
+  for (const m of migrations) {
+    const version = versionOf(m.id);
+    if (version) byVersion.set(version, [...(byVersion.get(version) ?? []), m]);
+  }
+  for (const [version, same] of byVersion) {
+    if (same.length < 2 || same.slice(1).every((m) => m.dependsLine !== null)) continue;
+    const last = migrations[migrations.length - 1].id;
+    const next = String(Number(versionOf(last) ?? version) + 1).padStart(version.length, "0");
+    problems.push(
+      `${same.map((m) => m.id).join(" and ")} share the number ${version}: two branches both added a migration. ` +
+        `Rename the one that is not applied anywhere yet so it sorts last ` +
+        `(${same[same.length - 1].file} -> ${next}_${same[same.length - 1].id.slice(version.length + 1)}.sql), ` +
+        `or declare the order with "-- depends:"`,
+    );
+  }
+
+  // Leaves per connected component of the dependency graph.
+  const ids = migrations.map((m) => m.id);
+  const component = new Map(ids.map((id) => [id, id]));
+  const find = (id: string): string => {
+    while (component.get(id) !== id) id = component.get(id)!;
+    return id;
+  };
+  const dependedOn = new Set<string>();
+  for (const m of migrations) {
+    for (const d of m.depends) {
+      if (!component.has(d)) continue;
+      dependedOn.add(d);
+      component.set(find(m.id), find(d));
+    }
+  }
+  const leaves = new Map<string, string[]>();
+  for (const id of ids) {
+    if (dependedOn.has(id)) continue;
+    leaves.set(find(id), [...(leaves.get(find(id)) ?? []), id]);
+  }
+  for (const group of leaves.values()) {
+    if (group.length < 2) continue;
+    problems.push(
+      `${group.join(", ")} are separate leaves of one dependency chain: nothing orders them, which usually means two ` +
+        `branches each added migrations on the same parent. Make one depend on the other ` +
+        `("-- depends: ${group[0]}" in ${group[group.length - 1]}), or rename it so it sorts last and drop its explicit "depends:"`,
+    );
+  }
+  return problems;
+}
+
+// ============================================================================
+// 5. Deploy-safety analysis (the parse tree of each migration, checked against its phase)
+// ============================================================================
+
+/**
+ * What a rule is about. Phase rules: old code must keep working after a
+ * before_deploy (or always) migration, so contraction belongs in after_deploy.
+ * Lock rules: what holds a strong lock on an existing table for long.
+ */
+export interface Rule {
+  kind: "phase" | "lock" | "waiver";
+  /** How to do the same thing safely. */
+  fix: string;
+}
+
+const EXPAND_CONTRACT = "expand/contract: add the new thing now, backfill, switch the code, and remove the old thing in an after_deploy migration";
+
+export const RULES = {
+  "drop-table": { kind: "phase", fix: `stop using the table in the code, deploy, then drop it in an after_deploy migration (${EXPAND_CONTRACT})` },
+  "drop-column": { kind: "phase", fix: `deploy code that no longer reads or writes the column first, then drop it in an after_deploy migration (${EXPAND_CONTRACT})` },
+  "drop-view": { kind: "phase", fix: "stop using the view in the code, deploy, then drop it in an after_deploy migration" },
+  "drop-function": { kind: "phase", fix: "stop calling the function, deploy, then drop it in an after_deploy migration" },
+  "rename-table": { kind: "phase", fix: `keep both names for one release: create a view under the new name (or the new table and backfill), switch the code, drop the old name after the deploy (${EXPAND_CONTRACT})` },
+  "rename-column": { kind: "phase", fix: `add the new column, backfill it, write both from the code, switch reads, drop the old column in an after_deploy migration (${EXPAND_CONTRACT})` },
+  "change-column-type": { kind: "phase", fix: `old code may write values the new type rejects: add a column of the new type, backfill, switch the code, drop the old column after the deploy (${EXPAND_CONTRACT})` },
+  "add-not-null": { kind: "phase", fix: "old code may still write NULL: set NOT NULL in an after_deploy migration, once the deployed code always writes the column" },
+  "not-null-column-without-default": { kind: "phase", fix: "old code's INSERTs do not name the new column and would fail: give it a DEFAULT, or add it nullable now and set NOT NULL after the deploy" },
+  "drop-default": { kind: "phase", fix: "old code may rely on the default when it inserts: drop the default in an after_deploy migration" },
+  "index-not-concurrently": { kind: "lock", fix: "use CREATE [UNIQUE] INDEX CONCURRENTLY in a migration with \"-- transaction: false\"; for a constraint, then ADD CONSTRAINT ... UNIQUE/PRIMARY KEY USING INDEX" },
+  "concurrently-in-transaction": { kind: "lock", fix: "CONCURRENTLY (and VACUUM) cannot run inside a transaction block: add \"-- transaction: false\" to the front-matter" },
+  "foreign-key-not-valid": { kind: "lock", fix: "add the foreign key NOT VALID (brief lock), then ALTER TABLE ... VALIDATE CONSTRAINT in a later migration, or later in a \"transaction: false\" one (no write lock while it scans)" },
+  "check-not-valid": { kind: "lock", fix: "add the CHECK constraint NOT VALID, then VALIDATE CONSTRAINT it in a later migration, or later in a \"transaction: false\" one" },
+  "set-not-null-scan": { kind: "lock", fix: "first ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID and VALIDATE CONSTRAINT it; then SET NOT NULL skips the scan (PostgreSQL 12+) and the check can be dropped" },
+  "volatile-default": { kind: "lock", fix: "a volatile default rewrites the table: add the column without a default (or with a constant one), then SET DEFAULT, and backfill existing rows in batches" },
+  "type-change-rewrite": { kind: "lock", fix: `a type change rewrites the table and its indexes under an ACCESS EXCLUSIVE lock: add a new column of the new type and backfill it (${EXPAND_CONTRACT}); only varchar -> text/varchar widening is free` },
+  "vacuum-full": { kind: "lock", fix: "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: use plain VACUUM, or pg_repack outside the migration" },
+  "cluster": { kind: "lock", fix: "CLUSTER rewrites the table under an ACCESS EXCLUSIVE lock: use pg_repack outside the migration" },
+  "reindex-not-concurrently": { kind: "lock", fix: "use REINDEX ... CONCURRENTLY in a migration with \"-- transaction: false\"" },
+  "lock-table": { kind: "lock", fix: "an explicit LOCK TABLE queues every other query behind it: remove it and let each statement take the lock it needs" },
+  "transaction-control": { kind: "lock", fix: "safemigrate runs each migration in its own transaction; a BEGIN/COMMIT inside it would commit half a migration: remove it" },
+  "waiver-without-reason": { kind: "waiver", fix: "say why: -- safemigrate-ignore: <rule> -- <reason>" },
+  "unknown-rule": { kind: "waiver", fix: "name a rule from the README's list of rules" },
+} satisfies Record<string, Rule>;
+
+export type RuleId = keyof typeof RULES;
+
+export interface Finding {
+  rule: RuleId;
+  migration: string;
+  file: string;
+  line: number;
+  column: number;
+  message: string;
+  fix: string;
+  /** The reason from the waiver, when one covers the finding. */
+  waived: string | null;
+}
+
+// The parse tree is libpg-query's JSON; these are the few shapes the rules read.
+type Node = Record<string, any>;
+interface RangeVar {
+  schemaname?: string;
+  relname: string;
+  location?: number;
+}
+
+/** Functions whose default value differs row by row, so ADD COLUMN ... DEFAULT f() rewrites the table. */
+const VOLATILE_FUNCTIONS = new Set([
+  "random", "gen_random_uuid", "uuid_generate_v1", "uuid_generate_v1mc", "uuid_generate_v4", "uuidv4", "uuidv7",
+  "clock_timestamp", "timeofday", "nextval", "txid_current", "statement_timestamp", "setseed",
+]);
+const SERIAL_TYPES = new Set(["serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"]);
+
+const tableKey = (rel: RangeVar): string => (rel.schemaname && rel.schemaname !== "public" ? `${rel.schemaname}.${rel.relname}` : rel.relname);
+const quoted = (rel: RangeVar): string => (rel.schemaname ? `${rel.schemaname}.${rel.relname}` : rel.relname);
+const typeNameOf = (typeName: Node | undefined): string =>
+  (typeName?.names ?? []).map((n: Node) => n.String?.sval).filter((n: string) => n !== "pg_catalog").join(".");
+
+/** Every FuncCall name inside an expression tree. */
+function functionsIn(node: unknown, into: string[] = []): string[] {
+  if (Array.isArray(node)) for (const item of node) functionsIn(item, into);
+  else if (node && typeof node === "object") {
+    const call = (node as Node).FuncCall;
+    if (call) into.push(call.funcname.map((n: Node) => n.String?.sval).pop());
+    for (const value of Object.values(node)) functionsIn(value, into);
+  }
+  return into;
+}
+
+/** A column type as written: `varchar` with modifiers [255], `numeric` with [10, 2]. */
+interface ColumnType {
+  name: string;
+  modifiers: number[];
+}
+
+/** State the rules carry from one migration to the next, in dependency order. */
+export interface AnalysisState {
+  /** CHECK (col IS NOT NULL) constraints by "table.constraint" -> column. */
+  notNullChecks: Map<string, string>;
+  /** "table.column" pairs with a validated NOT NULL check: SET NOT NULL on them skips the scan. */
+  provenNotNull: Set<string>;
+  /** Column types by "table.column", as the migrations declared them, to tell a widening from a rewrite. */
+  columnTypes: Map<string, ColumnType>;
+}
+
+export const newAnalysisState = (): AnalysisState => ({ notNullChecks: new Map(), provenNotNull: new Set(), columnTypes: new Map() });
+
+interface RawFinding {
+  rule: RuleId;
+  message: string;
+  /** Byte offset into the statement's SQL section, for line:column. */
+  location: number;
+}
+
+const columnTypeOf = (typeName: Node | undefined): ColumnType => ({
+  name: typeNameOf(typeName),
+  modifiers: (typeName?.typmods ?? []).map((m: Node) => m.A_Const?.ival?.ival ?? NaN),
+});
+
+/**
+ * A type change that keeps every value valid and needs no rewrite (binary
+ * coercible): widening varchar or numeric, or varchar to text. With `from`
+ * unknown (the table predates the migrations) only varchar/text targets pass.
+ */
+function isFreeWidening(from: ColumnType | undefined, to: ColumnType, using: boolean): boolean {
+  if (using) return false;
+  const textual = (t: ColumnType) => t.name === "text" || t.name === "varchar";
+  if (!from) return textual(to) && to.modifiers.length === 0;
+  if (textual(from) && to.name === "text") return true;
+  if (from.name === "varchar" && to.name === "varchar") {
+    return to.modifiers.length === 0 || (from.modifiers.length > 0 && to.modifiers[0] >= from.modifiers[0]);
+  }
+  if (from.name === "text" && to.name === "varchar") return to.modifiers.length === 0;
+  if (from.name === "numeric" && to.name === "numeric") {
+    if (to.modifiers.length === 0) return true;
+    const [p1, s1 = 0] = from.modifiers;
+    const [p2, s2 = 0] = to.modifiers;
+    return from.modifiers.length > 0 && s1 === s2 && p2 >= p1;
+  }
+  return false;
+}
+
+/** Views and functions the migration creates anywhere: dropping or replacing them in it is its own business. */
+function objectsCreatedIn(statements: readonly Statement[]): Set<string> {
+  const created = new Set<string>();
+  for (const { node } of statements) {
+    const [kind, body] = Object.entries(node)[0] as [string, Node];
+    if (kind === "ViewStmt") created.add(tableKey(body.view));
+    if (kind === "CreateFunctionStmt") created.add(body.funcname.map((n: Node) => n.String?.sval).filter((n: string) => n !== "public").join("."));
+  }
+  return created;
+}
+
+const TRANSACTION_CONTROL = new Set([
+  "TRANS_STMT_BEGIN", "TRANS_STMT_START", "TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK", "TRANS_STMT_PREPARE",
+  "TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED",
+]);
+
+/** What one migration has done so far, statement by statement. */
+interface MigrationScope {
+  /** Tables created earlier in this migration (not `IF NOT EXISTS`: that table may be an old one). */
+  tables: Set<string>;
+  /** Views and functions created anywhere in this migration. */
+  objects: Set<string>;
+  /** Constraints added NOT VALID in this migration, "table.constraint": validating them in the same transaction scans under that lock. */
+  notValidHere: Map<string, RuleId>;
+}
+
+/** The findings of one statement, before waivers. */
+function statementFindings(
+  stmt: Node,
+  at: number,
+  migration: Migration,
+  scope: MigrationScope,
+  state: AnalysisState,
+): RawFinding[] {
+  const found: RawFinding[] = [];
+  const beforeDeploy = migration.safe !== "after_deploy";
+  const phase = migration.safe === "always" ? "an always migration (it may run before the deploy)" : "a before_deploy migration";
+  const phaseFinding = (rule: RuleId, what: string, location = at, why = "the old code still serving traffic may use it") => {
+    if (beforeDeploy) found.push({ rule, message: `${what} in ${phase}: ${why}`, location });
+  };
+  const lockFinding = (rule: RuleId, message: string, location = at) => found.push({ rule, message, location });
+  const inTransaction = migration.up.transaction;
+  const existing = (rel: RangeVar | undefined) => rel !== undefined && !scope.tables.has(tableKey(rel));
+  const [kind, node] = Object.entries(stmt)[0] as [string, Node];
+
+  switch (kind) {
+    case "CreateStmt": {
+      if (!node.if_not_exists) scope.tables.add(tableKey(node.relation));
+      for (const element of node.tableElts ?? []) {
+        const column = element.ColumnDef;
+        if (column) state.columnTypes.set(`${tableKey(node.relation)}.${column.colname}`, columnTypeOf(column.typeName));
+      }
+      break;
+    }
+    case "CreateTableAsStmt":
+      if (node.into?.rel && !node.if_not_exists) scope.tables.add(tableKey(node.into.rel));
+      break;
+    case "DropStmt": {
+      const names: string[] = (node.objects ?? []).map((o: Node) =>
+        (o.List?.items ?? o.ObjectWithArgs?.objname ?? [o]).map((i: Node) => i.String?.sval).filter((n: string) => n !== "public").join(".")
+      );
+      const removeType = node.removeType as string;
+      if (node.concurrent && inTransaction) {
+        lockFinding("concurrently-in-transaction", "DROP INDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+      }
+      if (removeType === "OBJECT_TABLE" && !names.every((n) => scope.tables.has(n))) {
+        phaseFinding("drop-table", `DROP TABLE ${names.join(", ")}`);
+      } else if (removeType === "OBJECT_SCHEMA") {
+        phaseFinding("drop-table", `DROP SCHEMA ${names.join(", ")}`, at, "the old code may use the tables in it");
+      } else if ((removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") && !names.every((n) => scope.objects.has(n))) {
+        phaseFinding("drop-view", `DROP VIEW ${names.join(", ")}`);
+      } else if ((removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") && !names.every((n) => scope.objects.has(n))) {
+        phaseFinding("drop-function", `DROP FUNCTION ${names.join(", ")}`);
+      }
+      break;
+    }
+    case "RenameStmt": {
+      // A rename breaks the code on one side of the deploy whatever the phase: old code before it, new code after it.
+      const why = "old code breaks if it runs before the deploy, new code if it runs after; no phase makes a rename safe";
+      const relation = node.relation as RangeVar | undefined;
+      if (!existing(relation)) break;
+      const location = relation!.location ?? at;
+      if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
+        lockFinding("rename-table", `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation!)} to ${node.newname}: ${why}`, location);
+      } else if (node.renameType === "OBJECT_COLUMN") {
+        lockFinding("rename-column", `renaming column ${quoted(relation!)}.${node.subname} to ${node.newname}: ${why}`, location);
+        const type = state.columnTypes.get(`${tableKey(relation!)}.${node.subname}`);
+        if (type) state.columnTypes.set(`${tableKey(relation!)}.${node.newname}`, type);
+      }
+      break;
+    }
+    case "IndexStmt": {
+      if (node.concurrent && inTransaction) {
+        lockFinding("concurrently-in-transaction", "CREATE INDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+      } else if (!node.concurrent && existing(node.relation)) {
+        lockFinding("index-not-concurrently", `CREATE INDEX on ${quoted(node.relation)} blocks every write to it until the index is built`);
+      }
+      break;
+    }
+    case "ReindexStmt": {
+      const concurrently = (node.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently");
+      if (concurrently && inTransaction) {
+        lockFinding("concurrently-in-transaction", "REINDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+      } else if (!concurrently) {
+        lockFinding("reindex-not-concurrently", "REINDEX without CONCURRENTLY blocks writes (and reads through the index) until it finishes");
+      }
+      break;
+    }
+    case "VacuumStmt":
+      if ((node.options ?? []).some((o: Node) => o.DefElem?.defname === "full")) {
+        lockFinding("vacuum-full", "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock");
+      } else if (node.is_vacuumcmd && inTransaction) {
+        lockFinding("concurrently-in-transaction", "VACUUM cannot run inside the transaction this migration runs in");
+      }
+      break;
+    case "ClusterStmt":
+      lockFinding("cluster", `CLUSTER${node.relation ? ` ${quoted(node.relation)}` : ""} rewrites the table under an ACCESS EXCLUSIVE lock`);
+      break;
+    case "LockStmt":
+      lockFinding("lock-table", "LOCK TABLE takes a lock that queues every later query on the table behind it");
+      break;
+    case "TransactionStmt":
+      if (inTransaction && TRANSACTION_CONTROL.has(node.kind)) {
+        lockFinding("transaction-control", `${node.kind.replace("TRANS_STMT_", "")} inside a migration that safemigrate already runs in a transaction`);
+      }
+      break;
+    case "AlterTableStmt": {
+      const rel = node.relation as RangeVar;
+      if (!existing(rel)) {
+        // Still learn the columns of a table created earlier in this migration.
+        for (const { AlterTableCmd: cmd } of node.cmds ?? []) {
+          if (cmd?.subtype === "AT_AddColumn" || cmd?.subtype === "AT_AlterColumnType") {
+            const name = cmd.def?.ColumnDef?.colname ?? cmd.name;
+            state.columnTypes.set(`${tableKey(rel)}.${name}`, columnTypeOf(cmd.def?.ColumnDef?.typeName));
+          }
+        }
+        break;
+      }
+      const table = quoted(rel);
+      const location = rel.location ?? at;
+      const notNull = (column: string) => {
+        phaseFinding("add-not-null", `NOT NULL on ${table}.${column}`, location, "the old code may still write NULL");
+      };
+      for (const { AlterTableCmd: cmd } of node.cmds ?? []) {
+        if (!cmd) continue;
+        switch (cmd.subtype) {
+          case "AT_DropColumn":
+            phaseFinding("drop-column", `dropping column ${table}.${cmd.name}`, location);
+            state.columnTypes.delete(`${tableKey(rel)}.${cmd.name}`);
+            break;
+          case "AT_AlterColumnType": {
+            const key = `${tableKey(rel)}.${cmd.name}`;
+            const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
+            const free = isFreeWidening(state.columnTypes.get(key), target, Boolean(cmd.def?.ColumnDef?.raw_default));
+            const known = state.columnTypes.has(key);
+            if (!(free && known)) {
+              phaseFinding("change-column-type", `changing the type of ${table}.${cmd.name} to ${target.name}`, location, "the old code may write values the new type rejects");
+            }
+            if (!free) lockFinding("type-change-rewrite", `changing ${table}.${cmd.name} to ${target.name} rewrites the table under an ACCESS EXCLUSIVE lock`, location);
+            state.columnTypes.set(key, target);
+            break;
+          }
+          case "AT_SetNotNull": {
+            notNull(cmd.name);
+            if (!state.provenNotNull.has(`${tableKey(rel)}.${cmd.name}`)) {
+              lockFinding("set-not-null-scan", `SET NOT NULL on ${table}.${cmd.name} scans the whole table under an ACCESS EXCLUSIVE lock`, location);
+            }
+            break;
+          }
+          case "AT_ColumnDefault":
+            if (!cmd.def) phaseFinding("drop-default", `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
+            break;
+          case "AT_AddColumn": {
+            const column = cmd.def?.ColumnDef ?? {};
+            const constraints = (column.constraints ?? []).map((c: Node) => c.Constraint);
+            const hasDefault = constraints.find((c: Node) => c.contype === "CONSTR_DEFAULT");
+            const generated = constraints.some((c: Node) => c.contype === "CONSTR_IDENTITY" || c.contype === "CONSTR_GENERATED");
+            const type = typeNameOf(column.typeName);
+            state.columnTypes.set(`${tableKey(rel)}.${column.colname}`, columnTypeOf(column.typeName));
+            const required = constraints.some((c: Node) => c.contype === "CONSTR_NOTNULL" || c.contype === "CONSTR_PRIMARY");
+            if (required && !hasDefault && !generated && !SERIAL_TYPES.has(type)) {
+              const what = `adding NOT NULL column ${table}.${column.colname} without a default`;
+              if (beforeDeploy) phaseFinding("not-null-column-without-default", what, location, "the old code's INSERTs do not name it and will fail");
+              else lockFinding("not-null-column-without-default", `${what}: it fails on a table that has rows`, location);
+            }
+            const volatile = functionsIn(hasDefault?.raw_expr).filter((f) => VOLATILE_FUNCTIONS.has(f));
+            if (volatile.length > 0 || SERIAL_TYPES.has(type) || generated) {
+              const why = volatile.length > 0 ? `${volatile[0]}()` : SERIAL_TYPES.has(type) ? type : "an identity or generated value";
+              lockFinding("volatile-default", `adding ${table}.${column.colname} with ${why} as its default rewrites the table under an ACCESS EXCLUSIVE lock`, location);
+            }
+            // A new column whose default is NULL has nothing to validate; with a default every row is checked.
+            if (hasDefault && constraints.some((c: Node) => c.contype === "CONSTR_FOREIGN")) {
+              lockFinding("foreign-key-not-valid", `adding ${table}.${column.colname} with a default and REFERENCES validates every row under a lock on both tables`, location);
+            }
+            if (constraints.some((c: Node) => c.contype === "CONSTR_UNIQUE" || c.contype === "CONSTR_PRIMARY")) {
+              lockFinding("index-not-concurrently", `adding ${table}.${column.colname} as UNIQUE or PRIMARY KEY builds its index while blocking writes`, location);
+            }
+            break;
+          }
+          case "AT_AddConstraint": {
+            const constraint = cmd.def?.Constraint ?? {};
+            const name = constraint.conname ? ` ${constraint.conname}` : "";
+            if (constraint.skip_validation && constraint.conname) {
+              scope.notValidHere.set(`${tableKey(rel)}.${constraint.conname}`, constraint.contype === "CONSTR_FOREIGN" ? "foreign-key-not-valid" : "check-not-valid");
+            }
+            switch (constraint.contype) {
+              case "CONSTR_FOREIGN":
+                if (!constraint.skip_validation) {
+                  lockFinding("foreign-key-not-valid", `adding foreign key${name} on ${table} without NOT VALID checks every row under a lock on both tables`, location);
+                }
+                break;
+              case "CONSTR_CHECK": {
+                const test = constraint.raw_expr?.NullTest;
+                const column = test?.nulltesttype === "IS_NOT_NULL" ? test.arg?.ColumnRef?.fields?.at(-1)?.String?.sval : null;
+                // NOT VALID still checks new rows: old code writing NULL breaks at once.
+                if (column) notNull(column);
+                if (!constraint.skip_validation) {
+                  lockFinding("check-not-valid", `adding CHECK${name} on ${table} without NOT VALID scans every row under an ACCESS EXCLUSIVE lock`, location);
+                }
+                if (column && constraint.conname) state.notNullChecks.set(`${tableKey(rel)}.${constraint.conname}`, column);
+                if (column && !constraint.skip_validation) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
+                break;
+              }
+              case "CONSTR_NOTNULL": {
+                // PostgreSQL 18: ADD CONSTRAINT name NOT NULL column [NOT VALID].
+                for (const key of constraint.keys ?? []) {
+                  const column = key.String?.sval;
+                  notNull(column);
+                  if (!constraint.skip_validation && !state.provenNotNull.has(`${tableKey(rel)}.${column}`)) {
+                    lockFinding("set-not-null-scan", `NOT NULL on ${table}.${column} scans the whole table under an ACCESS EXCLUSIVE lock`, location);
+                  }
+                }
+                break;
+              }
+              case "CONSTR_PRIMARY":
+              case "CONSTR_UNIQUE":
+              case "CONSTR_EXCLUSION":
+                if (!constraint.indexname) {
+                  lockFinding("index-not-concurrently", `adding a ${constraint.contype.replace("CONSTR_", "").toLowerCase()} constraint${name} on ${table} builds its index while blocking writes`, location);
+                }
+                break;
+            }
+            break;
+          }
+          case "AT_ValidateConstraint": {
+            const key = `${tableKey(rel)}.${cmd.name}`;
+            const column = state.notNullChecks.get(key);
+            if (column) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
+            const rule = scope.notValidHere.get(key);
+            if (rule && inTransaction) {
+              lockFinding(rule, `VALIDATE CONSTRAINT ${cmd.name} in the same transaction that added it NOT VALID scans while that lock is still held`, location);
+            }
+            break;
+          }
+        }
+      }
+      break;
+    }
+  }
+  return found;
+}
+
+/** Waivers written directly above the statement starting on `line` (1-based file line). */
+function waiversAbove(lines: string[], line: number): { rules: string[]; reason: string; line: number; column: number }[] {
+  const waivers = [];
+  for (let i = line - 2; i >= 0 && /^\s*--/.test(lines[i]); i--) {
+    if (!WAIVER_LINE.test(lines[i])) continue;
+    const body = lines[i].replace(/^\s*--\s*safemigrate-ignore\s*:/i, "");
+    const [ruleText, ...reasonParts] = body.split(/\s--\s?/);
+    waivers.push({
+      rules: ruleText.split(/[\s,]+/).filter(Boolean),
+      reason: reasonParts.join(" -- ").trim(),
+      line: i + 1,
+      column: lines[i].indexOf("--") + 1,
+    });
+  }
+  return waivers;
+}
+
+/**
+ * Analyses one migration's up SQL with the real PostgreSQL parser. Pure but
+ * for loading the parser; `state` carries what earlier migrations proved.
+ */
+export async function analyzeMigration(migration: Migration, state: AnalysisState = newAnalysisState()): Promise<Finding[]> {
+  if (migration.up.sql.trim() === "") return [];
+  const { statements, place } = await parseSection(migration.up, migration.file);
+  const fileLines = migration.source.split("\n");
+  const findings: Finding[] = [];
+  const scope: MigrationScope = { tables: new Set(), objects: objectsCreatedIn(statements), notValidHere: new Map() };
+  for (const statement of statements) {
+    const waivers = waiversAbove(fileLines, statement.line);
+
+    for (const waiver of waivers) {
+      const where = { migration: migration.id, file: migration.file, line: waiver.line, column: waiver.column, waived: null };
+      if (!waiver.reason) {
+        findings.push({ ...where, rule: "waiver-without-reason", message: `waiver of ${waiver.rules.join(", ")} gives no reason`, fix: RULES["waiver-without-reason"].fix });
+      }
+      for (const rule of waiver.rules.filter((r) => !(r in RULES))) {
+        const meant = closest(rule, Object.keys(RULES));
+        findings.push({ ...where, rule: "unknown-rule", message: `the waiver names no known rule "${rule}"${meant ? ` — did you mean "${meant}"?` : ""}`, fix: RULES["unknown-rule"].fix });
+      }
+    }
+    for (const raw of statementFindings(statement.node, statement.offset, migration, scope, state)) {
+      const waiver = waivers.find((w) => w.rules.includes(raw.rule) && w.reason);
+      findings.push({
+        rule: raw.rule,
+        migration: migration.id,
+        file: migration.file,
+        ...place(raw.location),
+        message: raw.message,
+        fix: RULES[raw.rule].fix,
+        waived: waiver?.reason ?? null,
+      });
+    }
+  }
+  return findings;
+}
+
+/** Analyses migrations in dependency order, so what one proves (a validated NOT NULL check) counts for the next. */
+export async function analyzeMigrations(migrations: readonly Migration[]): Promise<Finding[]> {
+  const state = newAnalysisState();
+  const findings: Finding[] = [];
+  for (const m of dependencyOrder(migrations)) findings.push(...(await analyzeMigration(m, state)));
+  return findings;
+}
+
+// ============================================================================
+// 6. Database adapters
+// ============================================================================
+
+/** What the runner needs from a connection: run SQL, with or without parameters. */
+export interface Queryable {
+  /** One statement, extended protocol, with parameters. */
+  query<T = Record<string, unknown>>(text: string, params?: unknown[]): Promise<T[]>;
+  /** One or more statements, simple protocol, no parameters. */
+  exec(text: string): Promise<void>;
+}
+
+export interface Database extends Queryable {
+  /** The database named for people: no password. */
+  readonly label: string;
+  transaction<T>(work: (tx: Queryable) => Promise<T>): Promise<T>;
+  /** Session-level advisory lock on a connection of its own; true when taken. */
+  tryLock(): Promise<boolean>;
+  unlock(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Key of the advisory lock every safemigrate run takes (classid, objid). */
+const LOCK_KEY = [0x5afe, 0x1] as const;
+
+/** Secrets that must never reach any output; filled as URLs are parsed. */
+const secrets = new Set<string>();
+
+/**
+ * Hides passwords: any `scheme://user:password@` in the text, and each known
+ * password where it stands as `:password@` or, if long enough not to be an
+ * ordinary word, on its own. (Replacing every occurrence of a password like
+ * "postgres" would mangle the output and tell the reader what it was.)
+ */
+export function redact(text: string): string {
+  let out = text.replace(/(\w+:\/\/[^:/@\s]*:)[^@\s]*@/g, "$1***@");
+  for (const secret of secrets) {
+    out = out.split(`:${secret}@`).join(":***@");
+    if (secret.length >= 12) out = out.split(secret).join("***");
+  }
+  return out;
+}
+
+/** `postgres://user@host:5432/db` for messages; the password never appears. */
+export function describeUrl(url: string): string {
+  if (url.startsWith("pglite:")) return url;
+  try {
+    const parsed = new URL(url);
+    const user = parsed.username ? `${decodeURIComponent(parsed.username)}@` : "";
+    return `${parsed.protocol}//${user}${parsed.host}${parsed.pathname}`;
+  } catch {
+    return "the database URL";
+  }
+}
+
+function rememberPassword(url: string): void {
+  const match = /^[a-z][\w+.-]*:\/\/[^:/@]*:([^@]*)@/i.exec(url);
+  if (!match || !match[1]) return;
+  secrets.add(match[1]);
+  try {
+    secrets.add(decodeURIComponent(match[1]));
+  } catch { /* not percent-encoded */ }
+}
+
+/** Server errors raised while logging in: wrong password, no such role, no such database. */
+const LOGIN_ERRORS = ["28P01", "28000", "3D000"];
+
+/** Turns a driver or network error into one line a person can act on. */
+function describeConnectionError(error: unknown, label: string): string {
+  const e = error as { code?: string; message?: string; errno?: string };
+  const message = e?.message ?? String(error);
+  switch (e?.code) {
+    case "ECONNREFUSED":
+      return `could not connect to ${label}: connection refused — is the server running and accepting TCP connections?`;
+    case "ENOTFOUND":
+    case "EAI_AGAIN":
+      return `could not connect to ${label}: unknown host`;
+    case "CONNECT_TIMEOUT":
+    case "ETIMEDOUT":
+      return `could not connect to ${label}: timed out`;
+    case "28P01":
+      return `could not connect to ${label}: ${message} (check the password in the database URL)`;
+    case "28000":
+    case "3D000":
+      return `could not connect to ${label}: ${message}`;
+    default:
+      return `database error on ${label}: ${message}`;
+  }
+}
+
+/** postgres.js, imported on first use (main starts it early, next to reading the files). */
+let postgresDriver: Promise<typeof postgres> | null = null;
+export const loadPostgres = (): Promise<typeof postgres> => (postgresDriver ??= import("postgres").then((m) => m.default));
+
+export async function connectPostgres(url: string): Promise<Database> {
+  const postgres = await loadPostgres();
+  rememberPassword(url);
+  const label = describeUrl(url);
+  const options = {
+    max: 1,
+    connect_timeout: 10,
+    // No array or custom-type parameters are ever sent: skip the catalog query on connect.
+    fetch_types: false,
+    onnotice: () => {},
+    connection: { application_name: "safemigrate" },
+  };
+  let client: postgres.Sql;
+  try {
+    client = postgres(url, options);
+  } catch (error) {
+    throw new InputError(`invalid database URL ${label}: ${redact((error as Error).message)}`);
+  }
+  // The lock lives on its own connection: a session holding it idles outside
+  // any transaction, so it never holds back CREATE INDEX CONCURRENTLY.
+  let lockClient: postgres.Sql | null = null;
+
+  const wrap = async <T>(run: () => Promise<T>): Promise<T> => {
+    try {
+      return await run();
+    } catch (error) {
+      throw asDriverError(error, label);
+    }
+  };
+  const queryable = (sql: postgres.Sql | postgres.TransactionSql): Queryable => ({
+    query: <T>(text: string, params: unknown[] = []) =>
+      sql.unsafe(text, params as postgres.ParameterOrJSON<never>[]) as unknown as Promise<T[]>,
+    exec: async (text: string) => {
+      await sql.unsafe(text);
+    },
+  });
+  const base = queryable(client);
+
+  return {
+    label,
+    query: (text, params) => wrap(() => base.query(text, params)),
+    exec: (text) => wrap(() => base.exec(text)),
+    transaction: (work) => wrap(() => client.begin((tx) => work(queryable(tx))) as Promise<never>),
+    tryLock: () =>
+      wrap(async () => {
+        lockClient ??= postgres(url, { ...options, connection: { application_name: "safemigrate-lock" } });
+        const [row] = await lockClient`select pg_try_advisory_lock(${LOCK_KEY[0]}, ${LOCK_KEY[1]}) as locked`;
+        return row.locked as boolean;
+      }),
+    unlock: async () => {
+      if (lockClient) await lockClient`select pg_advisory_unlock(${LOCK_KEY[0]}, ${LOCK_KEY[1]})`.catch(() => {});
+    },
+    close: async () => {
+      await Promise.all([client.end({ timeout: 5 }), lockClient?.end({ timeout: 5 })]);
+    },
+  };
+}
+
+/** Errors raised by the server keep their fields (position, code) for the runner; others become DatabaseError. */
+function asDriverError(error: unknown, label: string): unknown {
+  if (error instanceof SafemigrateError) return error;
+  const e = error as { name?: string; severity?: string; code?: string };
+  const fromServer = e?.name === "PostgresError" || (e?.severity !== undefined && e?.code !== undefined);
+  if (fromServer && !LOGIN_ERRORS.includes(e.code!)) return error;
+  return new DatabaseError(redact(describeConnectionError(error, label)));
+}
+
+/** PGlite: `pglite:memory` or `pglite:<directory>`. Loaded only when used. */
+export async function connectPglite(url: string): Promise<Database> {
+  const target = url.slice("pglite:".length);
+  const { PGlite } = await import("@electric-sql/pglite");
+  const db = target === "memory" || target === "" ? new PGlite() : new PGlite(target);
+  try {
+    await db.waitReady;
+  } catch (error) {
+    throw new DatabaseError(`could not open the PGlite database in ${target}: ${(error as Error).message}`);
+  }
+  type Conn = Pick<typeof db, "query" | "exec">;
+  const queryable = (conn: Conn): Queryable => ({
+    query: async <T>(text: string, params?: unknown[]) => (await conn.query(text, params)).rows as T[],
+    exec: async (text: string) => {
+      await conn.exec(text);
+    },
+  });
+  return {
+    label: url,
+    ...queryable(db),
+    transaction: (work) => db.transaction((tx) => work(queryable(tx))),
+    // One process owns an embedded database, so the lock always succeeds; it is
+    // taken anyway so the runner has one code path.
+    tryLock: async () => (await db.query<{ locked: boolean }>(
+      `select pg_try_advisory_lock(${LOCK_KEY[0]}, ${LOCK_KEY[1]}) as locked`,
+    )).rows[0].locked,
+    unlock: async () => {
+      await db.query(`select pg_advisory_unlock(${LOCK_KEY[0]}, ${LOCK_KEY[1]})`);
+    },
+    close: () => db.close(),
+  };
+}
+
+export function connect(url: string): Promise<Database> {
+  if (url.startsWith("pglite:")) return connectPglite(url);
+  if (/^postgres(ql)?:\/\//i.test(url)) return connectPostgres(url);
+  throw new InputError(
+    `unsupported database URL ${describeUrl(url)} — use postgres://user:password@host:5432/db, pglite:<dir> or pglite:memory`,
+  );
+}
+
+// ============================================================================
+// 7. Executing a plan
+// ============================================================================
+
+const CREATE_HISTORY = `
+create table if not exists ${HISTORY_TABLE} (
+  id          text primary key,
+  checksum    text,
+  safe        text,
+  phase       text,
+  detected_at timestamptz,
+  applied_at  timestamptz,
+  duration_ms integer,
+  down_sql    text,
+  depends     text,
+  note        text
+)`;
+
+export async function historyTableExists(db: Queryable): Promise<boolean> {
+  const [row] = await db.query<{ found: string | null }>(`select to_regclass($1)::text as found`, [HISTORY_TABLE]);
+  return row.found !== null;
+}
+
+const UNDEFINED_TABLE = "42P01";
+
+/**
+ * The whole history in ONE row: the server builds a JSON array and the client
+ * parses it with one JSON.parse, where 10,000 rows would each cost a DataRow,
+ * two Date parses and a JSON.parse of `depends` in the driver. Times travel
+ * as epoch milliseconds. A missing table reads as no history; other errors
+ * stand.
+ */
+const HISTORY_AS_JSON = `
+select coalesce(json_agg(json_build_array(id, checksum, safe, phase,
+         (extract(epoch from detected_at) * 1000)::float8, (extract(epoch from applied_at) * 1000)::float8,
+         duration_ms, down_sql, depends::json) order by id), '[]')::text as rows
+  from ${HISTORY_TABLE}`;
+
+type HistoryTuple = [string, string | null, string | null, string | null, number | null, number | null, number | null, string | null, string[] | null];
+
+const asDate = (epochMs: number | null): Date | null => (epochMs === null ? null : new Date(epochMs));
+
+async function queryHistory(db: Queryable): Promise<HistoryRow[]> {
+  const [{ rows }] = await db.query<{ rows: string }>(HISTORY_AS_JSON);
+  return (JSON.parse(rows) as HistoryTuple[]).map(([id, checksum, safe, phase, detectedAt, appliedAt, durationMs, downSql, depends]) => ({
+    id, checksum, safe, phase, detectedAt: asDate(detectedAt), appliedAt: asDate(appliedAt), durationMs, downSql, depends,
+  }));
+}
+
+export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
+  if (!(await historyTableExists(db))) return [];
+  return await queryHistory(db);
+}
+
+/**
+ * Under the lock: read the history, creating the table the first time. One
+ * round trip on every run after the first (no `create table if not exists`,
+ * no existence check); outside a transaction, so a missing table aborts nothing.
+ */
+async function readOrCreateHistory(db: Queryable): Promise<HistoryRow[]> {
+  try {
+    return await queryHistory(db);
+  } catch (error) {
+    if ((error as { code?: string })?.code !== UNDEFINED_TABLE) throw error;
+    await db.exec(CREATE_HISTORY);
+    return [];
+  }
+}
+
+export type RunEvent =
+  | { type: "waiting-for-lock" }
+  | { type: "applied"; migration: Migration; durationMs: number }
+  | { type: "reverted"; step: RevertStep; durationMs: number }
+  | { type: "lock-timeout"; id: string; file: string; line: number; attempt: number; attempts: number; waitMs: number }
+  | { type: "dropped-invalid-index"; name: string };
+
+export interface AppliedMigration {
+  id: string;
+  safe: Safe;
+  durationMs: number;
+}
+
+export interface RunResult {
+  plan: Plan;
+  applied: AppliedMigration[];
+  dryRun: boolean;
+  /** Invalid indexes found before the run (left by a failed CREATE INDEX CONCURRENTLY), and whether they were dropped. */
+  invalidIndexes: { name: string; definition: string; dropped: boolean }[];
+}
+
+export interface LockOptions {
+  lockWaitMs?: number;
+  onEvent?: (event: RunEvent) => void;
+  /** Timeouts and retries for the statements that run; DEFAULT_EXECUTION when absent. */
+  execution?: Omit<ExecutionSettings, "onEvent">;
+}
+
+const executionOf = (options: LockOptions): ExecutionSettings => ({ ...(options.execution ?? DEFAULT_EXECUTION), onEvent: options.onEvent });
+
+export interface RunOptions extends LockOptions {
+  phase: Phase;
+  mode: Mode;
+  /** false skips the deploy-safety analysis (--no-lint). */
+  lint?: boolean;
+  /** Drop invalid indexes left by a failed CREATE INDEX CONCURRENTLY before applying (--repair-invalid-indexes). */
+  repairInvalidIndexes?: boolean;
+  /** Show the plan only: no lock, no history table, no detection. */
+  dryRun?: boolean;
+  now?: () => Date;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Polls pg_try_advisory_lock: a blocking pg_advisory_lock would sit in a
+ * query holding a snapshot, and CREATE INDEX CONCURRENTLY in the run that
+ * holds the lock would wait for that snapshot forever.
+ */
+export async function acquireLock(db: Database, waitMs: number, onWait?: () => void): Promise<void> {
+  const deadline = Date.now() + waitMs;
+  for (let attempt = 0;; attempt++) {
+    if (await db.tryLock()) return;
+    if (attempt === 0) onWait?.();
+    if (Date.now() >= deadline) {
+      throw new DatabaseError(
+        `another safemigrate run has held the migration lock on ${db.label} for ${formatDuration(waitMs)}; ` +
+          `gave up (wait longer with --lock-wait, or find the other run)`,
+      );
+    }
+    await sleep(Math.min(50 * 2 ** attempt, 1_000) * (0.5 + Math.random() / 2));
+  }
+}
+
+/**
+ * Everything that writes runs here: under the lock, with the history table
+ * in place, reading the history only once the lock is held.
+ */
+export async function underLock<T>(
+  db: Database,
+  options: LockOptions,
+  work: (history: HistoryRow[]) => Promise<T>,
+): Promise<T> {
+  await acquireLock(db, options.lockWaitMs ?? 5 * 60_000, () => options.onEvent?.({ type: "waiting-for-lock" }));
+  try {
+    return await work(await readOrCreateHistory(db));
+  } finally {
+    await db.unlock();
+  }
+}
+
+function describeServerError(error: unknown): string {
+  const e = error as { message?: string; code?: string; detail?: string; hint?: string };
+  let text = e?.message ?? String(error);
+  if (e?.code) text += ` (SQLSTATE ${e.code})`;
+  if (e?.detail) text += `\n  detail: ${e.detail}`;
+  if (e?.hint) text += `\n  hint: ${e.hint}`;
+  return text;
+}
+
+/** How statements run: the timeouts safemigrate sets and how often a lock timeout is retried. */
+export interface ExecutionSettings {
+  /** lock_timeout in ms (default 5 s): a statement waiting this long for a lock gives up instead of queueing everyone behind it. */
+  lockTimeoutMs: number;
+  /** statement_timeout in ms; 0 for off (the default). */
+  statementTimeoutMs: number;
+  /** Attempts for a statement that hit lock_timeout (default 5). */
+  attempts: number;
+  onEvent?: (event: RunEvent) => void;
+}
+
+export const DEFAULT_EXECUTION: ExecutionSettings = { lockTimeoutMs: 5_000, statementTimeoutMs: 0, attempts: 5 };
+
+const LOCK_NOT_AVAILABLE = "55P03";
+const isLockTimeout = (error: unknown) => (error as { code?: string })?.code === LOCK_NOT_AVAILABLE;
+/** 0.5 s, 1 s, 2 s, ... up to 30 s, with jitter so competing runs don't retry in step. */
+const backoffMs = (attempt: number) => Math.min(500 * 2 ** (attempt - 1), 30_000) * (0.75 + Math.random() / 2);
+
+/**
+ * Runs one SQL section (the up or down of a migration) and then `record`,
+ * which writes the history. In a transaction both commit together or not at
+ * all, and a lock timeout retries the whole transaction; with
+ * `transaction: false` the statements run one by one, a lock timeout retries
+ * only the statement that hit it, and `record` runs after the last.
+ * Returns the duration in ms.
+ */
+export async function runSection(
+  db: Database,
+  section: SqlSection,
+  what: { id: string; file: string; verb: string; lockTimeoutMs?: number | null; statementTimeoutMs?: number | null },
+  record: (db: Queryable, durationMs: number) => Promise<void>,
+  settings: ExecutionSettings = DEFAULT_EXECUTION,
+): Promise<number> {
+  const started = performance.now();
+  const lockTimeout = what.lockTimeoutMs ?? settings.lockTimeoutMs;
+  const statementTimeout = what.statementTimeoutMs ?? settings.statementTimeoutMs;
+  const failure = (line: number, error: unknown, consequence: string, attempts: number) =>
+    error instanceof SafemigrateError ? error : new DatabaseError(redact(
+      `${what.file}:${line}: ${what.verb} ${what.id} failed: ${describeServerError(error)}` +
+        (isLockTimeout(error)
+          ? `\n  it waited ${formatDuration(lockTimeout)} for a lock ${plural(attempts, "time")}; another session holds a lock on the table ` +
+            `(look in pg_locks and pg_stat_activity), or raise "-- lock-timeout:" / --lock-timeout`
+          : "") +
+        `\n  ${consequence}`,
+    ));
+  /** Runs `attempt` until it does not fail on lock_timeout, at most settings.attempts times. */
+  const withRetries = async (line: number, attempt: () => Promise<void>) => {
+    for (let n = 1;; n++) {
+      try {
+        return await attempt();
+      } catch (error) {
+        if (!isLockTimeout(error) || n >= settings.attempts) throw Object.assign(error as object, { attempts: n });
+        const waitMs = backoffMs(n);
+        settings.onEvent?.({ type: "lock-timeout", id: what.id, file: what.file, line, attempt: n, attempts: settings.attempts, waitMs });
+        await sleep(waitMs);
+      }
+    }
+  };
+  const timeouts = (scope: "local" | "session") =>
+    `set ${scope === "local" ? "local " : ""}lock_timeout = ${lockTimeout}; set ${scope === "local" ? "local " : ""}statement_timeout = ${statementTimeout}`;
+  const attemptsOf = (error: unknown) => (error as { attempts?: number })?.attempts ?? 1;
+
+  // Statement by statement, so an error names the statement that failed even when the server gives no position.
+  const { statements } = await parseSection(section, what.file);
+  /** The file line an error points at; `prefix` is SQL sent ahead of the statement in the same query. */
+  const lineOf = (statement: Statement, error: unknown, prefix = "") => {
+    const position = Number((error as { position?: string | number }).position ?? 0) - prefix.length;
+    return statement.line + (position > 0 ? statement.sql.slice(0, position - 1).match(/\n/g)?.length ?? 0 : 0);
+  };
+
+  if (section.transaction) {
+    // The timeouts ride along with the first statement: one round trip less per migration.
+    const settings = `${timeouts("local")}; `;
+    let failed: { statement: Statement; prefix: string } | null = null;
+    try {
+      await withRetries(section.line, () =>
+        db.transaction(async (tx) => {
+          if (statements.length === 0) await tx.exec(settings);
+          for (const [index, statement] of statements.entries()) {
+            const prefix = index === 0 ? settings : "";
+            failed = { statement, prefix };
+            await tx.exec(prefix + statement.sql);
+          }
+          failed = null;
+          await record(tx, performance.now() - started);
+        })
+      );
+    } catch (error) {
+      const at = failed as { statement: Statement; prefix: string } | null;
+      const line = at ? lineOf(at.statement, error, at.prefix) : section.line;
+      throw failure(line, error, "it was rolled back; nothing of it took effect", attemptsOf(error));
+    }
+    return performance.now() - started;
+  }
+
+  // Outside a transaction (CREATE INDEX CONCURRENTLY): each statement commits on its own.
+
+  await db.exec(timeouts("session"));
+  try {
+    for (const [index, statement] of statements.entries()) {
+      try {
+        await withRetries(statement.line, () => db.exec(statement.sql));
+      } catch (error) {
+        const done = statements.slice(0, index);
+        throw failure(
+          lineOf(statement, error),
+          error,
+          `statement ${index + 1} of ${statements.length} failed; this runs without a transaction, so ` +
+            (done.length === 0
+              ? "nothing of it took effect"
+              : `the statements before it (lines ${done.map((s) => s.line).join(", ")}) took effect and stay`) +
+            `; it is not recorded. Make its statements safe to re-run (IF NOT EXISTS) before retrying`,
+          attemptsOf(error),
+        );
+      }
+    }
+    const durationMs = performance.now() - started;
+    await record(db, durationMs);
+    return durationMs;
+  } finally {
+    await db.exec("reset lock_timeout; reset statement_timeout").catch(() => {});
+  }
+}
+
+/**
+ * A SQL literal: strings dollar-quoted with a tag they do not contain, so no
+ * escaping setting (standard_conforming_strings) can change what they mean.
+ */
+export function sqlLiteral(value: string | number | null): string {
+  if (value === null) return "null";
+  if (typeof value === "number") {
+    if (!Number.isFinite(value)) throw new Error(`not a finite number: ${value}`);
+    return String(value);
+  }
+  let tag = "$sm$";
+  for (let n = 0; value.includes(tag); n++) tag = `$sm${n}$`;
+  return `${tag}${value}${tag}`;
+}
+
+/**
+ * The history row of an applied migration, written in the migration's own
+ * transaction. Values go in as literals over the simple protocol: one round
+ * trip, where a parameterised query costs two without prepared statements.
+ */
+async function recordApplied(
+  db: Queryable,
+  migration: Migration,
+  phase: string,
+  durationMs: number | null,
+  note: string | null = null,
+): Promise<void> {
+  const values = [
+    migration.id,
+    migration.checksum,
+    migration.safe,
+    phase,
+    durationMs === null ? null : Math.round(durationMs),
+    migration.down?.raw ?? null,
+    JSON.stringify(migration.depends),
+    note,
+  ].map(sqlLiteral);
+  await db.exec(
+    `insert into ${HISTORY_TABLE} (id, checksum, safe, phase, applied_at, duration_ms, down_sql, depends, note)
+     values (${values.slice(0, 4).join(", ")}, clock_timestamp(), ${values.slice(4).join(", ")})
+     on conflict (id) do update set checksum = excluded.checksum, safe = excluded.safe, phase = excluded.phase,
+       applied_at = excluded.applied_at, duration_ms = excluded.duration_ms, down_sql = excluded.down_sql,
+       depends = excluded.depends, note = excluded.note`,
+  );
+}
+
+/** Runs one migration's up SQL; its history row commits with it or not at all. */
+export function applyMigration(
+  db: Database,
+  migration: Migration,
+  phase: string,
+  settings: ExecutionSettings = DEFAULT_EXECUTION,
+): Promise<number> {
+  return runSection(
+    db,
+    migration.up,
+    { id: migration.id, file: migration.file, verb: "migration", lockTimeoutMs: migration.lockTimeoutMs, statementTimeoutMs: migration.statementTimeoutMs },
+    (q, durationMs) => recordApplied(q, migration, phase, durationMs),
+    settings,
+  );
+}
+
+/** Runs one migration's down SQL; its history row goes with it or not at all. */
+export function revertMigration(db: Database, step: RevertStep, settings: ExecutionSettings = DEFAULT_EXECUTION): Promise<number> {
+  return runSection(
+    db,
+    step.down!,
+    { id: step.id, file: step.source, verb: "rollback of" },
+    async (q) => {
+      await q.exec(`delete from ${HISTORY_TABLE} where id = ${sqlLiteral(step.id)}`);
+    },
+    settings,
+  );
+}
+
+async function recordDetected(db: Queryable, plan: Plan, migrations: readonly Migration[]): Promise<void> {
+  const byId = new Map(migrations.map((m) => [m.id, m]));
+  for (const id of plan.detect) {
+    await db.query(
+      `insert into ${HISTORY_TABLE} (id, safe, detected_at) values ($1, $2, clock_timestamp())
+       on conflict (id) do update set detected_at = coalesce(${HISTORY_TABLE}.detected_at, excluded.detected_at)`,
+      [id, byId.get(id)!.safe],
+    );
+  }
+}
+
+async function applyAll(db: Database, migrations: readonly Migration[], phase: string, options: LockOptions) {
+  const applied: AppliedMigration[] = [];
+  for (const migration of migrations) {
+    const durationMs = await applyMigration(db, migration, phase, executionOf(options));
+    applied.push({ id: migration.id, safe: migration.safe, durationMs });
+    options.onEvent?.({ type: "applied", migration, durationMs });
+  }
+  return applied;
+}
+
+async function revertAll(db: Database, steps: readonly RevertStep[], options: LockOptions) {
+  const reverted: { id: string; durationMs: number }[] = [];
+  for (const step of steps) {
+    const durationMs = await revertMigration(db, step, executionOf(options));
+    reverted.push({ id: step.id, durationMs });
+    options.onEvent?.({ type: "reverted", step, durationMs });
+  }
+  return reverted;
+}
+
+/** `--pre` / `--all`: plan against the history as it is once the lock is held, apply, record detection. */
+export async function migrate(db: Database, migrations: readonly Migration[], options: RunOptions): Promise<RunResult> {
+  const now = options.now ?? (() => new Date());
+  const plan = (history: HistoryRow[]) =>
+    planRun({ migrations, history, now: now(), mode: options.mode, phase: options.phase });
+  if (options.dryRun) {
+    const invalidIndexes = (await findInvalidIndexes(db)).map((index) => ({ ...index, dropped: false }));
+    return { plan: plan(await readHistory(db)), applied: [], dryRun: true, invalidIndexes };
+  }
+
+  return await underLock(db, options, async (history) => {
+    const result: RunResult = { plan: plan(history), applied: [], dryRun: false, invalidIndexes: [] };
+    if (result.plan.refused || result.plan.apply.length === 0) {
+      if (!result.plan.refused) await recordDetected(db, result.plan, migrations);
+      return result;
+    }
+    // A syntax error anywhere stops the run before anything is applied (each section is parsed once, then cached).
+    for (const m of result.plan.apply) await parseSection(m.up, m.file);
+    if (options.lint !== false) await refuseUnsafe(migrations, result.plan.apply);
+    result.invalidIndexes = await repairInvalidIndexes(db, Boolean(options.repairInvalidIndexes), options.onEvent);
+    result.applied = await applyAll(db, result.plan.apply, options.phase, options);
+    await recordDetected(db, result.plan, migrations);
+    return result;
+  });
+}
+
+/** Findings that stop a run: raised before anything is applied, exit 2. */
+export class LintError extends InputError {
+  constructor(readonly findings: Finding[]) {
+    super(
+      `refusing to apply: ${plural(findings.length, "unwaived finding")} in migrations about to run:\n` +
+        findings.map((f) => `  ${formatFinding(f)}`).join("\n") +
+        `\nFix the migration, waive a finding with "-- safemigrate-ignore: <rule> -- <reason>" above the statement, or pass --no-lint`,
+    );
+  }
+}
+
+/** The analysis over every migration (what earlier ones prove counts), reported for those about to run. */
+async function refuseUnsafe(migrations: readonly Migration[], toApply: readonly Migration[]): Promise<void> {
+  const ids = new Set(toApply.map((m) => m.id));
+  const findings = (await analyzeMigrations(migrations)).filter((f) => ids.has(f.migration) && f.waived === null);
+  if (findings.length > 0) throw new LintError(findings);
+}
+
+/** Indexes a failed CREATE INDEX CONCURRENTLY left behind: they cost writes and are never used. */
+export async function findInvalidIndexes(db: Queryable): Promise<{ name: string; definition: string }[]> {
+  return await db.query<{ name: string; definition: string }>(
+    `select format('%I.%I', n.nspname, c.relname) as name, pg_get_indexdef(i.indexrelid) as definition
+       from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+      where not i.indisvalid and n.nspname not in ('pg_catalog', 'information_schema') order by 1`,
+  );
+}
+
+/**
+ * A migration re-run over an invalid index would fail ("already exists") or,
+ * with IF NOT EXISTS, succeed and keep the broken index: refuse, or drop them
+ * when asked to.
+ */
+async function repairInvalidIndexes(
+  db: Database,
+  repair: boolean,
+  onEvent?: (event: RunEvent) => void,
+): Promise<RunResult["invalidIndexes"]> {
+  const invalid = await findInvalidIndexes(db);
+  if (invalid.length === 0) return [];
+  if (!repair) {
+    throw new InputError(
+      `invalid ${invalid.length === 1 ? "index" : "indexes"} left by a failed CREATE INDEX CONCURRENTLY: ` +
+        `${invalid.map((i) => i.name).join(", ")}. Re-running the migration would fail or keep the broken index; ` +
+        `run again with --repair-invalid-indexes to drop ${invalid.length === 1 ? "it" : "them"} first ` +
+        `(or DROP INDEX CONCURRENTLY by hand)`,
+    );
+  }
+  for (const index of invalid) {
+    await db.exec(`drop index concurrently if exists ${index.name}`);
+    onEvent?.({ type: "dropped-invalid-index", name: index.name });
+  }
+  return invalid.map((index) => ({ ...index, dropped: true }));
+}
+
+export interface RollbackResult {
+  steps: RevertStep[];
+  reverted: { id: string; durationMs: number }[];
+  dryRun: boolean;
+}
+
+/** `--rollback <id>` / `--rollback --last`: undo it and what depends on it, newest first. */
+export async function rollback(
+  db: Database,
+  migrations: readonly Migration[],
+  target: string | { last: true },
+  options: LockOptions & { dryRun?: boolean },
+): Promise<RollbackResult> {
+  if (options.dryRun) {
+    return { steps: rollbackPlan(target, migrations, await readHistory(db)), reverted: [], dryRun: true };
+  }
+  return await underLock(db, options, async (history) => {
+    const steps = rollbackPlan(target, migrations, history);
+    return { steps, reverted: await revertAll(db, steps, options), dryRun: false };
+  });
+}
+
+export interface SyncResult {
+  plan: SyncPlan;
+  reverted: { id: string; durationMs: number }[];
+  applied: AppliedMigration[];
+  dryRun: boolean;
+}
+
+/** `--sync`: undo what this branch does not have, then apply what it has. */
+export async function sync(
+  db: Database,
+  migrations: readonly Migration[],
+  options: LockOptions & { dryRun?: boolean; onPlan?: (plan: SyncPlan) => void; now?: () => Date },
+): Promise<SyncResult> {
+  const now = options.now ?? (() => new Date());
+  if (options.dryRun) {
+    const plan = syncPlan(migrations, await readHistory(db), now());
+    options.onPlan?.(plan);
+    return { plan, reverted: [], applied: [], dryRun: true };
+  }
+  return await underLock(db, options, async (history) => {
+    const plan = syncPlan(migrations, history, now());
+    options.onPlan?.(plan);
+    const reverted = await revertAll(db, plan.revert, options);
+    const applied = await applyAll(db, plan.apply, "sync", options);
+    return { plan, reverted, applied, dryRun: false };
+  });
+}
+
+/**
+ * `--fake <id>` records one migration as applied without running it;
+ * `--baseline <id>` records it and everything it depends on (adopting a
+ * database whose schema already has them). Both refuse an applied target.
+ */
+/** The migration file a command names (`0003_x` or `0003_x.sql`); an InputError with a suggestion otherwise. */
+function migrationNamed(migrations: readonly Migration[], target: string): Migration {
+  const id = target.replace(/\.sql$/, "");
+  const found = migrations.find((m) => m.id === id);
+  if (found) return found;
+  const meant = closest(id, migrations.map((m) => m.id));
+  throw new InputError(`no migration file "${id}" in the migrations directory${meant ? ` — did you mean "${meant}"?` : ""}`);
+}
+
+export async function recordWithoutRunning(
+  db: Database,
+  migrations: readonly Migration[],
+  target: string,
+  kind: "fake" | "baseline",
+  options: LockOptions = {},
+): Promise<string[]> {
+  const files = new Map(migrations.map((m) => [m.id, m]));
+  const { id } = migrationNamed(migrations, target);
+  return await underLock(db, options, async (history) => {
+    const applied = new Set(history.filter(isApplied).map((row) => row.id));
+    if (applied.has(id)) throw new InputError(`${id} is already applied; --${kind} only records migrations that are not`);
+    const wanted = new Set([id]);
+    if (kind === "baseline") {
+      for (let grew = true; grew;) {
+        grew = false;
+        for (const w of [...wanted]) {
+          for (const d of files.get(w)?.depends ?? []) {
+            if (!wanted.has(d) && !applied.has(d) && files.has(d)) {
+              wanted.add(d);
+              grew = true;
+            }
+          }
+        }
+      }
+    }
+    const record = dependencyOrder(migrations.filter((m) => wanted.has(m.id)));
+    await db.transaction(async (tx) => {
+      for (const m of record) {
+        await recordApplied(tx, m, kind, null, `recorded by --${kind} ${id} without running its SQL`);
+      }
+    });
+    return record.map((m) => m.id);
+  });
+}
+
+/** `--accept-changed <id>`: take the edited file's checksum as the applied one, and say so in the history. */
+export async function acceptChanged(
+  db: Database,
+  migrations: readonly Migration[],
+  target: string,
+  options: LockOptions = {},
+): Promise<{ id: string; from: string; to: string }> {
+  const m = migrationNamed(migrations, target);
+  const id = m.id;
+  return await underLock(db, options, async (history) => {
+    const row = history.find((r) => r.id === id);
+    if (!isApplied(row)) throw new InputError(`${id} is not applied; there is no recorded checksum to replace`);
+    if (row!.checksum === m.checksum) throw new InputError(`${id} has not changed since it was applied; nothing to accept`);
+    const from = row!.checksum ?? "none";
+    await db.query(
+      `update ${HISTORY_TABLE} set checksum = $2, down_sql = $3,
+         note = concat_ws(E'\\n', note, $4::text) where id = $1`,
+      [id, m.checksum, m.down?.raw ?? null, `accepted changed up SQL at ${new Date().toISOString()}: checksum ${from} -> ${m.checksum}`],
+    );
+    return { id, from, to: m.checksum };
+  });
+}
+
+// ---- Rehearsal: prove the down migrations on a scratch database ---------------
+
+/** Catalog objects by a key ("column public.users.email") and their definition. */
+export type SchemaSnapshot = Map<string, string>;
+
+const USER_SCHEMAS = `n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
+  and n.nspname not like 'pg\\_temp%'`;
+const NOT_HISTORY = `not (c.relname = '${HISTORY_TABLE}')`;
+/** Objects that belong to an extension are the extension's business, not the migration's. */
+const NOT_EXTENSION = (catalog: string, oid: string) =>
+  `not exists (select from pg_depend dep where dep.classid = '${catalog}'::regclass and dep.objid = ${oid} and dep.deptype = 'e')`;
+
+const SNAPSHOT_QUERIES: string[] = [
+  `select 'schema ' || quote_ident(n.nspname) as key, '' as def from pg_namespace n
+    where ${USER_SCHEMAS} and ${NOT_EXTENSION("pg_namespace", "n.oid")}`,
+  `select 'extension ' || extname as key, extversion as def from pg_extension`,
+  `select (case c.relkind when 'r' then 'table ' when 'p' then 'table ' when 'v' then 'view ' when 'm' then 'materialized view '
+           when 'S' then 'sequence ' when 'f' then 'foreign table ' end) || format('%I.%I', n.nspname, c.relname) as key,
+          case when c.relkind in ('v', 'm') then pg_get_viewdef(c.oid) else '' end as def
+     from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where c.relkind in ('r', 'p', 'v', 'm', 'S', 'f') and ${USER_SCHEMAS} and ${NOT_HISTORY}
+      and ${NOT_EXTENSION("pg_class", "c.oid")}`,
+  `select format('column %I.%I.%I', n.nspname, c.relname, a.attname) as key,
+          format_type(a.atttypid, a.atttypmod)
+          || case when a.attnotnull then ' not null' else '' end
+          || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+          || case a.attidentity when 'a' then ' generated always as identity' when 'd' then ' generated by default as identity' else '' end
+          || case a.attgenerated when 's' then ' stored' else '' end
+          || coalesce(' collate ' || nullif(co.collname, 'default'), '') as def
+     from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
+     left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+     left join pg_collation co on co.oid = a.attcollation and a.attcollation <> 0
+    where a.attnum > 0 and not a.attisdropped and c.relkind in ('r', 'p', 'v', 'm', 'f')
+      and ${USER_SCHEMAS} and ${NOT_HISTORY} and ${NOT_EXTENSION("pg_class", "c.oid")}`,
+  `select format('constraint %I.%I.%I', n.nspname, c.relname, con.conname) as key, pg_get_constraintdef(con.oid) as def
+     from pg_constraint con join pg_class c on c.oid = con.conrelid join pg_namespace n on n.oid = c.relnamespace
+    where ${USER_SCHEMAS} and ${NOT_HISTORY}`,
+  `select format('index %I.%I', n.nspname, c.relname) as key, pg_get_indexdef(i.indexrelid) as def
+     from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
+     join pg_class t on t.oid = i.indrelid
+    where ${USER_SCHEMAS} and t.relname <> '${HISTORY_TABLE}'`,
+  `select format('sequence %I.%I', n.nspname, c.relname) as key,
+          format('%s start %s increment %s min %s max %s cache %s%s', format_type(s.seqtypid, null), s.seqstart,
+                 s.seqincrement, s.seqmin, s.seqmax, s.seqcache, case when s.seqcycle then ' cycle' else '' end) as def
+     from pg_sequence s join pg_class c on c.oid = s.seqrelid join pg_namespace n on n.oid = c.relnamespace
+    where ${USER_SCHEMAS}`,
+  `select format('function %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)) as key,
+          case when p.prokind in ('f', 'p') then pg_get_functiondef(p.oid) else p.prokind::text end as def
+     from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    where ${USER_SCHEMAS} and ${NOT_EXTENSION("pg_proc", "p.oid")}`,
+  `select format('trigger %I.%I.%I', n.nspname, c.relname, t.tgname) as key, pg_get_triggerdef(t.oid) as def
+     from pg_trigger t join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
+    where not t.tgisinternal and ${USER_SCHEMAS}`,
+  `select format('type %I.%I', n.nspname, t.typname) as key,
+          case t.typtype when 'e' then 'enum (' || (select string_agg(quote_literal(e.enumlabel), ', ' order by e.enumsortorder)
+                                                   from pg_enum e where e.enumtypid = t.oid) || ')'
+                         when 'd' then 'domain ' || format_type(t.typbasetype, t.typtypmod)
+                         else t.typtype::text end as def
+     from pg_type t join pg_namespace n on n.oid = t.typnamespace
+    where t.typtype in ('e', 'd', 'c') and ${USER_SCHEMAS}
+      and not exists (select from pg_class c where c.oid = t.typrelid and c.relkind <> 'c')
+      and ${NOT_EXTENSION("pg_type", "t.oid")}`,
+];
+
+/** The user-visible schema, read from the catalog (no pg_dump needed; the same on PGlite and a server). */
+export async function snapshotSchema(db: Queryable): Promise<SchemaSnapshot> {
+  const snapshot: SchemaSnapshot = new Map();
+  for (const query of SNAPSHOT_QUERIES) {
+    for (const row of await db.query<{ key: string; def: string | null }>(query)) snapshot.set(row.key, row.def ?? "");
+  }
+  return snapshot;
+}
+
+/** What differs between two snapshots, one line per object. */
+export function diffSchemas(before: SchemaSnapshot, after: SchemaSnapshot): string[] {
+  const oneLine = (def: string) => def.replace(/\s+/g, " ").trim();
+  const described = (key: string, def: string) => `${key}${def ? ` (${oneLine(def)})` : ""}`;
+  const lines: string[] = [];
+  for (const [key, def] of before) {
+    if (!after.has(key)) lines.push(`missing: ${described(key, def)}`);
+    else if (after.get(key) !== def) lines.push(`changed: ${key}: ${oneLine(def)} -> ${oneLine(after.get(key)!)}`);
+  }
+  for (const [key, def] of after) {
+    if (!before.has(key)) lines.push(`left behind: ${described(key, def)}`);
+  }
+  return lines.sort();
+}
+
+export type RehearsalProblem =
+  | { id: string; file: string; kind: "up failed"; message: string }
+  | { id: string; file: string; kind: "no down"; message: string }
+  | { id: string; file: string; kind: "down failed"; message: string }
+  | { id: string; file: string; kind: "down does not restore"; message: string; differences: string[] }
+  | { id: string; file: string; kind: "up fails again"; message: string };
+
+export interface RehearsalResult {
+  rehearsed: string[];
+  problems: RehearsalProblem[];
+}
+
+/**
+ * For each migration in order on a scratch database: snapshot the schema,
+ * apply up, apply down, compare with the snapshot, apply up again. A failing
+ * up stops the rehearsal (what follows would run on a schema it never expects).
+ */
+export async function rehearse(
+  db: Database,
+  migrations: readonly Migration[],
+  onStep?: (id: string, problems: RehearsalProblem[]) => void,
+): Promise<RehearsalResult> {
+  const problems = consistencyProblems(migrations, []);
+  if (problems.length > 0) throw new InputError(problems.join("\n"));
+  await db.exec(CREATE_HISTORY);
+  const result: RehearsalResult = { rehearsed: [], problems: [] };
+  const message = (error: unknown) => (error as Error).message;
+
+  for (const m of dependencyOrder(migrations)) {
+    const found: RehearsalProblem[] = [];
+    const report = () => {
+      result.rehearsed.push(m.id);
+      result.problems.push(...found);
+      onStep?.(m.id, found);
+    };
+    const before = await snapshotSchema(db);
+    try {
+      await applyMigration(db, m, "rehearse");
+    } catch (error) {
+      found.push({ id: m.id, file: m.file, kind: "up failed", message: message(error) });
+      report();
+      break;
+    }
+    if (!m.down) {
+      found.push({ id: m.id, file: m.file, kind: "no down", message: `${m.file}: has no "-- migrate:down" section` });
+      report();
+      continue;
+    }
+    try {
+      await revertMigration(db, { id: m.id, source: m.file, down: m.down });
+    } catch (error) {
+      found.push({ id: m.id, file: m.file, kind: "down failed", message: message(error) });
+      report();
+      break;
+    }
+    const differences = diffSchemas(before, await snapshotSchema(db));
+    if (differences.length > 0) {
+      found.push({
+        id: m.id,
+        file: m.file,
+        kind: "down does not restore",
+        message: `${m.file}:${m.down.line}: the down section does not restore the schema from before the up`,
+        differences,
+      });
+    }
+    try {
+      await applyMigration(db, m, "rehearse");
+    } catch (error) {
+      found.push({ id: m.id, file: m.file, kind: "up fails again", message: message(error) });
+      report();
+      break;
+    }
+    report();
+  }
+  return result;
+}
+
+// ============================================================================
+// 8. Output
+// ============================================================================
+
+export interface Output {
+  out(line: string): void;
+  err(line: string): void;
+  color: boolean;
+}
+
+const paint = (output: Output, code: number, text: string) => output.color ? `\x1b[${code}m${text}\x1b[0m` : text;
+const green = (o: Output, t: string) => paint(o, 32, t);
+const yellow = (o: Output, t: string) => paint(o, 33, t);
+const red = (o: Output, t: string) => paint(o, 31, t);
+const dim = (o: Output, t: string) => paint(o, 2, t);
+
+const ms = (value: number) => `${value < 10 ? value.toFixed(1) : Math.round(value)} ms`;
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+function delayNote(d: DelayedMigration, now: Date): string {
+  if (d.delayMs === null) return `${d.safe}: waits for --all`;
+  if (d.dueAt === null) return `after_deploy, delay ${formatDuration(d.delayMs)}: the clock starts at this --pre`;
+  return `after_deploy, delay ${formatDuration(d.delayMs)}: due ${d.dueAt.toISOString()}` +
+    (d.dueAt <= now ? "" : ` (in ${formatDuration(Math.ceil((d.dueAt.getTime() - now.getTime()) / 60_000) * 60_000)})`);
+}
+
+const downSource = (step: RevertStep) =>
+  step.source.startsWith(`${HISTORY_TABLE}[`) ? `down SQL stored in ${HISTORY_TABLE} when it was applied` : `down SQL from ${step.source}`;
+
+export function humanRunEvent(output: Output, event: RunEvent): void {
+  if (event.type === "waiting-for-lock") {
+    output.err("waiting for another safemigrate run to release the migration lock...");
+  } else if (event.type === "applied") {
+    output.out(`  ${green(output, "applied")}  ${event.migration.id}  ${dim(output, `(${event.migration.safe})`)}  ${ms(event.durationMs)}`);
+  } else if (event.type === "lock-timeout") {
+    output.err(
+      `  ${yellow(output, "lock timeout")}  ${event.id}  ${dim(output, `(${event.file}:${event.line})`)}  attempt ${event.attempt} of ${event.attempts}, ` +
+        `retrying in ${(event.waitMs / 1000).toFixed(1)} s`,
+    );
+  } else if (event.type === "dropped-invalid-index") {
+    output.out(`  ${yellow(output, "dropped invalid index")}  ${event.name}`);
+  } else if (event.type === "reverted") {
+    output.out(`  ${yellow(output, "rolled back")}  ${event.step.id}  ${dim(output, `(${downSource(event.step)})`)}  ${ms(event.durationMs)}`);
+  }
+}
+
+export function blockedReport(plan: Plan): string {
+  const lines = plan.blocked.map((b) => `  ${b.id} (${b.safe}) is blocked by ${b.blockedBy.join(", ")}`);
+  return [
+    `refusing to run --pre: ${plural(plan.blocked.length, "migration")} cannot run before the deploy because ` +
+    `${plan.blocked.length === 1 ? "it depends" : "they depend"} on migrations that are only safe after it:`,
+    ...lines,
+    `Nothing was applied. Apply the blocking migrations first (run --all after the previous deploy), ` +
+    `change their "safe:" if they really are safe before the deploy, or use --mode nonstrict to apply only what is not blocked.`,
+  ].join("\n");
+}
+
+export function humanRunSummary(output: Output, result: RunResult, total: number, now: Date): void {
+  const { plan } = result;
+  if (result.dryRun) {
+    output.out(`plan for --${plan.phase}${plan.phase === "pre" ? ` (${plan.mode})` : ""}:`);
+    for (const index of result.invalidIndexes) {
+      output.out(`  ${red(output, "invalid index")}  ${index.name}  ${dim(output, "(a run would refuse until --repair-invalid-indexes drops it)")}`);
+    }
+    for (const m of plan.apply) output.out(`  ${green(output, "would apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+  }
+  for (const d of plan.delayed) output.out(`  ${yellow(output, "waits")}  ${d.id}  ${dim(output, `(${delayNote(d, now)})`)}`);
+  if (plan.refused) {
+    output.err(red(output, `safemigrate: ${blockedReport(plan)}`));
+    return;
+  }
+  for (const b of plan.blocked) {
+    output.out(`  ${yellow(output, "skipped")}  ${b.id}  ${dim(output, `(${b.safe}, blocked by ${b.blockedBy.join(", ")})`)}`);
+  }
+  const pendingAfter = plan.delayed.length + plan.blocked.length;
+  const later = pendingAfter > 0 ? `; ${plural(pendingAfter, "migration")} left for --all` : "";
+  if (result.dryRun) {
+    output.out(`${plural(plan.apply.length, "migration")} would be applied${later}. Nothing was changed.`);
+  } else if (result.applied.length === 0) {
+    output.out(`Nothing to apply${later}.`);
+  } else {
+    output.out(`Applied ${plural(result.applied.length, "migration")} in ${ms(total)}${later}.`);
+  }
+}
+
+export function runResultJson(result: RunResult, database: string): unknown {
+  const { plan } = result;
+  return {
+    ok: !plan.refused,
+    exitCode: plan.refused ? EXIT.blocked : EXIT.ok,
+    command: plan.phase,
+    mode: plan.mode,
+    database,
+    dryRun: result.dryRun,
+    ...(result.dryRun
+      ? { wouldApply: plan.apply.map((m) => ({ id: m.id, safe: m.safe })) }
+      : { applied: result.applied }),
+    delayed: plan.delayed,
+    blocked: plan.blocked,
+    detected: result.dryRun ? [] : plan.detect,
+    invalidIndexes: result.invalidIndexes,
+  };
+}
+
+export function humanStatus(output: Output, rows: StatusRow[]): void {
+  if (rows.length === 0) {
+    output.out("No migrations.");
+    return;
+  }
+  const width = Math.max(2, ...rows.map((r) => r.id.length));
+  output.out(`${"id".padEnd(width)}  ${"safe".padEnd(13)}  ${"state".padEnd(12)}  applied at`);
+  for (const row of rows) {
+    const state = row.state === "applied" ? green(output, row.state.padEnd(12))
+      : row.state === "pending" ? yellow(output, row.state.padEnd(12))
+      : red(output, row.state.padEnd(12));
+    const detected = row.state === "pending" && row.detectedAt ? `(delay clock started ${row.detectedAt.toISOString()})` : "";
+    output.out(`${row.id.padEnd(width)}  ${(row.safe ?? "?").padEnd(13)}  ${state}  ${row.appliedAt?.toISOString() ?? detected}`);
+  }
+}
+
+/** `file:line:column: rule: message` and the fix on the next line. */
+export function formatFinding(f: Finding): string {
+  return `${f.file}:${f.line}:${f.column}: ${f.rule}: ${f.message}\n    fix: ${f.fix}` + (f.waived ? `\n    waived: ${f.waived}` : "");
+}
+
+/** A GitHub Actions workflow command: the finding shows as an annotation on the file in the pull request. */
+export function githubAnnotation(f: Finding): string {
+  const escape = (text: string) => text.replace(/%/g, "%25").replace(/\r/g, "%0D").replace(/\n/g, "%0A");
+  const property = (text: string) => escape(text).replace(/:/g, "%3A").replace(/,/g, "%2C");
+  return `::error file=${property(f.file)},line=${f.line},col=${f.column},title=${property(`safemigrate ${f.rule}`)}::` +
+    escape(`${f.message}. Fix: ${f.fix}`);
+}
+
+export function humanRevertPlan(output: Output, title: string, steps: readonly RevertStep[], apply: readonly Migration[] = []): void {
+  output.out(title);
+  if (steps.length === 0 && apply.length === 0) output.out("  nothing to do");
+  for (const s of steps) output.out(`  ${yellow(output, "roll back")}  ${s.id}  ${dim(output, `(${downSource(s)})`)}`);
+  for (const m of apply) output.out(`  ${green(output, "apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+}
+
+export function humanRehearsalStep(output: Output, id: string, problems: readonly RehearsalProblem[]): void {
+  if (problems.length === 0) {
+    output.out(`  ${green(output, "ok")}  ${id}  ${dim(output, "(up, down, schema restored, up again)")}`);
+    return;
+  }
+  for (const p of problems) {
+    output.out(`  ${red(output, p.kind)}  ${id}`);
+    for (const line of p.message.split("\n")) output.out(`      ${line}`);
+    if (p.kind === "down does not restore") for (const d of p.differences) output.out(`        ${d}`);
+  }
+}
+
+// ============================================================================
+// 9. The command line
+// ============================================================================
+
+export const USAGE = `safemigrate ${VERSION} — deploy-safe PostgreSQL migrations
+
+Usage:
+  bun safemigrate.ts --pre              apply the migrations that are safe before the deploy (release step)
+  bun safemigrate.ts --all              apply every pending migration (after the deploy)
+  bun safemigrate.ts --status           list every migration and its state
+  bun safemigrate.ts --rollback <id>    undo <id> and the applied migrations that depend on it, newest first
+  bun safemigrate.ts --rollback --last  undo the most recently applied migration
+  bun safemigrate.ts --sync             make the database match this branch's migrations (development only)
+  bun safemigrate.ts --fake <id>        record <id> as applied without running it
+  bun safemigrate.ts --baseline <id>    record <id> and everything it depends on as applied without running them
+  bun safemigrate.ts --accept-changed <id>  accept the edited up SQL of an applied migration
+  bun safemigrate.ts --check            check the files (and, with --database-url, the history) for CI and pre-commit
+  bun safemigrate.ts --rehearse         apply, undo and re-apply every migration on a scratch database
+  bun safemigrate.ts --lint             check each migration's SQL against its declared phase and for long locks
+
+Options:
+  --plan                 with --pre, --all, --rollback or --sync: show what would happen, change nothing
+  --json                 print one JSON object on stdout
+  --dir <path>           migrations directory (default ./migrations)
+  --database-url <url>   postgres://user@host:5432/db (sslmode honoured), pglite:<dir> or pglite:memory
+                         (default: env DATABASE_URL, else an embedded PGlite in .safemigrate/);
+                         give it several times to run on a fleet of databases
+  --targets <file>       a fleet: one database URL a line, # comments (--pre, --all, --plan, --status, --check)
+  --parallel <n>         databases of a fleet worked on at once (default 4)
+  --mode <mode>          strict | nonstrict | disabled (default: env SAFEMIGRATE, else strict)
+  --lock-wait <time>     how long to wait for another run's lock, e.g. 30s, 5m (default 5m)
+  --force                let --sync run in a release environment
+  --format <f>           --lint output: human (default), github (Actions annotations) or json
+  --no-lint              let --pre/--all apply migrations with unwaived findings
+  --lock-timeout <t>     lock_timeout for every statement (default 5s; a file's "-- lock-timeout:" wins)
+  --statement-timeout <t>  statement_timeout (default off; a file's "-- statement-timeout:" wins)
+  --lock-retries <n>     attempts for a statement that hits lock_timeout (default 5)
+  --repair-invalid-indexes  drop invalid indexes left by a failed CREATE INDEX CONCURRENTLY, then run
+  -h, --help             show this help
+  --version              print the version
+
+Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
+2 invalid input (usage, front-matter, dependency graph, checksum drift, a failed check or rehearsal),
+3 strict mode found migrations blocked by after_deploy ones.
+On a fleet the most severe code of any database: 1 over 2 over 3.
+`;
+
+const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "lint", "rollback", "fake", "baseline", "accept-changed"] as const;
+type Command = (typeof COMMANDS)[number];
+const ID_COMMANDS: readonly Command[] = ["rollback", "fake", "baseline", "accept-changed"];
+const PLANNABLE: readonly Command[] = ["pre", "all", "rollback", "sync"];
+const BOOLEAN_FLAGS = [
+  "pre", "all", "status", "sync", "check", "rehearse", "lint", "plan", "json", "last", "force", "repair-invalid-indexes", "help", "version",
+];
+const STRING_FLAGS = [
+  "dir", "database-url", "mode", "lock-wait", "rollback", "fake", "baseline", "accept-changed", "format", "lock-timeout",
+  "statement-timeout", "lock-retries", "targets", "parallel",
+];
+/** A missing URL here is an error: a release step must never migrate a local toy database. */
+const RELEASE_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER", "CI"];
+/** Where --sync refuses without --force: deployed apps (CI runs review apps, so it is not listed). */
+const DEPLOYED_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER"];
+export const DEFAULT_PGLITE_DIR = ".safemigrate";
+/** `CI=false` or `CI=0` is not a CI. */
+const isSet = (value: string | undefined) => value !== undefined && !["", "0", "false"].includes(value.toLowerCase());
+
+export interface CliOptions {
+  command: Command | "help" | "version";
+  /** The migration id for --rollback, --fake, --baseline, --accept-changed; null for --rollback --last. */
+  target: string | null;
+  plan: boolean;
+  json: boolean;
+  force: boolean;
+  dir: string;
+  /** From --database-url only; the environment is consulted in resolveDatabaseUrl. */
+  databaseUrl: string | null;
+  /** Every --database-url given (a fleet when more than one). */
+  databaseUrls: string[];
+  /** --targets: a file listing a fleet's database URLs. */
+  targetsFile: string | null;
+  /** --parallel: databases of a fleet worked on at once. */
+  parallel: number;
+  mode: Mode;
+  lockWaitMs: number;
+  format: "human" | "github" | "json";
+  /** false with --no-lint. */
+  lint: boolean;
+  repairInvalidIndexes: boolean;
+  execution: Omit<ExecutionSettings, "onEvent">;
+}
+
+/** Turns argv and the environment into options; every mistake is an InputError. */
+export function parseArgs(argv: string[], env: Record<string, string | undefined>): CliOptions {
+  const args = mri(argv, { boolean: BOOLEAN_FLAGS, string: STRING_FLAGS, alias: { h: "help" } });
+  const options: CliOptions = {
+    command: "help",
+    target: null,
+    plan: Boolean(args.plan),
+    json: Boolean(args.json),
+    force: Boolean(args.force),
+    dir: "./migrations",
+    databaseUrl: null,
+    databaseUrls: [],
+    targetsFile: null,
+    parallel: 4,
+    mode: "strict",
+    lockWaitMs: 5 * 60_000,
+    format: args.json ? "json" : "human",
+    lint: args.lint !== false,
+    repairInvalidIndexes: Boolean(args["repair-invalid-indexes"]),
+    execution: { ...DEFAULT_EXECUTION },
+  };
+  for (const key of Object.keys(args)) {
+    if (key === "_" || key === "h" || BOOLEAN_FLAGS.includes(key) || STRING_FLAGS.includes(key)) continue;
+    const meant = closest(key, [...BOOLEAN_FLAGS, ...STRING_FLAGS]);
+    throw new InputError(`unknown option --${key}${meant ? ` — did you mean --${meant}?` : ""} (see --help)`);
+  }
+  if (args.help) return options;
+  if (args.version) return { ...options, command: "version" };
+  if (args._.length > 0) throw new InputError(`unexpected argument "${args._[0]}" (see --help)`);
+  for (const key of STRING_FLAGS) {
+    if (Array.isArray(args[key]) && key !== "database-url") throw new InputError(`--${key} is given more than once`);
+    const lastIsTheValue = key === "rollback" && args.last;
+    if (args[key] === "" && !lastIsTheValue) {
+      throw new InputError(`--${key} needs a value${key === "rollback" ? " (a migration id, or --last)" : ""}`);
+    }
+  }
+
+  // mri reads --no-lint as lint: false, which is an option, not the --lint command.
+  const commands = COMMANDS.filter((c) => args[c] !== undefined && args[c] !== false);
+  if (commands.length === 0) {
+    throw new InputError(
+      args.plan ? "--plan goes with --pre, --all, --rollback or --sync" : "say what to do: --pre, --all, --status, ... (see --help)",
+    );
+  }
+  if (commands.length > 1) throw new InputError(`choose one of ${commands.map((c) => `--${c}`).join(", ")}`);
+  options.command = commands[0];
+  if (args.plan && !PLANNABLE.includes(options.command)) {
+    throw new InputError(`--plan goes with --pre, --all, --rollback or --sync, not --${options.command}`);
+  }
+  if (args.last && options.command !== "rollback") throw new InputError("--last goes with --rollback");
+  if (options.command === "rollback" && args.last && args.rollback !== "") {
+    throw new InputError("give --rollback either a migration id or --last, not both");
+  }
+  if (ID_COMMANDS.includes(options.command)) options.target = args[options.command] || null;
+
+  const modeText = args.mode ?? env.SAFEMIGRATE ?? "strict";
+  if (!(MODES as readonly string[]).includes(modeText)) {
+    throw new InputError(`${args.mode ? "--mode" : "SAFEMIGRATE"} must be strict, nonstrict or disabled, not "${modeText}"`);
+  }
+  options.mode = modeText as Mode;
+  const duration = (flag: string, allowOff = false): number | undefined => {
+    const text = args[flag];
+    if (text === undefined) return undefined;
+    if (allowOff && (text === "off" || text === "0")) return 0;
+    const parsed = parseDuration(text);
+    if (parsed === null) throw new InputError(`--${flag} "${text}" is not a duration (like 500ms, 30s or 5m${allowOff ? `, or "off"` : ""})`);
+    return parsed;
+  };
+  options.lockWaitMs = duration("lock-wait") ?? options.lockWaitMs;
+  options.execution.lockTimeoutMs = duration("lock-timeout") ?? options.execution.lockTimeoutMs;
+  options.execution.statementTimeoutMs = duration("statement-timeout", true) ?? options.execution.statementTimeoutMs;
+  if (args["lock-retries"] !== undefined) {
+    const attempts = Number(args["lock-retries"]);
+    if (!Number.isInteger(attempts) || attempts < 1) throw new InputError(`--lock-retries must be a whole number of attempts, 1 or more`);
+    options.execution.attempts = attempts;
+  }
+  if (args.format !== undefined) {
+    if (!["human", "github", "json"].includes(args.format)) {
+      throw new InputError(`--format must be human, github or json, not "${args.format}"`);
+    }
+    if (options.command !== "lint") throw new InputError("--format goes with --lint");
+    options.format = args.format;
+    options.json ||= args.format === "json";
+  }
+  options.dir = args.dir ?? options.dir;
+  options.databaseUrls = [args["database-url"] ?? []].flat();
+  if (options.databaseUrls.includes("")) throw new InputError("--database-url needs a value");
+  options.databaseUrl = options.databaseUrls[0] ?? null;
+  options.targetsFile = args.targets ?? null;
+  if (args.parallel !== undefined) {
+    const parallel = Number(args.parallel);
+    if (!Number.isInteger(parallel) || parallel < 1) throw new InputError("--parallel must be a whole number of databases, 1 or more");
+    options.parallel = parallel;
+  }
+  return options;
+}
+
+/** The URL to use; without one, the embedded default — but never in a release environment. */
+export function resolveDatabaseUrl(
+  options: CliOptions,
+  env: Record<string, string | undefined>,
+  output: Output,
+): string {
+  const url = options.databaseUrl ?? (env.DATABASE_URL || null);
+  if (url) return url;
+  const release = RELEASE_ENVIRONMENT.filter((name) => isSet(env[name]));
+  if (release.length > 0) {
+    throw new InputError(
+      `no database URL: set DATABASE_URL or pass --database-url. This looks like a release environment ` +
+        `(${release.join(", ")} set), where migrating an embedded toy database would report success for nothing`,
+    );
+  }
+  output.err(`safemigrate: no DATABASE_URL; using the embedded PGlite database in ${DEFAULT_PGLITE_DIR}/`);
+  return `pglite:${DEFAULT_PGLITE_DIR}`;
+}
+
+/**
+ * --plan, --status and --check change nothing, not even by creating an
+ * embedded database: a PGlite directory that holds no database yet reads as
+ * an empty in-memory one.
+ */
+export function withoutCreating(url: string): string {
+  const dir = url.startsWith("pglite:") ? url.slice("pglite:".length) : null;
+  return dir && dir !== "memory" && !existsSync(join(dir, "PG_VERSION")) ? "pglite:memory" : url;
+}
+
+/** A scratch database for --rehearse: a temporary one on the given server, else an in-memory PGlite. */
+async function scratchDatabase(url: string | null): Promise<{ db: Database; drop: () => Promise<void> }> {
+  if (!url || url.startsWith("pglite:")) {
+    const db = await connect("pglite:memory");
+    return { db, drop: () => db.close() };
+  }
+  const admin = await connect(url);
+  const name = `safemigrate_rehearsal_${Date.now()}_${Math.random().toString(36).slice(2, 8)}`;
+  try {
+    await admin.exec(`create database ${name}`);
+  } catch (error) {
+    await admin.close();
+    throw new DatabaseError(`could not create a scratch database on ${admin.label}: ${(error as Error).message}`);
+  }
+  const scratchUrl = new URL(url);
+  scratchUrl.pathname = `/${name}`;
+  const db = await connect(scratchUrl.toString());
+  return {
+    db,
+    drop: async () => {
+      await db.close();
+      await admin.exec(`drop database if exists ${name} with (force)`).catch(() => {});
+      await admin.close();
+    },
+  };
+}
+
+/** Runs one command; returns the exit code. Never throws: every error becomes one message. */
+export async function main(
+  argv: string[],
+  env: Record<string, string | undefined> = process.env,
+  output: Output = consoleOutput(env),
+): Promise<number> {
+  let json = argv.includes("--json");
+  let db: Database | null = null;
+  const printJson = (value: unknown) => output.out(JSON.stringify(value));
+  try {
+    const options = parseArgs(argv, env);
+    json = options.json;
+    if (options.command === "help") {
+      output.out(USAGE);
+      return EXIT.ok;
+    }
+    if (options.command === "version") {
+      output.out(VERSION);
+      return EXIT.ok;
+    }
+    const migrations = readMigrations(options.dir);
+    const onEvent = json ? undefined : (event: RunEvent) => humanRunEvent(output, event);
+    const lock = { lockWaitMs: options.lockWaitMs, onEvent, execution: options.execution };
+    if (isFleet(options)) return await runFleet(migrations, options, output);
+
+    // Commands that need no database of the user's.
+    if (options.command === "check") return await runCheck(migrations, options, output);
+    if (options.command === "lint") return await runLint(migrations, options, output);
+    if (options.command === "rehearse") return await runRehearse(migrations, options, output);
+
+    if (options.command === "sync" && !options.force && !options.plan) {
+      const deployed = DEPLOYED_ENVIRONMENT.filter((name) => isSet(env[name]));
+      if (deployed.length > 0) {
+        throw new InputError(
+          `--sync rolls back migrations and is meant for development and review apps; this looks like a deployed ` +
+            `environment (${deployed.join(", ")} set). Pass --force if you really mean it`,
+        );
+      }
+    }
+
+    const url = resolveDatabaseUrl(options, env, output);
+    const readOnly = options.plan || options.command === "status";
+    db = await connect(readOnly ? withoutCreating(url) : url);
+    const label = describeUrl(url);
+    // Timed from here: opening an embedded database for the first time is not the migrations' time.
+    const started = performance.now();
+    const header = (title: string) => !json && !options.plan && output.out(`safemigrate ${title} on ${label}`);
+
+    switch (options.command) {
+      case "status": {
+        const rows = migrationStatus(migrations, await readHistory(db));
+        if (json) printJson({ ok: true, exitCode: 0, command: "status", database: label, migrations: rows });
+        else humanStatus(output, rows);
+        return EXIT.ok;
+      }
+      case "pre":
+      case "all": {
+        header(`--${options.command}${options.command === "pre" ? ` (${options.mode})` : ""}`);
+        const result = await migrate(db, migrations, {
+          ...lock,
+          phase: options.command,
+          mode: options.mode,
+          dryRun: options.plan,
+          lint: options.lint,
+          repairInvalidIndexes: options.repairInvalidIndexes,
+        });
+        if (json) printJson(runResultJson(result, label));
+        else humanRunSummary(output, result, performance.now() - started, new Date());
+        return result.plan.refused ? EXIT.blocked : EXIT.ok;
+      }
+      case "rollback": {
+        const target = options.target ?? { last: true as const };
+        header(`--rollback ${options.target ?? "--last"}`);
+        const result = await rollback(db, migrations, target, { ...lock, dryRun: options.plan });
+        if (json) printJson({ ok: true, exitCode: 0, command: "rollback", database: label, dryRun: result.dryRun, steps: result.steps.map(({ id, source }) => ({ id, source })), reverted: result.reverted });
+        else if (result.dryRun) humanRevertPlan(output, `plan for --rollback ${options.target ?? "--last"}:`, result.steps);
+        else output.out(`Rolled back ${plural(result.reverted.length, "migration")} in ${ms(performance.now() - started)}.`);
+        return EXIT.ok;
+      }
+      case "sync": {
+        header("--sync");
+        const result = await sync(db, migrations, {
+          ...lock,
+          dryRun: options.plan,
+          onPlan: json ? undefined : (plan) => humanRevertPlan(output, options.plan ? "plan for --sync:" : "sync plan:", plan.revert, plan.apply),
+        });
+        if (json) {
+          printJson({
+            ok: true, exitCode: 0, command: "sync", database: label, dryRun: result.dryRun,
+            revert: result.plan.revert.map(({ id, source }) => ({ id, source })),
+            apply: result.plan.apply.map((m) => m.id), reverted: result.reverted, applied: result.applied,
+          });
+        } else if (!result.dryRun) {
+          output.out(`Rolled back ${plural(result.reverted.length, "migration")}, applied ${plural(result.applied.length, "migration")} in ${ms(performance.now() - started)}.`);
+        }
+        return EXIT.ok;
+      }
+      case "fake":
+      case "baseline": {
+        const recorded = await recordWithoutRunning(db, migrations, options.target!, options.command, lock);
+        if (json) printJson({ ok: true, exitCode: 0, command: options.command, database: label, recorded });
+        else output.out(`Recorded as applied without running them: ${recorded.join(", ")}.`);
+        return EXIT.ok;
+      }
+      case "accept-changed": {
+        const accepted = await acceptChanged(db, migrations, options.target!, lock);
+        if (json) printJson({ ok: true, exitCode: 0, command: "accept-changed", database: label, ...accepted });
+        else {
+          output.out(`Accepted the changed up SQL of ${accepted.id} (checksum ${accepted.from.slice(0, 12)} -> ${accepted.to.slice(0, 12)}); ` +
+            `the history notes it. The edit is not run: apply any schema change it implies in a new migration.`);
+        }
+        return EXIT.ok;
+      }
+    }
+    return EXIT.ok;
+  } catch (error) {
+    const known = error instanceof SafemigrateError;
+    const exitCode = known ? error.exitCode : EXIT.failed;
+    const message = redact(known ? error.message : `unexpected error: ${(error as Error)?.message ?? error}`);
+    output.err(red(output, `safemigrate: error: ${message}`));
+    if (json) printJson({ ok: false, exitCode, error: message, ...(error instanceof LintError ? { findings: error.findings } : {}) });
+    return exitCode;
+  } finally {
+    await db?.close().catch(() => {});
+  }
+}
+
+/** `--rehearse`: up, down, compare, up again for every migration, on a scratch database. */
+async function runRehearse(migrations: Migration[], options: CliOptions, output: Output): Promise<number> {
+  const scratch = await scratchDatabase(options.databaseUrl);
+  try {
+    if (!options.json) output.out(`safemigrate --rehearse on a scratch database (${scratch.db.label})`);
+    const result = await rehearse(scratch.db, migrations, options.json ? undefined : (id, p) => humanRehearsalStep(output, id, p));
+    const ok = result.problems.length === 0;
+    if (options.json) output.out(JSON.stringify({ ok, exitCode: ok ? 0 : 2, command: "rehearse", ...result }));
+    else {
+      output.out(ok
+        ? `Rehearsed ${plural(result.rehearsed.length, "migration")}: every down restores the schema and every up re-applies.`
+        : `${plural(result.problems.length, "problem")} in ${plural(result.rehearsed.length, "rehearsed migration")}.`);
+    }
+    return ok ? EXIT.ok : EXIT.invalid;
+  } finally {
+    await scratch.drop();
+  }
+}
+
+/** `--lint`: the deploy-safety analysis over every migration file; no database needed. */
+async function runLint(migrations: Migration[], options: CliOptions, output: Output): Promise<number> {
+  const findings = await analyzeMigrations(migrations);
+  const open = findings.filter((f) => f.waived === null);
+  const exitCode = open.length === 0 ? EXIT.ok : EXIT.invalid;
+  if (options.format === "json") {
+    output.out(JSON.stringify({ ok: open.length === 0, exitCode, command: "lint", migrations: migrations.length, findings }));
+  } else if (options.format === "github") {
+    for (const f of open) output.out(githubAnnotation(f));
+  } else {
+    for (const f of open) output.out(formatFinding(f));
+    const waived = findings.length - open.length;
+    output.out(
+      (open.length === 0 ? `ok: ${plural(migrations.length, "migration")}, no findings` : `${plural(open.length, "finding")}`) +
+        (waived > 0 ? ` (${waived} waived)` : "") + ".",
+    );
+  }
+  return exitCode;
+}
+
+/** `--check`: files (and with --database-url, the history) without changing anything. */
+async function runCheck(
+  migrations: Migration[],
+  options: CliOptions,
+  output: Output,
+): Promise<number> {
+  let history: HistoryRow[] = [];
+  if (options.databaseUrl) {
+    const db = await connect(withoutCreating(options.databaseUrl));
+    try {
+      history = await readHistory(db);
+    } finally {
+      await db.close();
+    }
+  }
+  const problems = [...consistencyProblems(migrations, history), ...treeProblems(migrations)];
+  if (options.json) {
+    output.out(JSON.stringify({ ok: problems.length === 0, exitCode: problems.length ? 2 : 0, command: "check", migrations: migrations.length, problems }));
+  } else if (problems.length === 0) {
+    output.out(`ok: ${plural(migrations.length, "migration")}, front-matter valid, dependency graph complete and acyclic` +
+      (options.databaseUrl ? ", consistent with the database's history" : ""));
+  } else {
+    for (const problem of problems) output.err(`safemigrate: ${problem}`);
+  }
+  return problems.length === 0 ? EXIT.ok : EXIT.invalid;
+}
+
+// ---- Fleets: the same command on many databases -------------------------------
+//
+// A thin layer over the single-database functions: each target gets its own
+// connection, lock, plan and result, exactly as if safemigrate had been run
+// on it alone, and a failure on one target never stops the others. The files
+// are read and checked once. At most --parallel targets are open at a time,
+// so memory stays bounded however long the list is; each target's output is
+// held until it finishes so blocks never interleave, then one summary table.
+
+const FLEET_COMMANDS: readonly CliOptions["command"][] = ["pre", "all", "status", "check"];
+
+const isFleet = (options: CliOptions) => options.targetsFile !== null || options.databaseUrls.length > 1;
+
+/** A targets file: one URL a line; blank lines and `#` comments (a whole line, or after a space) ignored. */
+export function parseTargets(text: string, file: string): string[] {
+  const urls: string[] = [];
+  for (const [index, raw] of text.split(/\r?\n/).entries()) {
+    const line = raw.replace(/(^|\s)#.*$/, "").trim();
+    if (line === "") continue;
+    const where = `${file}:${index + 1}`;
+    if (!/^(postgres(ql)?:\/\/|pglite:)/i.test(line)) {
+      throw new InputError(`${where}: "${redact(line)}" is not a database URL (postgres://user@host:5432/db, pglite:<dir>)`);
+    }
+    rememberPassword(line);
+    urls.push(line);
+  }
+  return urls;
+}
+
+/** Every target of the fleet, in the order given: --database-url ones, then the file's. Duplicates are refused. */
+function fleetTargets(options: CliOptions): string[] {
+  const fromFile = options.targetsFile === null ? [] : parseTargets(readTargetsFile(options.targetsFile), options.targetsFile);
+  const urls = [...options.databaseUrls, ...fromFile];
+  urls.forEach(rememberPassword);
+  if (urls.length === 0) throw new InputError(`${options.targetsFile}: lists no database URL`);
+  const seen = new Set<string>();
+  for (const url of urls) {
+    if (seen.has(url)) throw new InputError(`${describeUrl(url)} is a target twice; each database takes the lock once`);
+    seen.add(url);
+  }
+  return urls;
+}
+
+function readTargetsFile(file: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (error) {
+    throw new InputError(`cannot read the targets file ${file}: ${(error as { code?: string }).code ?? (error as Error).message}`);
+  }
+}
+
+export interface TargetResult {
+  database: string;
+  exitCode: number;
+  /** Migrations applied (or, with --plan, that would be); applied ones for --status and --check. */
+  applied: number;
+  /** Pending ones left for later (--pre), or pending (--status, --check). */
+  waiting: number;
+  blocked: number;
+  error: string | null;
+  durationMs: number;
+  /** What --json prints for this target alone. */
+  json: Record<string, unknown>;
+}
+
+/** Runs `work` on every item, at most `limit` at a time; results in the items' order. */
+async function inParallel<T, R>(items: readonly T[], limit: number, work: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const index = next++;
+      results[index] = await work(items[index]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+/** One target, as the single-database command would run it, its output into `output`. */
+async function runTarget(url: string, migrations: Migration[], options: CliOptions, output: Output): Promise<TargetResult> {
+  const database = describeUrl(url);
+  const started = performance.now();
+  const result: TargetResult = { database, exitCode: EXIT.ok, applied: 0, waiting: 0, blocked: 0, error: null, durationMs: 0, json: {} };
+  const readOnly = options.plan || options.command === "status" || options.command === "check";
+  let db: Database | null = null;
+  try {
+    db = await connect(readOnly ? withoutCreating(url) : url);
+    if (options.command === "pre" || options.command === "all") {
+      const run = await migrate(db, migrations, {
+        lockWaitMs: options.lockWaitMs,
+        execution: options.execution,
+        onEvent: options.json ? undefined : (event) => humanRunEvent(output, event),
+        phase: options.command,
+        mode: options.mode,
+        dryRun: options.plan,
+        lint: options.lint,
+        repairInvalidIndexes: options.repairInvalidIndexes,
+      });
+      if (!options.json) humanRunSummary(output, run, performance.now() - started, new Date());
+      Object.assign(result, {
+        exitCode: run.plan.refused ? EXIT.blocked : EXIT.ok,
+        applied: run.dryRun ? run.plan.apply.length : run.applied.length,
+        waiting: run.plan.delayed.length,
+        blocked: run.plan.blocked.length,
+        json: runResultJson(run, database),
+      });
+    } else {
+      const history = await readHistory(db);
+      const rows = migrationStatus(migrations, history);
+      result.applied = rows.filter((r) => r.state !== "pending").length;
+      result.waiting = rows.length - result.applied;
+      if (options.command === "status") {
+        if (!options.json) humanStatus(output, rows);
+        result.json = { ok: true, exitCode: 0, command: "status", database, migrations: rows };
+      } else {
+        const problems = consistencyProblems(migrations, history);
+        for (const problem of problems) output.err(`safemigrate: ${problem}`);
+        if (problems.length === 0 && !options.json) output.out("ok: consistent with the database's history");
+        result.exitCode = problems.length === 0 ? EXIT.ok : EXIT.invalid;
+        result.error = problems.length === 0 ? null : `${plural(problems.length, "problem")} with the history`;
+        result.json = { ok: problems.length === 0, exitCode: result.exitCode, command: "check", database, problems };
+      }
+    }
+  } catch (error) {
+    const known = error instanceof SafemigrateError;
+    result.exitCode = known ? error.exitCode : EXIT.failed;
+    result.error = redact(known ? error.message : `unexpected error: ${(error as Error)?.message ?? error}`);
+    if (!options.json) output.err(red(output, `safemigrate: error: ${result.error}`));
+    result.json = { ok: false, exitCode: result.exitCode, database, error: result.error, ...(error instanceof LintError ? { findings: error.findings } : {}) };
+  } finally {
+    await db?.close().catch(() => {});
+  }
+  result.durationMs = performance.now() - started;
+  return result;
+}
+
+/** The fleet's exit code: the most severe of any target's. A failure outranks invalid input, which outranks blocked. */
+export function fleetExitCode(codes: readonly number[]): number {
+  return [EXIT.failed, EXIT.invalid, EXIT.blocked].find((code) => codes.includes(code)) ?? EXIT.ok;
+}
+
+/** One line per target: what happened, and how long it took. */
+export function fleetTable(output: Output, results: readonly TargetResult[]): void {
+  const width = results.reduce((widest, r) => Math.max(widest, r.database.length), 6);
+  output.out(`${"target".padEnd(width)}  ${"applied".padStart(7)}  ${"waiting".padStart(7)}  ${"blocked".padStart(7)}  failed  ${"time".padStart(8)}`);
+  for (const r of results) {
+    const failed = r.exitCode === EXIT.ok || r.exitCode === EXIT.blocked ? "-" : red(output, `exit ${r.exitCode}`);
+    const blocked = r.blocked > 0 ? yellow(output, String(r.blocked).padStart(7)) : String(r.blocked).padStart(7);
+    output.out(`${r.database.padEnd(width)}  ${String(r.applied).padStart(7)}  ${String(r.waiting).padStart(7)}  ${blocked}  ${failed.padEnd(6)}  ${ms(r.durationMs).padStart(8)}`);
+  }
+}
+
+/** `--pre`, `--all` (also with --plan), `--status` and `--check` on every target of a fleet. */
+async function runFleet(migrations: Migration[], options: CliOptions, output: Output): Promise<number> {
+  if (!FLEET_COMMANDS.includes(options.command)) {
+    throw new InputError(`--${options.command} works on one database at a time; a fleet (--targets, several --database-url) takes --pre, --all, --plan, --status or --check`);
+  }
+  const urls = fleetTargets(options);
+  if (options.command === "check") {
+    const problems = treeProblems(migrations);
+    if (problems.length > 0) throw new InputError(problems.join("\n"));
+  }
+  const started = performance.now();
+  const results = await inParallel(urls, options.parallel, async (url) => {
+    const lines: [keyof Output & ("out" | "err"), string][] = [];
+    // Errors name their target: stderr is read apart from the blocks on stdout.
+    const held: Output = { out: (line) => lines.push(["out", line]), err: (line) => lines.push(["err", `${describeUrl(url)}: ${line}`]), color: output.color };
+    const result = await runTarget(url, migrations, options, held);
+    if (!options.json) {
+      output.out(dim(output, `== ${result.database}`));
+      for (const [stream, line] of lines) output[stream](line);
+    }
+    return result;
+  });
+  const exitCode = fleetExitCode(results.map((r) => r.exitCode));
+  const command = options.command + (options.plan ? " --plan" : "");
+  if (options.json) {
+    output.out(JSON.stringify({
+      ok: exitCode === EXIT.ok,
+      exitCode,
+      command: options.command,
+      dryRun: options.plan,
+      durationMs: Math.round(performance.now() - started),
+      targets: results.map((r) => ({ ...r.json, durationMs: Math.round(r.durationMs) })),
+    }));
+    return exitCode;
+  }
+  output.out("");
+  fleetTable(output, results);
+  const count = (code: number) => results.filter((r) => r.exitCode === code).length;
+  output.out(
+    `--${command} on ${plural(results.length, "database")} in ${ms(performance.now() - started)}: ` +
+      `${count(EXIT.ok)} ok, ${count(EXIT.failed)} failed, ${count(EXIT.invalid)} invalid, ${count(EXIT.blocked)} blocked.`,
+  );
+  return exitCode;
+}
+
+export function consoleOutput(env: Record<string, string | undefined>): Output {
+  return {
+    out: (line) => process.stdout.write(`${redact(line)}\n`),
+    err: (line) => process.stderr.write(`${redact(line)}\n`),
+    color: Boolean(process.stdout.isTTY) && !env.NO_COLOR,
+  };
+}
+
+if (import.meta.main) {
+  const code = await main(process.argv.slice(2));
+  // Let piped output drain before exiting; PGlite keeps handles open otherwise.
+  await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
+  process.exit(code);
+}
