@@ -22,6 +22,7 @@
  * Runs under Bun (`bun safemigrate.ts`) and Deno (`deno run -A safemigrate.ts`).
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import mri from "mri";
@@ -47,8 +48,40 @@ export type Phase = "pre" | "all";
 
 export const EXIT = { ok: 0, failed: 1, invalid: 2, blocked: 3 } as const;
 
-/** The table safemigrate keeps its history in, in the current schema. */
+/** The table safemigrate keeps its history in, in the current schema, unless --history-table names another. */
 export const HISTORY_TABLE = "safemigrate_history";
+
+/**
+ * Where one migration set keeps its history: several services sharing a
+ * database each name their own (`--history-table billing.migrations`). The
+ * lease table that serialises runs sits beside it, so each set has its own lock.
+ */
+export interface HistoryTable {
+  /** As the user wrote it, for messages. */
+  name: string;
+  /** Quoted SQL identifiers. */
+  sql: string;
+  lockSql: string;
+  /** For to_regclass: the quoted identifier as text. */
+  regclass: string;
+}
+
+const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
+
+/** `name` or `schema.name`; each part a plain identifier (letters, digits, _ and $, not starting with a digit). */
+export function historyTable(spec: string = HISTORY_TABLE): HistoryTable {
+  const parts = spec.split(".");
+  const plain = /^[A-Za-z_][A-Za-z0-9_$]{0,58}$/;
+  if (parts.length > 2 || !parts.every((part) => plain.test(part))) {
+    throw new InputError(
+      `--history-table "${spec}" is not a table name: use name or schema.name, letters, digits and _ ` +
+        `(at most 59 characters each, so the "_lock" table beside it fits PostgreSQL's 63)`,
+    );
+  }
+  const quoted = parts.map(quoteIdent);
+  const lock = [...quoted.slice(0, -1), quoteIdent(`${parts[parts.length - 1]}_lock`)];
+  return { name: spec, sql: quoted.join("."), lockSql: lock.join("."), regclass: quoted.join(".") };
+}
 
 /** A SQL section of a migration file (up or down) and where it starts in the file. */
 export interface SqlSection {
@@ -92,6 +125,15 @@ export interface HistoryRow {
   downSql: string | null;
   /** Dependencies as declared when it was applied, so a migration whose file is gone can still be ordered. */
   depends: string[] | null;
+  /**
+   * Set when a `transaction: false` migration started and cleared of meaning
+   * once `appliedAt` is set: started but not applied means a run was
+   * interrupted in it, after `statementsDone` of its statements took effect.
+   */
+  startedAt?: Date | null;
+  statementsDone?: number | null;
+  /** Free text: how --fake or --accept-changed recorded it, or which statement of a marker failed. */
+  note?: string | null;
 }
 
 /** An error meant for the user: one readable message and the exit code it maps to. */
@@ -1511,6 +1553,15 @@ export async function analyzeMigrations(migrations: readonly Migration[]): Promi
 // ============================================================================
 // 6. Database adapters
 // ============================================================================
+//
+// Two adapters, postgres.js for a server and PGlite embedded, behind one small
+// interface. The one thing they must get right for the lock (section 7) is
+// that a run's working session never changes under it: the postgres.js
+// adapter keeps one connection with no lifetime limit and TCP keepalive, and
+// once that connection has closed for any reason it refuses every further
+// query instead of silently opening a new session (which would have lost the
+// session's timeouts and, before this design, its lock). A second, stateless
+// connection serves the lease's heartbeat; losing that one costs nothing.
 
 /** What the runner needs from a connection: run SQL, with or without parameters. */
 export interface Queryable {
@@ -1520,18 +1571,54 @@ export interface Queryable {
   exec(text: string): Promise<void>;
 }
 
-export interface Database extends Queryable {
-  /** The database named for people: no password. */
-  readonly label: string;
+/** A connection that can also run a transaction and be closed: the lease's heartbeat and the pooler probe use one. */
+export interface Connection extends Queryable {
   transaction<T>(work: (tx: Queryable) => Promise<T>): Promise<T>;
-  /** Session-level advisory lock on a connection of its own; true when taken. */
-  tryLock(): Promise<boolean>;
-  unlock(): Promise<void>;
   close(): Promise<void>;
 }
 
-/** Key of the advisory lock every safemigrate run takes (classid, objid). */
-const LOCK_KEY = [0x5afe, 0x1] as const;
+export interface Database extends Connection {
+  /** The database named for people: no password. */
+  readonly label: string;
+  /** Where this migration set's history (and the lease beside it) live. */
+  readonly history: HistoryTable;
+  /** A server reached over the network, where other runs and poolers can exist; false for embedded PGlite. */
+  readonly server: boolean;
+  /** A second connection to the same database (the same one again on PGlite, which has a single connection). */
+  openSide(): Promise<Connection>;
+  /**
+   * The backend pid the login announced (BackendKeyData), null before the
+   * first query. A pooler announces a pid of its own, so when it differs from
+   * the server's pg_backend_pid() there is a pooler between us.
+   */
+  announcedPid(): number | null;
+  /** The lease held by the run on this connection, once section 7 has taken it: every migration checks it. */
+  lease: Lease | null;
+}
+
+/** The working session is gone: nothing more may run on it, and what was in flight did not commit (or may have, at COMMIT). */
+export class ConnectionLostError extends SafemigrateError {
+  constructor(message: string) {
+    super(message, EXIT.failed);
+    this.name = "ConnectionLostError";
+  }
+}
+
+/** SQLSTATEs of a session the server ended: admin shutdown, crash shutdown, cannot connect now, and the 08 class. */
+const SESSION_ENDED = /^(57P0[123]|08...)$/;
+/** postgres.js's codes for a connection that closed, and the socket errors beneath them. */
+const DRIVER_CONNECTION_CODES = new Set([
+  "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "ECONNABORTED",
+]);
+
+/** Whether an error means the connection is gone (as opposed to a statement that failed on a live one). */
+export function isConnectionLoss(error: unknown): boolean {
+  if (error instanceof ConnectionLostError) return true;
+  const e = error as { code?: string; message?: string; name?: string };
+  if (typeof e?.code === "string" && (SESSION_ENDED.test(e.code) || DRIVER_CONNECTION_CODES.has(e.code))) return true;
+  // postgres.js writing to a socket it has already dropped.
+  return e instanceof TypeError && /\b(write|socket)\b/.test(e.message ?? "");
+}
 
 /** Secrets that must never reach any output; filled as URLs are parsed. */
 const secrets = new Set<string>();
@@ -1598,71 +1685,115 @@ function describeConnectionError(error: unknown, label: string): string {
   }
 }
 
-/** postgres.js, imported on first use (main starts it early, next to reading the files). */
+/** postgres.js, imported on first use: --version, --help, --lint and --check without a database never load it. */
 let postgresDriver: Promise<typeof postgres> | null = null;
-export const loadPostgres = (): Promise<typeof postgres> => (postgresDriver ??= import("postgres").then((m) => m.default));
+let driver: typeof postgres | null = null;
+export const loadPostgres = (): Promise<typeof postgres> => (postgresDriver ??= import("postgres").then((m) => (driver = m.default)));
 
-export async function connectPostgres(url: string): Promise<Database> {
-  const postgres = await loadPostgres();
-  rememberPassword(url);
-  const label = describeUrl(url);
-  const options = {
-    max: 1,
-    connect_timeout: 10,
-    // No array or custom-type parameters are ever sent: skip the catalog query on connect.
-    fetch_types: false,
-    onnotice: () => {},
-    connection: { application_name: "safemigrate" },
-  };
-  let client: postgres.Sql;
+export interface ConnectOptions {
+  /** --history-table; the default `safemigrate_history` in the current schema. */
+  historyTable?: HistoryTable;
+}
+
+/**
+ * postgres.js options for a connection a run depends on: no lifetime limit
+ * (the driver's default of 30 to 60 minutes would replace the connection in
+ * the middle of a long CREATE INDEX CONCURRENTLY) and TCP keepalive, so a
+ * NAT or load balancer that drops idle connections sees traffic.
+ */
+const DRIVER_OPTIONS = {
+  max: 1,
+  connect_timeout: 10,
+  max_lifetime: null,
+  idle_timeout: 0,
+  keep_alive: 30,
+  // No array or custom-type parameters are ever sent: skip the catalog query on connect.
+  fetch_types: false,
+  onnotice: () => {},
+} as const;
+
+function openDriver(url: string, label: string, applicationName: string, onclose?: () => void): postgres.Sql {
   try {
-    client = postgres(url, options);
+    return driver!(url, { ...DRIVER_OPTIONS, onclose, connection: { application_name: applicationName } });
   } catch (error) {
     throw new InputError(`invalid database URL ${label}: ${redact((error as Error).message)}`);
   }
-  // The lock lives on its own connection: a session holding it idles outside
-  // any transaction, so it never holds back CREATE INDEX CONCURRENTLY.
-  let lockClient: postgres.Sql | null = null;
+}
 
-  const wrap = async <T>(run: () => Promise<T>): Promise<T> => {
-    try {
-      return await run();
-    } catch (error) {
-      throw asDriverError(error, label);
-    }
-  };
-  const queryable = (sql: postgres.Sql | postgres.TransactionSql): Queryable => ({
+function driverQueryable(sql: postgres.Sql | postgres.TransactionSql): Queryable {
+  return {
     query: <T>(text: string, params: unknown[] = []) =>
       sql.unsafe(text, params as postgres.ParameterOrJSON<never>[]) as unknown as Promise<T[]>,
     exec: async (text: string) => {
       await sql.unsafe(text);
     },
-  });
-  const base = queryable(client);
+  };
+}
 
+/** A postgres.js connection whose errors read as safemigrate's; `guard` runs before each call. */
+function driverConnection(client: postgres.Sql, label: string, guard: () => void = () => {}): Connection {
+  const wrap = async <T>(run: () => Promise<T>): Promise<T> => {
+    try {
+      guard();
+      return await run();
+    } catch (error) {
+      throw asDriverError(error, label);
+    }
+  };
+  const base = driverQueryable(client);
   return {
-    label,
     query: (text, params) => wrap(() => base.query(text, params)),
     exec: (text) => wrap(() => base.exec(text)),
-    transaction: (work) => wrap(() => client.begin((tx) => work(queryable(tx))) as Promise<never>),
-    tryLock: () =>
-      wrap(async () => {
-        lockClient ??= postgres(url, { ...options, connection: { application_name: "safemigrate-lock" } });
-        const [row] = await lockClient`select pg_try_advisory_lock(${LOCK_KEY[0]}, ${LOCK_KEY[1]}) as locked`;
-        return row.locked as boolean;
-      }),
-    unlock: async () => {
-      if (lockClient) await lockClient`select pg_advisory_unlock(${LOCK_KEY[0]}, ${LOCK_KEY[1]})`.catch(() => {});
+    transaction: (work) => wrap(() => client.begin((tx) => work(driverQueryable(tx))) as Promise<never>),
+    close: () => client.end({ timeout: 5 }),
+  };
+}
+
+export async function connectPostgres(url: string, options: ConnectOptions = {}): Promise<Database> {
+  await loadPostgres();
+  rememberPassword(url);
+  const label = describeUrl(url);
+  // The working session: once it closes, it stays closed (see the section's introduction).
+  let closed = false;
+  let opened = false;
+  const client = openDriver(url, label, "safemigrate", () => {
+    if (opened) closed = true;
+  });
+  const working = driverConnection(client, label, () => {
+    if (closed) throw new ConnectionLostError(`the connection to ${label} was lost`);
+  });
+  let announced: number | null = null;
+  // Opened on the first successful query; a failed first connect is an ordinary connection error.
+  const query: Queryable["query"] = async (text, params) => {
+    const rows = await working.query(text, params);
+    opened = true;
+    announced ??= (rows as { state?: { pid?: number } }).state?.pid ?? null;
+    return rows as never;
+  };
+  return {
+    label,
+    history: options.historyTable ?? historyTable(),
+    server: true,
+    lease: null,
+    query,
+    exec: async (text) => {
+      await working.exec(text);
+      opened = true;
     },
-    close: async () => {
-      await Promise.all([client.end({ timeout: 5 }), lockClient?.end({ timeout: 5 })]);
-    },
+    transaction: (work) => working.transaction(work),
+    openSide: async () => driverConnection(openDriver(url, label, "safemigrate-lease"), label),
+    announcedPid: () => announced,
+    close: () => working.close(),
   };
 }
 
 /** Errors raised by the server keep their fields (position, code) for the runner; others become DatabaseError. */
 function asDriverError(error: unknown, label: string): unknown {
   if (error instanceof SafemigrateError) return error;
+  if (isConnectionLoss(error)) {
+    const e = error as { message?: string };
+    return new ConnectionLostError(redact(`the connection to ${label} was lost (${e?.message ?? String(error)})`));
+  }
   const e = error as { name?: string; severity?: string; code?: string };
   const fromServer = e?.name === "PostgresError" || (e?.severity !== undefined && e?.code !== undefined);
   if (fromServer && !LOGIN_ERRORS.includes(e.code!)) return error;
@@ -1670,7 +1801,7 @@ function asDriverError(error: unknown, label: string): unknown {
 }
 
 /** PGlite: `pglite:memory` or `pglite:<directory>`. Loaded only when used. */
-export async function connectPglite(url: string): Promise<Database> {
+export async function connectPglite(url: string, options: ConnectOptions = {}): Promise<Database> {
   const target = url.slice("pglite:".length);
   const { PGlite } = await import("@electric-sql/pglite");
   const db = target === "memory" || target === "" ? new PGlite() : new PGlite(target);
@@ -1686,25 +1817,26 @@ export async function connectPglite(url: string): Promise<Database> {
       await conn.exec(text);
     },
   });
-  return {
-    label: url,
+  const connection: Connection = {
     ...queryable(db),
     transaction: (work) => db.transaction((tx) => work(queryable(tx))),
-    // One process owns an embedded database, so the lock always succeeds; it is
-    // taken anyway so the runner has one code path.
-    tryLock: async () => (await db.query<{ locked: boolean }>(
-      `select pg_try_advisory_lock(${LOCK_KEY[0]}, ${LOCK_KEY[1]}) as locked`,
-    )).rows[0].locked,
-    unlock: async () => {
-      await db.query(`select pg_advisory_unlock(${LOCK_KEY[0]}, ${LOCK_KEY[1]})`);
-    },
     close: () => db.close(),
+  };
+  return {
+    label: url,
+    history: options.historyTable ?? historyTable(),
+    server: false,
+    lease: null,
+    ...connection,
+    // One connection: the heartbeat shares it (PGlite queues its queries), and must not close it.
+    openSide: async () => ({ ...connection, close: async () => {} }),
+    announcedPid: () => null,
   };
 }
 
-export function connect(url: string): Promise<Database> {
-  if (url.startsWith("pglite:")) return connectPglite(url);
-  if (/^postgres(ql)?:\/\//i.test(url)) return connectPostgres(url);
+export function connect(url: string, options: ConnectOptions = {}): Promise<Database> {
+  if (url.startsWith("pglite:")) return connectPglite(url, options);
+  if (/^postgres(ql)?:\/\//i.test(url)) return connectPostgres(url, options);
   throw new InputError(
     `unsupported database URL ${describeUrl(url)} — use postgres://user:password@host:5432/db, pglite:<dir> or pglite:memory`,
   );
@@ -1713,50 +1845,132 @@ export function connect(url: string): Promise<Database> {
 // ============================================================================
 // 7. Executing a plan
 // ============================================================================
+//
+// One run at a time per migration set, and a migration never commits unless
+// its run still holds the lock. The lock is a lease: one row in a table beside
+// the history (`safemigrate_history_lock`) naming its owner, renewed by a
+// heartbeat on a second connection. Every migration's transaction begins with
+// a fence: it takes a KEY SHARE lock on that row and fails unless this run
+// owns it, so no other run can take the lease over until that transaction has
+// committed or rolled back, and a run that lost the lease (its process paused
+// past the expiry, its heartbeat cut off) cannot commit anything more. This
+// holds through a transaction pooler, where a session-level advisory lock
+// would stay behind on a pooled server connection and protect nothing.
+//
+// A lease whose holder died would block everyone until it expires; on a
+// direct connection the row records the holder's backend, and a lease whose
+// backend has gone is taken over at once. The history row is a plain insert,
+// so even if all of this failed, a second application of a transactional
+// migration would hit the primary key and roll back. A `transaction: false`
+// migration cannot be fenced statement by statement through a pooler, so it
+// is refused there (use --direct-url); elsewhere it leaves a marker in the
+// history before its first statement, so an interrupted one is named by the
+// next run instead of failing it with "already exists".
 
-const CREATE_HISTORY = `
-create table if not exists ${HISTORY_TABLE} (
-  id          text primary key,
-  checksum    text,
-  safe        text,
-  phase       text,
-  detected_at timestamptz,
-  applied_at  timestamptz,
-  duration_ms integer,
-  down_sql    text,
-  depends     text,
-  note        text
+const historyDdl = (t: HistoryTable) => `
+create table if not exists ${t.sql} (
+  id              text primary key,
+  checksum        text,
+  safe            text,
+  phase           text,
+  detected_at     timestamptz,
+  applied_at      timestamptz,
+  duration_ms     integer,
+  down_sql        text,
+  depends         text,
+  note            text,
+  started_at      timestamptz,
+  statements_done integer
 )`;
 
+/** Columns added since the first release: a history table made by it is brought up to date once. */
+const historyUpgradeDdl = (t: HistoryTable) =>
+  `alter table ${t.sql} add column if not exists started_at timestamptz, add column if not exists statements_done integer`;
+
+const leaseDdl = (t: HistoryTable) => `
+create table if not exists ${t.lockSql} (
+  id            integer primary key default 1 check (id = 1),
+  owner         text not null unique,
+  holder        text not null,
+  pid           integer,
+  backend_start timestamptz,
+  acquired_at   timestamptz not null,
+  expires_at    timestamptz not null
+)`;
+
+const tableOf = (db: Queryable): HistoryTable => (db as Partial<Database>).history ?? historyTable();
+
+/** Creates the history table (current columns) if needed; for rehearsals and tests that run without a lease. */
+export async function createHistoryTable(db: Queryable): Promise<void> {
+  await db.exec(`${historyDdl(tableOf(db))}; ${historyUpgradeDdl(tableOf(db))}`);
+}
+
+/**
+ * Checks the tables in one round trip and creates what is missing. Racing
+ * first runs can both try to create a table; the loser sees a duplicate and
+ * simply checks again.
+ */
+async function prepareTables(db: Database): Promise<{ serverPid: number | null }> {
+  const t = db.history;
+  for (let attempt = 1;; attempt++) {
+    const [state] = await db.query<{ history: boolean; lease: boolean; current: boolean; pid: number | null }>(
+      `select to_regclass($1) is not null as history, to_regclass($2) is not null as lease,
+              exists (select from pg_attribute where attrelid = to_regclass($1) and attname = 'statements_done'
+                      and not attisdropped) as current,
+              ${db.server ? SESSION_SETTINGS : "0"} as settings, pg_backend_pid() as pid`,
+      [t.sql, t.lockSql],
+    );
+    if (state.history && state.lease && state.current) return { serverPid: state.pid };
+    try {
+      await db.exec([historyDdl(t), historyUpgradeDdl(t), leaseDdl(t)].join(";\n"));
+      return { serverPid: state.pid };
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (attempt >= 3 || (code !== "23505" && code !== "42P07")) throw describeSetupError(error, t);
+    }
+  }
+}
+
+/**
+ * The working session must outlive idle periods: a database that sets
+ * idle_session_timeout would otherwise end it (and, through it, the run).
+ * set_config only for settings this server has (PostgreSQL 14+ for one of them).
+ */
+const SESSION_SETTINGS = `(select count(set_config(name, '0', false)) from pg_settings
+   where name in ('idle_session_timeout', 'idle_in_transaction_session_timeout'))`;
+
+/** A role that may not create the history table gets told which table and what to do. */
+function describeSetupError(error: unknown, t: HistoryTable): unknown {
+  const e = error as { code?: string; message?: string };
+  if (e?.code === "42501") {
+    return new DatabaseError(
+      `cannot create the history table ${t.name} (or ${t.name}_lock): ${e.message}. Grant CREATE on the schema ` +
+        `to this role, or place the history in a schema it owns with --history-table <schema>.<table>`,
+    );
+  }
+  if (e?.code === "25006") {
+    return new DatabaseError(`the database is read-only (${e.message}): migrations need a writable primary, not a standby or a read-only role`);
+  }
+  return error;
+}
+
 export async function historyTableExists(db: Queryable): Promise<boolean> {
-  const [row] = await db.query<{ found: string | null }>(`select to_regclass($1)::text as found`, [HISTORY_TABLE]);
+  const [row] = await db.query<{ found: string | null }>(`select to_regclass($1)::text as found`, [tableOf(db).sql]);
   return row.found !== null;
 }
 
-const UNDEFINED_TABLE = "42P01";
-
 /**
- * The whole history in ONE row: the server builds a JSON array and the client
- * parses it with one JSON.parse, where 10,000 rows would each cost a DataRow,
- * two Date parses and a JSON.parse of `depends` in the driver. Times travel
- * as epoch milliseconds. A missing table reads as no history; other errors
- * stand.
+ * The whole history in ONE row: the server aggregates the rows into a JSON
+ * array and the client parses it with one JSON.parse, where 10,000 rows would
+ * each cost the driver a DataRow to decode. `h` is every column, as `select *`
+ * would be (a table from before the marker columns reads the same).
  */
-const HISTORY_AS_JSON = `
-select coalesce(json_agg(json_build_array(id, checksum, safe, phase,
-         (extract(epoch from detected_at) * 1000)::float8, (extract(epoch from applied_at) * 1000)::float8,
-         duration_ms, down_sql, depends::json) order by id), '[]')::text as rows
-  from ${HISTORY_TABLE}`;
+const historyAsJson = (table: string) => `select coalesce(json_agg(h order by h.id), '[]')::text as rows from ${table} h`;
 
-type HistoryTuple = [string, string | null, string | null, string | null, number | null, number | null, number | null, string | null, string[] | null];
-
-const asDate = (epochMs: number | null): Date | null => (epochMs === null ? null : new Date(epochMs));
-
+/** The history, the table known to exist (under the lease, prepareTables made it). */
 async function queryHistory(db: Queryable): Promise<HistoryRow[]> {
-  const [{ rows }] = await db.query<{ rows: string }>(HISTORY_AS_JSON);
-  return (JSON.parse(rows) as HistoryTuple[]).map(([id, checksum, safe, phase, detectedAt, appliedAt, durationMs, downSql, depends]) => ({
-    id, checksum, safe, phase, detectedAt: asDate(detectedAt), appliedAt: asDate(appliedAt), durationMs, downSql, depends,
-  }));
+  const [{ rows }] = await db.query<{ rows: string }>(historyAsJson(tableOf(db).sql));
+  return (JSON.parse(rows) as Record<string, unknown>[]).map(historyRowFrom);
 }
 
 export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
@@ -1764,23 +1978,26 @@ export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
   return await queryHistory(db);
 }
 
-/**
- * Under the lock: read the history, creating the table the first time. One
- * round trip on every run after the first (no `create table if not exists`,
- * no existence check); outside a transaction, so a missing table aborts nothing.
- */
-async function readOrCreateHistory(db: Queryable): Promise<HistoryRow[]> {
-  try {
-    return await queryHistory(db);
-  } catch (error) {
-    if ((error as { code?: string })?.code !== UNDEFINED_TABLE) throw error;
-    await db.exec(CREATE_HISTORY);
-    return [];
-  }
+function historyRowFrom(row: Record<string, unknown>): HistoryRow {
+  const date = (value: unknown) => (value === null || value === undefined ? null : new Date(value as string));
+  return {
+    id: row.id as string,
+    checksum: row.checksum as string | null,
+    safe: row.safe as string | null,
+    phase: row.phase as string | null,
+    detectedAt: date(row.detected_at),
+    appliedAt: date(row.applied_at),
+    durationMs: row.duration_ms as number | null,
+    downSql: row.down_sql as string | null,
+    depends: row.depends === null || row.depends === undefined ? null : JSON.parse(row.depends as string),
+    startedAt: date(row.started_at),
+    statementsDone: (row.statements_done as number | null) ?? null,
+    note: (row.note as string | null) ?? null,
+  };
 }
 
 export type RunEvent =
-  | { type: "waiting-for-lock" }
+  | { type: "waiting-for-lock"; holder: string }
   | { type: "applied"; migration: Migration; durationMs: number }
   | { type: "reverted"; step: RevertStep; durationMs: number }
   | { type: "lock-timeout"; id: string; file: string; line: number; attempt: number; attempts: number; waitMs: number }
@@ -1802,6 +2019,8 @@ export interface RunResult {
 
 export interface LockOptions {
   lockWaitMs?: number;
+  /** How long the lease lasts without a heartbeat (default 60 s): how long a dead run behind a pooler blocks the next. */
+  leaseMs?: number;
   onEvent?: (event: RunEvent) => void;
   /** Timeouts and retries for the statements that run; DEFAULT_EXECUTION when absent. */
   execution?: Omit<ExecutionSettings, "onEvent">;
@@ -1816,6 +2035,8 @@ export interface RunOptions extends LockOptions {
   lint?: boolean;
   /** Drop invalid indexes left by a failed CREATE INDEX CONCURRENTLY before applying (--repair-invalid-indexes). */
   repairInvalidIndexes?: boolean;
+  /** Interrupted `transaction: false` migrations to run again from their first statement (--rerun). */
+  rerun?: string[];
   /** Show the plan only: no lock, no history table, no detection. */
   dryRun?: boolean;
   now?: () => Date;
@@ -1823,41 +2044,191 @@ export interface RunOptions extends LockOptions {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+// ---- The lease ----------------------------------------------------------------
+
+export const DEFAULT_LEASE_MS = 60_000;
+
+/** The lock a run holds: see the section's introduction. */
+export interface Lease {
+  readonly token: string;
+  /** Through a pooler (the backend the server reports is not the one the login announced): no session state to rely on. */
+  readonly pooled: boolean;
+  /** Why this run no longer holds the lease; null while it does. Set by the heartbeat, checked before every statement. */
+  lost: string | null;
+  /** SQL that fails with SQLSTATE SM001 unless this run owns the lease, and otherwise keeps it from being taken over until the transaction ends. */
+  readonly fence: string;
+  release(): Promise<void>;
+}
+
+const FENCE_FAILED = "SM001";
+
+/** Raised when the run finds it no longer holds the lease: it stops before its next statement. */
+export class LeaseLostError extends SafemigrateError {
+  constructor(message: string) {
+    super(message, EXIT.failed);
+    this.name = "LeaseLostError";
+  }
+}
+
+function fenceSql(t: HistoryTable, token: string): string {
+  return `do $fence$ begin
+  perform 1 from ${t.lockSql} where id = 1 and owner = '${token}' for key share;
+  if not found then
+    raise exception 'this run no longer holds the migration lease on ${t.name.replace(/'/g, "")}' using errcode = '${FENCE_FAILED}';
+  end if;
+end $fence$`;
+}
+
 /**
- * Polls pg_try_advisory_lock: a blocking pg_advisory_lock would sit in a
- * query holding a snapshot, and CREATE INDEX CONCURRENTLY in the run that
- * holds the lock would wait for that snapshot forever.
+ * Takes the lease if it is free, expired, or held by a backend that no longer
+ * exists (a killed run on a direct connection). Behind a pooler the backend
+ * says nothing about the client, so only expiry frees it there.
  */
-export async function acquireLock(db: Database, waitMs: number, onWait?: () => void): Promise<void> {
-  const deadline = Date.now() + waitMs;
+const TAKE_LEASE = (t: HistoryTable) => `
+insert into ${t.lockSql} as l (id, owner, holder, pid, backend_start, acquired_at, expires_at)
+select 1, $1, $2, p.pid, p.backend_start, clock_timestamp(), clock_timestamp() + $3 * interval '1 millisecond'
+  from (select case when $4 then pg_backend_pid() end as pid,
+               case when $4 then (select backend_start from pg_stat_activity where pid = pg_backend_pid()) end as backend_start) p
+on conflict (id) do update
+   set owner = excluded.owner, holder = excluded.holder, pid = excluded.pid, backend_start = excluded.backend_start,
+       acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
+ where l.expires_at < clock_timestamp()
+    or (l.backend_start is not null
+        and not exists (select from pg_stat_activity a where a.pid = l.pid and a.backend_start = l.backend_start))
+returning owner`;
+
+const describeHolder = (t: HistoryTable) => `
+select holder, acquired_at as "acquiredAt", greatest(0, extract(epoch from expires_at - clock_timestamp()))::int as "expiresIn"
+  from ${t.lockSql} where id = 1`;
+
+async function currentHolder(db: Database): Promise<string> {
+  const [row] = await db.query<{ holder: string; acquiredAt: Date; expiresIn: number }>(describeHolder(db.history)).catch(() => []);
+  return row ? `${row.holder}, since ${new Date(row.acquiredAt).toISOString()}; its lease runs out in ${row.expiresIn} s unless renewed` : "unknown";
+}
+
+/**
+ * One attempt. Taking over an expired lease waits for the lease row's KEY
+ * SHARE lock, which every fenced transaction holds: a run paused inside a
+ * migration would make that wait endless, so each attempt waits at most a
+ * second and the caller keeps to --lock-wait.
+ */
+async function takeLease(db: Database, params: unknown[]): Promise<unknown[]> {
+  try {
+    return await db.transaction(async (tx) => {
+      await tx.exec("set local lock_timeout = 1000");
+      return await tx.query(TAKE_LEASE(db.history), params);
+    });
+  } catch (error) {
+    if ((error as { code?: string }).code === LOCK_NOT_AVAILABLE) return [];
+    throw error;
+  }
+}
+
+export async function acquireLease(
+  db: Database,
+  serverPid: number | null,
+  options: { waitMs: number; leaseMs: number; onWait?: (holder: string) => void },
+): Promise<Lease> {
+  const t = db.history;
+  const token = crypto.randomUUID();
+  const announced = db.server ? db.announcedPid() : null;
+  const pooled = db.server && (announced === null || announced !== serverPid);
+  const holder = `${hostname()} pid ${process.pid}${pooled ? " (through a pooler)" : ""}`;
+  const deadline = Date.now() + options.waitMs;
   for (let attempt = 0;; attempt++) {
-    if (await db.tryLock()) return;
-    if (attempt === 0) onWait?.();
+    const taken = await takeLease(db, [token, holder, options.leaseMs, !pooled]);
+    if (taken.length > 0) break;
+    if (attempt === 0) options.onWait?.(await currentHolder(db));
     if (Date.now() >= deadline) {
       throw new DatabaseError(
-        `another safemigrate run has held the migration lock on ${db.label} for ${formatDuration(waitMs)}; ` +
-          `gave up (wait longer with --lock-wait, or find the other run)`,
+        `another safemigrate run holds the migration lock on ${db.label} (${await currentHolder(db)}); ` +
+          `gave up after ${formatDuration(options.waitMs)} (wait longer with --lock-wait, or find the other run)`,
       );
     }
     await sleep(Math.min(50 * 2 ** attempt, 1_000) * (0.5 + Math.random() / 2));
   }
+  return startHeartbeat(db, { token, pooled, lost: null, fence: fenceSql(t, token), release: async () => {} }, options.leaseMs);
+}
+
+/** Renews the lease every quarter of its length on a side connection, opened only if the run lasts that long. */
+function startHeartbeat(db: Database, lease: Lease, leaseMs: number): Lease {
+  const t = db.history;
+  let side: Promise<Connection> | null = null;
+  let beating: Promise<void> = Promise.resolve();
+  // The side connection idles between beats: each beat also switches the idle timeouts off for its session.
+  const renew = `with settings as (select count(set_config(name, '0', false)) as n from pg_settings
+                   where name in ('idle_session_timeout', 'idle_in_transaction_session_timeout'))
+    update ${t.lockSql} set expires_at = clock_timestamp() + $2 * interval '1 millisecond'
+     where id = 1 and owner = $1 and (select n from settings) >= 0 returning id`;
+  const beat = async () => {
+    // A session the server ended between beats fails once; the driver reconnects for the second try.
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      try {
+        side ??= db.openSide();
+        const renewed = await (await side).query(renew, [lease.token, leaseMs]);
+        if (renewed.length === 0) lease.lost ??= "another run took the lease over after it expired (was this process paused?)";
+        return;
+      } catch {
+        // A failed renewal is not a lost lease: the fence decides.
+      }
+    }
+  };
+  const timer = setInterval(() => (beating = beat()), Math.max(10, Math.floor(leaseMs / 4)));
+  (timer as { unref?: () => void }).unref?.();
+  return {
+    ...lease,
+    get lost() {
+      return lease.lost;
+    },
+    set lost(reason) {
+      lease.lost = reason;
+    },
+    release: async () => {
+      clearInterval(timer);
+      await beating;
+      await db.exec(`delete from ${t.lockSql} where id = 1 and owner = '${lease.token}'`).catch(() => {});
+      if (side) await (await side).close().catch(() => {});
+    },
+  };
 }
 
 /**
- * Everything that writes runs here: under the lock, with the history table
- * in place, reading the history only once the lock is held.
+ * Everything that writes runs here: with the tables in place, under the
+ * lease, reading the history only once the lease is held.
  */
 export async function underLock<T>(
   db: Database,
   options: LockOptions,
   work: (history: HistoryRow[]) => Promise<T>,
 ): Promise<T> {
-  await acquireLock(db, options.lockWaitMs ?? 5 * 60_000, () => options.onEvent?.({ type: "waiting-for-lock" }));
+  const { serverPid } = await prepareTables(db);
+  const lease = await acquireLease(db, serverPid, {
+    waitMs: options.lockWaitMs ?? 5 * 60_000,
+    leaseMs: options.leaseMs ?? DEFAULT_LEASE_MS,
+    onWait: (holder) => options.onEvent?.({ type: "waiting-for-lock", holder }),
+  });
+  db.lease = lease;
   try {
-    return await work(await readOrCreateHistory(db));
+    return await work(await queryHistory(db));
   } finally {
-    await db.unlock();
+    db.lease = null;
+    await lease.release();
   }
+}
+
+/** `transaction: false` statements commit one by one: through a pooler nothing can fence them, so refuse before starting. */
+export function refuseUnfencedThroughPooler(db: Database, sections: readonly { id: string; file: string; section: SqlSection }[]): void {
+  if (!db.lease?.pooled) return;
+  const unfenced = sections.filter((s) => !s.section.transaction);
+  if (unfenced.length === 0) return;
+  throw new InputError(
+    `${unfenced.map((s) => `${s.file}:${s.section.line}`).join(", ")}: ${unfenced.map((s) => s.id).join(", ")} ` +
+      `${unfenced.length === 1 ? "runs" : "run"} outside a transaction ("transaction: false"), and ${db.label} is reached ` +
+      `through a connection pooler (the server's backend is not the one the login announced). Through a transaction ` +
+      `pooler its statements could land on different server connections, without its timeouts and without the lock's ` +
+      `protection. Nothing was applied. Give a direct connection to the database with --direct-url or ` +
+      `SAFEMIGRATE_DIRECT_URL (the pooled URL can stay in DATABASE_URL for the application)`,
+  );
 }
 
 function describeServerError(error: unknown): string {
@@ -1887,33 +2258,45 @@ const isLockTimeout = (error: unknown) => (error as { code?: string })?.code ===
 /** 0.5 s, 1 s, 2 s, ... up to 30 s, with jitter so competing runs don't retry in step. */
 const backoffMs = (attempt: number) => Math.min(500 * 2 ** (attempt - 1), 30_000) * (0.75 + Math.random() / 2);
 
+/** What one SQL section is, for messages and for the marker a `transaction: false` one leaves. */
+export interface SectionRun {
+  id: string;
+  file: string;
+  verb: string;
+  lockTimeoutMs?: number | null;
+  statementTimeoutMs?: number | null;
+  /** `transaction: false` only: record that it started (in a fenced transaction) and how far it got. */
+  marker?: {
+    start(q: Queryable): Promise<void>;
+    progress(q: Queryable, done: number): Promise<void>;
+    /** A statement failed on a live connection: say which, so the next run reports a failure, not an interruption. */
+    failed(q: Queryable, statement: number, message: string): Promise<void>;
+  };
+}
+
+/** Stops the run before its next statement when the lease is gone. */
+function checkLease(db: Database, what: SectionRun): void {
+  if (db.lease?.lost) throw new LeaseLostError(`stopped before ${what.verb} ${what.id}: ${db.lease.lost}`);
+}
+
 /**
  * Runs one SQL section (the up or down of a migration) and then `record`,
  * which writes the history. In a transaction both commit together or not at
- * all, and a lock timeout retries the whole transaction; with
- * `transaction: false` the statements run one by one, a lock timeout retries
- * only the statement that hit it, and `record` runs after the last.
- * Returns the duration in ms.
+ * all, behind the lease's fence, and a lock timeout retries the whole
+ * transaction; with `transaction: false` the statements run one by one, each
+ * after a fence check, a lock timeout retries only the statement that hit it,
+ * and `record` runs after the last. Returns the duration in ms.
  */
 export async function runSection(
   db: Database,
   section: SqlSection,
-  what: { id: string; file: string; verb: string; lockTimeoutMs?: number | null; statementTimeoutMs?: number | null },
+  what: SectionRun,
   record: (db: Queryable, durationMs: number) => Promise<void>,
   settings: ExecutionSettings = DEFAULT_EXECUTION,
 ): Promise<number> {
   const started = performance.now();
   const lockTimeout = what.lockTimeoutMs ?? settings.lockTimeoutMs;
   const statementTimeout = what.statementTimeoutMs ?? settings.statementTimeoutMs;
-  const failure = (line: number, error: unknown, consequence: string, attempts: number) =>
-    error instanceof SafemigrateError ? error : new DatabaseError(redact(
-      `${what.file}:${line}: ${what.verb} ${what.id} failed: ${describeServerError(error)}` +
-        (isLockTimeout(error)
-          ? `\n  it waited ${formatDuration(lockTimeout)} for a lock ${plural(attempts, "time")}; another session holds a lock on the table ` +
-            `(look in pg_locks and pg_stat_activity), or raise "-- lock-timeout:" / --lock-timeout`
-          : "") +
-        `\n  ${consequence}`,
-    ));
   /** Runs `attempt` until it does not fail on lock_timeout, at most settings.attempts times. */
   const withRetries = async (line: number, attempt: () => Promise<void>) => {
     for (let n = 1;; n++) {
@@ -1929,7 +2312,8 @@ export async function runSection(
   };
   const timeouts = (scope: "local" | "session") =>
     `set ${scope === "local" ? "local " : ""}lock_timeout = ${lockTimeout}; set ${scope === "local" ? "local " : ""}statement_timeout = ${statementTimeout}`;
-  const attemptsOf = (error: unknown) => (error as { attempts?: number })?.attempts ?? 1;
+  const failure = (line: number, error: unknown, consequence: string) =>
+    sectionFailure(what, line, error, consequence, lockTimeout);
 
   // Statement by statement, so an error names the statement that failed even when the server gives no position.
   const { statements } = await parseSection(section, what.file);
@@ -1938,59 +2322,118 @@ export async function runSection(
     const position = Number((error as { position?: string | number }).position ?? 0) - prefix.length;
     return statement.line + (position > 0 ? statement.sql.slice(0, position - 1).match(/\n/g)?.length ?? 0 : 0);
   };
+  const fence = db.lease ? `${db.lease.fence}; ` : "";
 
   if (section.transaction) {
-    // The timeouts ride along with the first statement: one round trip less per migration.
-    const settings = `${timeouts("local")}; `;
-    let failed: { statement: Statement; prefix: string } | null = null;
+    // The timeouts and the fence ride along with the first statement: no extra round trip per migration.
+    const prefix = `${timeouts("local")}; ${fence}`;
+    let failed: { statement: Statement | null; prefix: string } | null = null;
     try {
       await withRetries(section.line, () =>
         db.transaction(async (tx) => {
-          if (statements.length === 0) await tx.exec(settings);
+          checkLease(db, what);
+          failed = { statement: null, prefix };
+          if (statements.length === 0) await tx.exec(prefix);
           for (const [index, statement] of statements.entries()) {
-            const prefix = index === 0 ? settings : "";
-            failed = { statement, prefix };
-            await tx.exec(prefix + statement.sql);
+            checkLease(db, what);
+            const sent = index === 0 ? prefix : "";
+            failed = { statement, prefix: sent };
+            await tx.exec(sent + statement.sql);
           }
           failed = null;
           await record(tx, performance.now() - started);
+          failed = { statement: null, prefix: "COMMIT" };
         })
       );
     } catch (error) {
-      const at = failed as { statement: Statement; prefix: string } | null;
-      const line = at ? lineOf(at.statement, error, at.prefix) : section.line;
-      throw failure(line, error, "it was rolled back; nothing of it took effect", attemptsOf(error));
+      const at = failed as { statement: Statement | null; prefix: string } | null;
+      const line = at?.statement ? lineOf(at.statement, error, at.prefix) : section.line;
+      const atCommit = at?.prefix === "COMMIT";
+      throw failure(line, error, transactionalConsequence(error, at?.statement ? statements.indexOf(at.statement) : -1, statements.length, atCommit));
     }
     return performance.now() - started;
   }
 
-  // Outside a transaction (CREATE INDEX CONCURRENTLY): each statement commits on its own.
-
+  // Outside a transaction (CREATE INDEX CONCURRENTLY): each statement commits on its own, each after the fence.
+  refuseUnfencedThroughPooler(db, [{ id: what.id, file: what.file, section }]);
+  checkLease(db, what);
+  if (what.marker) {
+    try {
+      await db.transaction(async (tx) => {
+        if (fence) await tx.exec(fence);
+        await what.marker!.start(tx);
+      });
+    } catch (error) {
+      throw failure(section.line, error, "nothing of it ran");
+    }
+  }
   await db.exec(timeouts("session"));
   try {
     for (const [index, statement] of statements.entries()) {
       try {
+        checkLease(db, what);
+        if (fence) await db.exec(fence);
         await withRetries(statement.line, () => db.exec(statement.sql));
+        await what.marker?.progress(db, index + 1);
       } catch (error) {
-        const done = statements.slice(0, index);
-        throw failure(
-          lineOf(statement, error),
-          error,
-          `statement ${index + 1} of ${statements.length} failed; this runs without a transaction, so ` +
-            (done.length === 0
-              ? "nothing of it took effect"
-              : `the statements before it (lines ${done.map((s) => s.line).join(", ")}) took effect and stay`) +
-            `; it is not recorded. Make its statements safe to re-run (IF NOT EXISTS) before retrying`,
-          attemptsOf(error),
-        );
+        if (!isConnectionLoss(error)) await what.marker?.failed(db, index + 1, (error as Error).message).catch(() => {});
+        throw failure(lineOf(statement, error), error, nonTransactionalConsequence(error, statements, index, Boolean(what.marker)));
       }
     }
     const durationMs = performance.now() - started;
-    await record(db, durationMs);
+    try {
+      await record(db, durationMs);
+    } catch (error) {
+      throw failure(section.line, error, `all ${plural(statements.length, "statement")} took effect, but recording it failed`);
+    }
     return durationMs;
   } finally {
     await db.exec("reset lock_timeout; reset statement_timeout").catch(() => {});
   }
+}
+
+/** One error for a failed section: its file and line, what went wrong, and what of it took effect. */
+function sectionFailure(what: SectionRun, line: number, error: unknown, consequence: string, lockTimeout: number): SafemigrateError {
+  const where = `${what.file}:${line}: ${what.verb} ${what.id}`;
+  const attempts = (error as { attempts?: number })?.attempts ?? 1;
+  if ((error as { code?: string })?.code === FENCE_FAILED || error instanceof LeaseLostError) {
+    return new LeaseLostError(redact(`${where} stopped: this run no longer holds the migration lock ` +
+      `(another run took it over after this one's lease expired); ${consequence}`));
+  }
+  if (isConnectionLoss(error)) {
+    return new ConnectionLostError(redact(`${where}: the connection to the database was lost ` +
+      `(${(error as Error).message}); ${consequence}`));
+  }
+  if (error instanceof SafemigrateError) return error;
+  return new DatabaseError(redact(
+    `${where} failed: ${describeServerError(error)}` +
+      (isLockTimeout(error)
+        ? `\n  it waited ${formatDuration(lockTimeout)} for a lock ${plural(attempts, "time")}; another session holds a lock on the table ` +
+          `(look in pg_locks and pg_stat_activity), or raise "-- lock-timeout:" / --lock-timeout`
+        : "") +
+      `\n  ${consequence}`,
+  ));
+}
+
+function transactionalConsequence(error: unknown, index: number, total: number, atCommit: boolean): string {
+  if (atCommit && isConnectionLoss(error)) {
+    return "the connection went while committing, so it may or may not have committed: its history row commits " +
+      "with it, so --status tells which (recorded means applied, not recorded means nothing of it took effect)";
+  }
+  const where = index >= 0 ? ` (statement ${index + 1} of ${total})` : "";
+  return `it ran in one transaction, which did not commit${where}: nothing of it took effect`;
+}
+
+function nonTransactionalConsequence(error: unknown, statements: readonly Statement[], index: number, marked: boolean): string {
+  const done = statements.slice(0, index);
+  const lost = isConnectionLoss(error);
+  return `statement ${index + 1} of ${statements.length} ${lost ? "was in flight" : "failed"}; this runs without a transaction, so ` +
+    (done.length === 0 ? "nothing before it took effect" : `the statements before it (lines ${done.map((s) => s.line).join(", ")}) took effect and stay`) +
+    (lost ? ", and the one in flight may have completed on the server" : "") +
+    (marked
+      ? `; it is recorded as started and not applied, and the next run says so by name until it is re-run (--rerun) or recorded (--fake)`
+      : "; it is not recorded") +
+    `. Make its statements safe to re-run (IF NOT EXISTS) before retrying`;
 }
 
 /**
@@ -2008,35 +2451,69 @@ export function sqlLiteral(value: string | number | null): string {
   return `${tag}${value}${tag}`;
 }
 
+/** The history columns of a migration being applied, as SQL literals in column order. */
+function historyValues(migration: Migration, phase: string, note: string | null): Record<string, string> {
+  return {
+    id: sqlLiteral(migration.id),
+    checksum: sqlLiteral(migration.checksum),
+    safe: sqlLiteral(migration.safe),
+    phase: sqlLiteral(phase),
+    down_sql: sqlLiteral(migration.down?.raw ?? null),
+    depends: sqlLiteral(JSON.stringify(migration.depends)),
+    note: sqlLiteral(note),
+  };
+}
+
 /**
  * The history row of an applied migration, written in the migration's own
- * transaction. Values go in as literals over the simple protocol: one round
+ * transaction: a plain insert, so a second application of the same migration
+ * fails on the primary key and rolls back whatever else happened. Only a row
+ * that records no application (a delay's detection, an interrupted start) is
+ * replaced. Values go in as literals over the simple protocol: one round
  * trip, where a parameterised query costs two without prepared statements.
  */
 async function recordApplied(
   db: Queryable,
+  table: HistoryTable,
   migration: Migration,
   phase: string,
   durationMs: number | null,
   note: string | null = null,
 ): Promise<void> {
-  const values = [
-    migration.id,
-    migration.checksum,
-    migration.safe,
-    phase,
-    durationMs === null ? null : Math.round(durationMs),
-    migration.down?.raw ?? null,
-    JSON.stringify(migration.depends),
-    note,
-  ].map(sqlLiteral);
+  const v = historyValues(migration, phase, note);
   await db.exec(
-    `insert into ${HISTORY_TABLE} (id, checksum, safe, phase, applied_at, duration_ms, down_sql, depends, note)
-     values (${values.slice(0, 4).join(", ")}, clock_timestamp(), ${values.slice(4).join(", ")})
-     on conflict (id) do update set checksum = excluded.checksum, safe = excluded.safe, phase = excluded.phase,
-       applied_at = excluded.applied_at, duration_ms = excluded.duration_ms, down_sql = excluded.down_sql,
-       depends = excluded.depends, note = excluded.note`,
+    `delete from ${table.sql} where id = ${v.id} and applied_at is null;
+     insert into ${table.sql} (id, checksum, safe, phase, applied_at, duration_ms, down_sql, depends, note)
+     values (${v.id}, ${v.checksum}, ${v.safe}, ${v.phase}, clock_timestamp(), ${sqlLiteral(durationMs === null ? null : Math.round(durationMs))},
+             ${v.down_sql}, ${v.depends}, ${v.note})`,
   );
+}
+
+/**
+ * A `transaction: false` migration's marker: inserted (plainly, as above)
+ * before its first statement, advanced after each, completed after the last.
+ */
+function startMarker(table: HistoryTable, migration: Migration, phase: string): NonNullable<SectionRun["marker"]> {
+  const v = historyValues(migration, phase, null);
+  return {
+    start: (q) =>
+      q.exec(
+        `delete from ${table.sql} where id = ${v.id} and applied_at is null;
+         insert into ${table.sql} (id, checksum, safe, phase, started_at, statements_done, down_sql, depends)
+         values (${v.id}, ${v.checksum}, ${v.safe}, ${v.phase}, clock_timestamp(), 0, ${v.down_sql}, ${v.depends})`,
+      ),
+    progress: (q, done) => q.exec(`update ${table.sql} set statements_done = ${done} where id = ${v.id} and applied_at is null`),
+    failed: (q, statement, message) =>
+      q.exec(`update ${table.sql} set note = ${sqlLiteral(`failed: ${message}`)}, statements_done = ${statement - 1} where id = ${v.id} and applied_at is null`),
+  };
+}
+
+async function completeMarker(db: Queryable, table: HistoryTable, migration: Migration, durationMs: number): Promise<void> {
+  const rows = await db.query(
+    `update ${table.sql} set applied_at = clock_timestamp(), duration_ms = $2 where id = $1 and applied_at is null returning id`,
+    [migration.id, Math.round(durationMs)],
+  );
+  if (rows.length !== 1) throw new DatabaseError(`${migration.file}: the marker of ${migration.id} in ${table.name} disappeared while it ran`);
 }
 
 /** Runs one migration's up SQL; its history row commits with it or not at all. */
@@ -2046,11 +2523,20 @@ export function applyMigration(
   phase: string,
   settings: ExecutionSettings = DEFAULT_EXECUTION,
 ): Promise<number> {
+  const table = db.history;
+  const transactional = migration.up.transaction;
   return runSection(
     db,
     migration.up,
-    { id: migration.id, file: migration.file, verb: "migration", lockTimeoutMs: migration.lockTimeoutMs, statementTimeoutMs: migration.statementTimeoutMs },
-    (q, durationMs) => recordApplied(q, migration, phase, durationMs),
+    {
+      id: migration.id,
+      file: migration.file,
+      verb: "migration",
+      lockTimeoutMs: migration.lockTimeoutMs,
+      statementTimeoutMs: migration.statementTimeoutMs,
+      marker: transactional ? undefined : startMarker(table, migration, phase),
+    },
+    (q, durationMs) => transactional ? recordApplied(q, table, migration, phase, durationMs) : completeMarker(q, table, migration, durationMs),
     settings,
   );
 }
@@ -2062,21 +2548,60 @@ export function revertMigration(db: Database, step: RevertStep, settings: Execut
     step.down!,
     { id: step.id, file: step.source, verb: "rollback of" },
     async (q) => {
-      await q.exec(`delete from ${HISTORY_TABLE} where id = ${sqlLiteral(step.id)}`);
+      await q.exec(`delete from ${db.history.sql} where id = ${sqlLiteral(step.id)}`);
     },
     settings,
   );
 }
 
-async function recordDetected(db: Queryable, plan: Plan, migrations: readonly Migration[]): Promise<void> {
+async function recordDetected(db: Database, plan: Plan, migrations: readonly Migration[]): Promise<void> {
   const byId = new Map(migrations.map((m) => [m.id, m]));
+  const t = db.history.sql;
   for (const id of plan.detect) {
     await db.query(
-      `insert into ${HISTORY_TABLE} (id, safe, detected_at) values ($1, $2, clock_timestamp())
-       on conflict (id) do update set detected_at = coalesce(${HISTORY_TABLE}.detected_at, excluded.detected_at)`,
+      `insert into ${t} as h (id, safe, detected_at) values ($1, $2, clock_timestamp())
+       on conflict (id) do update set detected_at = coalesce(h.detected_at, excluded.detected_at)`,
       [id, byId.get(id)!.safe],
     );
   }
+}
+
+/** Migrations a run started outside a transaction and never finished (a marker with no application). */
+export function interruptedMigrations(history: readonly HistoryRow[], rerun: readonly string[] = []): HistoryRow[] {
+  return history.filter((row) => row.startedAt && !row.appliedAt && !rerun.includes(row.id));
+}
+
+/**
+ * The refusal for an interrupted migration: by name, what took effect, what
+ * may have, and the two ways on. Never a bare "already exists" on the re-run.
+ */
+export async function interruptedReport(rows: readonly HistoryRow[], migrations: readonly Migration[]): Promise<string> {
+  const files = new Map(migrations.map((m) => [m.id, m]));
+  const parts: string[] = [];
+  for (const row of rows) {
+    const m = files.get(row.id);
+    const done = row.statementsDone ?? 0;
+    const failedWith = row.note?.startsWith("failed: ") ? row.note.slice("failed: ".length) : null;
+    const statements = m ? (await parseSection(m.up, m.file)).statements : [];
+    const describe = (s: Statement) => `${m!.file}:${s.line} ${s.sql.split("\n")[0].slice(0, 80)}`;
+    const lines = [
+      `${m?.file ?? row.id}: ${row.id} ${failedWith ? "failed part-way" : "was interrupted"}: a run started it at ` +
+        `${row.startedAt!.toISOString()} and ${failedWith ? `statement ${done + 1} failed (${failedWith})` : "stopped"} ` +
+        `after ${done}${statements.length ? ` of ${statements.length}` : ""} statements. It runs without a transaction ` +
+        `(transaction: false), so each statement commits on its own:`,
+      ...(done > 0 ? [`  took effect: ${statements.slice(0, done).map(describe).join("; ") || `${done} statements`}`] : []),
+      ...(statements[done] ? [`  ${failedWith ? "failed" : "may have taken effect"}: ${describe(statements[done])} ` +
+        `(${failedWith ? "a failed" : "it was in flight; an interrupted"} CREATE INDEX CONCURRENTLY leaves an INVALID index, ` +
+        `which --repair-invalid-indexes drops)`] : []),
+      ...(statements.length > done + 1 ? [`  did not run: ${statements.slice(done + 1).map(describe).join("; ")}`] : []),
+      ...(m && row.checksum !== m.checksum ? [`  note: the file has changed since that run started`] : []),
+      `  Check the database, then either re-run it from its first statement (if its statements are safe to re-run): ` +
+        `add --rerun ${row.id}; or, if everything it does is in place, record it as applied: --fake ${row.id}`,
+    ];
+    parts.push(lines.join("\n"));
+  }
+  return `refusing to run: ${plural(rows.length, "transaction: false migration")} an earlier run started and did not finish. ` +
+    `Nothing was applied.\n${parts.join("\n")}`;
 }
 
 async function applyAll(db: Database, migrations: readonly Migration[], phase: string, options: LockOptions) {
@@ -2111,12 +2636,15 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
 
   return await underLock(db, options, async (history) => {
     const result: RunResult = { plan: plan(history), applied: [], dryRun: false, invalidIndexes: [] };
+    const interrupted = interruptedMigrations(history, options.rerun);
+    if (interrupted.length > 0) throw new InputError(await interruptedReport(interrupted, migrations));
     if (result.plan.refused || result.plan.apply.length === 0) {
       if (!result.plan.refused) await recordDetected(db, result.plan, migrations);
       return result;
     }
     // A syntax error anywhere stops the run before anything is applied (each section is parsed once, then cached).
     for (const m of result.plan.apply) await parseSection(m.up, m.file);
+    refuseUnfencedThroughPooler(db, result.plan.apply.map((m) => ({ id: m.id, file: m.file, section: m.up })));
     if (options.lint !== false) await refuseUnsafe(migrations, result.plan.apply);
     result.invalidIndexes = await repairInvalidIndexes(db, Boolean(options.repairInvalidIndexes), options.onEvent);
     result.applied = await applyAll(db, result.plan.apply, options.phase, options);
@@ -2143,12 +2671,20 @@ async function refuseUnsafe(migrations: readonly Migration[], toApply: readonly 
   if (findings.length > 0) throw new LintError(findings);
 }
 
-/** Indexes a failed CREATE INDEX CONCURRENTLY left behind: they cost writes and are never used. */
+/**
+ * Indexes a failed CREATE INDEX CONCURRENTLY left behind: they cost writes and
+ * are never used. An index that is invalid because some session is building
+ * it right now (CREATE INDEX or REINDEX CONCURRENTLY, or the backend of a
+ * killed run still finishing) is not left behind: any build in progress on
+ * its table puts all of that table's invalid indexes out of reach.
+ */
 export async function findInvalidIndexes(db: Queryable): Promise<{ name: string; definition: string }[]> {
   return await db.query<{ name: string; definition: string }>(
     `select format('%I.%I', n.nspname, c.relname) as name, pg_get_indexdef(i.indexrelid) as definition
        from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
-      where not i.indisvalid and n.nspname not in ('pg_catalog', 'information_schema') order by 1`,
+      where not i.indisvalid and n.nspname not in ('pg_catalog', 'information_schema')
+        and not exists (select from pg_stat_progress_create_index p where p.relid = i.indrelid or p.index_relid = i.indexrelid)
+      order by 1`,
   );
 }
 
@@ -2221,6 +2757,8 @@ export async function sync(
     return { plan, reverted: [], applied: [], dryRun: true };
   }
   return await underLock(db, options, async (history) => {
+    const interrupted = interruptedMigrations(history);
+    if (interrupted.length > 0) throw new InputError(await interruptedReport(interrupted, migrations));
     const plan = syncPlan(migrations, history, now());
     options.onPlan?.(plan);
     const reverted = await revertAll(db, plan.revert, options);
@@ -2272,7 +2810,7 @@ export async function recordWithoutRunning(
     const record = dependencyOrder(migrations.filter((m) => wanted.has(m.id)));
     await db.transaction(async (tx) => {
       for (const m of record) {
-        await recordApplied(tx, m, kind, null, `recorded by --${kind} ${id} without running its SQL`);
+        await recordApplied(tx, db.history, m, kind, null, `recorded by --${kind} ${id} without running its SQL`);
       }
     });
     return record.map((m) => m.id);
@@ -2294,7 +2832,7 @@ export async function acceptChanged(
     if (row!.checksum === m.checksum) throw new InputError(`${id} has not changed since it was applied; nothing to accept`);
     const from = row!.checksum ?? "none";
     await db.query(
-      `update ${HISTORY_TABLE} set checksum = $2, down_sql = $3,
+      `update ${db.history.sql} set checksum = $2, down_sql = $3,
          note = concat_ws(E'\\n', note, $4::text) where id = $1`,
       [id, m.checksum, m.down?.raw ?? null, `accepted changed up SQL at ${new Date().toISOString()}: checksum ${from} -> ${m.checksum}`],
     );
@@ -2309,7 +2847,7 @@ export type SchemaSnapshot = Map<string, string>;
 
 const USER_SCHEMAS = `n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
   and n.nspname not like 'pg\\_temp%'`;
-const NOT_HISTORY = `not (c.relname = '${HISTORY_TABLE}')`;
+const NOT_HISTORY = `c.relname not in ('${HISTORY_TABLE}', '${HISTORY_TABLE}_lock')`;
 /** Objects that belong to an extension are the extension's business, not the migration's. */
 const NOT_EXTENSION = (catalog: string, oid: string) =>
   `not exists (select from pg_depend dep where dep.classid = '${catalog}'::regclass and dep.objid = ${oid} and dep.deptype = 'e')`;
@@ -2342,7 +2880,7 @@ const SNAPSHOT_QUERIES: string[] = [
   `select format('index %I.%I', n.nspname, c.relname) as key, pg_get_indexdef(i.indexrelid) as def
      from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
      join pg_class t on t.oid = i.indrelid
-    where ${USER_SCHEMAS} and t.relname <> '${HISTORY_TABLE}'`,
+    where ${USER_SCHEMAS} and t.relname not in ('${HISTORY_TABLE}', '${HISTORY_TABLE}_lock')`,
   `select format('sequence %I.%I', n.nspname, c.relname) as key,
           format('%s start %s increment %s min %s max %s cache %s%s', format_type(s.seqtypid, null), s.seqstart,
                  s.seqincrement, s.seqmin, s.seqmax, s.seqcache, case when s.seqcycle then ' cycle' else '' end) as def
@@ -2414,7 +2952,7 @@ export async function rehearse(
 ): Promise<RehearsalResult> {
   const problems = consistencyProblems(migrations, []);
   if (problems.length > 0) throw new InputError(problems.join("\n"));
-  await db.exec(CREATE_HISTORY);
+  await createHistoryTable(db);
   const result: RehearsalResult = { rehearsed: [], problems: [] };
   const message = (error: unknown) => (error as Error).message;
 
@@ -2498,7 +3036,7 @@ const downSource = (step: RevertStep) =>
 
 export function humanRunEvent(output: Output, event: RunEvent): void {
   if (event.type === "waiting-for-lock") {
-    output.err("waiting for another safemigrate run to release the migration lock...");
+    output.err(`waiting for another safemigrate run to release the migration lock (held by ${event.holder})...`);
   } else if (event.type === "applied") {
     output.out(`  ${green(output, "applied")}  ${event.migration.id}  ${dim(output, `(${event.migration.safe})`)}  ${ms(event.durationMs)}`);
   } else if (event.type === "lock-timeout") {
@@ -2657,6 +3195,10 @@ Options:
   --statement-timeout <t>  statement_timeout (default off; a file's "-- statement-timeout:" wins)
   --lock-retries <n>     attempts for a statement that hits lock_timeout (default 5)
   --repair-invalid-indexes  drop invalid indexes left by a failed CREATE INDEX CONCURRENTLY, then run
+  --rerun <id>           with --pre/--all: run an interrupted "transaction: false" migration again from its start
+  --history-table <t>    keep the history in <t> or <schema>.<t> (default safemigrate_history); one per service
+  --direct-url <url>     a direct connection for the run when --database-url is a pooler (env SAFEMIGRATE_DIRECT_URL)
+  --lease <time>         how long the run's lock lasts without a heartbeat (default 60s)
   -h, --help             show this help
   --version              print the version
 
@@ -2675,7 +3217,7 @@ const BOOLEAN_FLAGS = [
 ];
 const STRING_FLAGS = [
   "dir", "database-url", "mode", "lock-wait", "rollback", "fake", "baseline", "accept-changed", "format", "lock-timeout",
-  "statement-timeout", "lock-retries", "targets", "parallel",
+  "statement-timeout", "lock-retries", "rerun", "history-table", "direct-url", "lease", "targets", "parallel",
 ];
 /** A missing URL here is an error: a release step must never migrate a local toy database. */
 const RELEASE_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER", "CI"];
@@ -2708,6 +3250,12 @@ export interface CliOptions {
   lint: boolean;
   repairInvalidIndexes: boolean;
   execution: Omit<ExecutionSettings, "onEvent">;
+  /** --rerun: interrupted migrations to run again from their first statement. */
+  rerun: string[];
+  historyTable: HistoryTable;
+  /** --direct-url; the environment's SAFEMIGRATE_DIRECT_URL is consulted in resolveDatabaseUrl. */
+  directUrl: string | null;
+  leaseMs: number;
 }
 
 /** Turns argv and the environment into options; every mistake is an InputError. */
@@ -2730,6 +3278,10 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     lint: args.lint !== false,
     repairInvalidIndexes: Boolean(args["repair-invalid-indexes"]),
     execution: { ...DEFAULT_EXECUTION },
+    rerun: [],
+    historyTable: historyTable(),
+    directUrl: null,
+    leaseMs: DEFAULT_LEASE_MS,
   };
   for (const key of Object.keys(args)) {
     if (key === "_" || key === "h" || BOOLEAN_FLAGS.includes(key) || STRING_FLAGS.includes(key)) continue;
@@ -2740,7 +3292,7 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   if (args.version) return { ...options, command: "version" };
   if (args._.length > 0) throw new InputError(`unexpected argument "${args._[0]}" (see --help)`);
   for (const key of STRING_FLAGS) {
-    if (Array.isArray(args[key]) && key !== "database-url") throw new InputError(`--${key} is given more than once`);
+    if (Array.isArray(args[key]) && key !== "rerun" && key !== "database-url") throw new InputError(`--${key} is given more than once`);
     const lastIsTheValue = key === "rollback" && args.last;
     if (args[key] === "" && !lastIsTheValue) {
       throw new InputError(`--${key} needs a value${key === "rollback" ? " (a migration id, or --last)" : ""}`);
@@ -2804,6 +3356,13 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     if (!Number.isInteger(parallel) || parallel < 1) throw new InputError("--parallel must be a whole number of databases, 1 or more");
     options.parallel = parallel;
   }
+  options.directUrl = args["direct-url"] ?? null;
+  options.historyTable = historyTable(args["history-table"] ?? env.SAFEMIGRATE_HISTORY_TABLE ?? HISTORY_TABLE);
+  options.leaseMs = duration("lease") ?? options.leaseMs;
+  if (args.rerun !== undefined) {
+    if (options.command !== "pre" && options.command !== "all") throw new InputError("--rerun goes with --pre or --all");
+    options.rerun = [args.rerun].flat().map((id: string) => id.replace(/\.sql$/, ""));
+  }
   return options;
 }
 
@@ -2813,7 +3372,8 @@ export function resolveDatabaseUrl(
   env: Record<string, string | undefined>,
   output: Output,
 ): string {
-  const url = options.databaseUrl ?? (env.DATABASE_URL || null);
+  // A direct URL, when given, carries the run: the pooled one stays the application's.
+  const url = options.directUrl ?? (env.SAFEMIGRATE_DIRECT_URL || null) ?? options.databaseUrl ?? (env.DATABASE_URL || null);
   if (url) return url;
   const release = RELEASE_ENVIRONMENT.filter((name) => isSet(env[name]));
   if (release.length > 0) {
@@ -2863,6 +3423,23 @@ async function scratchDatabase(url: string | null): Promise<{ db: Database; drop
   };
 }
 
+/**
+ * postgres.js writes small queries on the next tick; if the socket dropped in
+ * between, the driver throws there, where no caller can catch it. That is a
+ * lost connection, not a crash: one message and exit 1, never a stack trace.
+ */
+function exitCleanlyOnDriverCrash(output: Output): void {
+  if (driverCrashGuarded) return;
+  driverCrashGuarded = true;
+  process.on("uncaughtException", (error) => {
+    if (!isConnectionLoss(error)) throw error;
+    output.err(`safemigrate: error: the connection to the database was lost (${redact((error as Error).message)}); ` +
+      `a migration in flight did not commit, or --status tells whether it did`);
+    process.exit(EXIT.failed);
+  });
+}
+let driverCrashGuarded = false;
+
 /** Runs one command; returns the exit code. Never throws: every error becomes one message. */
 export async function main(
   argv: string[],
@@ -2873,6 +3450,7 @@ export async function main(
   let db: Database | null = null;
   const printJson = (value: unknown) => output.out(JSON.stringify(value));
   try {
+    exitCleanlyOnDriverCrash(output);
     const options = parseArgs(argv, env);
     json = options.json;
     if (options.command === "help") {
@@ -2885,7 +3463,7 @@ export async function main(
     }
     const migrations = readMigrations(options.dir);
     const onEvent = json ? undefined : (event: RunEvent) => humanRunEvent(output, event);
-    const lock = { lockWaitMs: options.lockWaitMs, onEvent, execution: options.execution };
+    const lock = { lockWaitMs: options.lockWaitMs, leaseMs: options.leaseMs, onEvent, execution: options.execution };
     if (isFleet(options)) return await runFleet(migrations, options, output);
 
     // Commands that need no database of the user's.
@@ -2905,7 +3483,7 @@ export async function main(
 
     const url = resolveDatabaseUrl(options, env, output);
     const readOnly = options.plan || options.command === "status";
-    db = await connect(readOnly ? withoutCreating(url) : url);
+    db = await connect(readOnly ? withoutCreating(url) : url, { historyTable: options.historyTable });
     const label = describeUrl(url);
     // Timed from here: opening an embedded database for the first time is not the migrations' time.
     const started = performance.now();
@@ -2928,6 +3506,7 @@ export async function main(
           dryRun: options.plan,
           lint: options.lint,
           repairInvalidIndexes: options.repairInvalidIndexes,
+          rerun: options.rerun,
         });
         if (json) printJson(runResultJson(result, label));
         else humanRunSummary(output, result, performance.now() - started, new Date());
@@ -3037,7 +3616,7 @@ async function runCheck(
 ): Promise<number> {
   let history: HistoryRow[] = [];
   if (options.databaseUrl) {
-    const db = await connect(withoutCreating(options.databaseUrl));
+    const db = await connect(withoutCreating(options.databaseUrl), { historyTable: options.historyTable });
     try {
       history = await readHistory(db);
     } finally {
@@ -3143,10 +3722,12 @@ async function runTarget(url: string, migrations: Migration[], options: CliOptio
   const readOnly = options.plan || options.command === "status" || options.command === "check";
   let db: Database | null = null;
   try {
-    db = await connect(readOnly ? withoutCreating(url) : url);
+    db = await connect(readOnly ? withoutCreating(url) : url, { historyTable: options.historyTable });
     if (options.command === "pre" || options.command === "all") {
       const run = await migrate(db, migrations, {
         lockWaitMs: options.lockWaitMs,
+        leaseMs: options.leaseMs,
+        rerun: options.rerun,
         execution: options.execution,
         onEvent: options.json ? undefined : (event) => humanRunEvent(output, event),
         phase: options.command,
@@ -3214,6 +3795,7 @@ async function runFleet(migrations: Migration[], options: CliOptions, output: Ou
   if (!FLEET_COMMANDS.includes(options.command)) {
     throw new InputError(`--${options.command} works on one database at a time; a fleet (--targets, several --database-url) takes --pre, --all, --plan, --status or --check`);
   }
+  if (options.directUrl) throw new InputError("--direct-url names one database; in a fleet, list each database's direct URL as its target");
   const urls = fleetTargets(options);
   if (options.command === "check") {
     const problems = treeProblems(migrations);

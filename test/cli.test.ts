@@ -475,7 +475,7 @@ describe.skipIf(!SERVER_URL)("CLI against the PostgreSQL server", () => {
       expectExit(run, 1);
       expect(run.stderr).toContain(`${file}:5: migration 0002_b failed`);
       expect(run.stderr).toContain(`relation "missing_table" does not exist`);
-      expect(run.stderr).toMatch(/rolled back/);
+      expect(run.stderr).toContain("did not commit (statement 2 of 2): nothing of it took effect");
       expect(run.stderr).not.toMatch(NO_STACK_TRACE);
       expect(appliedLines(run.stdout)).toEqual(["0001_a"]);
 
@@ -530,7 +530,7 @@ describe.skipIf(!SERVER_URL)("CLI against the PostgreSQL server", () => {
       expect(await appliedIds(db)).toEqual(["0001_a", "0002_idx"]);
     });
 
-    test("a failing 2nd statement names that statement's file:line, says the 1st took effect, and records nothing", async () => {
+    test("a failing 2nd statement names that statement's file:line, says the 1st took effect, and the next run names it", async () => {
       const dir = migrationsDir({
         "0001_a": "-- safe: always\ncreate table a (id int);\n",
         "0002_b": "-- transaction: false\ncreate table t1 (id int);\ninsert into t1\n  values ('not a number');\ncreate table t3 (id int);\n",
@@ -545,12 +545,18 @@ describe.skipIf(!SERVER_URL)("CLI against the PostgreSQL server", () => {
       expect(run.stderr).toContain("invalid input syntax for type integer");
       expect(run.stderr).toContain("statement 2 of 3 failed");
       expect(run.stderr).toContain("the statements before it (lines 2) took effect and stay");
-      expect(run.stderr).toMatch(/not recorded/);
+      expect(run.stderr).toContain("recorded as started and not applied");
       expect(run.stderr).not.toMatch(NO_STACK_TRACE);
 
       const db = await open(url);
       expect(await userTables(db)).toEqual(["a", "t1"]); // t1 stays, t3 and c never ran
       expect(await appliedIds(db)).toEqual(["0001_a"]);
+      const next = await cli(dir, url, ["--all"]);
+      expectExit(next, 2);
+      expect(next.stderr).toContain("0002_b failed part-way");
+      expect(next.stderr).toContain(`took effect: ${file}:2 create table t1 (id int)`);
+      expect(next.stderr).toContain(`failed: ${file}:3 insert into t1`);
+      expect(next.stderr).toContain(`did not run: ${file}:5 create table t3 (id int)`);
     });
   });
 

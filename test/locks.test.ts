@@ -142,7 +142,7 @@ describe.skipIf(!SERVER_URL)("lock_timeout and retries", () => {
 });
 
 describe.skipIf(!SERVER_URL)("invalid indexes left by a failed CREATE INDEX CONCURRENTLY", () => {
-  test("the next run names the invalid index; --repair-invalid-indexes drops it so the migration runs again", async () => {
+  test("the next run names the migration that failed part-way and the invalid index; --rerun with --repair-invalid-indexes runs it again", async () => {
     const url = await serverDatabaseUrl();
     const db = await open(url);
     await db.exec("create table emails (address text); insert into emails values ('a@x'), ('a@x');");
@@ -162,11 +162,18 @@ describe.skipIf(!SERVER_URL)("invalid indexes left by a failed CREATE INDEX CONC
     await db.exec("delete from emails where ctid <> (select min(ctid) from emails)");
     const refused = await runCli(args);
     expect(refused.code).toBe(2);
-    expect(refused.stderr).toContain("invalid index left by a failed CREATE INDEX CONCURRENTLY: public.emails_address");
-    expect(refused.stderr).toContain("--repair-invalid-indexes");
+    expect(refused.stderr).toContain("0001_unique failed part-way");
+    expect(refused.stderr).toContain("statement 1 failed (could not create unique index");
+    expect(refused.stderr).toContain("leaves an INVALID index, which --repair-invalid-indexes drops");
+    expect(refused.stderr).toContain("--rerun 0001_unique");
     expect(await appliedIds(db)).toEqual([]);
 
-    const repaired = await runCli([...args, "--repair-invalid-indexes"]);
+    // Without --rerun the invalid index is what stands in the way.
+    const invalid = await runCli([...args, "--rerun", "0001_unique"]);
+    expect(invalid.code).toBe(2);
+    expect(invalid.stderr).toContain("invalid index left by a failed CREATE INDEX CONCURRENTLY: public.emails_address");
+
+    const repaired = await runCli([...args, "--rerun", "0001_unique", "--repair-invalid-indexes"]);
     expect(repaired.code).toBe(0);
     expect(repaired.stdout).toContain("dropped invalid index  public.emails_address");
     expect(repaired.stdout).toContain("applied  0001_unique");

@@ -76,7 +76,7 @@ for (const backend of BACKENDS) {
       const error = await failure(migrate(db, readMigrations(dir), pre));
       expect(error).toBeInstanceOf(DatabaseError);
       expect(error.message).toContain(`${dir}/0002_bad.sql:4: migration 0002_bad failed: relation "missing_table" does not exist`);
-      expect(error.message).toContain("rolled back");
+      expect(error.message).toContain("did not commit (statement 2 of 2): nothing of it took effect");
       expect(await tables(db)).toEqual(["ok", "safemigrate_history"]);
       expect(await appliedIds(db)).toEqual(["0001_ok"]);
     });
@@ -178,29 +178,43 @@ for (const backend of BACKENDS) {
 }
 
 describe.skipIf(!SERVER_URL)("the migration lock on the server", () => {
-  test("a run waits for the lock and gives up after --lock-wait without applying anything", async () => {
+  test("a run waits for another run's lease, gives up after --lock-wait naming the holder, and proceeds once it is released", async () => {
     const url = await BACKENDS[0].databaseUrl();
-    const holder = postgres(url, { max: 1 });
+    // The first run's migration waits on a table the test keeps locked, so that run holds the lease meanwhile.
+    const gate = postgres(url, { max: 2, onnotice: () => {} });
+    await gate.unsafe("create table gate (id int)");
+    const closed = await gate.reserve();
+    await closed.unsafe("begin; lock table gate in access exclusive mode");
     try {
-      await holder`select pg_advisory_lock(${0x5afe}, ${1})`;
-      const db = await open(url);
-      const dir = migrationsDir({ "0001_a": "-- safe: before_deploy\ncreate table a (id int);" });
-      let waited = false;
-      const error = await failure(
-        migrate(db, readMigrations(dir), { ...pre, lockWaitMs: 300, onEvent: (e) => (waited ||= e.type === "waiting-for-lock") }),
-      );
-      expect(waited).toBe(true);
-      expect(error).toBeInstanceOf(DatabaseError);
-      expect(error.message).toContain("another safemigrate run has held the migration lock");
-      expect(await tables(db)).toEqual([]);
+      const dir = migrationsDir({
+        "0001_a": "-- safe: before_deploy\nlock table gate in access share mode;\ncreate table a (id int);",
+        "0002_b": "-- safe: before_deploy\ncreate table b (id int);",
+      });
+      const slow = { lockTimeoutMs: 60_000, statementTimeoutMs: 0, attempts: 1 };
+      const first = migrate(await open(url), readMigrations(dir), { ...pre, lint: false, execution: slow });
+      while (!(await gate.unsafe("select 1 from pg_locks where relation = 'gate'::regclass and not granted")).length) await Bun.sleep(50);
 
-      // Released while a run waits: the run proceeds.
-      const running = migrate(db, readMigrations(dir), { ...pre, lockWaitMs: 10_000 });
+      const db = await open(url);
+      let waited = "";
+      const error = await failure(
+        migrate(db, readMigrations(dir), { ...pre, lint: false, lockWaitMs: 300, onEvent: (e) => (waited ||= e.type === "waiting-for-lock" ? e.holder : "") }),
+      );
+      expect(waited).toContain(`pid ${process.pid}`);
+      expect(error).toBeInstanceOf(DatabaseError);
+      expect(error.message).toContain("another safemigrate run holds the migration lock");
+      expect(error.message).toContain(`pid ${process.pid}`);
+      expect(await tables(db)).toEqual(["gate", "safemigrate_history"]);
+
+      // Released while a run waits: the first finishes, and the waiting one then finds nothing left to do.
+      const waiting = migrate(db, readMigrations(dir), { ...pre, lint: false, lockWaitMs: 30_000 });
       await Bun.sleep(200);
-      await holder`select pg_advisory_unlock(${0x5afe}, ${1})`;
-      expect((await running).applied.map((a) => a.id)).toEqual(["0001_a"]);
+      await closed.unsafe("commit");
+      expect((await first).applied.map((a) => a.id)).toEqual(["0001_a", "0002_b"]);
+      expect((await waiting).applied).toEqual([]);
+      expect(await gate.unsafe("select * from safemigrate_history_lock")).toEqual([]);
     } finally {
-      await holder.end();
+      closed.release();
+      await gate.end();
     }
   });
 });

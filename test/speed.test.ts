@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import { checksumOf, compareIds, findCycle, migrate, readHistory } from "../safemigrate.ts";
 import { BACKENDS, cleanup, migration, open } from "./helpers.ts";
 
-setDefaultTimeout(60_000);
+setDefaultTimeout(300_000);
 afterEach(cleanup);
 
 const sha256 = (text: string) => createHash("sha256").update(text).digest("hex");
