@@ -521,11 +521,11 @@ try {
   if (wanted("startup")) keep(await startupWorkload());
   if (wanted("noop")) keep(await noopWorkload(N, "n", true));
   if (wanted("apply")) keep(await applyWorkload(N, small, "apply", `Apply ${N.toLocaleString("en")} small migrations (create table), fresh database each run`));
+  if (wanted("fleet")) keep(await fleetWorkload());
   if (wanted("noop-large")) keep(await noopWorkload(LARGE, "large", false));
   if (wanted("status")) keep(await statusWorkload(LARGE));
   if (wanted("plan")) keep(await planWorkload(LARGE));
   if (wanted("work")) keep(await applyWorkload(100, real, "work", "Apply 100 migrations doing real work (5,000 rows and an index each)", Math.max(3, Math.min(RUNS, 5))));
-  if (wanted("fleet")) keep(await fleetWorkload());
 } finally {
   await dropAll();
 }
