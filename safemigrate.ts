@@ -19,12 +19,19 @@
  *   8. output (human, JSON, GitHub annotations)
  *   9. the command line
  *
- * Runs under Bun (`bun safemigrate.ts`) and Deno (`deno run -A safemigrate.ts`).
+ * Runs under Bun (`bun safemigrate.ts`), Deno (`deno run -A safemigrate.ts`) and
+ * Node 22.18+ (`node safemigrate.ts`, which strips types only: so no enums,
+ * namespaces or constructor parameter properties in this file).
  */
+import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import process from "node:process";
+// The output's edge (section 9): synchronous writes that survive pipes, and finding the main module on every runtime.
+import { realpathSync, statSync, writeSync } from "node:fs";
+import { isatty } from "node:tty";
+import { pathToFileURL } from "node:url";
 import mri from "mri";
 // Types only: postgres.js is imported when a postgres:// URL is opened, so
 // --version, --help, --lint and --check without a database never load it.
@@ -138,9 +145,12 @@ export interface HistoryRow {
 
 /** An error meant for the user: one readable message and the exit code it maps to. */
 export class SafemigrateError extends Error {
-  constructor(message: string, readonly exitCode: number) {
+  // Declared fields, not constructor parameter properties: Node runs this file by stripping types only.
+  readonly exitCode: number;
+  constructor(message: string, exitCode: number) {
     super(message);
     this.name = "SafemigrateError";
+    this.exitCode = exitCode;
   }
 }
 
@@ -329,6 +339,33 @@ function isValidValue(key: Directive, value: string): boolean {
   }
 }
 
+/**
+ * The ids of a `depends:` line. They are separated by commas, not whitespace,
+ * because real ids contain spaces (crates.io's
+ * `2019-11-15-182353_Add email notifications to crate owners`); an id with a
+ * comma or a quote is written in double (or single) quotes, the quote itself
+ * doubled inside. Optional `[ ]` around the list; `[]` is none.
+ */
+export function dependsList(value: string, where: string): string[] {
+  const text = value.trim().replace(/^\[([^]*)\]$/, "$1");
+  const item = /\s*(?:"((?:[^"]|"")*)"|'((?:[^']|'')*)'|([^,"']*?))\s*(,|$)/y;
+  const ids: string[] = [];
+  for (item.lastIndex = 0; item.lastIndex < text.length;) {
+    const at = item.lastIndex;
+    const match = item.exec(text);
+    if (!match) {
+      throw new InputError(
+        `${where}: cannot read "depends: ${value}" at "${text.slice(at)}" — separate ids with commas and close every quote ` +
+          `(an id with a comma or a quote goes in double quotes, a quote inside doubled: "a ""b""")`,
+      );
+    }
+    const id = match[1]?.replace(/""/g, '"') ?? match[2]?.replace(/''/g, "'") ?? match[3];
+    if (id !== "") ids.push(id);
+    if (match[4] === "") break;
+  }
+  return ids;
+}
+
 function applyDirective(
   parsed: ParsedDirectives,
   key: Directive,
@@ -352,8 +389,7 @@ function applyDirective(
       return;
     }
     case "depends": {
-      const list = value.replace(/^\[|\]$/g, "").split(/[\s,]+/).filter(Boolean);
-      parsed.depends = { value: list.map((id) => id.replace(/\.sql$/, "")), line };
+      parsed.depends = { value: dependsList(value, where).map((id) => id.replace(/\.sql$/, "")), line };
       return;
     }
     case "delay": {
@@ -515,7 +551,8 @@ export function readMigrations(dir: string): Migration[] {
     throw new InputError(`migrations directory ${dir} does not exist (set it with --dir)`);
   }
   const names = readdirSync(dir, { withFileTypes: true })
-    .filter((entry) => entry.isFile() && entry.name.endsWith(".sql"))
+    // Symlinks count: a Kubernetes ConfigMap volume presents each file as a link into its ..data directory.
+    .filter((entry) => entry.name.endsWith(".sql") && (entry.isFile() || (entry.isSymbolicLink() && statSync(join(dir, entry.name)).isFile())))
     .map((entry) => entry.name.slice(0, -".sql".length))
     .sort(compareIds);
 
@@ -616,9 +653,55 @@ async function parseSectionUncached(section: SqlSection, file: string): Promise<
 const isApplied = (row: HistoryRow | undefined): boolean => row?.appliedAt != null;
 
 /**
+ * A binary heap: the planners take "the smallest ready id" or "the newest
+ * applied free migration" thousands of times, which a sorted array re-spliced
+ * on every insert turns quadratic.
+ */
+class Heap<T> {
+  private items: T[] = [];
+  private readonly before: (a: T, b: T) => boolean;
+  // No parameter properties: Node's type stripping refuses them.
+  constructor(before: (a: T, b: T) => boolean) {
+    this.before = before;
+  }
+  get size(): number {
+    return this.items.length;
+  }
+  push(item: T): void {
+    const items = this.items;
+    items.push(item);
+    for (let i = items.length - 1; i > 0;) {
+      const parent = (i - 1) >> 1;
+      if (!this.before(items[i], items[parent])) break;
+      [items[i], items[parent]] = [items[parent], items[i]];
+      i = parent;
+    }
+  }
+  pop(): T | undefined {
+    const items = this.items;
+    const top = items[0];
+    const last = items.pop();
+    if (items.length === 0 || last === undefined) return top;
+    items[0] = last;
+    for (let i = 0; ;) {
+      const left = 2 * i + 1;
+      const right = left + 1;
+      let first = i;
+      if (left < items.length && this.before(items[left], items[first])) first = left;
+      if (right < items.length && this.before(items[right], items[first])) first = right;
+      if (first === i) break;
+      [items[i], items[first]] = [items[first], items[i]];
+      i = first;
+    }
+    return top;
+  }
+}
+
+/**
  * Orders migrations so every one comes after its dependencies, ties broken by
  * id. Dependencies outside `migrations` (already applied, or missing) are
- * ignored here; `consistencyProblems` reports the missing ones.
+ * ignored here; `consistencyProblems` reports the missing ones. Kahn's
+ * algorithm with a heap of ready ids: n log n.
  */
 export function dependencyOrder(migrations: readonly Migration[]): Migration[] {
   const byId = new Map(migrations.map((m) => [m.id, m]));
@@ -627,21 +710,22 @@ export function dependencyOrder(migrations: readonly Migration[]): Migration[] {
   for (const m of migrations) {
     const inSet = [...new Set(m.depends)].filter((d) => byId.has(d));
     waitingOn.set(m.id, inSet.length);
-    for (const d of inSet) dependents.set(d, [...(dependents.get(d) ?? []), m.id]);
+    for (const d of inSet) {
+      const list = dependents.get(d);
+      if (list) list.push(m.id);
+      else dependents.set(d, [m.id]);
+    }
   }
-  // Ready ids kept sorted descending so pop() yields the smallest id.
-  const ready = migrations.filter((m) => waitingOn.get(m.id) === 0).map((m) => m.id).sort((a, b) => compareIds(b, a));
+  const ready = new Heap<string>((a, b) => compareIds(a, b) < 0);
+  for (const m of migrations) if (waitingOn.get(m.id) === 0) ready.push(m.id);
   const ordered: Migration[] = [];
-  while (ready.length > 0) {
+  while (ready.size > 0) {
     const id = ready.pop()!;
     ordered.push(byId.get(id)!);
     for (const dependent of dependents.get(id) ?? []) {
       const left = waitingOn.get(dependent)! - 1;
       waitingOn.set(dependent, left);
-      if (left === 0) {
-        const at = ready.findIndex((r) => compareIds(r, dependent) < 0);
-        ready.splice(at < 0 ? ready.length : at, 0, dependent);
-      }
+      if (left === 0) ready.push(dependent);
     }
   }
   return ordered;
@@ -649,43 +733,135 @@ export function dependencyOrder(migrations: readonly Migration[]): Migration[] {
 
 /**
  * One cycle among the migrations, as a list of ids ending where it started;
- * null if none. Depth-first with an explicit stack: a history of 100,000
- * migrations is a chain 100,000 deep, and its depth should not depend on how
- * deep the runtime lets functions recurse.
+ * null if none. Depth-first with an explicit stack, so a chain of 10,000
+ * migrations does not exhaust the call stack.
  */
 export function findCycle(migrations: readonly Migration[]): string[] | null {
   const byId = new Map(migrations.map((m) => [m.id, m]));
   const state = new Map<string, "visiting" | "done">();
-  for (const root of migrations) {
-    if (state.has(root.id)) continue;
-    // Each frame: an id on the current path and how many of its dependencies were looked at.
-    const path: { id: string; next: number }[] = [{ id: root.id, next: 0 }];
-    state.set(root.id, "visiting");
+  for (const start of migrations) {
+    if (state.has(start.id)) continue;
+    const path: string[] = [start.id];
+    const next: number[] = [0];
+    state.set(start.id, "visiting");
     while (path.length > 0) {
-      const frame = path[path.length - 1];
-      const depends = byId.get(frame.id)!.depends;
-      if (frame.next === depends.length) {
-        state.set(frame.id, "done");
+      const id = path[path.length - 1];
+      const depends = byId.get(id)!.depends;
+      const i = next[next.length - 1]++;
+      if (i >= depends.length) {
+        state.set(id, "done");
         path.pop();
+        next.pop();
         continue;
       }
-      const d = depends[frame.next++];
+      const d = depends[i];
       if (!byId.has(d) || state.get(d) === "done") continue;
-      if (state.get(d) === "visiting") return [...path.slice(path.findIndex((f) => f.id === d)).map((f) => f.id), d];
+      if (state.get(d) === "visiting") return [...path.slice(path.indexOf(d)), d];
       state.set(d, "visiting");
-      path.push({ id: d, next: 0 });
+      path.push(d);
+      next.push(0);
     }
   }
   return null;
 }
 
 /**
+ * One mechanical edit that resolves a problem, so a person, an editor or a
+ * script can apply it without interpreting prose: replace a line, insert one
+ * (1-based; the new line becomes that line), or rename the file (a path in the
+ * same directory).
+ */
+export type Edit =
+  | { file: string; line: number; replace: string }
+  | { file: string; line: number; insert: string }
+  | { file: string; rename: string };
+
+/**
+ * A problem found before anything runs. `fix` is the one edit after which the
+ * same command passes; null where only a person can decide (a cycle, drift).
+ * Warnings are printed and do not fail --check.
+ */
+export interface CheckProblem {
+  level: "error" | "warning";
+  message: string;
+  fix: Edit | null;
+}
+
+/** An InputError that carries its problems, so --json can hand the fixes to a script. */
+export class CheckError extends InputError {
+  readonly problems: CheckProblem[];
+  constructor(problems: CheckProblem[]) {
+    super(problems.map((p) => p.message).join("\n"));
+    this.problems = problems;
+  }
+}
+
+/** A `depends:` line for these ids; an id that a plain list would misread goes in quotes. */
+export function dependsLineFor(ids: readonly string[]): string {
+  const quote = (id: string) => (/[,"'\[\]]|^\s|\s$/.test(id) || id === "" ? `"${id.replace(/"/g, '""')}"` : id);
+  return `-- depends: ${ids.length === 0 ? "[]" : ids.map(quote).join(", ")}`;
+}
+
+/** The edit that makes `m` declare exactly `ids`: its own depends: line replaced, or one inserted at the top. */
+export function setDepends(m: Migration, ids: readonly string[]): Edit {
+  const text = dependsLineFor(ids);
+  return m.dependsLine === null ? { file: m.file, line: 1, insert: text } : { file: m.file, line: m.dependsLine, replace: text };
+}
+
+/** The edit in words, for the human output. */
+export function describeEdit(edit: Edit): string {
+  if ("rename" in edit) return `rename ${edit.file} -> ${edit.rename}`;
+  if ("replace" in edit) return `in ${edit.file}, replace line ${edit.line} with: ${edit.replace}`;
+  return `in ${edit.file}, insert as line ${edit.line}: ${edit.insert}`;
+}
+
+/**
+ * The version at the start of an id: the digit groups before the name
+ * (`0042` of `0042_add_orders`, `2024-01-01-000000` of
+ * `2024-01-01-000000_a`, `20240105093000` of `20240105093000-import-x-2`).
+ */
+export const versionOf = (id: string): string | null => /^\d+(?:[-_]\d+(?=[-_.]|$))*/.exec(id)?.[0] ?? null;
+
+/**
+ * New names for files that must sort after everything known, in the
+ * directory's own style: the version one past the highest (same width and
+ * separators), then the file's own separator and name, case kept.
+ */
+export function newNames(migrations: readonly Migration[], history: readonly HistoryRow[]): (m: Migration) => string {
+  const versions = [...migrations.map((m) => m.id), ...history.map((row) => row.id)].map(versionOf).filter((v): v is string => v !== null);
+  const digits = (v: string) => BigInt(v.replace(/\D/g, ""));
+  let last = versions.reduce<string | null>((max, v) => (max === null || digits(v) > digits(max) ? v : max), null);
+  return (m) => {
+    const own = versionOf(m.id);
+    const shape = last ?? own ?? "0000";
+    const width = shape.replace(/\D/g, "").length;
+    const next = String(digits(shape) + 1n).padStart(width, "0");
+    // Put the separators back where the shape has them: 2024-01-01-000000 -> 2024-01-01-000001.
+    let at = 0;
+    const version = shape.replace(/\d+/g, (group, offset: number) => {
+      const length = group.length + (offset === 0 ? next.length - width : 0); // 9999 + 1 widens the first group
+      return next.slice(at, (at += length));
+    });
+    last = version;
+    const name = own === null ? `_${m.id}` : m.id.slice(own.length);
+    return join(dirname(m.file), `${version}${name}.sql`);
+  };
+}
+
+/**
  * Everything that must stop a run before it starts: unknown dependencies,
  * cycles, applied migrations that depend on pending ones (typical after
  * merging branches), and applied migrations whose up SQL changed.
+ * `rename` allocates new names; --check shares one with treeProblems so
+ * two renames never collide.
  */
-export function consistencyProblems(migrations: readonly Migration[], history: readonly HistoryRow[]): string[] {
-  const problems: string[] = [];
+export function consistencyFindings(
+  migrations: readonly Migration[],
+  history: readonly HistoryRow[],
+  rename = newNames(migrations, history),
+): CheckProblem[] {
+  const problems: CheckProblem[] = [];
+  const error = (message: string, fix: Edit | null = null) => problems.push({ level: "error", message, fix });
   const rows = new Map(history.map((row) => [row.id, row]));
   const files = new Map(migrations.map((m) => [m.id, m]));
 
@@ -693,39 +869,53 @@ export function consistencyProblems(migrations: readonly Migration[], history: r
     for (const d of m.depends) {
       if (files.has(d) || isApplied(rows.get(d))) continue;
       const meant = closest(d, [...files.keys()].filter((id) => id !== m.id));
-      problems.push(
+      const words = d.split(/\s+/);
+      const spaced = words.length > 1 && words.every((w) => files.has(w.replace(/\.sql$/, "")) || isApplied(rows.get(w)));
+      error(
         `${m.file}:${m.dependsLine ?? 1}: depends on "${d}", which is neither a file in the migrations directory nor applied` +
-          (meant ? ` — did you mean "${meant}"?` : ""),
+          (spaced ? ` — separate ids with commas (an id may contain spaces)` : meant ? ` — did you mean "${meant}"?` : ""),
+        spaced ? setDepends(m, m.depends.flatMap((x) => (x === d ? words : [x])))
+          : meant && m.dependsLine !== null ? setDepends(m, m.depends.map((x) => (x === d ? meant : x))) : null,
       );
     }
   }
 
   const cycle = findCycle(migrations);
   if (cycle) {
-    problems.push(
+    error(
       `dependency cycle: ${cycle.join(" -> ")} — each waits for the next, so none can run; ` +
         `remove one of these "depends:" entries (${files.get(cycle[0])!.file})`,
     );
   }
 
+  for (const [pending, appliedAfter] of pendingAmongApplied(migrations, rows)) {
+    const to = rename(pending);
+    error(
+      `inconsistent history: ${appliedAfter.id} is applied, but it depends on ${pending.id}, which is not` +
+        (appliedAfter.depends.includes(pending.id) ? "" : ` (once the pending files between them are renamed)`) +
+        `. This usually happens after merging branches that both added migrations. ` +
+        `Rename ${pending.file} -> ${to} so it sorts after the applied migrations ` +
+        `(if another database already applied it under its old name, roll it back there first)`,
+      { file: pending.file, rename: to },
+    );
+  }
+  if (problems.some((p) => p.fix && "rename" in p.fix)) {
+    problems.push(...renamedReferences(migrations, problems, afterFixes(migrations, problems)));
+  }
   for (const m of migrations) {
-    if (!isApplied(rows.get(m.id))) continue;
-    for (const d of m.depends) {
-      if (files.has(d) && !isApplied(rows.get(d))) {
-        problems.push(
-          `inconsistent history: ${m.id} is applied, but it depends on ${d}, which is not. ` +
-            `This usually happens after merging branches that both added migrations. ` +
-            `Rename ${files.get(d)!.file} so it sorts after the applied migrations, ` +
-            `or declare the real order with "-- depends:" in ${m.file}`,
-        );
-      }
+    if (!isApplied(rows.get(m.id)) || m.dependsLine === null) continue;
+    for (const d of m.depends.filter((d) => files.has(d) && !isApplied(rows.get(d)))) {
+      error(
+        `${m.file}:${m.dependsLine}: inconsistent history: ${m.id} is applied, but its "depends:" names ${d}, which is not: ` +
+          `was the line edited after ${m.id} was applied? Correct it (front-matter is not part of the checksum)`,
+      );
     }
   }
 
   for (const m of migrations) {
     const row = rows.get(m.id);
     if (isApplied(row) && row!.checksum !== null && row!.checksum !== m.checksum) {
-      problems.push(
+      error(
         `${m.file}: the up SQL changed after the migration was applied (checksum ${row!.checksum!.slice(0, 12)} ` +
           `in the database, ${m.checksum.slice(0, 12)} on disk). Applied migrations are not re-run: ` +
           `undo the edit and put the change in a new migration, or, if the edit was on purpose and the schema ` +
@@ -734,6 +924,33 @@ export function consistencyProblems(migrations: readonly Migration[], history: r
     }
   }
   return problems;
+}
+
+export function consistencyProblems(migrations: readonly Migration[], history: readonly HistoryRow[]): string[] {
+  return consistencyFindings(migrations, history).map((p) => p.message);
+}
+
+/**
+ * The pending files an applied one takes as its default parent (the previous
+ * id), each with that applied file. Walking back from the newest: renaming a
+ * pending file makes the file before it the parent, so that one is listed too
+ * if it is pending. Renaming exactly these makes every applied file's parent
+ * applied, in one round.
+ */
+function pendingAmongApplied(migrations: readonly Migration[], rows: Map<string, HistoryRow>): [Migration, Migration][] {
+  const sorted = [...migrations].sort((a, b) => compareIds(a.id, b.id));
+  const found: [Migration, Migration][] = [];
+  let child: Migration | null = null;
+  for (let i = sorted.length - 1; i >= 0; i--) {
+    const m = sorted[i];
+    const applied = isApplied(rows.get(m.id));
+    if (child && !applied) {
+      found.push([m, child]);
+      continue;
+    }
+    child = applied && m.dependsLine === null ? m : null;
+  }
+  return found.reverse();
 }
 
 // ============================================================================
@@ -775,6 +992,8 @@ export interface Plan {
   detect: string[];
   /** strict mode found blocked migrations: apply nothing, record nothing. */
   refused: boolean;
+  /** When refused: the edits that let this release through --pre (see preAdvice). */
+  advice?: CheckProblem[];
 }
 
 export function pendingMigrations(migrations: readonly Migration[], history: readonly HistoryRow[]): Migration[] {
@@ -788,8 +1007,8 @@ export function pendingMigrations(migrations: readonly Migration[], history: rea
  * migrations and history are inconsistent (see consistencyProblems).
  */
 export function planRun({ migrations, history, now, mode, phase }: PlanInput): Plan {
-  const problems = consistencyProblems(migrations, history);
-  if (problems.length > 0) throw new InputError(problems.join("\n"));
+  const problems = consistencyFindings(migrations, history);
+  if (problems.length > 0) throw new CheckError(problems);
 
   const rows = new Map(history.map((row) => [row.id, row]));
   const pending = dependencyOrder(pendingMigrations(migrations, history));
@@ -849,6 +1068,7 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   if (mode === "strict" && plan.blocked.length > 0) {
     plan.refused = true;
     plan.apply = [];
+    plan.advice = preAdvice(plan, pending);
     return plan;
   }
   // 6. Start the clock on delayed migrations the first time a --pre run sees them.
@@ -932,27 +1152,49 @@ export function revertSteps(
 ): RevertStep[] {
   const files = new Map(migrations.map((m) => [m.id, m]));
   const rows = new Map(history.filter(isApplied).map((row) => [row.id, row]));
+  // Each applied migration's applied dependents, built once: the walks below are linear.
+  const dependents = new Map<string, string[]>();
+  for (const id of rows.keys()) {
+    for (const d of new Set(dependenciesOf(id, files, rows))) {
+      if (!rows.has(d)) continue;
+      const list = dependents.get(d);
+      if (list) list.push(id);
+      else dependents.set(d, [id]);
+    }
+  }
   const undo = new Set(roots);
-  for (let grew = true; grew;) {
-    grew = false;
-    for (const id of rows.keys()) {
-      if (!undo.has(id) && dependenciesOf(id, files, rows).some((d) => undo.has(d))) {
-        undo.add(id);
-        grew = true;
+  for (const queue = [...undo]; queue.length > 0;) {
+    for (const dependent of dependents.get(queue.pop()!) ?? []) {
+      if (!undo.has(dependent)) {
+        undo.add(dependent);
+        queue.push(dependent);
       }
     }
   }
   // Dependents before what they depend on; among the free ones, the latest applied first.
+  const waitingFor = new Map([...undo].map((id) => [id, (dependents.get(id) ?? []).filter((d) => undo.has(d)).length]));
+  const free = new Heap<HistoryRow>(newerThan);
+  for (const [id, count] of waitingFor) if (count === 0 && rows.has(id)) free.push(rows.get(id)!);
   const steps: RevertStep[] = [];
-  const left = new Set(undo);
+  const left = new Set([...undo].filter((id) => rows.has(id)));
   while (left.size > 0) {
-    const free = [...left].filter((id) => ![...left].some((other) => dependenciesOf(other, files, rows).includes(id)));
-    const next = newestFirst(free.map((id) => rows.get(id)!))[0] ?? rows.get([...left][0])!;
-    left.delete(next.id);
+    // A cycle among applied migrations leaves nothing free: take the first left, as before.
+    const next = free.pop() ?? rows.get(left.values().next().value!)!;
+    if (!left.delete(next.id)) continue;
     steps.push({ id: next.id, ...downFor(next, files.get(next.id)) });
+    for (const d of new Set(dependenciesOf(next.id, files, rows))) {
+      if (!left.has(d)) continue;
+      const count = waitingFor.get(d)! - 1;
+      waitingFor.set(d, count);
+      if (count === 0) free.push(rows.get(d)!);
+    }
   }
   return steps;
 }
+
+/** Applied later; ties (same millisecond, as --baseline records) by id, last first. */
+const newerThan = (a: HistoryRow, b: HistoryRow): boolean =>
+  (b.appliedAt!.getTime() - a.appliedAt!.getTime() || compareIds(b.id, a.id)) < 0;
 
 /** Latest applied first; ties (same millisecond, as --baseline records) by id, last first. */
 function newestFirst(rows: HistoryRow[]): HistoryRow[] {
@@ -1024,60 +1266,204 @@ export function syncPlan(migrations: readonly Migration[], history: readonly His
   return { revert, apply: planRun({ migrations, history: remaining, now, mode: "strict", phase: "all" }).apply };
 }
 
-/** The version number at the start of an id (`0042` of `0042_add_orders`), if it has one. */
-const versionOf = (id: string): string | null => /^(\d+)[_-]/.exec(id)?.[1] ?? null;
+/** Where the files came from in version control (see gitOrigins); null outside a checkout. */
+export interface FileOrigins {
+  /** true when the two files were added on different branches: neither adding commit contains the other. */
+  concurrent(a: Migration, b: Migration): boolean;
+}
+
+export interface TreeContext {
+  history?: readonly HistoryRow[];
+  /** How to tell a merge from a batch; null (not a checkout) turns those findings into warnings. */
+  origins?: FileOrigins | null;
+  rename?: (m: Migration) => string;
+}
 
 /**
- * `--check` on the files alone: what a merge of two branches typically breaks.
- * Exactly one leaf per independent chain (one whose root declares `depends: []`
- * or is the first migration), and no two migrations sharing a version number.
+ * `--check` on the files: what a merge of two branches breaks. Files sharing
+ * a version are a clash only when two branches each added one (files added
+ * together, or one after the other on one branch, run in id order by
+ * design); separate leaves likewise, and never when every leaf declares its
+ * own `depends:` (the heads of a deliberate DAG). Outside a git checkout
+ * both are warnings, since only the history can tell. Each step looks at the
+ * files as the previous steps' fixes leave them, so all fixes apply in one round.
  */
-export function treeProblems(migrations: readonly Migration[]): string[] {
-  const problems: string[] = [];
+export function treeProblems(migrations: readonly Migration[], context: TreeContext = {}): CheckProblem[] {
+  const history = context.history ?? [];
+  const rows = new Map(history.map((row) => [row.id, row]));
+  const origins = context.origins ?? null;
+  const clashes = versionClashes(migrations, rows, origins, context.rename ?? newNames(migrations, history));
+  const renamed = afterFixes(migrations, clashes);
+  const references = renamedReferences(migrations, clashes, renamed);
+  return [...clashes, ...references, ...separateLeaves(afterFixes(renamed, references), rows, origins)];
+}
+
+/** Files sharing a version that two branches each added, each with its rename. */
+function versionClashes(
+  migrations: readonly Migration[],
+  rows: Map<string, HistoryRow>,
+  origins: FileOrigins | null,
+  rename: (m: Migration) => string,
+): CheckProblem[] {
+  const applied = (m: Migration) => isApplied(rows.get(m.id));
+  const problems: CheckProblem[] = [];
   const byVersion = new Map<string, Migration[]>();
   for (const m of migrations) {
     const version = versionOf(m.id);
-    if (version) byVersion.set(version, [...(byVersion.get(version) ?? []), m]);
+    if (version !== null) byVersion.set(version, [...(byVersion.get(version) ?? []), m]);
   }
   for (const [version, same] of byVersion) {
     if (same.length < 2 || same.slice(1).every((m) => m.dependsLine !== null)) continue;
-    const last = migrations[migrations.length - 1].id;
-    const next = String(Number(versionOf(last) ?? version) + 1).padStart(version.length, "0");
-    problems.push(
-      `${same.map((m) => m.id).join(" and ")} share the number ${version}: two branches both added a migration. ` +
-        `Rename the one that is not applied anywhere yet so it sorts last ` +
-        `(${same[same.length - 1].file} -> ${next}_${same[same.length - 1].id.slice(version.length + 1)}.sql), ` +
-        `or declare the order with "-- depends:"`,
-    );
+    if (!origins) {
+      const target = same.findLast((m) => !applied(m));
+      if (!target) continue;
+      const to = rename(target);
+      problems.push({
+        level: "warning",
+        message: `${same.map((x) => x.id).join(", ")} share the version ${version}. This is not a git checkout, so safemigrate cannot ` +
+          `tell files added together (fine: they run in id order) from two branches that each added one. If two branches ` +
+          `did, rename the one not applied anywhere yet so it sorts last: ${target.file} -> ${to}`,
+        fix: { file: target.file, rename: to },
+      });
+      continue;
+    }
+    // Applied files keep their names, and so do files that declare their order; each
+    // pending one in the default order that another branch added is renamed.
+    const fixed = (m: Migration) => applied(m) || m.dependsLine !== null;
+    const kept: Migration[] = [];
+    for (const m of [...same.filter(fixed), ...same.filter((m) => !fixed(m))]) {
+      const other = fixed(m) ? undefined : kept.find((k) => origins.concurrent(k, m));
+      if (!other) {
+        kept.push(m);
+        continue;
+      }
+      const to = rename(m);
+      problems.push({
+        level: "error",
+        message: `${other.id} and ${m.id} share the version ${version} and were added on different branches: two branches both ` +
+          `added a migration. Rename the one not applied anywhere yet so it sorts last: ${m.file} -> ${to}`,
+        fix: { file: m.file, rename: to },
+      });
+    }
   }
+  return problems;
+}
 
-  // Leaves per connected component of the dependency graph.
-  const ids = migrations.map((m) => m.id);
-  const component = new Map(ids.map((id) => [id, id]));
+/**
+ * The migrations as they are once these fixes are applied: renamed files
+ * take their new ids, edited `depends:` lines their new lists, and every
+ * file without one its new default parent (the previous id).
+ */
+export function afterFixes(migrations: readonly Migration[], problems: readonly CheckProblem[]): Migration[] {
+  const byFile = new Map(migrations.map((m) => [m.file, m]));
+  for (const { fix } of problems) {
+    const m = fix && byFile.get(fix.file);
+    if (!fix || !m) continue;
+    byFile.delete(fix.file);
+    const edited: Migration = "rename" in fix
+      ? { ...m, file: fix.rename, id: basename(fix.rename, ".sql") }
+      : { ...m, depends: dependsList(("replace" in fix ? fix.replace : fix.insert).replace(/^--\s*depends:/, ""), fix.file), dependsLine: fix.line };
+    byFile.set(edited.file, edited);
+  }
+  const sorted = [...byFile.values()].sort((a, b) => compareIds(a.id, b.id));
+  return sorted.map((m, i) => (m.dependsLine !== null ? m : { ...m, depends: i === 0 ? [] : [sorted[i - 1].id] }));
+}
+
+/** A `depends:` line naming a file that a rename moves: the same line with the new id. */
+export function renamedReferences(before: readonly Migration[], renames: readonly CheckProblem[], after: readonly Migration[]): CheckProblem[] {
+  const byFile = new Map(before.map((m) => [m.file, m.id]));
+  const newId = new Map(renames.flatMap(({ fix }) => (fix && "rename" in fix ? [[byFile.get(fix.file)!, basename(fix.rename, ".sql")]] : [])));
+  return after.filter((m) => m.dependsLine !== null && m.depends.some((d) => newId.has(d))).map((m) => {
+    const fix = setDepends(m, m.depends.map((d) => newId.get(d) ?? d));
+    return { level: "error", message: `${m.file}:${m.dependsLine}: names ${m.depends.filter((d) => newId.has(d)).join(", ")}, which a rename above moves: ${describeEdit(fix)}`, fix };
+  });
+}
+
+/** Groups of leaves per connected part of the graph that nothing orders, each with the one line that joins them. */
+function separateLeaves(migrations: readonly Migration[], rows: Map<string, HistoryRow>, origins: FileOrigins | null): CheckProblem[] {
+  const byId = new Map(migrations.map((m) => [m.id, m]));
+  const parent = new Map(migrations.map((m) => [m.id, m.id]));
   const find = (id: string): string => {
-    while (component.get(id) !== id) id = component.get(id)!;
-    return id;
+    let root = id;
+    while (parent.get(root) !== root) root = parent.get(root)!;
+    for (let at = id; at !== root;) {
+      const up = parent.get(at)!;
+      parent.set(at, root);
+      at = up;
+    }
+    return root;
   };
   const dependedOn = new Set<string>();
   for (const m of migrations) {
     for (const d of m.depends) {
-      if (!component.has(d)) continue;
+      if (!byId.has(d)) continue;
       dependedOn.add(d);
-      component.set(find(m.id), find(d));
+      parent.set(find(m.id), find(d));
     }
   }
-  const leaves = new Map<string, string[]>();
-  for (const id of ids) {
-    if (dependedOn.has(id)) continue;
-    leaves.set(find(id), [...(leaves.get(find(id)) ?? []), id]);
+  const groups = new Map<string, Migration[]>();
+  for (const m of migrations) {
+    if (!dependedOn.has(m.id)) groups.set(find(m.id), [...(groups.get(find(m.id)) ?? []), m]);
   }
-  for (const group of leaves.values()) {
-    if (group.length < 2) continue;
-    problems.push(
-      `${group.join(", ")} are separate leaves of one dependency chain: nothing orders them, which usually means two ` +
-        `branches each added migrations on the same parent. Make one depend on the other ` +
-        `("-- depends: ${group[0]}" in ${group[group.length - 1]}), or rename it so it sorts last and drop its explicit "depends:"`,
-    );
+  const problems: CheckProblem[] = [];
+  for (const leaves of groups.values()) {
+    if (leaves.length < 2 || leaves.every((m) => m.dependsLine !== null)) continue;
+    if (origins && !leaves.some((a, i) => leaves.slice(i + 1).some((b) => origins.concurrent(a, b)))) continue;
+    // The newest pending leaf lists the others and keeps its own parents: then it is the only leaf.
+    const pending = leaves.filter((m) => !isApplied(rows.get(m.id)));
+    const target = (pending.length > 0 ? pending : leaves).reduce((a, b) => (compareIds(a.id, b.id) > 0 ? a : b));
+    const others = leaves.filter((m) => m !== target).map((m) => m.id);
+    const fix = setDepends(target, [...new Set([...target.depends, ...others])]);
+    problems.push({
+      level: origins ? "error" : "warning",
+      message: `${leaves.map((m) => m.id).join(", ")} are separate leaves of one dependency chain: nothing orders them, which ` +
+        `usually means branches each added migrations on the same parent` +
+        (origins ? "" : " (this is not a git checkout, so safemigrate cannot tell)") +
+        `. Make ${target.id} depend on the other leaves as well as its own parent: ${describeEdit(fix)}`,
+      fix,
+    });
+  }
+  return problems;
+}
+
+/**
+ * What --pre would refuse (strict) or leave for --all: a before_deploy or
+ * always migration that waits behind a pending after_deploy one. When that is
+ * only the default order (no `depends:` line), the fix is the line that
+ * depends on what lies past the after_deploy ones instead; the after_deploy
+ * ones then wait for --all on their own.
+ */
+export function preAdvice(plan: Plan, pending: readonly Migration[]): CheckProblem[] {
+  const byId = new Map(pending.map((m) => [m.id, m]));
+  const held = new Set([...plan.delayed.map((d) => d.id), ...plan.blocked.map((b) => b.id)]);
+  const afterDeploy = (id: string) => held.has(id) && byId.get(id)?.safe === "after_deploy";
+  const past = new Map<string, string[]>();
+  const pastAfterDeploy = (id: string): string[] => {
+    if (!past.has(id)) past.set(id, [...new Set(byId.get(id)!.depends.flatMap((d) => (afterDeploy(d) ? pastAfterDeploy(d) : [d])))]);
+    return past.get(id)!;
+  };
+  const problems: CheckProblem[] = [];
+  for (const m of pending) {
+    const behind = m.depends.filter(afterDeploy);
+    if (m.safe === "after_deploy" || !held.has(m.id) || behind.length === 0) continue;
+    const effect = m.safe === "before_deploy" ? "--pre refuses the release (strict mode) or skips it" : "--pre leaves it for --all";
+    if (m.dependsLine !== null) {
+      problems.push({
+        level: "warning",
+        message: `${m.file}:${m.dependsLine}: ${m.id} is ${m.safe} but declares "depends:" on ${behind.join(", ")} (after_deploy, ` +
+          `not applied), so ${effect}. Ship ${behind.join(", ")} in an earlier release, or drop it from the line if ${m.id} does not need it`,
+        fix: null,
+      });
+      continue;
+    }
+    const fix = setDepends(m, [...new Set(m.depends.flatMap((d) => (afterDeploy(d) ? pastAfterDeploy(d) : [d])))]);
+    problems.push({
+      level: "warning",
+      message: `${m.id} is ${m.safe} but comes after ${behind.join(", ")} (after_deploy, not applied) only by the default order, ` +
+        `so ${effect}. If it does not need ${behind.join(", ")}: ${describeEdit(fix)} — then --pre applies it before the deploy ` +
+        `and --all applies ${behind.join(", ")} after it`,
+      fix,
+    });
   }
   return problems;
 }
@@ -1087,13 +1473,23 @@ export function treeProblems(migrations: readonly Migration[]): string[] {
 // ============================================================================
 
 /**
- * What a rule is about. Phase rules: old code must keep working after a
- * before_deploy (or always) migration, so contraction belongs in after_deploy.
- * Lock rules: what holds a strong lock on an existing table for long.
+ * The analysis reads each migration's parse tree in dependency order, carrying
+ * what earlier migrations declared (column types, tables, functions, indexes),
+ * and turns each hazardous statement into a finding about one object. Whether
+ * a finding stops a run is decided last, by one small function (`gateReason`)
+ * against what the live database holds before the run: an object the run
+ * itself creates, or a table small enough that a lock on it is brief, cannot
+ * stop a run, so a fresh database takes a project's whole history. Without a
+ * database (`--lint`), every table is assumed live and large.
+ *
+ * Rule kinds: phase rules (old code must keep working after a before_deploy or
+ * always migration, so contraction belongs in after_deploy); lock rules (a
+ * strong lock held on an existing table for long); failures (the statement
+ * cannot run as written); waiver problems; information (never gating).
  */
 export interface Rule {
-  kind: "phase" | "lock" | "waiver";
-  /** How to do the same thing safely. */
+  kind: "phase" | "lock" | "failure" | "waiver" | "info";
+  /** How to do the same thing safely; the message has already said why. */
   fix: string;
 }
 
@@ -1106,22 +1502,27 @@ export const RULES = {
   "drop-function": { kind: "phase", fix: "stop calling the function, deploy, then drop it in an after_deploy migration" },
   "rename-table": { kind: "phase", fix: `keep both names for one release: create a view under the new name (or the new table and backfill), switch the code, drop the old name after the deploy (${EXPAND_CONTRACT})` },
   "rename-column": { kind: "phase", fix: `add the new column, backfill it, write both from the code, switch reads, drop the old column in an after_deploy migration (${EXPAND_CONTRACT})` },
-  "change-column-type": { kind: "phase", fix: `old code may write values the new type rejects: add a column of the new type, backfill, switch the code, drop the old column after the deploy (${EXPAND_CONTRACT})` },
-  "add-not-null": { kind: "phase", fix: "old code may still write NULL: set NOT NULL in an after_deploy migration, once the deployed code always writes the column" },
-  "not-null-column-without-default": { kind: "phase", fix: "old code's INSERTs do not name the new column and would fail: give it a DEFAULT, or add it nullable now and set NOT NULL after the deploy" },
-  "drop-default": { kind: "phase", fix: "old code may rely on the default when it inserts: drop the default in an after_deploy migration" },
+  "change-column-type": { kind: "phase", fix: `add a column of the new type, backfill, switch the code, drop the old column after the deploy (${EXPAND_CONTRACT})` },
+  "add-not-null": { kind: "phase", fix: "set NOT NULL in an after_deploy migration, once the deployed code always writes the column (or give the column a DEFAULT in the same migration)" },
+  "not-null-column-without-default": { kind: "phase", fix: "give it a DEFAULT, or add it nullable now and set NOT NULL after the deploy" },
+  "drop-default": { kind: "phase", fix: "drop the default in an after_deploy migration" },
   "index-not-concurrently": { kind: "lock", fix: "use CREATE [UNIQUE] INDEX CONCURRENTLY in a migration with \"-- transaction: false\"; for a constraint, then ADD CONSTRAINT ... UNIQUE/PRIMARY KEY USING INDEX" },
-  "concurrently-in-transaction": { kind: "lock", fix: "CONCURRENTLY (and VACUUM) cannot run inside a transaction block: add \"-- transaction: false\" to the front-matter" },
-  "foreign-key-not-valid": { kind: "lock", fix: "add the foreign key NOT VALID (brief lock), then ALTER TABLE ... VALIDATE CONSTRAINT in a later migration, or later in a \"transaction: false\" one (no write lock while it scans)" },
+  "drop-index-not-concurrently": { kind: "lock", fix: "use DROP INDEX CONCURRENTLY in a migration with \"-- transaction: false\"" },
+  "concurrently-in-transaction": { kind: "failure", fix: "add \"-- transaction: false\" to the front-matter (of the down section, for a down)" },
+  "foreign-key-not-valid": { kind: "lock", fix: "add the foreign key NOT VALID, then ALTER TABLE ... VALIDATE CONSTRAINT in a later migration, or later in a \"transaction: false\" one" },
   "check-not-valid": { kind: "lock", fix: "add the CHECK constraint NOT VALID, then VALIDATE CONSTRAINT it in a later migration, or later in a \"transaction: false\" one" },
   "set-not-null-scan": { kind: "lock", fix: "first ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID and VALIDATE CONSTRAINT it; then SET NOT NULL skips the scan (PostgreSQL 12+) and the check can be dropped" },
-  "volatile-default": { kind: "lock", fix: "a volatile default rewrites the table: add the column without a default (or with a constant one), then SET DEFAULT, and backfill existing rows in batches" },
-  "type-change-rewrite": { kind: "lock", fix: `a type change rewrites the table and its indexes under an ACCESS EXCLUSIVE lock: add a new column of the new type and backfill it (${EXPAND_CONTRACT}); only varchar -> text/varchar widening is free` },
-  "vacuum-full": { kind: "lock", fix: "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: use plain VACUUM, or pg_repack outside the migration" },
-  "cluster": { kind: "lock", fix: "CLUSTER rewrites the table under an ACCESS EXCLUSIVE lock: use pg_repack outside the migration" },
+  "volatile-default": { kind: "lock", fix: "add the column without a default (or with a constant one), then SET DEFAULT, and backfill existing rows in batches" },
+  "type-change-rewrite": { kind: "lock", fix: `add a new column of the new type and backfill it (${EXPAND_CONTRACT}); only widening varchar or numeric, varchar -> text, and timestamp -> timestamptz with the session time zone UTC are free` },
+  "backfill-under-lock": { kind: "lock", fix: "put the ALTER TABLE and the UPDATE/DELETE in separate migrations (or a \"transaction: false\" one) and backfill in batches" },
+  "vacuum-full": { kind: "lock", fix: "use plain VACUUM, or pg_repack outside the migration" },
+  "cluster": { kind: "lock", fix: "use pg_repack outside the migration" },
   "reindex-not-concurrently": { kind: "lock", fix: "use REINDEX ... CONCURRENTLY in a migration with \"-- transaction: false\"" },
-  "lock-table": { kind: "lock", fix: "an explicit LOCK TABLE queues every other query behind it: remove it and let each statement take the lock it needs" },
-  "transaction-control": { kind: "lock", fix: "safemigrate runs each migration in its own transaction; a BEGIN/COMMIT inside it would commit half a migration: remove it" },
+  "lock-table": { kind: "lock", fix: "remove it and let each statement take the lock it needs" },
+  "transaction-control": { kind: "lock", fix: "remove them; for work that must commit in steps, use \"-- transaction: false\" (or one migration per step)" },
+  "syntax-error": { kind: "failure", fix: "correct the SQL; a down section is only run during a rollback, often in an incident" },
+  "dynamic-sql": { kind: "info", fix: "review the statements it runs by hand, or write them as plain SQL so they can be checked" },
+  "phase-suggestion": { kind: "info", fix: "mark it \"-- safe: before_deploy\" so it ships with the release step" },
   "waiver-without-reason": { kind: "waiver", fix: "say why: -- safemigrate-ignore: <rule> -- <reason>" },
   "unknown-rule": { kind: "waiver", fix: "name a rule from the README's list of rules" },
 } satisfies Record<string, Rule>;
@@ -1138,7 +1539,14 @@ export interface Finding {
   fix: string;
   /** The reason from the waiver, when one covers the finding. */
   waived: string | null;
+  /** The table, view, index or function it is about ("users", "app.users"); null for the migration as a whole. */
+  subject: string | null;
+  /** Why this finding does not stop a run (information, or what the live database holds); null when it does. */
+  notGating: string | null;
 }
+
+/** A finding stops `--pre`/`--all` (and makes `--lint` exit 2) when it is neither waived nor judged harmless here. */
+export const isGating = (f: Finding): boolean => f.waived === null && f.notGating === null;
 
 // The parse tree is libpg-query's JSON; these are the few shapes the rules read.
 type Node = Record<string, any>;
@@ -1154,7 +1562,17 @@ const VOLATILE_FUNCTIONS = new Set([
   "clock_timestamp", "timeofday", "nextval", "txid_current", "statement_timestamp", "setseed",
 ]);
 const SERIAL_TYPES = new Set(["serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"]);
+/** The parser's names for types people spell otherwise; messages show the spelling people write. */
+const TYPE_SPELLING: Record<string, string> = {
+  int2: "smallint", int4: "integer", int8: "bigint", float4: "real", float8: "double precision", bool: "boolean",
+  bpchar: "char", timestamp: "timestamp", timestamptz: "timestamptz", varbit: "varbit",
+};
+/** Session time zones in which timestamp and timestamptz have the same bytes. */
+const UTC_ZONES = /^(utc|etc\/utc|gmt|etc\/gmt|z|zulu|universal|etc\/universal|utc0|gmt0)$/i;
+/** Words that make a DO block or a dynamic EXECUTE change the schema. */
+const DDL_WORDS = /\b(create|alter|drop|truncate|reindex|cluster|vacuum|lock)\s/i;
 
+const nameOf = (names: Node[] | undefined): string => (names ?? []).map((n) => n.String?.sval).filter((n) => n && n !== "public" && n !== "pg_catalog").join(".");
 const tableKey = (rel: RangeVar): string => (rel.schemaname && rel.schemaname !== "public" ? `${rel.schemaname}.${rel.relname}` : rel.relname);
 const quoted = (rel: RangeVar): string => (rel.schemaname ? `${rel.schemaname}.${rel.relname}` : rel.relname);
 const typeNameOf = (typeName: Node | undefined): string =>
@@ -1165,7 +1583,7 @@ function functionsIn(node: unknown, into: string[] = []): string[] {
   if (Array.isArray(node)) for (const item of node) functionsIn(item, into);
   else if (node && typeof node === "object") {
     const call = (node as Node).FuncCall;
-    if (call) into.push(call.funcname.map((n: Node) => n.String?.sval).pop());
+    if (call) into.push(nameOf(call.funcname));
     for (const value of Object.values(node)) functionsIn(value, into);
   }
   return into;
@@ -1175,7 +1593,12 @@ function functionsIn(node: unknown, into: string[] = []): string[] {
 interface ColumnType {
   name: string;
   modifiers: number[];
+  array: boolean;
 }
+
+/** `varchar(200)`, `numeric(10,2)`, `integer[]`: the type as the migration spelled it. */
+export const formatType = (t: ColumnType): string =>
+  `${TYPE_SPELLING[t.name] ?? t.name}${t.modifiers.length ? `(${t.modifiers.join(",")})` : ""}${t.array ? "[]" : ""}`;
 
 /** State the rules carry from one migration to the next, in dependency order. */
 export interface AnalysisState {
@@ -1185,31 +1608,42 @@ export interface AnalysisState {
   provenNotNull: Set<string>;
   /** Column types by "table.column", as the migrations declared them, to tell a widening from a rewrite. */
   columnTypes: Map<string, ColumnType>;
+  /** Tables the migrations created, so CREATE TABLE IF NOT EXISTS of a table no migration made creates it. */
+  tables: Set<string>;
+  /** Functions the migrations created: trigger functions are never called by the code; VOLATILE ones rewrite as defaults. */
+  functions: Map<string, { trigger: boolean; volatile: boolean }>;
+  /** Index name -> the table it is on. */
+  indexes: Map<string, string>;
 }
 
-export const newAnalysisState = (): AnalysisState => ({ notNullChecks: new Map(), provenNotNull: new Set(), columnTypes: new Map() });
+export const newAnalysisState = (): AnalysisState => ({
+  notNullChecks: new Map(), provenNotNull: new Set(), columnTypes: new Map(), tables: new Set(), functions: new Map(), indexes: new Map(),
+});
 
 interface RawFinding {
   rule: RuleId;
   message: string;
   /** Byte offset into the statement's SQL section, for line:column. */
   location: number;
+  subject: string | null;
 }
 
 const columnTypeOf = (typeName: Node | undefined): ColumnType => ({
   name: typeNameOf(typeName),
   modifiers: (typeName?.typmods ?? []).map((m: Node) => m.A_Const?.ival?.ival ?? NaN),
+  array: (typeName?.arrayBounds ?? []).length > 0,
 });
 
 /**
  * A type change that keeps every value valid and needs no rewrite (binary
- * coercible): widening varchar or numeric, or varchar to text. With `from`
+ * coercible): widening varchar or numeric, varchar to text, and timestamp to
+ * timestamptz when the session time zone is UTC (PostgreSQL 12+). With `from`
  * unknown (the table predates the migrations) only varchar/text targets pass.
  */
-function isFreeWidening(from: ColumnType | undefined, to: ColumnType, using: boolean): boolean {
-  if (using) return false;
+function isFreeWidening(from: ColumnType | undefined, to: ColumnType, utc: boolean): boolean {
   const textual = (t: ColumnType) => t.name === "text" || t.name === "varchar";
-  if (!from) return textual(to) && to.modifiers.length === 0;
+  if (!from) return textual(to) && to.modifiers.length === 0 && !to.array;
+  if (from.array !== to.array) return false;
   if (textual(from) && to.name === "text") return true;
   if (from.name === "varchar" && to.name === "varchar") {
     return to.modifiers.length === 0 || (from.modifiers.length > 0 && to.modifiers[0] >= from.modifiers[0]);
@@ -1221,8 +1655,13 @@ function isFreeWidening(from: ColumnType | undefined, to: ColumnType, using: boo
     const [p2, s2 = 0] = to.modifiers;
     return from.modifiers.length > 0 && s1 === s2 && p2 >= p1;
   }
+  if (from.name === "timestamp" && to.name === "timestamptz") return utc && (to.modifiers[0] ?? 6) >= (from.modifiers[0] ?? 6);
   return false;
 }
+
+/** A USING that only names the column itself converts nothing a plain cast would not. */
+const isTrivialUsing = (using: Node | undefined, column: string): boolean =>
+  !using || using.ColumnRef?.fields?.at(-1)?.String?.sval === column;
 
 /** Views and functions the migration creates anywhere: dropping or replacing them in it is its own business. */
 function objectsCreatedIn(statements: readonly Statement[]): Set<string> {
@@ -1230,7 +1669,7 @@ function objectsCreatedIn(statements: readonly Statement[]): Set<string> {
   for (const { node } of statements) {
     const [kind, body] = Object.entries(node)[0] as [string, Node];
     if (kind === "ViewStmt") created.add(tableKey(body.view));
-    if (kind === "CreateFunctionStmt") created.add(body.funcname.map((n: Node) => n.String?.sval).filter((n: string) => n !== "public").join("."));
+    if (kind === "CreateFunctionStmt") created.add(nameOf(body.funcname));
   }
   return created;
 }
@@ -1240,250 +1679,470 @@ const TRANSACTION_CONTROL = new Set([
   "TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED",
 ]);
 
+/** ALTER TABLE subcommands that take less than ACCESS EXCLUSIVE; every other one takes it. */
+const WEAKER_THAN_EXCLUSIVE = new Set([
+  "AT_ValidateConstraint", "AT_SetStatistics", "AT_SetOptions", "AT_ResetOptions", "AT_ClusterOn", "AT_DropCluster",
+  "AT_AttachPartition", "AT_DetachPartitionFinalize", "AT_EnableTrig", "AT_EnableAlwaysTrig", "AT_EnableReplicaTrig",
+  "AT_DisableTrig", "AT_EnableTrigAll", "AT_DisableTrigAll", "AT_EnableTrigUser", "AT_DisableTrigUser",
+]);
+
+const takesExclusive = (cmd: Node): boolean =>
+  !WEAKER_THAN_EXCLUSIVE.has(cmd.subtype) && !(cmd.subtype === "AT_AddConstraint" && cmd.def?.Constraint?.contype === "CONSTR_FOREIGN");
+
+/** The body of a DO block or of a function, as written. */
+const bodyOf = (options: Node[] | undefined): string =>
+  (options ?? []).filter((o) => o.DefElem?.defname === "as").map((o) => {
+    const arg = o.DefElem.arg;
+    return arg.String?.sval ?? (arg.List?.items ?? []).map((i: Node) => i.String?.sval ?? "").join("\n");
+  }).join("\n");
+
 /** What one migration has done so far, statement by statement. */
 interface MigrationScope {
-  /** Tables created earlier in this migration (not `IF NOT EXISTS`: that table may be an old one). */
+  /** Tables created earlier in this migration. */
   tables: Set<string>;
   /** Views and functions created anywhere in this migration. */
   objects: Set<string>;
+  /** Indexes created earlier in this migration. */
+  indexes: Set<string>;
   /** Constraints added NOT VALID in this migration, "table.constraint": validating them in the same transaction scans under that lock. */
   notValidHere: Map<string, RuleId>;
+  /** "table.column" given a default in this migration: old code's INSERTs get it, so NOT NULL cannot break them. */
+  defaults: Set<string>;
+  /** Existing tables an earlier ALTER TABLE of this transaction holds ACCESS EXCLUSIVE on -> line of that statement. */
+  exclusive: Map<string, number>;
+  /** Tables TRUNCATEd earlier in this migration: adding a NOT NULL column cannot fail on rows. */
+  emptied: Set<string>;
+  /** Columns DROPped earlier in this migration, "table.column": renaming another column to that name swaps it in place. */
+  dropped: Set<string>;
+  /** `SET timezone = 'UTC'` ran earlier in this migration. */
+  utc: boolean;
+  /** Functions created in this migration whose body runs dynamic DDL (EXECUTE). */
+  dynamicFunctions: Set<string>;
+  /** How many BEGIN/COMMIT statements the migration has: reported once, on the first. */
+  transactionControl: number;
+  /** Rules already reported for this migration, for those reported once per migration. */
+  reported: Set<RuleId>;
 }
 
 /** The findings of one statement, before waivers. */
 function statementFindings(
-  stmt: Node,
-  at: number,
+  statement: Statement,
   migration: Migration,
   scope: MigrationScope,
   state: AnalysisState,
 ): RawFinding[] {
+  const at = statement.offset;
   const found: RawFinding[] = [];
   const beforeDeploy = migration.safe !== "after_deploy";
   const phase = migration.safe === "always" ? "an always migration (it may run before the deploy)" : "a before_deploy migration";
-  const phaseFinding = (rule: RuleId, what: string, location = at, why = "the old code still serving traffic may use it") => {
-    if (beforeDeploy) found.push({ rule, message: `${what} in ${phase}: ${why}`, location });
+  const phaseFinding = (rule: RuleId, subject: string, what: string, location = at, why = "the old code still serving traffic may use it") => {
+    if (beforeDeploy) found.push({ rule, message: `${what} in ${phase}: ${why}`, location, subject });
   };
-  const lockFinding = (rule: RuleId, message: string, location = at) => found.push({ rule, message, location });
+  const lockFinding = (rule: RuleId, subject: string | null, message: string, location = at) => found.push({ rule, message, location, subject });
   const inTransaction = migration.up.transaction;
+  const untilCommit = inTransaction ? " and the migration commits" : "";
   const existing = (rel: RangeVar | undefined) => rel !== undefined && !scope.tables.has(tableKey(rel));
-  const [kind, node] = Object.entries(stmt)[0] as [string, Node];
+  /** Rules reported once per migration: true the first time. */
+  const once = (rule: RuleId) => !scope.reported.has(rule) && Boolean(scope.reported.add(rule));
+  const [kind, node] = Object.entries(statement.node)[0] as [string, Node];
 
   switch (kind) {
     case "CreateStmt": {
-      if (!node.if_not_exists) scope.tables.add(tableKey(node.relation));
+      const key = tableKey(node.relation);
+      // IF NOT EXISTS may name a table that is already there, but not one no earlier migration created.
+      if (!node.if_not_exists || !state.tables.has(key)) scope.tables.add(key);
+      state.tables.add(key);
       for (const element of node.tableElts ?? []) {
         const column = element.ColumnDef;
-        if (column) state.columnTypes.set(`${tableKey(node.relation)}.${column.colname}`, columnTypeOf(column.typeName));
+        if (column) state.columnTypes.set(`${key}.${column.colname}`, columnTypeOf(column.typeName));
       }
       break;
     }
     case "CreateTableAsStmt":
-      if (node.into?.rel && !node.if_not_exists) scope.tables.add(tableKey(node.into.rel));
+      if (node.into?.rel) {
+        const key = tableKey(node.into.rel);
+        if (!node.if_not_exists || !state.tables.has(key)) scope.tables.add(key);
+        state.tables.add(key);
+      }
+      break;
+    case "CreateFunctionStmt": {
+      const name = nameOf(node.funcname);
+      const volatility = (node.options ?? []).find((o: Node) => o.DefElem?.defname === "volatility")?.DefElem.arg.String?.sval;
+      state.functions.set(name, { trigger: typeNameOf(node.returnType) === "trigger", volatile: !volatility || volatility === "volatile" });
+      const body = bodyOf(node.options);
+      if (/\bexecute\b/i.test(body) && DDL_WORDS.test(body)) scope.dynamicFunctions.add(name);
+      break;
+    }
+    case "VariableSetStmt":
+      if (node.name === "timezone") {
+        const value = node.args?.[0]?.A_Const?.sval?.sval ?? "";
+        scope.utc = UTC_ZONES.test(value);
+      }
       break;
     case "DropStmt": {
-      const names: string[] = (node.objects ?? []).map((o: Node) =>
-        (o.List?.items ?? o.ObjectWithArgs?.objname ?? [o]).map((i: Node) => i.String?.sval).filter((n: string) => n !== "public").join(".")
-      );
+      const names: string[] = (node.objects ?? []).map((o: Node) => nameOf(o.List?.items ?? o.ObjectWithArgs?.objname ?? [o]));
       const removeType = node.removeType as string;
       if (node.concurrent && inTransaction) {
-        lockFinding("concurrently-in-transaction", "DROP INDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+        lockFinding("concurrently-in-transaction", null, "DROP INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
       }
-      if (removeType === "OBJECT_TABLE" && !names.every((n) => scope.tables.has(n))) {
-        phaseFinding("drop-table", `DROP TABLE ${names.join(", ")}`);
+      const notHere = (set: Set<string>) => names.find((n) => !set.has(n));
+      if (removeType === "OBJECT_TABLE") {
+        const table = notHere(scope.tables);
+        if (table) phaseFinding("drop-table", table, `DROP TABLE ${names.join(", ")}`);
+        for (const n of names) state.tables.delete(n);
       } else if (removeType === "OBJECT_SCHEMA") {
-        phaseFinding("drop-table", `DROP SCHEMA ${names.join(", ")}`, at, "the old code may use the tables in it");
-      } else if ((removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") && !names.every((n) => scope.objects.has(n))) {
-        phaseFinding("drop-view", `DROP VIEW ${names.join(", ")}`);
-      } else if ((removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") && !names.every((n) => scope.objects.has(n))) {
-        phaseFinding("drop-function", `DROP FUNCTION ${names.join(", ")}`);
+        phaseFinding("drop-table", names[0], `DROP SCHEMA ${names.join(", ")}`, at, "the old code may use the tables in it");
+      } else if (removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") {
+        const view = notHere(scope.objects);
+        if (view) phaseFinding("drop-view", view, `DROP VIEW ${names.join(", ")}`);
+      } else if (removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") {
+        // A trigger function is only called by its trigger, never by the application.
+        const called = names.find((n) => !scope.objects.has(n) && !state.functions.get(n)?.trigger);
+        if (called) phaseFinding("drop-function", called, `DROP FUNCTION ${names.join(", ")}`);
+      } else if (removeType === "OBJECT_INDEX" && !node.concurrent) {
+        const index = names.find((n) => !scope.indexes.has(n) && !scope.tables.has(state.indexes.get(n) ?? ""));
+        if (index) {
+          const table = state.indexes.get(index) ?? "the table it indexes";
+          lockFinding(
+            "drop-index-not-concurrently", index,
+            `DROP INDEX ${index} takes an ACCESS EXCLUSIVE lock on ${table}: it waits for every running query on ${table} ` +
+              `(up to lock_timeout) while new ones queue behind it, then holds it${inTransaction ? " until the migration commits" : " briefly"}`,
+          );
+        }
       }
+      if (removeType === "OBJECT_INDEX") for (const n of names) state.indexes.delete(n);
       break;
     }
     case "RenameStmt": {
       // A rename breaks the code on one side of the deploy whatever the phase: old code before it, new code after it.
       const why = "old code breaks if it runs before the deploy, new code if it runs after; no phase makes a rename safe";
       const relation = node.relation as RangeVar | undefined;
-      if (!existing(relation)) break;
-      const location = relation!.location ?? at;
-      if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
-        lockFinding("rename-table", `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation!)} to ${node.newname}: ${why}`, location);
-      } else if (node.renameType === "OBJECT_COLUMN") {
-        lockFinding("rename-column", `renaming column ${quoted(relation!)}.${node.subname} to ${node.newname}: ${why}`, location);
-        const type = state.columnTypes.get(`${tableKey(relation!)}.${node.subname}`);
-        if (type) state.columnTypes.set(`${tableKey(relation!)}.${node.newname}`, type);
+      if (relation && node.renameType === "OBJECT_INDEX") {
+        const table = state.indexes.get(relation.relname);
+        if (table) state.indexes.set(node.newname, table);
+        if (scope.indexes.has(relation.relname)) scope.indexes.add(node.newname);
+        break;
       }
+      const existed = existing(relation);
+      if (relation && node.renameType === "OBJECT_TABLE") renameTable(state, scope, tableKey(relation), relation.schemaname ? `${relation.schemaname}.${node.newname}` : node.newname);
+      if (!existed) break;
+      const location = relation!.location ?? at;
+      const key = tableKey(relation!);
+      if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
+        lockFinding("rename-table", key, `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation!)} to ${node.newname}: ${why}`, location);
+      } else if (node.renameType === "OBJECT_COLUMN" && scope.dropped.has(`${key}.${node.newname}`)) {
+        // Dropping a column and renaming its replacement to its name: code using the name finds a column either way.
+        const type = state.columnTypes.get(`${key}.${node.subname}`);
+        if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
+      } else if (node.renameType === "OBJECT_COLUMN") {
+        lockFinding("rename-column", key, `renaming column ${quoted(relation!)}.${node.subname} to ${node.newname}: ${why}`, location);
+        const type = state.columnTypes.get(`${key}.${node.subname}`);
+        if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
+      }
+      if (inTransaction) scope.exclusive.set(key, statement.line);
       break;
     }
     case "IndexStmt": {
+      const table = tableKey(node.relation);
+      if (node.idxname) {
+        state.indexes.set(node.idxname, table);
+        scope.indexes.add(node.idxname);
+      }
       if (node.concurrent && inTransaction) {
-        lockFinding("concurrently-in-transaction", "CREATE INDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+        lockFinding("concurrently-in-transaction", null, "CREATE INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
       } else if (!node.concurrent && existing(node.relation)) {
-        lockFinding("index-not-concurrently", `CREATE INDEX on ${quoted(node.relation)} blocks every write to it until the index is built`);
+        lockFinding(
+          "index-not-concurrently", table,
+          `CREATE INDEX on ${quoted(node.relation)} takes a SHARE lock: writes to it wait until the index is built${untilCommit} (reads go on)`,
+        );
       }
       break;
     }
     case "ReindexStmt": {
       const concurrently = (node.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently");
+      const subject = node.relation ? tableKey(node.relation) : null;
       if (concurrently && inTransaction) {
-        lockFinding("concurrently-in-transaction", "REINDEX CONCURRENTLY cannot run inside the transaction this migration runs in");
+        lockFinding("concurrently-in-transaction", null, "REINDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
       } else if (!concurrently) {
-        lockFinding("reindex-not-concurrently", "REINDEX without CONCURRENTLY blocks writes (and reads through the index) until it finishes");
+        lockFinding("reindex-not-concurrently", subject, "REINDEX without CONCURRENTLY blocks writes to the table, and reads that use its indexes, until it ends");
       }
       break;
     }
-    case "VacuumStmt":
+    case "VacuumStmt": {
+      const relation = node.rels?.[0]?.VacuumRelation?.relation;
       if ((node.options ?? []).some((o: Node) => o.DefElem?.defname === "full")) {
-        lockFinding("vacuum-full", "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock");
+        lockFinding("vacuum-full", relation ? tableKey(relation) : null, "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends");
       } else if (node.is_vacuumcmd && inTransaction) {
-        lockFinding("concurrently-in-transaction", "VACUUM cannot run inside the transaction this migration runs in");
+        lockFinding("concurrently-in-transaction", null, "VACUUM cannot run inside a transaction: the migration would fail");
       }
       break;
+    }
     case "ClusterStmt":
-      lockFinding("cluster", `CLUSTER${node.relation ? ` ${quoted(node.relation)}` : ""} rewrites the table under an ACCESS EXCLUSIVE lock`);
+      lockFinding(
+        "cluster", node.relation ? tableKey(node.relation) : null,
+        `CLUSTER${node.relation ? ` ${quoted(node.relation)}` : ""} rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends`,
+      );
       break;
-    case "LockStmt":
-      lockFinding("lock-table", "LOCK TABLE takes a lock that queues every later query on the table behind it");
+    case "LockStmt": {
+      const relation = node.relations?.[0]?.RangeVar;
+      lockFinding("lock-table", relation ? tableKey(relation) : null, `LOCK TABLE holds its lock until the migration commits; every conflicting query queues behind it`);
       break;
+    }
     case "TransactionStmt":
-      if (inTransaction && TRANSACTION_CONTROL.has(node.kind)) {
-        lockFinding("transaction-control", `${node.kind.replace("TRANS_STMT_", "")} inside a migration that safemigrate already runs in a transaction`);
+      // A COMMIT (AND CHAIN) ends the transaction: the locks taken so far are released.
+      if (TRANSACTION_CONTROL.has(node.kind)) scope.exclusive.clear();
+      if (inTransaction && TRANSACTION_CONTROL.has(node.kind) && scope.transactionControl > 0 && once("transaction-control")) {
+        const count = scope.transactionControl;
+        lockFinding(
+          "transaction-control", null,
+          `${node.kind.replace("TRANS_STMT_", "")}${count > 1 ? ` (and ${count - 1} more BEGIN/COMMIT statements)` : ""} inside a migration safemigrate runs in one transaction: ` +
+            `it commits part of the migration, so a later failure leaves that part applied`,
+        );
       }
       break;
-    case "AlterTableStmt": {
-      const rel = node.relation as RangeVar;
-      if (!existing(rel)) {
-        // Still learn the columns of a table created earlier in this migration.
-        for (const { AlterTableCmd: cmd } of node.cmds ?? []) {
-          if (cmd?.subtype === "AT_AddColumn" || cmd?.subtype === "AT_AlterColumnType") {
-            const name = cmd.def?.ColumnDef?.colname ?? cmd.name;
-            state.columnTypes.set(`${tableKey(rel)}.${name}`, columnTypeOf(cmd.def?.ColumnDef?.typeName));
-          }
+    case "DoStmt":
+    case "SelectStmt": {
+      const dynamic = kind === "DoStmt" ? DDL_WORDS.test(bodyOf(node.args)) : functionsIn(node).some((f) => scope.dynamicFunctions.has(f));
+      if (dynamic && once("dynamic-sql")) {
+        lockFinding(
+          "dynamic-sql", null,
+          `${kind === "DoStmt" ? "a DO block" : "a function this migration defines"} runs DDL built at run time (EXECUTE or a DO body), which this analysis cannot see: ` +
+            `the locks it takes and its phase are not checked (reported once per migration)`,
+        );
+      }
+      break;
+    }
+    case "TruncateStmt":
+      for (const { RangeVar: rel } of node.relations ?? []) if (rel) scope.emptied.add(tableKey(rel));
+      break;
+    case "UpdateStmt":
+    case "DeleteStmt": {
+      const rel = node.relation as RangeVar | undefined;
+      // A data statement the parser only syntax-checked (a big data migration) has no tree to read.
+      if (!rel) break;
+      const since = scope.exclusive.get(tableKey(rel));
+      const everyRow = !node.whereClause || node.whereClause.NullTest !== undefined;
+      if (since !== undefined && everyRow) {
+        lockFinding(
+          "backfill-under-lock", tableKey(rel),
+          `${kind === "UpdateStmt" ? "UPDATE" : "DELETE"} of ${node.whereClause ? "the rows" : "every row"} of ${quoted(rel)} runs while this transaction holds ` +
+            `the ACCESS EXCLUSIVE lock the ALTER TABLE on line ${since} took: every read and write of ${quoted(rel)} waits until the migration commits`,
+        );
+      }
+      break;
+    }
+    case "AlterTableStmt":
+      alterTableFindings(node, statement, migration, scope, state, { at, phaseFinding, lockFinding, existing, untilCommit });
+      break;
+  }
+  return found;
+}
+
+/** What the migrations declared about a table follows it to its new name. */
+function renameTable(state: AnalysisState, scope: MigrationScope, from: string, to: string): void {
+  const to_ = to.startsWith("public.") ? to.slice("public.".length) : to;
+  for (const [column, type] of [...state.columnTypes]) {
+    if (column.startsWith(`${from}.`)) state.columnTypes.set(`${to_}.${column.slice(from.length + 1)}`, type);
+  }
+  for (const [index, table] of state.indexes) if (table === from) state.indexes.set(index, to_);
+  if (state.tables.delete(from)) state.tables.add(to_);
+  if (scope.tables.delete(from)) scope.tables.add(to_);
+}
+
+interface FindingSinks {
+  at: number;
+  phaseFinding: (rule: RuleId, subject: string, what: string, location?: number, why?: string) => void;
+  lockFinding: (rule: RuleId, subject: string | null, message: string, location?: number) => void;
+  existing: (rel: RangeVar | undefined) => boolean;
+  untilCommit: string;
+}
+
+function alterTableFindings(node: Node, statement: Statement, migration: Migration, scope: MigrationScope, state: AnalysisState, sinks: FindingSinks): void {
+  const { phaseFinding, lockFinding, existing, untilCommit } = sinks;
+  const rel = node.relation as RangeVar;
+  const key = tableKey(rel);
+  const cmds: Node[] = (node.cmds ?? []).map((c: Node) => c.AlterTableCmd).filter(Boolean);
+  if (!existing(rel)) {
+    // Still learn the columns of a table created earlier in this migration.
+    for (const cmd of cmds) {
+      if (cmd.subtype === "AT_AddColumn" || cmd.subtype === "AT_AlterColumnType") {
+        const name = cmd.def?.ColumnDef?.colname ?? cmd.name;
+        state.columnTypes.set(`${key}.${name}`, columnTypeOf(cmd.def?.ColumnDef?.typeName));
+      }
+    }
+    return;
+  }
+  if (migration.up.transaction && cmds.some(takesExclusive) && !scope.exclusive.has(key)) scope.exclusive.set(key, statement.line);
+  const table = quoted(rel);
+  const location = rel.location ?? sinks.at;
+  const exclusively = `under an ACCESS EXCLUSIVE lock: reads and writes of ${table} wait until it ends${untilCommit}`;
+  const notNull = (column: string) => {
+    if (!scope.defaults.has(`${key}.${column}`)) phaseFinding("add-not-null", key, `NOT NULL on ${table}.${column}`, location, "the old code may still write NULL");
+  };
+  for (const cmd of cmds) {
+    switch (cmd.subtype) {
+      case "AT_DropColumn":
+        scope.dropped.add(`${key}.${cmd.name}`);
+        phaseFinding("drop-column", key, `dropping column ${table}.${cmd.name}`, location);
+        state.columnTypes.delete(`${key}.${cmd.name}`);
+        break;
+      case "AT_AlterColumnType": {
+        const column = `${key}.${cmd.name}`;
+        const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
+        const from = state.columnTypes.get(column);
+        const free = isTrivialUsing(cmd.def?.ColumnDef?.raw_default, cmd.name) && isFreeWidening(from, target, scope.utc);
+        if (!(free && from)) {
+          phaseFinding("change-column-type", key, `changing the type of ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)}`, location, "the old code may write values the new type rejects");
+        }
+        if (!free) lockFinding("type-change-rewrite", key, `changing ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)} rewrites ${table} and rebuilds its indexes ${exclusively}`, location);
+        state.columnTypes.set(column, target);
+        break;
+      }
+      case "AT_SetNotNull": {
+        notNull(cmd.name);
+        if (!state.provenNotNull.has(`${key}.${cmd.name}`)) {
+          lockFinding("set-not-null-scan", key, `SET NOT NULL on ${table}.${cmd.name} scans every row (no rewrite) ${exclusively}`, location);
         }
         break;
       }
-      const table = quoted(rel);
-      const location = rel.location ?? at;
-      const notNull = (column: string) => {
-        phaseFinding("add-not-null", `NOT NULL on ${table}.${column}`, location, "the old code may still write NULL");
-      };
-      for (const { AlterTableCmd: cmd } of node.cmds ?? []) {
-        if (!cmd) continue;
-        switch (cmd.subtype) {
-          case "AT_DropColumn":
-            phaseFinding("drop-column", `dropping column ${table}.${cmd.name}`, location);
-            state.columnTypes.delete(`${tableKey(rel)}.${cmd.name}`);
-            break;
-          case "AT_AlterColumnType": {
-            const key = `${tableKey(rel)}.${cmd.name}`;
-            const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
-            const free = isFreeWidening(state.columnTypes.get(key), target, Boolean(cmd.def?.ColumnDef?.raw_default));
-            const known = state.columnTypes.has(key);
-            if (!(free && known)) {
-              phaseFinding("change-column-type", `changing the type of ${table}.${cmd.name} to ${target.name}`, location, "the old code may write values the new type rejects");
-            }
-            if (!free) lockFinding("type-change-rewrite", `changing ${table}.${cmd.name} to ${target.name} rewrites the table under an ACCESS EXCLUSIVE lock`, location);
-            state.columnTypes.set(key, target);
-            break;
-          }
-          case "AT_SetNotNull": {
-            notNull(cmd.name);
-            if (!state.provenNotNull.has(`${tableKey(rel)}.${cmd.name}`)) {
-              lockFinding("set-not-null-scan", `SET NOT NULL on ${table}.${cmd.name} scans the whole table under an ACCESS EXCLUSIVE lock`, location);
-            }
-            break;
-          }
-          case "AT_ColumnDefault":
-            if (!cmd.def) phaseFinding("drop-default", `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
-            break;
-          case "AT_AddColumn": {
-            const column = cmd.def?.ColumnDef ?? {};
-            const constraints = (column.constraints ?? []).map((c: Node) => c.Constraint);
-            const hasDefault = constraints.find((c: Node) => c.contype === "CONSTR_DEFAULT");
-            const generated = constraints.some((c: Node) => c.contype === "CONSTR_IDENTITY" || c.contype === "CONSTR_GENERATED");
-            const type = typeNameOf(column.typeName);
-            state.columnTypes.set(`${tableKey(rel)}.${column.colname}`, columnTypeOf(column.typeName));
-            const required = constraints.some((c: Node) => c.contype === "CONSTR_NOTNULL" || c.contype === "CONSTR_PRIMARY");
-            if (required && !hasDefault && !generated && !SERIAL_TYPES.has(type)) {
-              const what = `adding NOT NULL column ${table}.${column.colname} without a default`;
-              if (beforeDeploy) phaseFinding("not-null-column-without-default", what, location, "the old code's INSERTs do not name it and will fail");
-              else lockFinding("not-null-column-without-default", `${what}: it fails on a table that has rows`, location);
-            }
-            const volatile = functionsIn(hasDefault?.raw_expr).filter((f) => VOLATILE_FUNCTIONS.has(f));
-            if (volatile.length > 0 || SERIAL_TYPES.has(type) || generated) {
-              const why = volatile.length > 0 ? `${volatile[0]}()` : SERIAL_TYPES.has(type) ? type : "an identity or generated value";
-              lockFinding("volatile-default", `adding ${table}.${column.colname} with ${why} as its default rewrites the table under an ACCESS EXCLUSIVE lock`, location);
-            }
-            // A new column whose default is NULL has nothing to validate; with a default every row is checked.
-            if (hasDefault && constraints.some((c: Node) => c.contype === "CONSTR_FOREIGN")) {
-              lockFinding("foreign-key-not-valid", `adding ${table}.${column.colname} with a default and REFERENCES validates every row under a lock on both tables`, location);
-            }
-            if (constraints.some((c: Node) => c.contype === "CONSTR_UNIQUE" || c.contype === "CONSTR_PRIMARY")) {
-              lockFinding("index-not-concurrently", `adding ${table}.${column.colname} as UNIQUE or PRIMARY KEY builds its index while blocking writes`, location);
-            }
-            break;
-          }
-          case "AT_AddConstraint": {
-            const constraint = cmd.def?.Constraint ?? {};
-            const name = constraint.conname ? ` ${constraint.conname}` : "";
-            if (constraint.skip_validation && constraint.conname) {
-              scope.notValidHere.set(`${tableKey(rel)}.${constraint.conname}`, constraint.contype === "CONSTR_FOREIGN" ? "foreign-key-not-valid" : "check-not-valid");
-            }
-            switch (constraint.contype) {
-              case "CONSTR_FOREIGN":
-                if (!constraint.skip_validation) {
-                  lockFinding("foreign-key-not-valid", `adding foreign key${name} on ${table} without NOT VALID checks every row under a lock on both tables`, location);
-                }
-                break;
-              case "CONSTR_CHECK": {
-                const test = constraint.raw_expr?.NullTest;
-                const column = test?.nulltesttype === "IS_NOT_NULL" ? test.arg?.ColumnRef?.fields?.at(-1)?.String?.sval : null;
-                // NOT VALID still checks new rows: old code writing NULL breaks at once.
-                if (column) notNull(column);
-                if (!constraint.skip_validation) {
-                  lockFinding("check-not-valid", `adding CHECK${name} on ${table} without NOT VALID scans every row under an ACCESS EXCLUSIVE lock`, location);
-                }
-                if (column && constraint.conname) state.notNullChecks.set(`${tableKey(rel)}.${constraint.conname}`, column);
-                if (column && !constraint.skip_validation) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
-                break;
-              }
-              case "CONSTR_NOTNULL": {
-                // PostgreSQL 18: ADD CONSTRAINT name NOT NULL column [NOT VALID].
-                for (const key of constraint.keys ?? []) {
-                  const column = key.String?.sval;
-                  notNull(column);
-                  if (!constraint.skip_validation && !state.provenNotNull.has(`${tableKey(rel)}.${column}`)) {
-                    lockFinding("set-not-null-scan", `NOT NULL on ${table}.${column} scans the whole table under an ACCESS EXCLUSIVE lock`, location);
-                  }
-                }
-                break;
-              }
-              case "CONSTR_PRIMARY":
-              case "CONSTR_UNIQUE":
-              case "CONSTR_EXCLUSION":
-                if (!constraint.indexname) {
-                  lockFinding("index-not-concurrently", `adding a ${constraint.contype.replace("CONSTR_", "").toLowerCase()} constraint${name} on ${table} builds its index while blocking writes`, location);
-                }
-                break;
-            }
-            break;
-          }
-          case "AT_ValidateConstraint": {
-            const key = `${tableKey(rel)}.${cmd.name}`;
-            const column = state.notNullChecks.get(key);
-            if (column) state.provenNotNull.add(`${tableKey(rel)}.${column}`);
-            const rule = scope.notValidHere.get(key);
-            if (rule && inTransaction) {
-              lockFinding(rule, `VALIDATE CONSTRAINT ${cmd.name} in the same transaction that added it NOT VALID scans while that lock is still held`, location);
-            }
-            break;
-          }
+      case "AT_ColumnDefault":
+        if (cmd.def) scope.defaults.add(`${key}.${cmd.name}`);
+        else phaseFinding("drop-default", key, `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
+        break;
+      case "AT_AddColumn":
+        addColumnFindings(cmd.def?.ColumnDef ?? {}, key, table, location, migration, scope, state, sinks, exclusively);
+        break;
+      case "AT_AddConstraint":
+        addConstraintFindings(cmd.def?.Constraint ?? {}, key, table, location, scope, state, sinks, notNull, exclusively);
+        break;
+      case "AT_ValidateConstraint": {
+        const constraint = `${key}.${cmd.name}`;
+        const column = state.notNullChecks.get(constraint);
+        if (column) state.provenNotNull.add(`${key}.${column}`);
+        const rule = scope.notValidHere.get(constraint);
+        if (rule && migration.up.transaction) {
+          lockFinding(rule, key, `VALIDATE CONSTRAINT ${cmd.name} in the same transaction that added it NOT VALID scans every row while that lock is still held, until the migration commits`, location);
+        }
+        break;
+      }
+    }
+  }
+}
+
+function addColumnFindings(
+  column: Node, key: string, table: string, location: number, migration: Migration, scope: MigrationScope, state: AnalysisState,
+  { phaseFinding, lockFinding }: FindingSinks, exclusively: string,
+): void {
+  const constraints: Node[] = (column.constraints ?? []).map((c: Node) => c.Constraint);
+  // DEFAULT NULL is what a column has without a default.
+  const hasDefault = constraints.find((c) => c.contype === "CONSTR_DEFAULT" && !c.raw_expr?.A_Const?.isnull);
+  const generated = constraints.some((c) => c.contype === "CONSTR_IDENTITY" || c.contype === "CONSTR_GENERATED");
+  const type = typeNameOf(column.typeName);
+  state.columnTypes.set(`${key}.${column.colname}`, columnTypeOf(column.typeName));
+  if (hasDefault) scope.defaults.add(`${key}.${column.colname}`);
+  const required = constraints.some((c) => c.contype === "CONSTR_NOTNULL" || c.contype === "CONSTR_PRIMARY");
+  if (required && !hasDefault && !generated && !SERIAL_TYPES.has(type)) {
+    const what = `adding NOT NULL column ${table}.${column.colname} without a default`;
+    if (migration.safe !== "after_deploy") phaseFinding("not-null-column-without-default", key, what, location, "the old code's INSERTs do not name it and will fail");
+    else if (!scope.emptied.has(key)) lockFinding("not-null-column-without-default", key, `${what}: it fails on a table that has rows`, location);
+  }
+  const called = functionsIn(hasDefault?.raw_expr);
+  const volatile = called.find((f) => VOLATILE_FUNCTIONS.has(f)) ??
+    called.find((f) => state.functions.get(f)?.volatile);
+  if (volatile || SERIAL_TYPES.has(type) || generated) {
+    const why = volatile
+      ? `${volatile}()${VOLATILE_FUNCTIONS.has(volatile) ? "" : " (declared without IMMUTABLE or STABLE, so VOLATILE)"} as its default`
+      : SERIAL_TYPES.has(type) ? `type ${type}` : constraints.some((c) => c.contype === "CONSTR_GENERATED") ? "a GENERATED ... STORED value" : "an identity";
+    lockFinding("volatile-default", key, `adding ${table}.${column.colname} with ${why} rewrites ${table} (a value computed for each row) ${exclusively}`, location);
+  }
+  // A new column whose value is NULL has nothing to validate; with a default or a generated value every row is checked.
+  if ((hasDefault || generated) && constraints.some((c) => c.contype === "CONSTR_FOREIGN")) {
+    lockFinding("foreign-key-not-valid", key, `adding ${table}.${column.colname} with ${hasDefault ? "a default" : "a generated value"} and REFERENCES checks every row under a SHARE ROW EXCLUSIVE lock on ${table} and the referenced table: writes to both wait until it ends`, location);
+  }
+  const indexed = constraints.find((c) => c.contype === "CONSTR_PRIMARY") ? "PRIMARY KEY" : constraints.some((c) => c.contype === "CONSTR_UNIQUE") ? "UNIQUE" : null;
+  if (indexed) lockFinding("index-not-concurrently", key, `adding ${table}.${column.colname} as ${indexed} builds its index ${exclusively}`, location);
+}
+
+function addConstraintFindings(
+  constraint: Node, key: string, table: string, location: number, scope: MigrationScope, state: AnalysisState,
+  { lockFinding }: FindingSinks, notNull: (column: string) => void, exclusively: string,
+): void {
+  const name = constraint.conname ? ` ${constraint.conname}` : "";
+  if (constraint.skip_validation && constraint.conname) {
+    scope.notValidHere.set(`${key}.${constraint.conname}`, constraint.contype === "CONSTR_FOREIGN" ? "foreign-key-not-valid" : "check-not-valid");
+  }
+  switch (constraint.contype) {
+    case "CONSTR_FOREIGN":
+      if (!constraint.skip_validation) {
+        lockFinding("foreign-key-not-valid", key, `adding foreign key${name} on ${table} without NOT VALID checks every row under a SHARE ROW EXCLUSIVE lock on ${table} and the referenced table: writes to both wait until it ends`, location);
+      }
+      break;
+    case "CONSTR_CHECK": {
+      const test = constraint.raw_expr?.NullTest;
+      const column = test?.nulltesttype === "IS_NOT_NULL" ? test.arg?.ColumnRef?.fields?.at(-1)?.String?.sval : null;
+      // NOT VALID still checks new rows: old code writing NULL breaks at once.
+      if (column) notNull(column);
+      if (!constraint.skip_validation) {
+        lockFinding("check-not-valid", key, `adding CHECK${name} on ${table} without NOT VALID scans every row (no rewrite) ${exclusively}`, location);
+      }
+      if (column && constraint.conname) state.notNullChecks.set(`${key}.${constraint.conname}`, column);
+      if (column && !constraint.skip_validation) state.provenNotNull.add(`${key}.${column}`);
+      break;
+    }
+    case "CONSTR_NOTNULL": {
+      // PostgreSQL 18: ADD CONSTRAINT name NOT NULL column [NOT VALID].
+      for (const k of constraint.keys ?? []) {
+        const column = k.String?.sval;
+        notNull(column);
+        if (!constraint.skip_validation && !state.provenNotNull.has(`${key}.${column}`)) {
+          lockFinding("set-not-null-scan", key, `NOT NULL on ${table}.${column} scans every row (no rewrite) ${exclusively}`, location);
         }
       }
       break;
     }
+    case "CONSTR_PRIMARY":
+    case "CONSTR_UNIQUE":
+    case "CONSTR_EXCLUSION":
+      if (!constraint.indexname) {
+        const kind = { CONSTR_PRIMARY: "a primary key", CONSTR_UNIQUE: "a unique", CONSTR_EXCLUSION: "an exclusion" }[constraint.contype as string];
+        lockFinding("index-not-concurrently", key, `adding ${kind} constraint${name} on ${table} builds its index ${exclusively}`, location);
+      }
+      break;
   }
-  return found;
+}
+
+/** BEGIN/COMMIT statements that split the migration; a lone COMMIT as the very last statement splits nothing. */
+function transactionControlCount(statements: readonly Statement[]): number {
+  const control = statements.filter(({ node }) => TRANSACTION_CONTROL.has((node as Node).TransactionStmt?.kind));
+  return control.length === 1 && control[0] === statements.at(-1) ? 0 : control.length;
+}
+
+/** Statements that only add (tables, columns with a default or nullable, indexes, new functions, rows): old code never notices them. */
+function onlyExpands(statements: readonly Statement[]): boolean {
+  const expands = ({ node }: Statement): boolean => {
+    const [kind, body] = Object.entries(node)[0] as [string, Node];
+    switch (kind) {
+      case "CreateStmt": case "CreateTableAsStmt": case "CreateSeqStmt": case "CreateEnumStmt": case "CreateDomainStmt":
+      case "CreateExtensionStmt": case "CreateSchemaStmt": case "CommentStmt": case "GrantStmt": case "InsertStmt":
+      case "VariableSetStmt": case "CompositeTypeStmt":
+        return true;
+      case "IndexStmt":
+        return !body.unique;
+      case "CreateFunctionStmt":
+        return !body.replace;
+      case "ViewStmt":
+        return !body.replace;
+      case "AlterTableStmt":
+        return (body.cmds ?? []).every(({ AlterTableCmd: cmd }: Node) => {
+          if (cmd?.subtype !== "AT_AddColumn") return false;
+          const constraints = (cmd.def?.ColumnDef?.constraints ?? []).map((c: Node) => c.Constraint.contype);
+          return !constraints.includes("CONSTR_NOTNULL") || constraints.includes("CONSTR_DEFAULT");
+        });
+      default:
+        return false;
+    }
+  };
+  return statements.length > 0 && statements.every(expands);
 }
 
 /** Waivers written directly above the statement starting on `line` (1-based file line). */
@@ -1505,50 +2164,209 @@ function waiversAbove(lines: string[], line: number): { rules: string[]; reason:
 
 /**
  * Analyses one migration's up SQL with the real PostgreSQL parser. Pure but
- * for loading the parser; `state` carries what earlier migrations proved.
+ * for loading the parser; `state` carries what earlier migrations declared,
+ * `gate` (the live database before the run) decides which findings stop it.
  */
-export async function analyzeMigration(migration: Migration, state: AnalysisState = newAnalysisState()): Promise<Finding[]> {
+export async function analyzeMigration(
+  migration: Migration,
+  state: AnalysisState = newAnalysisState(),
+  gate: Gate | null = null,
+): Promise<Finding[]> {
   if (migration.up.sql.trim() === "") return [];
   const { statements, place } = await parseSection(migration.up, migration.file);
   const fileLines = migration.source.split("\n");
   const findings: Finding[] = [];
-  const scope: MigrationScope = { tables: new Set(), objects: objectsCreatedIn(statements), notValidHere: new Map() };
+  const scope: MigrationScope = {
+    tables: new Set(), objects: objectsCreatedIn(statements), indexes: new Set(), notValidHere: new Map(), defaults: new Set(),
+    exclusive: new Map(), utc: false, dynamicFunctions: new Set(), reported: new Set(), emptied: new Set(), dropped: new Set(),
+    transactionControl: transactionControlCount(statements),
+  };
+  const add = (raw: RawFinding, where: { line: number; column: number }, waived: string | null) => {
+    const finding: Finding = { rule: raw.rule, migration: migration.id, file: migration.file, ...where, message: raw.message, fix: RULES[raw.rule].fix, waived, subject: raw.subject, notGating: null };
+    finding.notGating = gateReason(finding, gate);
+    findings.push(finding);
+  };
   for (const statement of statements) {
     const waivers = waiversAbove(fileLines, statement.line);
-
     for (const waiver of waivers) {
-      const where = { migration: migration.id, file: migration.file, line: waiver.line, column: waiver.column, waived: null };
-      if (!waiver.reason) {
-        findings.push({ ...where, rule: "waiver-without-reason", message: `waiver of ${waiver.rules.join(", ")} gives no reason`, fix: RULES["waiver-without-reason"].fix });
-      }
+      const where = { line: waiver.line, column: waiver.column };
+      if (!waiver.reason) add({ rule: "waiver-without-reason", message: `waiver of ${waiver.rules.join(", ")} gives no reason`, location: 0, subject: null }, where, null);
       for (const rule of waiver.rules.filter((r) => !(r in RULES))) {
         const meant = closest(rule, Object.keys(RULES));
-        findings.push({ ...where, rule: "unknown-rule", message: `the waiver names no known rule "${rule}"${meant ? ` — did you mean "${meant}"?` : ""}`, fix: RULES["unknown-rule"].fix });
+        add({ rule: "unknown-rule", message: `the waiver names no known rule "${rule}"${meant ? ` — did you mean "${meant}"?` : ""}`, location: 0, subject: null }, where, null);
       }
     }
-    for (const raw of statementFindings(statement.node, statement.offset, migration, scope, state)) {
-      const waiver = waivers.find((w) => w.rules.includes(raw.rule) && w.reason);
-      findings.push({
-        rule: raw.rule,
-        migration: migration.id,
-        file: migration.file,
-        ...place(raw.location),
-        message: raw.message,
-        fix: RULES[raw.rule].fix,
-        waived: waiver?.reason ?? null,
-      });
+    for (const raw of statementFindings(statement, migration, scope, state)) {
+      add(raw, place(raw.location), waivers.find((w) => w.rules.includes(raw.rule) && w.reason)?.reason ?? null);
+    }
+  }
+  if (migration.safe === "after_deploy" && onlyExpands(statements)) {
+    add({
+      rule: "phase-suggestion", subject: null, location: statements[0].offset,
+      message: "declared after_deploy, but its SQL only adds (no drop, rename, type change or new constraint): it could run before the deploy and ship a release earlier",
+    }, place(statements[0].offset), null);
+  }
+  return findings;
+}
+
+export interface AnalysisOptions {
+  /** Which migrations to report; all of them are analysed, in dependency order, for what they declare. */
+  report?: (m: Migration) => boolean;
+  /** The live database before the run: decides which findings stop it. Null: every table is assumed live and large. */
+  gate?: Gate | null;
+}
+
+/** Analyses migrations in dependency order, so what one declares (a column type, a validated check) counts for the next. */
+export async function analyzeMigrations(migrations: readonly Migration[], options: AnalysisOptions = {}): Promise<Finding[]> {
+  const state = newAnalysisState();
+  const findings: Finding[] = [];
+  for (const m of dependencyOrder(migrations)) {
+    const found = await analyzeMigration(m, state, options.gate ?? null);
+    if (!options.report || options.report(m)) findings.push(...found);
+  }
+  return findings;
+}
+
+// ---- the gate: what is dangerous on this database, now ----------------------
+
+/** What the database held before the run, read once from the catalog. */
+export interface LiveSchema {
+  /** Tables, views and indexes by key ("users", "app.users"): the table a lock on it falls on, and that table's size. */
+  relations: Map<string, { table: string; bytes: number; heapBytes: number }>;
+  /** Functions by name ("full_name", "app.full_name"). */
+  functions: Set<string>;
+}
+
+export interface Gate {
+  live: LiveSchema;
+  /** `pre` runs before the deploy (phase rules apply); `all` after it. */
+  phase: Phase;
+  /** Tables smaller than this (table, indexes and TOAST) are locked briefly: lock rules on them do not gate. */
+  smallTableBytes: number;
+}
+
+/** 1 MB: rewritten, scanned or indexed in under half a second even on a busy 2-core server (README, "The gate"). */
+export const DEFAULT_SMALL_TABLE_BYTES = 1024 * 1024;
+
+/** Reads the relations and functions of the database, with sizes (pg_total_relation_size is the files' real size, not an estimate). */
+export async function readLiveSchema(db: Queryable): Promise<LiveSchema> {
+  const history = tableOf(db);
+  const own = (sql: string) => `coalesce(to_regclass('${sql.replace(/'/g, "''")}')::oid, 0)`;
+  const rows = await db.query<{ schema: string; name: string; table_schema: string; table_name: string; bytes: string; heap_bytes: string }>(
+    `select n.nspname as schema, c.relname as name, tn.nspname as table_schema, t.relname as table_name,
+            case when t.relkind = 'p' then (select coalesce(sum(pg_total_relation_size(relid)), 0) from pg_partition_tree(t.oid))
+                 else pg_total_relation_size(t.oid) end as bytes,
+            case when t.relkind = 'p' then (select coalesce(sum(pg_relation_size(relid)), 0) from pg_partition_tree(t.oid))
+                 else pg_relation_size(t.oid) end as heap_bytes
+       from pg_class c
+       join pg_namespace n on n.oid = c.relnamespace
+       left join pg_index i on i.indexrelid = c.oid
+       join pg_class t on t.oid = coalesce(i.indrelid, c.oid)
+       join pg_namespace tn on tn.oid = t.relnamespace
+      where c.relkind in ('r', 'p', 'v', 'm', 'i', 'I', 'f')
+        and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname !~ '^pg_toast'
+        and t.oid not in (${own(history.sql)}, ${own(history.lockSql)})`,
+  );
+  const key = (schema: string, name: string) => (schema === "public" ? name : `${schema}.${name}`);
+  const functions = await db.query<{ schema: string; name: string }>(
+    `select n.nspname as schema, p.proname as name from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+      where n.nspname not in ('pg_catalog', 'information_schema')`,
+  );
+  return {
+    relations: new Map(rows.map((r) => [key(r.schema, r.name), { table: key(r.table_schema, r.table_name), bytes: Number(r.bytes), heapBytes: Number(r.heap_bytes) }])),
+    functions: new Set(functions.map((f) => key(f.schema, f.name))),
+  };
+}
+
+/** `1.5 MB`, `640 kB`: sizes as pg_size_pretty writes them (1024-based). */
+export function formatSize(bytes: number): string {
+  const units = ["bytes", "kB", "MB", "GB", "TB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${Number.isInteger(value) ? value : value.toFixed(1)} ${units[unit]}`;
+}
+
+/** `10MB`, `512kB`, `1GB`, `0` -> bytes; null when it is not a size. */
+export function parseSize(text: string): number | null {
+  const match = /^(\d+(?:\.\d+)?)\s*(b|bytes|kb|mb|gb|tb)?$/i.exec(text.trim());
+  if (!match) return null;
+  const unit = ["b", "kb", "mb", "gb", "tb"].indexOf((match[2] ?? "b").toLowerCase().replace("bytes", "b"));
+  return Math.round(Number(match[1]) * 1024 ** unit);
+}
+
+/**
+ * Why a finding does not stop this run, or null when it does. Without a live
+ * database every finding but information gates. With one: an object that did
+ * not exist before the run was created by it (nothing depends on it yet); a
+ * phase rule gates only before the deploy; a lock rule only on a table at
+ * least `smallTableBytes` large.
+ */
+export function gateReason(f: Finding, gate: Gate | null): string | null {
+  const rule: Rule = RULES[f.rule];
+  if (rule.kind === "info") return "information only";
+  if (!gate || rule.kind === "failure" || rule.kind === "waiver") return null;
+  const { live } = gate;
+  if (f.subject === null) return live.relations.size === 0 ? "the database had no tables before this run" : null;
+  const relation = live.relations.get(f.subject);
+  const schema = [...live.relations.keys()].some((k) => k.startsWith(`${f.subject}.`));
+  if (!relation && !live.functions.has(f.subject) && !schema) return `${f.subject} did not exist before this run`;
+  const bytes = relation?.bytes ?? 0;
+  if (f.rule === "not-null-column-without-default" && gate.phase === "all") {
+    return relation && relation.heapBytes === 0 ? `${relation.table} is empty` : null;
+  }
+  if (rule.kind === "phase") {
+    const everyPhase = f.rule === "rename-table" || f.rule === "rename-column";
+    return gate.phase === "all" && !everyPhase ? "--all runs after the deploy: no old code is left to break" : null;
+  }
+  if (relation && bytes < gate.smallTableBytes) {
+    return `${relation.table} is small (${formatSize(bytes)}, below --small-table ${formatSize(gate.smallTableBytes)}): the lock is held briefly`;
+  }
+  return null;
+}
+
+// ---- down sections ------------------------------------------------------------
+
+/**
+ * Checks a migration's down section the way it will run during a rollback:
+ * it must parse, and CONCURRENTLY, VACUUM or BEGIN/COMMIT must match the down's
+ * own `transaction:` setting. Exported for `--check` too.
+ */
+export async function analyzeDown(migration: Migration): Promise<Finding[]> {
+  const down = migration.down;
+  if (!down || down.sql.trim() === "") return [];
+  const finding = (rule: RuleId, message: string, where: { line: number; column: number }): Finding => ({
+    rule, migration: migration.id, file: migration.file, ...where, message: `down section: ${message}`, fix: RULES[rule].fix,
+    waived: null, subject: null, notGating: null,
+  });
+  let parsed: ParsedSection;
+  try {
+    parsed = await parseSection(down, migration.file);
+  } catch (error) {
+    if (!(error instanceof InputError)) throw error;
+    const line = Number(/:(\d+): /.exec(error.message)?.[1] ?? down.line);
+    return [finding("syntax-error", error.message.replace(/^.*?: SQL syntax error: /, "SQL syntax error: "), { line, column: 1 })];
+  }
+  const findings: Finding[] = [];
+  for (const { node, offset } of parsed.statements) {
+    const [kind, body] = Object.entries(node)[0] as [string, Node];
+    const concurrently = body.concurrent || (kind === "ReindexStmt" && (body.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently")) ||
+      (kind === "VacuumStmt" && body.is_vacuumcmd);
+    if (concurrently && down.transaction) {
+      findings.push(finding("concurrently-in-transaction", `${statementWords(kind)} cannot run inside a transaction: the rollback would fail`, parsed.place(offset)));
+    }
+    if (kind === "TransactionStmt" && down.transaction && TRANSACTION_CONTROL.has(body.kind)) {
+      findings.push(finding("transaction-control", `${body.kind.replace("TRANS_STMT_", "")} inside a down section safemigrate runs in one transaction: it commits part of the rollback`, parsed.place(offset)));
     }
   }
   return findings;
 }
 
-/** Analyses migrations in dependency order, so what one proves (a validated NOT NULL check) counts for the next. */
-export async function analyzeMigrations(migrations: readonly Migration[]): Promise<Finding[]> {
-  const state = newAnalysisState();
-  const findings: Finding[] = [];
-  for (const m of dependencyOrder(migrations)) findings.push(...(await analyzeMigration(m, state)));
-  return findings;
-}
+const statementWords = (kind: string): string =>
+  ({ IndexStmt: "CREATE INDEX CONCURRENTLY", DropStmt: "DROP INDEX CONCURRENTLY", ReindexStmt: "REINDEX CONCURRENTLY", VacuumStmt: "VACUUM" })[kind] ?? kind;
 
 // ============================================================================
 // 6. Database adapters
@@ -1709,6 +2527,10 @@ const DRIVER_OPTIONS = {
   keep_alive: 30,
   // No array or custom-type parameters are ever sent: skip the catalog query on connect.
   fetch_types: false,
+  // Never named prepared statements, not even the driver's own BEGIN and COMMIT: behind a transaction pooler a
+  // name prepared on one server connection is missing on the next, and a COMMIT that fails that way and is
+  // retried commits an aborted transaction, which is a ROLLBACK that reports success (seen in test/faults.test.ts).
+  prepare: false,
   onnotice: () => {},
 } as const;
 
@@ -2015,6 +2837,8 @@ export interface RunResult {
   dryRun: boolean;
   /** Invalid indexes found before the run (left by a failed CREATE INDEX CONCURRENTLY), and whether they were dropped. */
   invalidIndexes: { name: string; definition: string; dropped: boolean }[];
+  /** The analysis of what is (or would be) applied, each finding judged by the gate; a plan keeps the gating ones too. */
+  findings?: Finding[];
 }
 
 export interface LockOptions {
@@ -2040,6 +2864,9 @@ export interface RunOptions extends LockOptions {
   /** Show the plan only: no lock, no history table, no detection. */
   dryRun?: boolean;
   now?: () => Date;
+  /** The gate: tables below this size are locked briefly (--small-table); findings of migrations up to `lintAfter` are not reported. */
+  smallTableBytes?: number;
+  lintAfter?: string | null;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -2608,7 +3435,8 @@ async function applyAll(db: Database, migrations: readonly Migration[], phase: s
   const applied: AppliedMigration[] = [];
   for (const migration of migrations) {
     const durationMs = await applyMigration(db, migration, phase, executionOf(options));
-    applied.push({ id: migration.id, safe: migration.safe, durationMs });
+    // Whole milliseconds in results (and so in JSON); the event keeps the fraction for the human line.
+    applied.push({ id: migration.id, safe: migration.safe, durationMs: Math.round(durationMs) });
     options.onEvent?.({ type: "applied", migration, durationMs });
   }
   return applied;
@@ -2618,7 +3446,7 @@ async function revertAll(db: Database, steps: readonly RevertStep[], options: Lo
   const reverted: { id: string; durationMs: number }[] = [];
   for (const step of steps) {
     const durationMs = await revertMigration(db, step, executionOf(options));
-    reverted.push({ id: step.id, durationMs });
+    reverted.push({ id: step.id, durationMs: Math.round(durationMs) });
     options.onEvent?.({ type: "reverted", step, durationMs });
   }
   return reverted;
@@ -2631,7 +3459,10 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
     planRun({ migrations, history, now: now(), mode: options.mode, phase: options.phase });
   if (options.dryRun) {
     const invalidIndexes = (await findInvalidIndexes(db)).map((index) => ({ ...index, dropped: false }));
-    return { plan: plan(await readHistory(db)), applied: [], dryRun: true, invalidIndexes };
+    const planned = plan(await readHistory(db));
+    const gate = options.lint !== false && !planned.refused && planned.apply.length > 0;
+    const findings = gate ? await gateFindings(db, migrations, planned.apply, options) : [];
+    return { plan: planned, applied: [], dryRun: true, invalidIndexes, findings };
   }
 
   return await underLock(db, options, async (history) => {
@@ -2645,7 +3476,7 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
     // A syntax error anywhere stops the run before anything is applied (each section is parsed once, then cached).
     for (const m of result.plan.apply) await parseSection(m.up, m.file);
     refuseUnfencedThroughPooler(db, result.plan.apply.map((m) => ({ id: m.id, file: m.file, section: m.up })));
-    if (options.lint !== false) await refuseUnsafe(migrations, result.plan.apply);
+    if (options.lint !== false) result.findings = await refuseUnsafe(db, migrations, result.plan.apply, options);
     result.invalidIndexes = await repairInvalidIndexes(db, Boolean(options.repairInvalidIndexes), options.onEvent);
     result.applied = await applyAll(db, result.plan.apply, options.phase, options);
     await recordDetected(db, result.plan, migrations);
@@ -2655,20 +3486,45 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
 
 /** Findings that stop a run: raised before anything is applied, exit 2. */
 export class LintError extends InputError {
-  constructor(readonly findings: Finding[]) {
+  readonly findings: Finding[];
+  constructor(findings: Finding[], all: readonly Finding[] = findings) {
+    const others = all.filter((f) => !isGating(f)).length;
     super(
-      `refusing to apply: ${plural(findings.length, "unwaived finding")} in migrations about to run:\n` +
+      `refusing to apply: ${plural(findings.length, "gating finding")} in migrations about to run:\n` +
         findings.map((f) => `  ${formatFinding(f)}`).join("\n") +
+        (others > 0 ? `\n(${plural(others, "other finding")} did not gate: waived, or harmless on this database)` : "") +
         `\nFix the migration, waive a finding with "-- safemigrate-ignore: <rule> -- <reason>" above the statement, or pass --no-lint`,
     );
+    this.findings = findings;
   }
 }
 
-/** The analysis over every migration (what earlier ones prove counts), reported for those about to run. */
-async function refuseUnsafe(migrations: readonly Migration[], toApply: readonly Migration[]): Promise<void> {
+/** The analysis of the migrations about to run (all of them analysed, so what earlier ones declared counts), judged against the live database. */
+export async function gateFindings(
+  db: Queryable,
+  migrations: readonly Migration[],
+  toApply: readonly Migration[],
+  options: { phase: Phase; smallTableBytes?: number; lintAfter?: string | null },
+): Promise<Finding[]> {
   const ids = new Set(toApply.map((m) => m.id));
-  const findings = (await analyzeMigrations(migrations)).filter((f) => ids.has(f.migration) && f.waived === null);
-  if (findings.length > 0) throw new LintError(findings);
+  const gate: Gate = { live: await readLiveSchema(db), phase: options.phase, smallTableBytes: options.smallTableBytes ?? DEFAULT_SMALL_TABLE_BYTES };
+  return await analyzeMigrations(migrations, { gate, report: (m) => ids.has(m.id) && isLinted(m.id, options.lintAfter ?? null) });
+}
+
+/** Migrations up to `--lint-after` (like strong_migrations' start_after) are analysed but not reported. */
+export const isLinted = (id: string, lintAfter: string | null): boolean => lintAfter === null || compareIds(id, lintAfter) > 0;
+
+/** Raises LintError when a finding gates; returns every finding, for the run to show. */
+async function refuseUnsafe(
+  db: Queryable,
+  migrations: readonly Migration[],
+  toApply: readonly Migration[],
+  options: RunOptions,
+): Promise<Finding[]> {
+  const findings = await gateFindings(db, migrations, toApply, options);
+  const gating = findings.filter(isGating);
+  if (gating.length > 0) throw new LintError(gating, findings);
+  return findings;
 }
 
 /**
@@ -3005,6 +3861,33 @@ export async function rehearse(
   return result;
 }
 
+/*
+ * The programmatic API: the CLI's commands for a program (a test setup, a
+ * deploy script), on a Database from connect() and the migrations from
+ * readMigrations(). Thin names over the functions above, documented in the
+ * README; rollback() and rehearse() already have that shape.
+ */
+
+/** What `--pre` or `--all` would do now: apply, delayed, blocked. Changes nothing, takes no lock. */
+export async function plan(db: Database, migrations: readonly Migration[], options: RunOptions): Promise<Plan> {
+  return (await migrate(db, migrations, { ...options, dryRun: true })).plan;
+}
+
+/** `--pre` or `--all`: apply what the plan says under the migration lock; throws a SafemigrateError on failure. */
+export function run(db: Database, migrations: readonly Migration[], options: Omit<RunOptions, "dryRun">): Promise<RunResult> {
+  return migrate(db, migrations, { ...options, dryRun: false });
+}
+
+/** `--status`: every migration from the files or the history, with its state. */
+export async function status(db: Queryable, migrations: readonly Migration[]): Promise<StatusRow[]> {
+  return migrationStatus(migrations, await readHistory(db));
+}
+
+/** `--lint`: every finding of the deploy-safety analysis, waived ones with their reason. No database. */
+export function lint(migrations: readonly Migration[]): Promise<Finding[]> {
+  return analyzeMigrations(migrations);
+}
+
 // ============================================================================
 // 8. Output
 // ============================================================================
@@ -3013,6 +3896,8 @@ export interface Output {
   out(line: string): void;
   err(line: string): void;
   color: boolean;
+  /** Set by the console output once the reader of stdout or stderr went away (`| head`): the run stops quietly. */
+  closed?: boolean;
 }
 
 const paint = (output: Output, code: number, text: string) => output.color ? `\x1b[${code}m${text}\x1b[0m` : text;
@@ -3053,17 +3938,54 @@ export function humanRunEvent(output: Output, event: RunEvent): void {
 
 export function blockedReport(plan: Plan): string {
   const lines = plan.blocked.map((b) => `  ${b.id} (${b.safe}) is blocked by ${b.blockedBy.join(", ")}`);
+  const fixes = (plan.advice ?? []).map((a) => `  ${a.fix ? `fix: ${describeEdit(a.fix)}` : a.message}`);
   return [
     `refusing to run --pre: ${plural(plan.blocked.length, "migration")} cannot run before the deploy because ` +
     `${plan.blocked.length === 1 ? "it depends" : "they depend"} on migrations that are only safe after it:`,
     ...lines,
-    `Nothing was applied. Apply the blocking migrations first (run --all after the previous deploy), ` +
-    `change their "safe:" if they really are safe before the deploy, or use --mode nonstrict to apply only what is not blocked.`,
+    `Nothing was applied.` + (fixes.length > 0 ? ` Where the dependency is only the default order, declare what the migration really needs:` : ""),
+    ...fixes,
+    `Or change "safe:" of the blocking migrations if they really are safe before the deploy, or use --mode nonstrict to ` +
+    `apply only what is not blocked. Run --all first only if the blocking migrations shipped with an earlier release: ` +
+    `if they are new in this one, --all would apply them under the old code.`,
   ].join("\n");
+}
+
+/** A run's exit code; a plan's is the one the run would have. */
+export function runExitCode(result: RunResult): number {
+  if (result.plan.refused) return EXIT.blocked;
+  return result.findings?.some(isGating) ? EXIT.invalid : EXIT.ok;
+}
+
+const createdByTheRun = (f: Finding) => /did not exist before this run$|no tables before this run$/.test(f.notGating ?? "");
+
+/**
+ * The gate's findings in a run or plan: in a plan, the refusal the run would
+ * print; then each finding that does not gate, with why, except those on
+ * objects the run itself creates and information, which are counted (a fresh
+ * database has hundreds; --lint lists them).
+ */
+function humanGateFindings(output: Output, result: RunResult): void {
+  const findings = (result.findings ?? []).filter((f) => f.waived === null);
+  const gating = findings.filter(isGating);
+  if (result.dryRun && gating.length > 0) {
+    output.err(red(output, `safemigrate: the run would stop (exit ${EXIT.invalid}), nothing applied: ${new LintError(gating, findings).message}`));
+  }
+  const created = findings.filter(createdByTheRun);
+  const information = findings.filter((f) => RULES[f.rule].kind === "info");
+  for (const f of findings.filter((f) => !isGating(f) && !createdByTheRun(f) && RULES[f.rule].kind !== "info")) {
+    output.out(`  ${yellow(output, "not gating")}  ${f.file}:${f.line}: ${f.rule}: ${f.message} ${dim(output, `(${f.notGating})`)}`);
+  }
+  const counted = [
+    created.length > 0 ? `${plural(created.length, "finding")} on objects this run creates, not gating` : "",
+    information.length > 0 ? `${plural(information.length, "information finding")}` : "",
+  ].filter(Boolean);
+  if (counted.length > 0) output.out(`  ${dim(output, `${counted.join("; ")} (--lint lists them)`)}`);
 }
 
 export function humanRunSummary(output: Output, result: RunResult, total: number, now: Date): void {
   const { plan } = result;
+  humanGateFindings(output, result);
   if (result.dryRun) {
     output.out(`plan for --${plan.phase}${plan.phase === "pre" ? ` (${plan.mode})` : ""}:`);
     for (const index of result.invalidIndexes) {
@@ -3081,7 +4003,9 @@ export function humanRunSummary(output: Output, result: RunResult, total: number
   }
   const pendingAfter = plan.delayed.length + plan.blocked.length;
   const later = pendingAfter > 0 ? `; ${plural(pendingAfter, "migration")} left for --all` : "";
-  if (result.dryRun) {
+  if (result.dryRun && runExitCode(result) !== EXIT.ok) {
+    output.out(`The run would apply nothing and exit ${runExitCode(result)}. Nothing was changed.`);
+  } else if (result.dryRun) {
     output.out(`${plural(plan.apply.length, "migration")} would be applied${later}. Nothing was changed.`);
   } else if (result.applied.length === 0) {
     output.out(`Nothing to apply${later}.`);
@@ -3093,8 +4017,8 @@ export function humanRunSummary(output: Output, result: RunResult, total: number
 export function runResultJson(result: RunResult, database: string): unknown {
   const { plan } = result;
   return {
-    ok: !plan.refused,
-    exitCode: plan.refused ? EXIT.blocked : EXIT.ok,
+    ok: runExitCode(result) === EXIT.ok,
+    exitCode: runExitCode(result),
     command: plan.phase,
     mode: plan.mode,
     database,
@@ -3104,8 +4028,10 @@ export function runResultJson(result: RunResult, database: string): unknown {
       : { applied: result.applied }),
     delayed: plan.delayed,
     blocked: plan.blocked,
+    ...(plan.advice ? { advice: plan.advice } : {}),
     detected: result.dryRun ? [] : plan.detect,
     invalidIndexes: result.invalidIndexes,
+    findings: result.findings ?? [],
   };
 }
 
@@ -3127,14 +4053,15 @@ export function humanStatus(output: Output, rows: StatusRow[]): void {
 
 /** `file:line:column: rule: message` and the fix on the next line. */
 export function formatFinding(f: Finding): string {
-  return `${f.file}:${f.line}:${f.column}: ${f.rule}: ${f.message}\n    fix: ${f.fix}` + (f.waived ? `\n    waived: ${f.waived}` : "");
+  return `${f.file}:${f.line}:${f.column}: ${f.rule}: ${f.message}\n    fix: ${f.fix}` + (f.waived ? `\n    waived: ${f.waived}` : "") +
+    (f.notGating && !f.waived ? `\n    not gating: ${f.notGating}` : "");
 }
 
 /** A GitHub Actions workflow command: the finding shows as an annotation on the file in the pull request. */
 export function githubAnnotation(f: Finding): string {
   const escape = (text: string) => text.replace(/%/g, "%25").replace(/\r/g, "%0D").replace(/\n/g, "%0A");
   const property = (text: string) => escape(text).replace(/:/g, "%3A").replace(/,/g, "%2C");
-  return `::error file=${property(f.file)},line=${f.line},col=${f.column},title=${property(`safemigrate ${f.rule}`)}::` +
+  return `::${isGating(f) ? "error" : "notice"} file=${property(f.file)},line=${f.line},col=${f.column},title=${property(`safemigrate ${f.rule}`)}::` +
     escape(`${f.message}. Fix: ${f.fix}`);
 }
 
@@ -3175,7 +4102,8 @@ Usage:
   bun safemigrate.ts --accept-changed <id>  accept the edited up SQL of an applied migration
   bun safemigrate.ts --check            check the files (and, with --database-url, the history) for CI and pre-commit
   bun safemigrate.ts --rehearse         apply, undo and re-apply every migration on a scratch database
-  bun safemigrate.ts --lint             check each migration's SQL against its declared phase and for long locks
+  bun safemigrate.ts --lint [<file>...] check each migration's SQL against its declared phase and for long locks
+                                        (named files only, still knowing what earlier migrations declared)
 
 Options:
   --plan                 with --pre, --all, --rollback or --sync: show what would happen, change nothing
@@ -3190,7 +4118,9 @@ Options:
   --lock-wait <time>     how long to wait for another run's lock, e.g. 30s, 5m (default 5m)
   --force                let --sync run in a release environment
   --format <f>           --lint output: human (default), github (Actions annotations) or json
-  --no-lint              let --pre/--all apply migrations with unwaived findings
+  --no-lint              let --pre/--all apply migrations with gating findings
+  --small-table <size>   lock rules do not gate on existing tables smaller than this (default 1MB; 0: every table)
+  --lint-after <id>      report findings only for migrations after <id> (default: env SAFEMIGRATE_LINT_AFTER)
   --lock-timeout <t>     lock_timeout for every statement (default 5s; a file's "-- lock-timeout:" wins)
   --statement-timeout <t>  statement_timeout (default off; a file's "-- statement-timeout:" wins)
   --lock-retries <n>     attempts for a statement that hits lock_timeout (default 5)
@@ -3204,7 +4134,8 @@ Options:
 
 Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
 2 invalid input (usage, front-matter, dependency graph, checksum drift, a failed check or rehearsal),
-3 strict mode found migrations blocked by after_deploy ones.
+3 strict mode found migrations blocked by after_deploy ones,
+141 the reader of the output went away (| head): the run stopped there.
 On a fleet the most severe code of any database: 1 over 2 over 3.
 `;
 
@@ -3217,7 +4148,7 @@ const BOOLEAN_FLAGS = [
 ];
 const STRING_FLAGS = [
   "dir", "database-url", "mode", "lock-wait", "rollback", "fake", "baseline", "accept-changed", "format", "lock-timeout",
-  "statement-timeout", "lock-retries", "rerun", "history-table", "direct-url", "lease", "targets", "parallel",
+  "statement-timeout", "lock-retries", "rerun", "history-table", "direct-url", "lease", "small-table", "lint-after", "targets", "parallel",
 ];
 /** A missing URL here is an error: a release step must never migrate a local toy database. */
 const RELEASE_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER", "CI"];
@@ -3248,6 +4179,10 @@ export interface CliOptions {
   format: "human" | "github" | "json";
   /** false with --no-lint. */
   lint: boolean;
+  /** --small-table in bytes, --lint-after, and the files or ids named after --lint. */
+  smallTableBytes: number;
+  lintAfter: string | null;
+  lintOnly: string[];
   repairInvalidIndexes: boolean;
   execution: Omit<ExecutionSettings, "onEvent">;
   /** --rerun: interrupted migrations to run again from their first statement. */
@@ -3276,6 +4211,9 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     lockWaitMs: 5 * 60_000,
     format: args.json ? "json" : "human",
     lint: args.lint !== false,
+    smallTableBytes: DEFAULT_SMALL_TABLE_BYTES,
+    lintAfter: args["lint-after"] ?? (env.SAFEMIGRATE_LINT_AFTER || null),
+    lintOnly: args.lint === true ? args._.map(String) : [],
     repairInvalidIndexes: Boolean(args["repair-invalid-indexes"]),
     execution: { ...DEFAULT_EXECUTION },
     rerun: [],
@@ -3290,7 +4228,7 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   }
   if (args.help) return options;
   if (args.version) return { ...options, command: "version" };
-  if (args._.length > 0) throw new InputError(`unexpected argument "${args._[0]}" (see --help)`);
+  if (args._.length > 0 && args.lint !== true) throw new InputError(`unexpected argument "${args._[0]}" (see --help)`);
   for (const key of STRING_FLAGS) {
     if (Array.isArray(args[key]) && key !== "rerun" && key !== "database-url") throw new InputError(`--${key} is given more than once`);
     const lastIsTheValue = key === "rollback" && args.last;
@@ -3345,6 +4283,11 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     if (options.command !== "lint") throw new InputError("--format goes with --lint");
     options.format = args.format;
     options.json ||= args.format === "json";
+  }
+  if (args["small-table"] !== undefined) {
+    const bytes = parseSize(args["small-table"]);
+    if (bytes === null) throw new InputError(`--small-table "${args["small-table"]}" is not a size (like 10MB, 512kB or 0)`);
+    options.smallTableBytes = bytes;
   }
   options.dir = args.dir ?? options.dir;
   options.databaseUrls = [args["database-url"] ?? []].flat();
@@ -3505,12 +4448,14 @@ export async function main(
           mode: options.mode,
           dryRun: options.plan,
           lint: options.lint,
+          smallTableBytes: options.smallTableBytes,
+          lintAfter: options.lintAfter,
           repairInvalidIndexes: options.repairInvalidIndexes,
           rerun: options.rerun,
         });
         if (json) printJson(runResultJson(result, label));
         else humanRunSummary(output, result, performance.now() - started, new Date());
-        return result.plan.refused ? EXIT.blocked : EXIT.ok;
+        return runExitCode(result);
       }
       case "rollback": {
         const target = options.target ?? { last: true as const };
@@ -3558,11 +4503,13 @@ export async function main(
     }
     return EXIT.ok;
   } catch (error) {
+    // The reader went away (`| head`): stop quietly; whatever the error became on its way up.
+    if (output.closed) return EXIT_OUTPUT_CLOSED;
     const known = error instanceof SafemigrateError;
     const exitCode = known ? error.exitCode : EXIT.failed;
     const message = redact(known ? error.message : `unexpected error: ${(error as Error)?.message ?? error}`);
     output.err(red(output, `safemigrate: error: ${message}`));
-    if (json) printJson({ ok: false, exitCode, error: message, ...(error instanceof LintError ? { findings: error.findings } : {}) });
+    if (json) printJson({ ok: false, exitCode, error: message, ...(error instanceof LintError ? { findings: error.findings } : {}), ...(error instanceof CheckError ? { problems: error.problems } : {}) });
     return exitCode;
   } finally {
     await db?.close().catch(() => {});
@@ -3588,27 +4535,67 @@ async function runRehearse(migrations: Migration[], options: CliOptions, output:
   }
 }
 
-/** `--lint`: the deploy-safety analysis over every migration file; no database needed. */
+/**
+ * `--lint`: the deploy-safety analysis, up and down sections. Every migration
+ * is analysed in dependency order (so a file is judged knowing what earlier
+ * ones declared); findings are reported for the migrations named on the
+ * command line (all by default), after `--lint-after`, and, with
+ * --database-url, only for pending ones, judged as `--pre` would judge them.
+ */
 async function runLint(migrations: Migration[], options: CliOptions, output: Output): Promise<number> {
-  const findings = await analyzeMigrations(migrations);
-  const open = findings.filter((f) => f.waived === null);
-  const exitCode = open.length === 0 ? EXIT.ok : EXIT.invalid;
+  const named = lintTargets(migrations, options);
+  let applied = new Set<string>();
+  let gate: Gate | null = null;
+  if (options.databaseUrl) {
+    const db = await connect(withoutCreating(options.databaseUrl), { historyTable: options.historyTable });
+    try {
+      applied = new Set((await readHistory(db)).filter((row) => row.appliedAt !== null).map((row) => row.id));
+      gate = { live: await readLiveSchema(db), phase: "pre", smallTableBytes: options.smallTableBytes };
+    } finally {
+      await db.close();
+    }
+  }
+  const report = (m: Migration) => !applied.has(m.id) && isLinted(m.id, options.lintAfter) && (named === null || named.has(m.id));
+  const reported = migrations.filter(report);
+  const findings = await analyzeMigrations(migrations, { report, gate });
+  for (const m of reported) findings.push(...(await analyzeDown(m)));
+  const gating = findings.filter(isGating);
+  const exitCode = gating.length === 0 ? EXIT.ok : EXIT.invalid;
+  const shown = findings.filter((f) => f.waived === null);
   if (options.format === "json") {
-    output.out(JSON.stringify({ ok: open.length === 0, exitCode, command: "lint", migrations: migrations.length, findings }));
+    output.out(JSON.stringify({ ok: gating.length === 0, exitCode, command: "lint", migrations: reported.length, findings }));
   } else if (options.format === "github") {
-    for (const f of open) output.out(githubAnnotation(f));
+    for (const f of shown) output.out(githubAnnotation(f));
   } else {
-    for (const f of open) output.out(formatFinding(f));
-    const waived = findings.length - open.length;
+    for (const f of shown) output.out(formatFinding(f));
+    const waived = findings.length - shown.length;
+    const other = shown.length - gating.length;
     output.out(
-      (open.length === 0 ? `ok: ${plural(migrations.length, "migration")}, no findings` : `${plural(open.length, "finding")}`) +
-        (waived > 0 ? ` (${waived} waived)` : "") + ".",
+      (gating.length === 0 ? `ok: ${plural(reported.length, "migration")}, no gating findings` : `${plural(gating.length, "gating finding")}`) +
+        (other > 0 ? `, ${other} not gating` : "") + (waived > 0 ? ` (${waived} waived)` : "") + ".",
     );
   }
   return exitCode;
 }
 
-/** `--check`: files (and with --database-url, the history) without changing anything. */
+/** The migrations named after `--lint` (as files or ids); null when none are named. */
+function lintTargets(migrations: readonly Migration[], options: CliOptions): Set<string> | null {
+  const ids = migrations.map((m) => m.id);
+  const check = (id: string, what: string) => {
+    if (ids.includes(id)) return id;
+    const meant = closest(id, ids);
+    throw new InputError(`${what} "${id}" is not a migration in ${options.dir}${meant ? ` — did you mean "${meant}"?` : ""}`);
+  };
+  if (options.lintAfter !== null) check(options.lintAfter, "--lint-after");
+  if (options.lintOnly.length === 0) return null;
+  return new Set(options.lintOnly.map((arg) => check(arg.replace(/^.*[\\/]/, "").replace(/\.sql$/, ""), "--lint")));
+}
+
+/**
+ * `--check`: files (and with --database-url, the history) without changing
+ * anything. Every problem comes with its fix as text and, in --json, as an
+ * edit a script can apply.
+ */
 async function runCheck(
   migrations: Migration[],
   options: CliOptions,
@@ -3623,16 +4610,123 @@ async function runCheck(
       await db.close();
     }
   }
-  const problems = [...consistencyProblems(migrations, history), ...treeProblems(migrations)];
+  const all = checkProblems(migrations, history, gitOrigins(options.dir), options.databaseUrl !== null);
+  const errors = all.filter((p) => p.level === "error");
+  const exitCode = errors.length === 0 ? EXIT.ok : EXIT.invalid;
   if (options.json) {
-    output.out(JSON.stringify({ ok: problems.length === 0, exitCode: problems.length ? 2 : 0, command: "check", migrations: migrations.length, problems }));
-  } else if (problems.length === 0) {
-    output.out(`ok: ${plural(migrations.length, "migration")}, front-matter valid, dependency graph complete and acyclic` +
-      (options.databaseUrl ? ", consistent with the database's history" : ""));
-  } else {
-    for (const problem of problems) output.err(`safemigrate: ${problem}`);
+    output.out(JSON.stringify({ ok: errors.length === 0, exitCode, command: "check", migrations: migrations.length, problems: all }));
+    return exitCode;
   }
-  return problems.length === 0 ? EXIT.ok : EXIT.invalid;
+  for (const p of all) {
+    output.err(`safemigrate: ${p.level === "warning" ? "warning: " : ""}${p.message}` + (p.fix ? `\n    fix: ${describeEdit(p.fix)}` : ""));
+  }
+  if (errors.length === 0) {
+    output.out(`ok: ${plural(migrations.length, "migration")}, front-matter valid, dependency graph complete and acyclic` +
+      (options.databaseUrl ? ", consistent with the database's history" : "") +
+      (all.length > 0 ? ` (${plural(all.length, "warning")})` : ""));
+  }
+  return exitCode;
+}
+
+/**
+ * The problems --check reports, in the order a user fixes them: the history
+ * (the same findings and fixes --all refuses with), the files, and with a
+ * history what --pre would refuse. One name allocator, so no two renames collide.
+ */
+export function checkProblems(
+  migrations: readonly Migration[],
+  history: readonly HistoryRow[],
+  origins: FileOrigins | null,
+  withHistory: boolean,
+): CheckProblem[] {
+  const rename = newNames(migrations, history);
+  const consistency = consistencyFindings(migrations, history, rename);
+  const state = afterFixes(migrations, consistency);
+  const tree = treeProblems(state, { history, origins, rename });
+  const problems = [...consistency, ...tree];
+  if (!withHistory || consistency.some((p) => p.fix === null)) return problems;
+  const final = afterFixes(state, tree);
+  const pre = planRun({ migrations: final, history, now: new Date(), mode: "nonstrict", phase: "pre" });
+  return [...problems, ...preAdvice(pre, pendingMigrations(final, history))];
+}
+
+/**
+ * Tells a merge from a batch with git: a file's adding commit is the newest
+ * `git log --diff-filter=A` entry for it (renames count as adds, so a
+ * renamed file belongs to the commit that renamed it; an uncommitted file
+ * to the change in progress). Two files are concurrent when neither adding
+ * commit is an ancestor of the other. null when `dir` is not in a checkout.
+ */
+export function gitOrigins(dir: string): FileOrigins | null {
+  const git = (...args: string[]) => spawnSync("git", ["-C", dir, ...args], { encoding: "utf8" });
+  let inside: ReturnType<typeof git>;
+  try {
+    inside = git("rev-parse", "--is-inside-work-tree");
+  } catch {
+    return null;
+  }
+  if (inside.status !== 0 || inside.stdout.trim() !== "true") return null;
+  const heads = ["HEAD", ...(git("rev-parse", "-q", "--verify", "MERGE_HEAD").status === 0 ? ["MERGE_HEAD"] : [])];
+  const added = new Map<string, string | null>();
+  const addedBy = (m: Migration): string | null => {
+    if (!added.has(m.file)) {
+      const log = git("log", "--no-renames", "--diff-filter=A", "--format=%H", ...heads, "--", `${m.id}.sql`);
+      added.set(m.file, log.status === 0 ? log.stdout.split("\n")[0] || null : null);
+    }
+    return added.get(m.file)!;
+  };
+  const isAncestor = (a: string, b: string) => git("merge-base", "--is-ancestor", a, b).status === 0;
+  return {
+    concurrent(a, b) {
+      const [x, y] = [addedBy(a), addedBy(b)];
+      return x !== null && y !== null && x !== y && !isAncestor(x, y) && !isAncestor(y, x);
+    },
+  };
+}
+
+/*
+ * Writing to the terminal or a pipe. Every line is written synchronously and
+ * completely before the program goes on, so process.exit can never cut output:
+ * Bun makes a piped stdout non-blocking and drops what is still queued at exit
+ * (JSON was cut at 64 KB), so a write that meets EAGAIN waits a moment and
+ * tries the rest again. When the reader goes away (EPIPE, as after `| head -1`)
+ * the run stops at that line without a word, like a Unix tool killed by
+ * SIGPIPE, and exits 141 (128 + SIGPIPE), the code a shell shows for those:
+ * the command did not run to its end. Each migration is all or nothing, so
+ * stopping between two lines leaves the history true.
+ */
+
+/** Exit code when the reader of the output went away: what a shell reports for a process killed by SIGPIPE. */
+export const EXIT_OUTPUT_CLOSED = 141;
+
+/** Raised by a write once the reader is gone; main turns it into a quiet exit 141. */
+export class OutputClosedError extends Error {
+  constructor() {
+    super("the reader of the output went away");
+    this.name = "OutputClosedError";
+  }
+}
+
+const pauseCell = new Int32Array(new SharedArrayBuffer(4));
+/** Blocks the thread for `ms`: the output is all this CLI waits for while a slow reader catches up. */
+const pause = (ms: number) => Atomics.wait(pauseCell, 0, 0, ms);
+
+/** Writes all of `text` to `fd`, waiting out a full non-blocking pipe; throws OutputClosedError on EPIPE. */
+export function writeFully(fd: number, text: string): void {
+  const bytes = new TextEncoder().encode(text);
+  let waitMs = 1;
+  for (let offset = 0; offset < bytes.length;) {
+    try {
+      offset += writeSync(fd, bytes, offset, bytes.length - offset);
+      waitMs = 1;
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === "EPIPE") throw new OutputClosedError();
+      if (code !== "EAGAIN" && code !== "EWOULDBLOCK") throw error;
+      pause(waitMs);
+      waitMs = Math.min(waitMs * 2, 50);
+    }
+  }
 }
 
 // ---- Fleets: the same command on many databases -------------------------------
@@ -3837,16 +4931,44 @@ async function runFleet(migrations: Migration[], options: CliOptions, output: Ou
 }
 
 export function consoleOutput(env: Record<string, string | undefined>): Output {
-  return {
-    out: (line) => process.stdout.write(`${redact(line)}\n`),
-    err: (line) => process.stderr.write(`${redact(line)}\n`),
-    color: Boolean(process.stdout.isTTY) && !env.NO_COLOR,
+  const output: Output = {
+    out: (line) => write(1, `${redact(line)}\n`),
+    err: (line) => write(2, `${redact(line)}\n`),
+    color: isatty(1) && !env.NO_COLOR,
+    closed: false,
   };
+  /** Every write to the console goes through here: complete, in order, and silent once the reader is gone. */
+  const write = (fd: number, text: string) => {
+    if (output.closed) return;
+    try {
+      writeFully(fd, text);
+    } catch (error) {
+      if (error instanceof OutputClosedError) output.closed = true;
+      throw error;
+    }
+  };
+  return output;
 }
 
-if (import.meta.main) {
-  const code = await main(process.argv.slice(2));
-  // Let piped output drain before exiting; PGlite keeps handles open otherwise.
-  await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
-  process.exit(code);
+/**
+ * True when this file is the program being run rather than imported:
+ * `import.meta.main` on Bun, Deno and Node 24.2+; on older Node the script
+ * named on the command line (through the symlinks npx and bin links add).
+ */
+function isMainModule(): boolean {
+  const main = (import.meta as { main?: boolean }).main;
+  if (typeof main === "boolean") return main;
+  const script = process.argv[1];
+  try {
+    return script !== undefined && pathToFileURL(realpathSync(script)).href === import.meta.url;
+  } catch {
+    return false;
+  }
+}
+
+if (isMainModule()) {
+  const output = consoleOutput(process.env);
+  const code = await main(process.argv.slice(2), process.env, output);
+  // Every byte is written by now (writeFully); exit at once, since PGlite keeps handles open.
+  process.exit(output.closed ? EXIT_OUTPUT_CLOSED : code);
 }

@@ -4,6 +4,8 @@
  * PostgreSQL migration linter, on the cases in bench/lint-corpus/.
  *
  *   bun bench/compare-squawk.ts [--corpus bench/lint-corpus] [--json] [--no-assume-in-transaction]
+ *   bun bench/compare-squawk.ts --real [--corpus bench/.corpus] [--projects lemmy,crates.io,sourcegraph] [--sample 3] [--review]
+ *     (the real histories from bench/corpus.ts; see bench/compare-squawk-real.ts)
  *
  * squawk is found through $SQUAWK (a path to the binary) or on PATH. It is not
  * a dependency of safemigrate; install it outside the project, e.g.
@@ -118,6 +120,9 @@ const RULE_HAZARDS: Record<string, string[]> = {
   "safemigrate:reindex-not-concurrently": ["reindex-lock"],
   "safemigrate:lock-table": ["explicit-lock"],
   "safemigrate:transaction-control": ["tx-control"],
+  "safemigrate:drop-index-not-concurrently": ["drop-index-lock"],
+  "safemigrate:backfill-under-lock": ["backfill-lock"],
+  "safemigrate:syntax-error": ["syntax-error"],
   // squawk
   "squawk:require-concurrent-index-creation": ["index-lock"],
   "squawk:require-concurrent-index-deletion": ["drop-index-lock"],
@@ -313,6 +318,19 @@ function judge(c: Case, s: ToolResult, q: ToolResult, runnerLevel: string[]): Ro
   }
   if (falsePositives.length > 0) parts.push(`false positive of ${falsePositives.join(", ")}`);
   return { c, safemigrate: s, squawk: q, runnerLevel, caught, falsePositives, verdict: parts.join("; ") };
+}
+
+// ---- the real corpus (--real) -----------------------------------------------------
+
+if (flag("--real")) {
+  const { compareReal, projectsIn, realLabelsPath } = await import("./compare-squawk-real.ts");
+  const realCorpus = resolve(value("--corpus", join(import.meta.dir, ".corpus")));
+  console.log(await compareReal({
+    squawk, squawkVersion, corpus: realCorpus, projects: projectsIn(realCorpus, argv.includes("--projects") ? value("--projects", "") : null),
+    sample: Number(value("--sample", "3")), labels: resolve(value("--labels", realLabelsPath(import.meta.dir))), review: flag("--disagreements") ? "disagreements" : flag("--review"),
+    hazardsOf, runnerLevel: RUNNER_LEVEL,
+  }));
+  process.exit(0);
 }
 
 // ---- main ----------------------------------------------------------------------

@@ -4,13 +4,28 @@
  * history (an applied migration depending on a pending one).
  */
 import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { existsSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { connect, consistencyProblems, migrate, readHistory, readMigrations, treeProblems } from "../safemigrate.ts";
-import { BACKENDS, cleanup, type CliRun, migrationsDir, ROOT, runCli, tables, tempDir } from "./helpers.ts";
+import {
+  type CheckProblem,
+  connect,
+  consistencyFindings,
+  consistencyProblems,
+  dependsList,
+  type HistoryRow,
+  migrate,
+  type Migration,
+  newNames,
+  readHistory,
+  readMigrations,
+  treeProblems,
+  versionOf,
+} from "../safemigrate.ts";
+import { BACKENDS, cleanup, type CliRun, migrationsDir, ROOT, runCli, SERVER_URL, serverDatabaseUrl, tables, tempDir } from "./helpers.ts";
 
-// Real databases and CLI processes: bun's 5 s default is too short for a PGlite start on a busy machine.
-setDefaultTimeout(60_000);
+// A guard against a hang, not a speed target (speed lives in bench/): on a loaded 2-core machine one
+// PGlite start took 21 s and a whole pipeline test minutes, so no test may fail for being slow.
+setDefaultTimeout(15 * 60_000);
 
 afterEach(cleanup);
 
@@ -54,27 +69,79 @@ describe("treeProblems (files alone)", () => {
     expect(treeProblems(migrations)).toEqual([]);
   });
 
-  test("two migrations with the same number and default dependencies are reported as a duplicate number", () => {
+  test("two migrations with the same number, outside a git checkout: a warning with the rename, not an error", () => {
     const problems = treeProblems(readMigrations(migrationsDir(DUPLICATE_NUMBER)));
     expect(problems).toHaveLength(1);
-    expect(problems[0]).toStartWith("0042_alice and 0042_bob share the number 0042: two branches both added a migration.");
-    expect(problems[0]).toContain("0042_bob.sql -> 0043_bob.sql");
-    expect(problems[0]).toContain(`or declare the order with "-- depends:"`);
+    expect(problems[0].level).toBe("warning");
+    expect(problems[0].message).toStartWith("0042_alice, 0042_bob share the version 0042. This is not a git checkout");
+    expect(problems[0].fix).toMatchObject({ rename: expect.stringMatching(/\/0043_bob\.sql$/) });
   });
 
-  test("two migrations that both declare the same parent are reported as two leaves", () => {
-    const problems = treeProblems(readMigrations(migrationsDir(TWO_LEAVES)));
-    expect(problems).toHaveLength(1);
-    expect(problems[0]).toStartWith("0042_alice, 0042_bob are separate leaves of one dependency chain");
-    expect(problems[0]).toContain(`"-- depends: 0042_alice" in 0042_bob`);
-  });
-
-  test("declaring the order resolves the two leaves", () => {
-    const migrations = readMigrations(migrationsDir({
-      ...TWO_LEAVES,
-      "0042_bob": "-- depends: 0042_alice\ncreate table bob (id int);",
-    }));
+  test("date-stamped ids each have their own version: no clash, and a rename keeps the groups", () => {
+    const ids = ["2024-01-01-000000_a", "2024-02-01-000000_b", "2019-11-15-182353_Add email notifications to crate owners"];
+    expect(ids.map(versionOf)).toEqual(["2024-01-01-000000", "2024-02-01-000000", "2019-11-15-182353"]);
+    expect(versionOf("20240105093000-import-x-2")).toBe("20240105093000");
+    const migrations = readMigrations(migrationsDir({ "2024-01-01-000000_a": "select 1;", "2024-02-01-000000_b": "select 2;" }));
     expect(treeProblems(migrations)).toEqual([]);
+    const next = newNames(migrations, []);
+    expect(next(migrations[0])).toEndWith("/2024-02-01-000001_a.sql");
+    expect(next(migrations[0])).toEndWith("/2024-02-01-000002_a.sql");
+  });
+
+  test("suggested names follow the directory: separator, width, case; 9999 widens", () => {
+    const dashed = readMigrations(migrationsDir({ "20240105093000-Import-X-2": "select 1;", "20240105093000-Import-X-3": "select 1;" }));
+    expect(newNames(dashed, [])(dashed[1])).toEndWith("/20240105093001-Import-X-3.sql");
+    const full = readMigrations(migrationsDir({ "9999_last": "select 1;", "9999_Other": "select 1;" }));
+    expect(newNames(full, [])(full[0])).toEndWith("/10000_Other.sql");
+  });
+
+  test("DAG heads that each declare depends: pass (issue 9)", () => {
+    expect(treeProblems(readMigrations(migrationsDir(TWO_LEAVES)))).toEqual([]);
+  });
+
+  test("a default-order leaf left behind by an explicit depends: gets the one line that joins every leaf", () => {
+    const migrations = readMigrations(migrationsDir({
+      ...BASE,
+      "0042_alice": "create table alice (id int);",
+      "0043_bob": "-- depends: 0041_email\ncreate table bob (id int);",
+      "0044_carol": "create table carol (id int);",
+    }));
+    const problems = treeProblems(migrations);
+    expect(problems).toHaveLength(1);
+    expect(problems[0].message).toStartWith("0042_alice, 0044_carol are separate leaves of one dependency chain");
+    // The newest leaf keeps its implicit parent (0043_bob) and lists the other leaf.
+    expect(problems[0].fix).toMatchObject({ line: 1, insert: "-- depends: 0043_bob, 0042_alice" });
+  });
+});
+
+describe("depends: lists", () => {
+  test("commas separate ids, so ids with spaces work; quotes hold commas and quotes", () => {
+    expect(dependsList("2019-11-15-182353_Add email notifications to crate owners, 0002_x", "f:1"))
+      .toEqual(["2019-11-15-182353_Add email notifications to crate owners", "0002_x"]);
+    expect(dependsList(`"a,b", 'it''s', "say ""hi""", [x]`, "f:1")).toEqual(["a,b", "it's", 'say "hi"', "[x]"]);
+    expect(dependsList("[a, b]", "f:1")).toEqual(["a", "b"]);
+    expect(dependsList("[]", "f:1")).toEqual([]);
+    expect(() => dependsList(`"open, b`, "m/0002.sql:1")).toThrow(`m/0002.sql:1: cannot read "depends: \"open, b"`);
+  });
+
+  test("crates.io's id with spaces can be named in depends: and is ordered by it", () => {
+    const crates = "2019-11-15-182353_Add email notifications to crate owners";
+    const migrations = readMigrations(migrationsDir({
+      "2019-11-14-000000_base": "create table crates (id int);",
+      [crates]: "create table owner_notifications (id int);",
+      "2019-11-16-000000_after": `-- depends: ${crates}, 2019-11-14-000000_base\ncreate table later (id int);`,
+    }));
+    expect(migrations[2].depends).toEqual([crates, "2019-11-14-000000_base"]);
+    expect(consistencyProblems(migrations, [])).toEqual([]);
+    expect(treeProblems(migrations)).toEqual([]);
+  });
+
+  test("a list separated by spaces (the old way) is one unknown id, with the comma-separated line as the fix", () => {
+    const migrations = readMigrations(migrationsDir({ ...BASE, "0042_x": "-- depends: 0040_users 0041_email\nselect 1;" }));
+    const [problem] = consistencyFindings(migrations, []);
+    expect(problem.message).toContain(`depends on "0040_users 0041_email", which is neither a file`);
+    expect(problem.message).toContain("separate ids with commas");
+    expect(problem.fix).toMatchObject({ line: 1, replace: "-- depends: 0040_users, 0041_email" });
   });
 });
 
@@ -93,27 +160,36 @@ describe("--check on the files (no database)", () => {
     expect(run.stdout).toContain(`ok: ${readMigrations(`${ROOT}/migrations`).length} migrations`);
   });
 
-  test("a merge that added two 0042 migrations (default dependencies) exits 2: duplicate number", async () => {
+  test("two 0042 migrations outside a git checkout: exit 0 with a warning and the rename", async () => {
     const run = await runCli(["--check", "--dir", migrationsDir(DUPLICATE_NUMBER)]);
-    expectExit(run, 2);
-    expect(run.stderr).toContain("0042_alice and 0042_bob share the number 0042");
-    expect(run.stderr).toContain("Rename the one that is not applied anywhere yet");
+    expectExit(run, 0);
+    expect(run.stdout).toContain("ok: 4 migrations, front-matter valid, dependency graph complete and acyclic (1 warning)");
+    expect(run.stderr).toContain("safemigrate: warning: 0042_alice, 0042_bob share the version 0042. This is not a git checkout");
+    expect(run.stderr).toMatch(/ {4}fix: rename \S+\/0042_bob\.sql -> \S+\/0043_bob\.sql/);
   });
 
-  test("a merge where both 0042 migrations declare depends: 0041 exits 2: two leaves", async () => {
+  test("both 0042 migrations declaring depends: 0041 are DAG heads: exit 0, nothing to say", async () => {
     const run = await runCli(["--check", "--dir", migrationsDir(TWO_LEAVES)]);
-    expectExit(run, 2);
-    expect(run.stderr).toContain("0042_alice, 0042_bob are separate leaves of one dependency chain");
+    expectExit(run, 0);
+    expect(run.stderr).toBe("");
   });
 
-  test("--check --json reports the problems as JSON with exit 2", async () => {
-    const run = await runCli(["--check", "--json", "--dir", migrationsDir(TWO_LEAVES)]);
+  test("--check --json carries every problem with its level and fix", async () => {
+    const dir = migrationsDir({ ...BASE, "0042_x": "-- depends: 0040_users 0041_email\nselect 1;" });
+    const run = await runCli(["--check", "--json", "--dir", dir]);
     expectExit(run, 2);
-    const result = JSON.parse(run.stdout.trim());
-    expect(result.ok).toBe(false);
-    expect(result.exitCode).toBe(2);
-    expect(result.problems).toHaveLength(1);
-    expect(result.problems[0]).toContain("separate leaves");
+    expect(JSON.parse(run.stdout.trim())).toEqual({
+      ok: false,
+      exitCode: 2,
+      command: "check",
+      migrations: 3,
+      problems: [{
+        level: "error",
+        message: `${dir}/0042_x.sql:1: depends on "0040_users 0041_email", which is neither a file in the migrations directory nor ` +
+          `applied — separate ids with commas (an id may contain spaces)`,
+        fix: { file: `${dir}/0042_x.sql`, line: 1, replace: "-- depends: 0040_users, 0041_email" },
+      }],
+    });
   });
 });
 
@@ -139,13 +215,14 @@ for (const backend of BACKENDS) {
       return { url, dir };
     }
 
-    test("an applied 0043 that now depends on a pending 0042 exits 2, saying to rename or declare depends", async () => {
+    test("an applied 0043 that now depends on a pending 0042 exits 2, naming the pending file and its new name", async () => {
       const { url, dir } = await appliedAheadOfPending();
       const run = await runCli(["--check", "--dir", dir, "--database-url", url]);
       expectExit(run, 2);
       expect(run.stderr).toContain("inconsistent history: 0043_orders is applied, but it depends on 0042_carts, which is not.");
-      expect(run.stderr).toContain("0042_carts.sql so it sorts after the applied migrations");
-      expect(run.stderr).toContain(`declare the real order with "-- depends:" in ${dir}/0043_orders.sql`);
+      expect(run.stderr).toContain(`Rename ${dir}/0042_carts.sql -> ${dir}/0044_carts.sql so it sorts after the applied migrations`);
+      expect(run.stderr).toContain(`    fix: rename ${dir}/0042_carts.sql -> ${dir}/0044_carts.sql`);
+      expect(run.stderr).not.toContain("0043_orders.sql");
 
       // The files alone are fine: only the history shows the problem.
       expectExit(await runCli(["--check", "--dir", dir]), 0);
@@ -197,7 +274,7 @@ describe("--check changes nothing", () => {
 });
 
 describe("consistencyProblems (pure)", () => {
-  test("names both migrations and both fixes for an applied migration that depends on a pending one", () => {
+  test("names both migrations, and renames the pending one, for an applied migration that depends on a pending one", () => {
     const migrations = readMigrations(migrationsDir({
       ...BASE,
       "0042_carts": "create table carts (id int);",
@@ -217,7 +294,278 @@ describe("consistencyProblems (pure)", () => {
     const problems = consistencyProblems(migrations, ["0040_users", "0041_email", "0043_orders"].map(applied));
     expect(problems).toHaveLength(1);
     expect(problems[0]).toContain("0043_orders is applied, but it depends on 0042_carts, which is not");
-    expect(problems[0]).toContain("Rename");
-    expect(problems[0]).toContain(`"-- depends:"`);
+    expect(problems[0]).toMatch(/Rename \S+\/0042_carts\.sql -> \S+\/0044_carts\.sql so it sorts after the applied migrations/);
+  });
+});
+
+// ---- Merges in a real git checkout ----------------------------------------------
+
+function git(dir: string, ...args: string[]): string {
+  const run = Bun.spawnSync(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", ...args], { cwd: dir });
+  if (run.exitCode !== 0) throw new Error(`git ${args.join(" ")}: ${run.stderr.toString()}`);
+  return run.stdout.toString();
+}
+
+/** A git repository with a migrations/ directory holding `base`, committed on main. */
+function repository(base: Record<string, string>): { root: string; dir: string } {
+  const root = tempDir("safemigrate-git-");
+  git(root, "init", "-q", "-b", "main");
+  const dir = join(root, "migrations");
+  mkdirSync(dir);
+  commit(root, base, "base");
+  return { root, dir };
+}
+
+function commit(root: string, files: Record<string, string>, message: string): void {
+  for (const [id, text] of Object.entries(files)) writeFileSync(join(root, "migrations", `${id}.sql`), text);
+  git(root, "add", "-A");
+  git(root, "commit", "-q", "-m", message);
+}
+
+/** Each branch starts at main as it is now; then all are merged into main, in order. */
+function mergeBranches(root: string, branches: Record<string, string>[]): void {
+  for (const [i, files] of branches.entries()) {
+    git(root, "checkout", "-q", "-b", `b${i}`, "main");
+    commit(root, files, `branch ${i}`);
+    git(root, "checkout", "-q", "main");
+  }
+  for (const i of branches.keys()) git(root, "merge", "-q", "--no-ff", "--no-edit", `b${i}`);
+}
+
+/** Applies each fix mechanically, in order, as a script reading the JSON would. */
+function applyFixes(problems: CheckProblem[]): number {
+  let applied = 0;
+  for (const { fix } of problems) {
+    if (!fix) continue;
+    applied++;
+    if ("rename" in fix) {
+      renameSync(fix.file, fix.rename);
+      continue;
+    }
+    const lines = readFileSync(fix.file, "utf8").split("\n");
+    if ("replace" in fix) lines[fix.line - 1] = fix.replace;
+    else lines.splice(fix.line - 1, 0, fix.insert);
+    writeFileSync(fix.file, lines.join("\n"));
+  }
+  return applied;
+}
+
+const checkJson = async (dir: string, url?: string) => {
+  const run = await runCli(["--check", "--json", "--dir", dir, ...(url ? ["--database-url", url] : [])]);
+  return { run, result: JSON.parse(run.stdout) as { ok: boolean; exitCode: number; problems: CheckProblem[] } };
+};
+
+const BASE3 = { "0001_base": "create table base1 (id int);", "0002_base": "create table base2 (id int);", "0003_base": "create table base3 (id int);" };
+
+/**
+ * n branches off the same main, alternately numbering from 0004 with default
+ * dependencies and from 0005 with an explicit chain from 0003_base; the last
+ * branch always uses the default order. Merged, they share versions, interleave
+ * ids and leave separate leaves; deployed first, the last branch's files sort
+ * after pending files of the others.
+ */
+function generatedBranches(n: number): Record<string, string>[] {
+  return Array.from({ length: n }, (_, i) => {
+    const explicit = (n - 1 - i) % 2 === 1;
+    const ids = Array.from({ length: (i % 3) + 1 }, (_, j) => `${String(4 + j + (explicit ? 1 : 0)).padStart(4, "0")}_b${i}_${j}`);
+    return Object.fromEntries(ids.map((id, j) => [
+      id,
+      (explicit ? `-- depends: ${j === 0 ? "0003_base" : ids[j - 1]}\n` : "") + `create table b${i}_${j} (id int);\n`,
+    ]));
+  });
+}
+
+describe("--check tells a merge from a batch (git)", () => {
+  test("four files added in one commit sharing a timestamp pass, with no warning", async () => {
+    const { root, dir } = repository({ "20240101000000-init": "create table init (id int);" });
+    commit(root, Object.fromEntries([2, 3, 4, 5].map((k) => [`20240105093000-import-x-${k}`, `create table x${k} (id int);`])), "import");
+    const run = await runCli(["--check", "--dir", dir]);
+    expectExit(run, 0);
+    expect(run.stderr).toBe("");
+  });
+
+  test("files with one version added one after the other on one branch pass", async () => {
+    const { root, dir } = repository(BASE3);
+    commit(root, { "0004_first": "create table f (id int);" }, "first");
+    commit(root, { "0004_second": "create table s (id int);" }, "second");
+    expectExit(await runCli(["--check", "--dir", dir]), 0);
+  });
+
+  test("two branches that each added a 0004 clash (exit 2); the rename keeps the directory's style and fixes it", async () => {
+    const { root, dir } = repository({ "20240101000000-init": "create table init (id int);" });
+    mergeBranches(root, [{ "20240105093000-alice": "create table alice (id int);" }, { "20240105093000-bob": "create table bob (id int);" }]);
+    const { run, result } = await checkJson(dir);
+    expectExit(run, 2);
+    expect(result.problems).toEqual([{
+      level: "error",
+      message: `20240105093000-alice and 20240105093000-bob share the version 20240105093000 and were added on different branches: ` +
+        `two branches both added a migration. Rename the one not applied anywhere yet so it sorts last: ` +
+        `${dir}/20240105093000-bob.sql -> ${dir}/20240105093001-bob.sql`,
+      fix: { file: `${dir}/20240105093000-bob.sql`, rename: `${dir}/20240105093001-bob.sql` },
+    }]);
+    const human = await runCli(["--check", "--dir", dir]);
+    expect(human.stderr).toContain(`    fix: rename ${dir}/20240105093000-bob.sql -> ${dir}/20240105093001-bob.sql`);
+    applyFixes(result.problems);
+    expectExit(await runCli(["--check", "--dir", dir]), 0);
+    // Committed, the rename is a change after the merge: still clean.
+    git(root, "add", "-A");
+    git(root, "commit", "-q", "-m", "rename");
+    expectExit(await runCli(["--check", "--dir", dir]), 0);
+  });
+
+  test("separate leaves from two branches: exit 2 and one line that joins them, keeping the parent", async () => {
+    const { root, dir } = repository(BASE3);
+    mergeBranches(root, [
+      { "0004_a": "-- depends: 0003_base\ncreate table a (id int);", "0006_a": "-- depends: 0004_a\ncreate table a2 (id int);" },
+      { "0005_b": "create table b (id int);" },
+    ]);
+    const { run, result } = await checkJson(dir);
+    expectExit(run, 2);
+    expect(result.problems).toHaveLength(1);
+    expect(result.problems[0].message).toStartWith("0005_b, 0006_a are separate leaves of one dependency chain");
+    expect(result.problems[0].fix).toEqual({ file: `${dir}/0006_a.sql`, line: 1, replace: "-- depends: 0004_a, 0005_b" });
+    applyFixes(result.problems);
+    expectExit(await runCli(["--check", "--dir", dir]), 0);
+  });
+
+  for (let n = 2; n <= 6; n++) {
+    test(`a generated merge of ${n} branches: every fix applied once, --check passes`, async () => {
+      const { root, dir } = repository(BASE3);
+      mergeBranches(root, generatedBranches(n));
+      const { run, result } = await checkJson(dir);
+      expectExit(run, 2);
+      expect(result.problems.every((p) => p.fix !== null)).toBe(true);
+      applyFixes(result.problems);
+      const again = await checkJson(dir);
+      expectExit(again.run, 0);
+      expect(again.result.problems.filter((p) => p.level === "error")).toEqual([]);
+    });
+  }
+});
+
+describe.skipIf(!SERVER_URL)("ids with spaces on the server", () => {
+  test("crates.io's id with a space: applied, named in depends:, checked and rolled back by name", async () => {
+    const crates = "2019-11-15-182353_Add email notifications to crate owners";
+    const dir = migrationsDir({
+      "2019-11-14-000000_base": "create table crates (id int);\n-- migrate:down\ndrop table crates;",
+      [crates]: "create table owner_notifications (id int);\n-- migrate:down\ndrop table owner_notifications;",
+      "2019-11-16-000000_later": `-- depends: ${crates}, 2019-11-14-000000_base\ncreate table later (id int);\n-- migrate:down\ndrop table later;`,
+    });
+    const url = await serverDatabaseUrl();
+    expectExit(await runCli(["--all", "--dir", dir, "--database-url", url]), 0);
+    expectExit(await runCli(["--check", "--dir", dir, "--database-url", url]), 0);
+    const rolled = await runCli(["--rollback", crates, "--dir", dir, "--database-url", url]);
+    expectExit(rolled, 0);
+    const db = await connect(url);
+    try {
+      expect((await tables(db)).filter((t) => !t.startsWith("safemigrate_"))).toEqual(["crates"]);
+    } finally {
+      await db.close();
+    }
+  });
+});
+
+describe.skipIf(!SERVER_URL)("advice that converges against a database (server)", () => {
+  /** Merged main in a repository whose last branch was deployed (applied) before the merge. */
+  async function deployedThenMerged(n: number) {
+    const { root, dir } = repository(BASE3);
+    mergeBranches(root, generatedBranches(n));
+    const url = await serverDatabaseUrl();
+    git(root, "checkout", "-q", `b${n - 1}`);
+    expectExit(await runCli(["--all", "--dir", dir, "--database-url", url]), 0);
+    git(root, "checkout", "-q", "main");
+    return { root, dir, url };
+  }
+  const allJson = async (dir: string, url: string) => {
+    const run = await runCli(["--all", "--json", "--dir", dir, "--database-url", url]);
+    return { run, result: JSON.parse(run.stdout) as { ok: boolean; exitCode: number; problems?: CheckProblem[] } };
+  };
+  const tableCount = async (url: string) => {
+    const db = await connect(url);
+    try {
+      return (await tables(db)).filter((t) => !t.startsWith("safemigrate_")).length;
+    } finally {
+      await db.close();
+    }
+  };
+
+  for (let n = 2; n <= 6; n++) {
+    test(`${n} branches, new files sorting before applied ones: --all's fixes, applied once, let --all through`, async () => {
+      const { dir, url } = await deployedThenMerged(n);
+      const refused = await allJson(dir, url);
+      expectExit(refused.run, 2);
+      const problems = refused.result.problems!;
+      expect(problems.length).toBeGreaterThan(0);
+      expect(problems.some((p) => p.fix !== null && "rename" in p.fix)).toBe(true);
+      expect(problems.every((p) => p.fix !== null)).toBe(true);
+      // Never an applied file: every fix edits or renames a pending one.
+      const db = await connect(url);
+      const applied = new Set((await readHistory(db)).map((r) => `${dir}/${r.id}.sql`));
+      await db.close();
+      expect(problems.filter((p) => applied.has(p.fix!.file))).toEqual([]);
+
+      // --check against the same database gives the same advice, and more (the files' own problems).
+      const check = await checkJson(dir, url);
+      expectExit(check.run, 2);
+      for (const p of problems) expect(check.result.problems).toContainEqual(p);
+
+      applyFixes(problems);
+      expectExit(await runCli(["--all", "--dir", dir, "--database-url", url]), 0);
+      expect(await tableCount(url)).toBe(3 + generatedBranches(n).reduce((sum, b) => sum + Object.keys(b).length, 0));
+    });
+
+    test(`${n} branches: --check --database-url's fixes, applied once, make --check and --all pass`, async () => {
+      const { dir, url } = await deployedThenMerged(n);
+      const check = await checkJson(dir, url);
+      expectExit(check.run, 2);
+      applyFixes(check.result.problems);
+      const again = await checkJson(dir, url);
+      expectExit(again.run, 0);
+      expect(again.result.problems.filter((p) => p.level === "error")).toEqual([]);
+      expectExit(await runCli(["--all", "--dir", dir, "--database-url", url]), 0);
+    });
+  }
+
+  test("--check predicts --pre: a before_deploy behind an after_deploy gets the exact depends: line; then --pre works", async () => {
+    const base = Object.fromEntries([1, 2, 3, 4, 5, 6].map((k) => [`000${k}_t${k}`, `-- safe: always\ncreate table t${k} (id int);`]));
+    const { root, dir } = repository(base);
+    const url = await serverDatabaseUrl();
+    expectExit(await runCli(["--all", "--dir", dir, "--database-url", url]), 0);
+    commit(root, {
+      "0007_drop_old": "-- safe: after_deploy\nalter table t1 drop column id;",
+      "0008_add_new": "-- safe: before_deploy\ncreate table t8 (id int);",
+      "0009_cleanup": "-- safe: after_deploy\ndrop table t2;",
+    }, "release");
+
+    const fix = { file: `${dir}/0008_add_new.sql`, line: 1, insert: "-- depends: 0006_t6" };
+    const check = await checkJson(dir, url);
+    expectExit(check.run, 0);
+    expect(check.result.problems).toHaveLength(1);
+    expect(check.result.problems[0]).toMatchObject({ level: "warning", fix });
+    expect(check.result.problems[0].message).toStartWith("0008_add_new is before_deploy but comes after 0007_drop_old (after_deploy, not applied) only by the default order");
+
+    // --pre refuses with the same fix, and does not tell the user to run --all (which would drop t1.id under the old code).
+    const pre = await runCli(["--pre", "--dir", dir, "--database-url", url]);
+    expectExit(pre, 3);
+    expect(pre.stderr).toContain(`  fix: in ${dir}/0008_add_new.sql, insert as line 1: -- depends: 0006_t6`);
+    expect(pre.stderr).toContain("Run --all first only if the blocking migrations shipped with an earlier release");
+    expect(pre.stderr).not.toContain("run --all after the previous deploy");
+    const preJson = JSON.parse((await runCli(["--pre", "--json", "--dir", dir, "--database-url", url])).stdout);
+    expect(preJson.advice).toEqual(check.result.problems);
+
+    applyFixes(check.result.problems);
+    const clean = await checkJson(dir, url);
+    expectExit(clean.run, 0);
+    expect(clean.result.problems).toEqual([]);
+    const applied = await runCli(["--pre", "--dir", dir, "--database-url", url]);
+    expectExit(applied, 0);
+    expect(applied.stdout).toContain("0008_add_new");
+    const db = await connect(url);
+    try {
+      expect(await tables(db)).toContain("t8");
+      expect(await tables(db)).toContain("t2");
+    } finally {
+      await db.close();
+    }
   });
 });

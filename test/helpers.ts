@@ -125,14 +125,46 @@ export function cleanEnv(extra: Record<string, string | undefined> = {}): Record
   return Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined)) as Record<string, string>;
 }
 
-/** Runs `bun safemigrate.ts ...args` as a separate process, the way a user does. */
+export type Runtime = "bun" | "deno" | "node";
+
+/** A Node that runs .ts files (22.18+): SAFEMIGRATE_TEST_NODE (.ci/run installs Node 24 from npm), else the PATH's if new enough. */
+function findNode(): string | null {
+  const candidate = process.env.SAFEMIGRATE_TEST_NODE || Bun.which("node");
+  if (!candidate) return null;
+  const version = Bun.spawnSync([candidate, "--version"]).stdout.toString().trim().replace(/^v/, "").split(".").map(Number);
+  const [major, minor] = version;
+  return major > 22 || (major === 22 && minor >= 18) ? candidate : null;
+}
+
+/** How to run the CLI under each runtime; null when that runtime is not installed. */
+export const RUNTIMES: Record<Runtime, string[] | null> = {
+  bun: [process.execPath],
+  deno: Bun.which("deno") ? ["deno", "run", "-A"] : null,
+  node: ((node) => (node ? [node] : null))(findNode()),
+};
+/** Under CI every runtime must be there: a missing one fails its tests instead of skipping them. */
+export const RUNTIMES_REQUIRED = Boolean(process.env.CI);
+
+for (const [name, command] of Object.entries(RUNTIMES)) {
+  if (!command) {
+    console.warn(`\n[safemigrate tests] ${name === "node" ? "no Node 22.18+ (set SAFEMIGRATE_TEST_NODE)" : `${name} is not on PATH`}: ` +
+      `its runtime tests are ${RUNTIMES_REQUIRED ? "going to FAIL (CI is set)" : "SKIPPED"}.\n`);
+  }
+}
+
+/** The command line that runs the CLI under `runtime`; throws when it is missing (the test fails, as CI wants). */
+export function cliCommand(runtime: Runtime, args: string[]): string[] {
+  const command = RUNTIMES[runtime];
+  if (!command) throw new Error(`${runtime} is not installed (CI is set, so this fails instead of skipping)`);
+  return [...command, CLI, ...args];
+}
+
+/** Runs `bun safemigrate.ts ...args` (or under another runtime) as a separate process, the way a user does. */
 export async function runCli(
   args: string[],
-  options: { env?: Record<string, string | undefined>; cwd?: string; runtime?: "bun" | "deno" } = {},
+  options: { env?: Record<string, string | undefined>; cwd?: string; runtime?: Runtime } = {},
 ): Promise<CliRun> {
-  const command = options.runtime === "deno"
-    ? ["deno", "run", "-A", CLI, ...args]
-    : [process.execPath, CLI, ...args];
+  const command = cliCommand(options.runtime ?? "bun", args);
   const child = Bun.spawn(command, {
     cwd: options.cwd ?? ROOT,
     env: cleanEnv(options.env),

@@ -2,6 +2,7 @@
 import { describe, expect, test } from "bun:test";
 import {
   dependencyOrder,
+  findCycle,
   type HistoryRow,
   InputError,
   type Migration,
@@ -9,6 +10,9 @@ import {
   type Mode,
   type Phase,
   planRun,
+  revertSteps,
+  rollbackPlan,
+  syncPlan,
 } from "../safemigrate.ts";
 import { migration } from "./helpers.ts";
 
@@ -340,5 +344,52 @@ describe("status", () => {
       ["0003", "pending"],
     ]);
     expect(rows[3].detectedAt).toEqual(seen);
+  });
+});
+
+describe("planning at real-history scale (correctness; the speed figures are in bench/plan.ts)", () => {
+  const N = 10_000;
+  const id = (i: number) => `${String(i).padStart(5, "0")}_t${i}`;
+  const chain = Array.from({ length: N }, (_, i) =>
+    migration(id(i), { depends: i === 0 ? [] : [id(i - 1)] }, `create table t${i} (id int);\n-- migrate:down\ndrop table t${i};`));
+  const history = chain.map((m, i) => row(m, { appliedAt: new Date(Date.UTC(2026, 0, 1) + i), downSql: m.down!.raw }));
+
+  test("rolling back the first of 10,000 applied migrations undoes all of them, newest first", () => {
+    const steps = rollbackPlan(id(0), chain, history);
+    expect(steps).toHaveLength(N);
+    expect(steps[0].id).toBe(id(N - 1));
+    expect(steps[N - 1].id).toBe(id(0));
+    expect(steps.every((s, i) => s.id === id(N - 1 - i))).toBe(true);
+  });
+
+  test("a DAG is undone dependents first; among free ones the latest applied first", () => {
+    const dag = [
+      migration("a", { depends: [] }),
+      migration("b", { depends: ["a"] }),
+      migration("c", { depends: ["a"] }),
+      migration("d", { depends: ["b"] }),
+    ];
+    const at = (ms: number) => new Date(Date.UTC(2026, 0, 1) + ms);
+    // c was applied last, but d depends on b: d, c, b in applied order newest first, a last.
+    const rows = [row(dag[0], { appliedAt: at(0) }), row(dag[1], { appliedAt: at(1) }), row(dag[3], { appliedAt: at(2) }), row(dag[2], { appliedAt: at(3) })];
+    expect(revertSteps(["a"], dag, rows).map((s) => s.id)).toEqual(["c", "d", "b", "a"]);
+    expect(revertSteps(["b"], dag, rows).map((s) => s.id)).toEqual(["d", "b"]);
+  });
+
+  test("dependency order and the cycle search handle a 10,000-long chain given in reverse", () => {
+    const reversed = [...chain].reverse();
+    expect(dependencyOrder(reversed).map((m) => m.id)).toEqual(chain.map((m) => m.id));
+    expect(findCycle(reversed)).toBeNull();
+    const looped = [migration(id(0), { depends: [id(N - 1)] }), ...chain.slice(1)];
+    const cycle = findCycle(looped)!;
+    expect(cycle).toHaveLength(N + 1);
+    expect(cycle[0]).toBe(cycle[N]);
+  });
+
+  test("sync over 10,000 applied migrations with the newest file gone undoes only that one", () => {
+    const plan = syncPlan(chain.slice(0, N - 1), history, NOW);
+    expect(plan.revert.map((s) => s.id)).toEqual([id(N - 1)]);
+    expect(plan.apply).toEqual([]);
+    expect(migrationStatus(chain, history).filter((r) => r.state !== "applied")).toEqual([]);
   });
 });

@@ -1,0 +1,117 @@
+/**
+ * The gate on the real server: what stops `--pre`/`--all` depends on what the
+ * database holds before the run. A fresh database takes a whole history; the
+ * same migrations on tables that hold data are refused; a small table is shown
+ * but does not gate; `--plan` predicts all of it, exit code included.
+ */
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { type Finding } from "../safemigrate.ts";
+import { appliedIds, cleanup, columns, migrationsDir, open, runCli, SERVER_REQUIRED, SERVER_URL, serverDatabaseUrl } from "./helpers.ts";
+
+setDefaultTimeout(240_000);
+afterEach(cleanup);
+
+test("the server tests run under CI", () => {
+  if (SERVER_REQUIRED) expect(SERVER_URL).not.toBeNull();
+});
+
+const TABLES = Array.from({ length: 10 }, (_, i) => `t_${String(i + 1).padStart(2, "0")}`);
+
+/** Step `s` (01..05) for every table: ids sort step by step, so every table is created before any is changed. */
+const STEPS: [string, string, (t: string) => string][] = [
+  ["01", "before_deploy", (t) => `create table ${t} (id bigint primary key, name varchar(100), at timestamp, note text);`],
+  ["02", "before_deploy", (t) => `create index ${t}_name on ${t} (name);`],
+  ["03", "after_deploy", (t) => `alter table ${t} alter column name type varchar(50);`],
+  ["04", "before_deploy", (t) => `alter table ${t} add column token uuid default gen_random_uuid();`],
+  ["05", "after_deploy", (t) => `alter table ${t} drop column note;`],
+];
+
+/** 50 migrations: five steps for each of ten tables; `upTo` limits the steps. */
+function history(upTo = STEPS.length): Record<string, string> {
+  const files: Record<string, string> = {};
+  for (const [step, safe, sql] of STEPS.slice(0, upTo)) {
+    TABLES.forEach((t, i) => (files[`${step}${String(i + 1).padStart(2, "0")}_${t}`] = `-- safe: ${safe}\n${sql(t)}\n`));
+  }
+  return files;
+}
+
+describe.skipIf(!SERVER_URL)("the gate on the server", () => {
+  test("a fresh database takes the 50-migration history with no flags", async () => {
+    const url = await serverDatabaseUrl();
+    const run = await runCli(["--all", "--dir", migrationsDir(history()), "--database-url", url]);
+    expect(run.stderr).toBe("");
+    expect(run.code).toBe(0);
+    expect(run.stdout).toContain("Applied 50 migrations");
+    // 10 indexes, 10 rewrites, 10 volatile defaults: shown as a count, none gating.
+    expect(run.stdout).toContain("30 findings on objects this run creates, not gating");
+    const db = await open(url);
+    expect(await columns(db, "t_01")).toEqual(["id", "name", "at", "token"]);
+    expect((await appliedIds(db)).length).toBe(50);
+  });
+
+  test("on tables that hold data: refused with the findings on the large table; the small one is shown, not gating; --plan predicts it", async () => {
+    const url = await serverDatabaseUrl();
+    const first = await runCli(["--all", "--dir", migrationsDir(history(1)), "--database-url", url]);
+    expect(first.code).toBe(0);
+    const db = await open(url);
+    // t_01: about 25 MB (over the 1 MB default); t_02: ten rows.
+    await db.exec(`insert into t_01 select g, md5(g::text), now(), md5((-g)::text) from generate_series(1, 200000) g`);
+    await db.exec(`insert into t_02 select g, 'n', now(), 'x' from generate_series(1, 10) g`);
+    const dir = migrationsDir(history());
+
+    const plan = await runCli(["--all", "--plan", "--dir", dir, "--database-url", url]);
+    const run = await runCli(["--all", "--dir", dir, "--database-url", url]);
+    for (const r of [plan, run]) {
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain("refusing to apply: 3 gating findings in migrations about to run:");
+      expect(r.stderr).toContain(`${dir}/0201_t_01.sql:2:1: index-not-concurrently: CREATE INDEX on t_01 takes a SHARE lock`);
+      expect(r.stderr).toContain(`${dir}/0301_t_01.sql:2:13: type-change-rewrite: changing t_01.name from varchar(100) to varchar(50) rewrites t_01`);
+      expect(r.stderr).toContain(`${dir}/0401_t_01.sql:2:13: volatile-default: adding t_01.token with gen_random_uuid() as its default rewrites t_01`);
+      expect(r.stderr).not.toMatch(/^\s+\S+0\d02_t_02\.sql.*\n\s+fix/m);
+    }
+    expect(plan.stdout).toMatch(/not gating {2}\S+0202_t_02\.sql:2: index-not-concurrently: .*\(t_02 is small \(\d+ kB, below --small-table 1 MB\): the lock is held briefly\)/);
+    expect(plan.stdout).toContain("The run would apply nothing and exit 2.");
+    expect(plan.stderr).toContain("the run would stop (exit 2)");
+    expect((await appliedIds(db)).length).toBe(10);
+    expect(await columns(db, "t_01")).toEqual(["id", "name", "at", "note"]);
+
+    const json = JSON.parse((await runCli(["--all", "--plan", "--json", "--dir", dir, "--database-url", url])).stdout);
+    expect([json.ok, json.exitCode]).toEqual([false, 2]);
+    const gating = json.findings.filter((f: Finding) => f.notGating === null).map((f: Finding) => `${f.migration} ${f.rule}`);
+    expect(gating).toEqual(["0201_t_01 index-not-concurrently", "0301_t_01 type-change-rewrite", "0401_t_01 volatile-default"]);
+
+    // Raising the threshold over t_01's size lets the run through.
+    const big = await runCli(["--all", "--small-table", "1GB", "--dir", dir, "--database-url", url]);
+    expect(big.code).toBe(0);
+    expect((await appliedIds(db)).length).toBe(50);
+  });
+
+  test("--pre refuses a before_deploy drop of a column of a live table, however small; the same drop of a table this run creates passes", async () => {
+    const url = await serverDatabaseUrl();
+    const dir = migrationsDir({ "0001_users": "-- safe: before_deploy\ncreate table users (id int, name text);" });
+    expect((await runCli(["--pre", "--dir", dir, "--database-url", url])).code).toBe(0);
+    const drop = "-- safe: before_deploy\nalter table users drop column name;";
+    const withDrop = migrationsDir({ "0001_users": "-- safe: before_deploy\ncreate table users (id int, name text);", "0002_drop": drop });
+    const refused = await runCli(["--pre", "--dir", withDrop, "--database-url", url]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain("0002_drop.sql:2:13: drop-column: dropping column users.name in a before_deploy migration");
+    const fresh = await runCli(["--pre", "--dir", withDrop, "--database-url", await serverDatabaseUrl()]);
+    expect(fresh.code).toBe(0);
+    // After the deploy the old code is gone: --all lets the phase finding through.
+    expect((await runCli(["--all", "--dir", withDrop, "--database-url", url])).code).toBe(0);
+  });
+
+  test("--lint with a database lints only pending migrations, judged against the live tables", async () => {
+    const url = await serverDatabaseUrl();
+    const done = history(2);
+    expect((await runCli(["--all", "--dir", migrationsDir(done), "--database-url", url])).code).toBe(0);
+    const dir = migrationsDir(history(3));
+    const lint = JSON.parse((await runCli(["--lint", "--json", "--dir", dir, "--database-url", url])).stdout);
+    expect(new Set(lint.findings.map((f: Finding) => f.migration.slice(0, 2)))).toEqual(new Set(["03"]));
+    for (const f of lint.findings) expect(f.notGating).toMatch(new RegExp(`^${f.subject} is small \\(\\d+ kB, below --small-table 1 MB\\): the lock is held briefly$`));
+    expect(lint.exitCode).toBe(0);
+    const strict = await runCli(["--lint", "--small-table", "0", "--dir", dir, "--database-url", url]);
+    expect(strict.code).toBe(2);
+    expect(strict.stdout).toContain("10 gating findings.");
+  });
+});

@@ -1,0 +1,53 @@
+/**
+ * The same file runs unchanged under Bun, Deno and Node 22.18+ (type stripping):
+ * a real --pre, --status and --all against a fresh database on the server, per runtime.
+ * A runtime that is not installed is skipped visibly, except under CI, where it fails.
+ */
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { appliedIds, cleanup, migrationsDir, open, runCli, type Runtime, RUNTIMES, RUNTIMES_REQUIRED, SERVER_URL, serverDatabaseUrl, tables } from "./helpers.ts";
+
+// A guard against a hang, not a speed target (speed lives in bench/): on a loaded 2-core machine one
+// PGlite start took 21 s and a whole pipeline test minutes, so no test may fail for being slow.
+setDefaultTimeout(15 * 60_000);
+
+afterEach(cleanup);
+
+const must = (run: { code: number; stdout: string; stderr: string }, what: string) => {
+  if (run.code !== 0) throw new Error(`${what} exited ${run.code}:\n${run.stdout}\n${run.stderr}`);
+  expect(run.stderr).not.toContain("error");
+};
+
+describe.skipIf(!SERVER_URL)("one file, three runtimes", () => {
+  for (const runtime of ["bun", "deno", "node"] as Runtime[]) {
+    test.skipIf(!RUNTIMES[runtime] && !RUNTIMES_REQUIRED)(`${runtime}: --pre, --status, then --all against a fresh server database`, async () => {
+      const dir = migrationsDir({
+        "0001_a": "-- safe: before_deploy\ncreate table a (id int);\n",
+        "0002_b": "-- safe: after_deploy\ncreate table b (id int);\n-- migrate:down\ndrop table b;\n",
+      });
+      const url = await serverDatabaseUrl();
+      const args = ["--dir", dir, "--database-url", url];
+
+      const version = await runCli(["--version"], { runtime });
+      must(version, `--version under ${runtime}`);
+      expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+
+      const pre = await runCli(["--pre", ...args], { runtime });
+      must(pre, `--pre under ${runtime}`);
+      expect(pre.stdout).toMatch(/applied\s+0001_a\s+\(before_deploy\)/);
+      expect(pre.stdout).toMatch(/waits\s+0002_b\s+\(after_deploy: waits for --all\)/);
+
+      const status = await runCli(["--status", ...args], { runtime });
+      must(status, `--status under ${runtime}`);
+      expect(status.stdout).toMatch(/^0001_a\s+before_deploy\s+applied\s+\d{4}-/m);
+      expect(status.stdout).toMatch(/^0002_b\s+after_deploy\s+pending\s*$/m);
+
+      const all = await runCli(["--all", "--json", ...args], { runtime });
+      must(all, `--all under ${runtime}`);
+      expect(JSON.parse(all.stdout)).toMatchObject({ ok: true, command: "all", applied: [{ id: "0002_b" }] });
+
+      const db = await open(url);
+      expect(await tables(db)).toEqual(["a", "b", "safemigrate_history"]);
+      expect(await appliedIds(db)).toEqual(["0001_a", "0002_b"]);
+    });
+  }
+});
