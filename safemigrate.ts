@@ -24,7 +24,7 @@
  * namespaces or constructor parameter properties in this file).
  */
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { basename, dirname, join } from "node:path";
 import process from "node:process";
@@ -646,6 +646,100 @@ async function parseSectionUncached(section: SqlSection, file: string): Promise<
   return { statements, place };
 }
 
+/**
+ * `--new <name>`: the next file in the numbering the directory already uses,
+ * so a project keeps one convention. The style is read from the newest id
+ * that has one: 14-digit UTC timestamps (20240105093000, dbmate and Rails),
+ * diesel's 2019-11-15-182353, Unix milliseconds (node-pg-migrate), or a
+ * zero-padded sequence (0007) whose width is kept; the separator after the
+ * number, the one between words and lower case are kept too.
+ */
+export interface NumberingStyle {
+  kind: "sequence" | "timestamp" | "dashed-timestamp" | "unix-ms";
+  /** Digits of a sequence number. */
+  width: number;
+  /** Between the number and the name. */
+  separator: string;
+  /** Between the words of the name. */
+  wordSeparator: string;
+  lowercase: boolean;
+}
+
+const NUMBERED_ID = /^(\d{4}-\d{2}-\d{2}-\d{6}|\d+)([_-])(.+)$/;
+
+export function numberingStyle(ids: readonly string[]): NumberingStyle {
+  const numbered = ids.map((id) => NUMBERED_ID.exec(id)).filter((m) => m !== null);
+  const names = numbered.map((m) => m[3]);
+  const count = (pattern: RegExp) => names.join("").match(pattern)?.length ?? 0;
+  const style: NumberingStyle = {
+    kind: "sequence",
+    width: 4,
+    separator: "_",
+    wordSeparator: count(/-/g) > count(/_/g) ? "-" : "_",
+    lowercase: names.every((name) => name === name.toLowerCase()),
+  };
+  const newest = numbered.at(-1);
+  if (!newest) return style;
+  const [, number, separator] = newest;
+  style.separator = separator;
+  if (number.includes("-")) style.kind = "dashed-timestamp";
+  else if (number.length === 14 && /^(19|20)/.test(number)) style.kind = "timestamp";
+  else if (number.length === 13 && /^1/.test(number)) style.kind = "unix-ms";
+  else style.width = number.length;
+  return style;
+}
+
+/** The moment a timestamp id stands for, so a new one can be made later than it. */
+function timeOfNumber(number: string, kind: NumberingStyle["kind"]): number {
+  if (kind === "unix-ms") return Number(number);
+  const d = number.replace(/-/g, "");
+  return Date.UTC(+d.slice(0, 4), +d.slice(4, 6) - 1, +d.slice(6, 8), +d.slice(8, 10), +d.slice(10, 12), +d.slice(12, 14));
+}
+
+/** The id of a new migration called `name`, after every id in `ids`, in their style. */
+export function nextMigrationId(ids: readonly string[], name: string, now: Date): string {
+  const words = name.replace(/\.sql$/, "").split(/[\s_-]+/).filter(Boolean);
+  if (words.length === 0 || !words.every((w) => /^[\p{L}\p{N}]+$/u.test(w))) {
+    throw new InputError(`--new "${name}": a migration name is words of letters and digits, like add_orders_status`);
+  }
+  const style = numberingStyle(ids);
+  const numbers = ids.map((id) => NUMBERED_ID.exec(id)?.[1]).filter((n) => n !== undefined);
+  const last = numbers.at(-1);
+  let number: string;
+  if (style.kind === "sequence") {
+    const next = Math.max(0, ...numbers.filter((n) => /^\d+$/.test(n)).map(Number)) + 1;
+    number = String(next).padStart(style.width, "0");
+  } else {
+    // Never before the newest id, even with a clock behind it: ids sort in byte order.
+    const time = Math.max(now.getTime(), last ? timeOfNumber(last, style.kind) + (style.kind === "unix-ms" ? 1 : 1_000) : 0);
+    const iso = new Date(time).toISOString(); // 2024-01-05T09:30:00.000Z
+    number = style.kind === "unix-ms" ? String(time)
+      : style.kind === "timestamp" ? iso.slice(0, 19).replace(/\D/g, "")
+      : `${iso.slice(0, 10)}-${iso.slice(11, 19).replace(/:/g, "")}`;
+  }
+  const title = words.join(style.wordSeparator);
+  return `${number}${style.separator}${style.lowercase ? title.toLowerCase() : title}`;
+}
+
+/**
+ * The new file: front-matter with the default phase spelled out (and a
+ * `depends:` line when the directory writes them: its newest file declares
+ * one), an up section to fill in and a down section.
+ */
+export function newMigrationText(previous: Migration | undefined): string {
+  return [
+    "-- safe: after_deploy",
+    "-- (before_deploy if the code running now keeps working with it; always if no code depends on it)",
+    ...(previous?.dependsLine != null ? [`-- depends: ${previous.id}`] : []),
+    "",
+    "-- migrate:up",
+    "",
+    "",
+    "-- migrate:down",
+    "",
+  ].join("\n");
+}
+
 // ============================================================================
 // 3. The dependency graph and the consistency checks
 // ============================================================================
@@ -919,7 +1013,8 @@ export function consistencyFindings(
         `${m.file}: the up SQL changed after the migration was applied (checksum ${row!.checksum!.slice(0, 12)} ` +
           `in the database, ${m.checksum.slice(0, 12)} on disk). Applied migrations are not re-run: ` +
           `undo the edit and put the change in a new migration, or, if the edit was on purpose and the schema ` +
-          `already matches it, record it with --accept-changed ${m.id}`,
+          `already matches it, record it with --accept-changed ${m.id}. On a development database, ` +
+          `--sync rolls it back and applies the file as it is now`,
       );
     }
   }
@@ -971,6 +1066,8 @@ export interface DelayedMigration {
   /** When a delayed after_deploy becomes safe for --pre; null when it has no delay or was not seen yet. */
   dueAt: Date | null;
   delayMs: number | null;
+  /** Pending dependencies that cannot run now either: why it waits even when due or safe; absent when none. */
+  waitsFor?: string[];
 }
 
 export interface BlockedMigration {
@@ -992,6 +1089,10 @@ export interface Plan {
   detect: string[];
   /** strict mode found blocked migrations: apply nothing, record nothing. */
   refused: boolean;
+  /** --all: delayed migrations it applies before their delay has passed (or before any --pre started it). */
+  early: DelayedMigration[];
+  /** Applied migrations with no file in this checkout. */
+  missingFiles: string[];
   /** When refused: the edits that let this release through --pre (see preAdvice). */
   advice?: CheckProblem[];
 }
@@ -1012,17 +1113,22 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
 
   const rows = new Map(history.map((row) => [row.id, row]));
   const pending = dependencyOrder(pendingMigrations(migrations, history));
-  const plan: Plan = { phase, mode, apply: [], delayed: [], blocked: [], detect: [], refused: false };
-
-  if (phase === "all" || mode === "disabled") {
-    plan.apply = pending;
-    return plan;
-  }
-
+  const files = new Set(migrations.map((m) => m.id));
+  const missingFiles = history.filter((row) => isApplied(row) && !files.has(row.id)).map((row) => row.id);
+  const plan: Plan = { phase, mode, apply: [], delayed: [], blocked: [], detect: [], refused: false, early: [], missingFiles };
   const dueAt = (m: Migration): Date | null => {
     const detectedAt = rows.get(m.id)?.detectedAt;
     return m.delayMs !== null && detectedAt ? new Date(detectedAt.getTime() + m.delayMs) : null;
   };
+
+  if (phase === "all" || mode === "disabled") {
+    plan.apply = pending;
+    plan.early = pending
+      .filter((m) => m.delayMs !== null && m.safe === "after_deploy" && (dueAt(m) === null || dueAt(m)! > now))
+      .map((m) => ({ id: m.id, safe: m.safe, dueAt: dueAt(m), delayMs: m.delayMs }));
+    return plan;
+  }
+
   // 1. An after_deploy whose delay has passed since a --pre run first saw it counts as always.
   const resolved = new Map<string, Safe>();
   for (const m of pending) {
@@ -1061,7 +1167,10 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   for (const m of pending) {
     if (ready.has(m.id)) plan.apply.push(m);
     else if (blocked.has(m.id)) plan.blocked.push({ id: m.id, safe: m.safe, blockedBy: m.depends.filter(unsafeNow) });
-    else plan.delayed.push({ id: m.id, safe: m.safe, dueAt: dueAt(m), delayMs: m.delayMs });
+    else {
+      const waitsFor = m.depends.filter(unsafeNow);
+      plan.delayed.push({ id: m.id, safe: m.safe, dueAt: dueAt(m), delayMs: m.delayMs, ...(waitsFor.length > 0 ? { waitsFor } : {}) });
+    }
   }
 
   // 5. strict: anything blocked means nothing runs.
@@ -2250,14 +2359,42 @@ export const DEFAULT_SMALL_TABLE_BYTES = 1024 * 1024;
 
 /** Reads the relations and functions of the database, with sizes (pg_total_relation_size is the files' real size, not an estimate). */
 export async function readLiveSchema(db: Queryable): Promise<LiveSchema> {
-  const history = tableOf(db);
+  // pg_relation_size takes an ACCESS SHARE lock: a table another session holds exclusively would stall the gate
+  // before anything ran. After a second, read the sizes from the catalog instead, without locks; a table the
+  // catalog knows no size of (never vacuumed or analysed) then counts as big, so it gates.
+  try {
+    return await withLockTimeout(db, (q) => readLiveSchemaWith(q, EXACT_SIZES, tableOf(db)));
+  } catch (error) {
+    if ((error as { code?: string }).code !== LOCK_NOT_AVAILABLE) throw error;
+    return await readLiveSchemaWith(db, CATALOG_SIZES, tableOf(db));
+  }
+}
+
+async function withLockTimeout<T>(db: Queryable, work: (q: Queryable) => Promise<T>): Promise<T> {
+  const transaction = (db as Partial<Connection>).transaction;
+  if (!transaction) return await work(db);
+  return await transaction(async (tx) => {
+    await tx.exec("set local lock_timeout = 1000");
+    return await work(tx);
+  });
+}
+
+const EXACT_SIZES = {
+  bytes: `case when t.relkind = 'p' then (select coalesce(sum(pg_total_relation_size(relid)), 0) from pg_partition_tree(t.oid))
+                 else pg_total_relation_size(t.oid) end`,
+  heap: `case when t.relkind = 'p' then (select coalesce(sum(pg_relation_size(relid)), 0) from pg_partition_tree(t.oid))
+                 else pg_relation_size(t.oid) end`,
+};
+const CATALOG_SIZES = {
+  bytes: `case when t.relpages > 0 then t.relpages::bigint * current_setting('block_size')::int else 'Infinity'::float8 end`,
+  heap: `case when t.relpages > 0 then t.relpages::bigint * current_setting('block_size')::int else 'Infinity'::float8 end`,
+};
+
+async function readLiveSchemaWith(db: Queryable, sizes: { bytes: string; heap: string }, history: HistoryTable): Promise<LiveSchema> {
   const own = (sql: string) => `coalesce(to_regclass('${sql.replace(/'/g, "''")}')::oid, 0)`;
   const rows = await db.query<{ schema: string; name: string; table_schema: string; table_name: string; bytes: string; heap_bytes: string }>(
     `select n.nspname as schema, c.relname as name, tn.nspname as table_schema, t.relname as table_name,
-            case when t.relkind = 'p' then (select coalesce(sum(pg_total_relation_size(relid)), 0) from pg_partition_tree(t.oid))
-                 else pg_total_relation_size(t.oid) end as bytes,
-            case when t.relkind = 'p' then (select coalesce(sum(pg_relation_size(relid)), 0) from pg_partition_tree(t.oid))
-                 else pg_relation_size(t.oid) end as heap_bytes
+            (${sizes.bytes})::float8 as bytes, (${sizes.heap})::float8 as heap_bytes
        from pg_class c
        join pg_namespace n on n.oid = c.relnamespace
        left join pg_index i on i.indexrelid = c.oid
@@ -2448,7 +2585,7 @@ const secrets = new Set<string>();
  * "postgres" would mangle the output and tell the reader what it was.)
  */
 export function redact(text: string): string {
-  let out = text.replace(/(\w+:\/\/[^:/@\s]*:)[^@\s]*@/g, "$1***@");
+  let out = text.replace(/(\w+:\/\/[^:/@\s]*:)(?!<password>@)[^@\s]*@/g, "$1***@");
   for (const secret of secrets) {
     out = out.split(`:${secret}@`).join(":***@");
     if (secret.length >= 12) out = out.split(secret).join("***");
@@ -2494,7 +2631,15 @@ function describeConnectionError(error: unknown, label: string): string {
     case "ETIMEDOUT":
       return `could not connect to ${label}: timed out`;
     case "28P01":
-      return `could not connect to ${label}: ${message} (check the password in the database URL)`;
+      return `could not connect to ${label}: ${message} (check the password in the database URL or PGPASSWORD)`;
+    case "DEPTH_ZERO_SELF_SIGNED_CERT":
+    case "SELF_SIGNED_CERT_IN_CHAIN":
+    case "UNABLE_TO_VERIFY_LEAF_SIGNATURE":
+    case "UNABLE_TO_GET_ISSUER_CERT_LOCALLY":
+    case "CERT_HAS_EXPIRED":
+    case "ERR_TLS_CERT_ALTNAME_INVALID":
+      return `could not connect to ${label}: the server's SSL certificate could not be verified (${message}) — ` +
+        `give its CA with sslrootcert=<file> (or PGSSLROOTCERT), or use sslmode=require to encrypt without verifying`;
     case "28000":
     case "3D000":
       return `could not connect to ${label}: ${message}`;
@@ -2507,6 +2652,99 @@ function describeConnectionError(error: unknown, label: string): string {
 let postgresDriver: Promise<typeof postgres> | null = null;
 let driver: typeof postgres | null = null;
 export const loadPostgres = (): Promise<typeof postgres> => (postgresDriver ??= import("postgres").then((m) => (driver = m.default)));
+/**
+ * libpq's sslmode values, and what each asks of postgres.js. postgres.js
+ * alone verifies under "no-verify" and never falls back under "allow", so
+ * every mode is mapped here. "allow" is treated as "prefer" (both connect
+ * with or without SSL; libpq only tries the plain connection first).
+ */
+export const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full", "no-verify"] as const;
+export type SslMode = (typeof SSL_MODES)[number];
+
+/** The URL shape shown in hints; redact() leaves its `<password>` placeholder alone. */
+const URL_EXAMPLE = "postgres://user:<password>@host:5432/db";
+
+/** Query parameters safemigrate interprets itself; the rest go to the server as settings, as postgres.js does. */
+const URL_PARAMETERS = ["sslmode", "ssl", "sslrootcert", "host", "connect_timeout", "application_name"];
+
+/** What a URL asks of the driver beyond DRIVER_OPTIONS: sslmode, libpq's `?host=/socket/dir`, connect_timeout, application_name. */
+export function postgresOptions(url: string): { url: string; sslMode: SslMode; applicationName: string | null; options: postgres.Options<{}> } {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new InputError(`the database URL is not a valid URL — expected ${URL_EXAMPLE}`);
+  }
+  const param = (name: string) => parsed.searchParams.get(name);
+  const sslText = param("sslmode") ?? param("ssl") ?? "prefer";
+  const sslMode = (sslText === "true" ? "require" : sslText === "false" ? "disable" : sslText) as SslMode;
+  if (!SSL_MODES.includes(sslMode)) {
+    throw new InputError(`sslmode "${sslText}" in ${describeUrl(url)} is not one of ${SSL_MODES.join(", ")}`);
+  }
+  const rootCertFile = param("sslrootcert");
+  let ca: string | undefined;
+  if (rootCertFile && rootCertFile !== "system") {
+    try {
+      ca = readFileSync(rootCertFile, "utf8");
+    } catch (error) {
+      throw new InputError(`cannot read sslrootcert ${rootCertFile}: ${(error as Error).message}`);
+    }
+  }
+  const verify = { rejectUnauthorized: true, ...(ca ? { ca } : {}) };
+  const ssl: postgres.Options<{}>["ssl"] = {
+    disable: false,
+    allow: "prefer",
+    prefer: "prefer",
+    require: "require",
+    "no-verify": "require",
+    // verify-ca checks the chain but not the host name.
+    "verify-ca": { ...verify, checkServerIdentity: () => undefined },
+    "verify-full": verify,
+  }[sslMode] as postgres.Options<{}>["ssl"];
+  const socketDir = param("host")?.startsWith("/") ? param("host")! : null;
+  const port = Number(parsed.port || 5432);
+  const connectTimeout = Number(param("connect_timeout") || 0);
+  for (const name of URL_PARAMETERS) parsed.searchParams.delete(name);
+  return {
+    url: parsed.toString(),
+    sslMode,
+    applicationName: param("application_name"),
+    options: {
+      ssl,
+      ...(socketDir ? { path: `${socketDir}/.s.PGSQL.${port}` } : {}),
+      ...(connectTimeout > 0 ? { connect_timeout: connectTimeout } : {}),
+    },
+  };
+}
+
+/** Whether the server answers an SSLRequest with "S"; null when it cannot be asked. */
+async function serverAcceptsSsl(host: string, port: number): Promise<boolean | null> {
+  const { connect: connectTcp } = await import("node:net");
+  return await new Promise((resolve) => {
+    const socket = connectTcp({ host, port }, () => socket.write(new Uint8Array([0, 0, 0, 8, 4, 210, 22, 47])));
+    socket.setTimeout(5_000, () => (socket.destroy(), resolve(null)));
+    socket.once("data", (data) => (socket.destroy(), resolve(data[0] === 83)));
+    socket.once("error", () => resolve(null));
+  });
+}
+
+/** A session that holds a lock a migration waits for, from pg_blocking_pids and pg_stat_activity. */
+export interface BlockingSession {
+  pid: number;
+  application: string;
+  state: string;
+  query: string;
+  /** How long its transaction (or, outside one, its query) has been running. */
+  forMs: number;
+}
+
+/** Asked from a second session while the working session (its pid as the login announced it) waits. */
+const BLOCKERS_QUERY = `
+select b.pid, b.application_name as application, b.state, left(b.query, 200) as query,
+       (extract(epoch from now() - coalesce(b.xact_start, b.query_start)) * 1000)::int as "forMs"
+  from unnest(pg_blocking_pids($1)) as blocking(pid)
+  join pg_stat_activity b on b.pid = blocking.pid
+ order by b.pid`;
 
 export interface ConnectOptions {
   /** --history-table; the default `safemigrate_history` in the current schema. */
@@ -2534,9 +2772,16 @@ const DRIVER_OPTIONS = {
   onnotice: () => {},
 } as const;
 
+/** A driver for the URL; `application_name` is the URL's (or PGAPPNAME's, see libpqUrl) when it gives one. */
 function openDriver(url: string, label: string, applicationName: string, onclose?: () => void): postgres.Sql {
+  const resolved = postgresOptions(url);
   try {
-    return driver!(url, { ...DRIVER_OPTIONS, onclose, connection: { application_name: applicationName } });
+    return driver!(resolved.url, {
+      ...DRIVER_OPTIONS,
+      ...resolved.options,
+      onclose,
+      connection: { application_name: resolved.applicationName ?? applicationName },
+    });
   } catch (error) {
     throw new InputError(`invalid database URL ${label}: ${redact((error as Error).message)}`);
   }
@@ -2553,13 +2798,13 @@ function driverQueryable(sql: postgres.Sql | postgres.TransactionSql): Queryable
 }
 
 /** A postgres.js connection whose errors read as safemigrate's; `guard` runs before each call. */
-function driverConnection(client: postgres.Sql, label: string, guard: () => void = () => {}): Connection {
+function driverConnection(client: postgres.Sql, url: string, label: string, guard: () => void = () => {}): Connection {
   const wrap = async <T>(run: () => Promise<T>): Promise<T> => {
     try {
       guard();
       return await run();
     } catch (error) {
-      throw asDriverError(error, label);
+      throw (await withoutSslExplained(error, url, label)) ?? asDriverError(error, label);
     }
   };
   const base = driverQueryable(client);
@@ -2581,7 +2826,7 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
   const client = openDriver(url, label, "safemigrate", () => {
     if (opened) closed = true;
   });
-  const working = driverConnection(client, label, () => {
+  const working = driverConnection(client, url, label, () => {
     if (closed) throw new ConnectionLostError(`the connection to ${label} was lost`);
   });
   let announced: number | null = null;
@@ -2603,35 +2848,96 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
       opened = true;
     },
     transaction: (work) => working.transaction(work),
-    openSide: async () => driverConnection(openDriver(url, label, "safemigrate-lease"), label),
+    openSide: async () => driverConnection(openDriver(url, label, "safemigrate-lease"), url, label),
     announcedPid: () => announced,
     close: () => working.close(),
   };
+}
+
+/**
+ * postgres.js under sslmode=require against a server without SSL reports a
+ * reset socket; ask the server (one SSLRequest) and say what is wrong.
+ */
+async function withoutSslExplained(error: unknown, url: string, label: string): Promise<DatabaseError | null> {
+  const code = (error as { code?: string })?.code;
+  if (!["ECONNRESET", "EPROTO", "EPIPE", "CONNECTION_CLOSED"].includes(code ?? "")) return null;
+  const { sslMode: mode, options } = postgresOptions(url);
+  if (options.path || ["disable", "allow", "prefer"].includes(mode)) return null;
+  const server = new URL(url);
+  if ((await serverAcceptsSsl(server.hostname || "localhost", Number(server.port || 5432))) !== false) return null;
+  return new DatabaseError(
+    `could not connect to ${label}: the server does not accept SSL connections, and sslmode=${mode} requires SSL — ` +
+      `turn on ssl in the server's postgresql.conf, or use sslmode=prefer (or disable) for a server on a trusted network`,
+  );
 }
 
 /** Errors raised by the server keep their fields (position, code) for the runner; others become DatabaseError. */
 function asDriverError(error: unknown, label: string): unknown {
   if (error instanceof SafemigrateError) return error;
   if (isConnectionLoss(error)) {
-    const e = error as { message?: string };
-    return new ConnectionLostError(redact(`the connection to ${label} was lost (${e?.message ?? String(error)})`));
+    const e = error as { message?: string; code?: string };
+    return Object.assign(new ConnectionLostError(redact(`the connection to ${label} was lost (${e?.message ?? String(error)})`)), { code: e?.code });
   }
   const e = error as { name?: string; severity?: string; code?: string };
   const fromServer = e?.name === "PostgresError" || (e?.severity !== undefined && e?.code !== undefined);
   if (fromServer && !LOGIN_ERRORS.includes(e.code!)) return error;
-  return new DatabaseError(redact(describeConnectionError(error, label)));
+  // The code stays on the error: --wait retries the ones that mean "not up yet".
+  return Object.assign(new DatabaseError(redact(describeConnectionError(error, label))), { code: e?.code });
+}
+
+/**
+ * A new PGlite database runs initdb in WebAssembly: seconds, and the bulk of
+ * a first run. A copy of a freshly initialised data directory (PGlite's
+ * dumpDataDir, about 4.5 MB) is kept in the user's cache and loaded instead:
+ * several times faster, for new directories, `pglite:memory`, --rehearse and
+ * --plan without a database. A copy another PGlite build cannot start is
+ * replaced. Null when there is no home to keep it in.
+ */
+function pgliteTemplateFile(): string | null {
+  const base = process.env.XDG_CACHE_HOME || (process.env.HOME ? join(process.env.HOME, ".cache") : null);
+  return base ? join(base, "safemigrate", "pglite-template.tar.gz") : null;
+}
+
+/** Keeps a dump of a database that was just initialised and not yet used; best effort. */
+async function saveTemplate(db: { dumpDataDir(compression?: "gzip"): Promise<Blob | File> }, file: string): Promise<void> {
+  try {
+    const bytes = new Uint8Array(await (await db.dumpDataDir("gzip")).arrayBuffer());
+    mkdirSync(join(file, ".."), { recursive: true });
+    const temporary = `${file}.${process.pid}.tmp`;
+    writeFileSync(temporary, bytes);
+    renameSync(temporary, file);
+  } catch { /* a read-only home only loses the speed-up */ }
 }
 
 /** PGlite: `pglite:memory` or `pglite:<directory>`. Loaded only when used. */
 export async function connectPglite(url: string, options: ConnectOptions = {}): Promise<Database> {
   const target = url.slice("pglite:".length);
+  const inMemory = target === "memory" || target === "";
   const { PGlite } = await import("@electric-sql/pglite");
-  const db = target === "memory" || target === "" ? new PGlite() : new PGlite(target);
-  try {
+  // Only into nothing: a template is never unpacked over files already there.
+  const isNew = inMemory || !existsSync(target) || readdirSync(target).length === 0;
+  const templateFile = isNew ? pgliteTemplateFile() : null;
+  const template = templateFile && existsSync(templateFile) ? new Blob([readFileSync(templateFile)]) : null;
+  const open = async (loadDataDir: Blob | null) => {
+    const options = loadDataDir ? { loadDataDir } : {};
+    const db = inMemory ? new PGlite(options) : new PGlite(target, options);
     await db.waitReady;
+    return db;
+  };
+  let db: Awaited<ReturnType<typeof open>>;
+  try {
+    try {
+      db = await open(template);
+    } catch (error) {
+      if (!template) throw error;
+      // A template from another PGlite build: start over without it.
+      if (!inMemory) rmSync(target, { recursive: true, force: true });
+      db = await open(null);
+    }
   } catch (error) {
     throw new DatabaseError(`could not open the PGlite database in ${target}: ${(error as Error).message}`);
   }
+  if (templateFile && !template) await saveTemplate(db, templateFile);
   type Conn = Pick<typeof db, "query" | "exec">;
   const queryable = (conn: Conn): Queryable => ({
     query: async <T>(text: string, params?: unknown[]) => (await conn.query(text, params)).rows as T[],
@@ -2656,11 +2962,35 @@ export async function connectPglite(url: string, options: ConnectOptions = {}): 
   };
 }
 
+/** Network errors and "the database system is starting up": the server is not there yet, so --wait retries them. */
+const NOT_UP_YET = ["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "CONNECT_TIMEOUT", "ETIMEDOUT", "ECONNRESET", "EHOSTUNREACH", "57P03"];
+
+/**
+ * --wait: a first query, retried while the server is not up yet, for at most
+ * `waitMs` (containers start together; the database may come up after us).
+ */
+export async function waitForDatabase(db: Database, waitMs: number, onWait?: () => void): Promise<void> {
+  const deadline = Date.now() + waitMs;
+  for (let attempt = 0;; attempt++) {
+    try {
+      await db.query("select 1");
+      return;
+    } catch (error) {
+      if (!NOT_UP_YET.includes((error as { code?: string }).code ?? "")) throw error;
+      if (Date.now() >= deadline) {
+        throw new DatabaseError(`${(error as Error).message} (waited ${formatDuration(waitMs)} with --wait)`);
+      }
+      if (attempt === 0) onWait?.();
+      await sleep(Math.min(100 * 2 ** attempt, 2_000, Math.max(deadline - Date.now(), 10)));
+    }
+  }
+}
+
 export function connect(url: string, options: ConnectOptions = {}): Promise<Database> {
   if (url.startsWith("pglite:")) return connectPglite(url, options);
   if (/^postgres(ql)?:\/\//i.test(url)) return connectPostgres(url, options);
   throw new InputError(
-    `unsupported database URL ${describeUrl(url)} — use postgres://user:password@host:5432/db, pglite:<dir> or pglite:memory`,
+    `unsupported database URL ${describeUrl(url)} — use ${URL_EXAMPLE}, pglite:<dir> or pglite:memory`,
   );
 }
 
@@ -2748,7 +3078,7 @@ async function prepareTables(db: Database): Promise<{ serverPid: number | null }
       return { serverPid: state.pid };
     } catch (error) {
       const code = (error as { code?: string }).code;
-      if (attempt >= 3 || (code !== "23505" && code !== "42P07")) throw describeSetupError(error, t);
+      if (attempt >= 3 || (code !== "23505" && code !== "42P07")) throw await historyTableRefused(db, error);
     }
   }
 }
@@ -2820,9 +3150,15 @@ function historyRowFrom(row: Record<string, unknown>): HistoryRow {
 
 export type RunEvent =
   | { type: "waiting-for-lock"; holder: string }
+  | { type: "starting"; id: string; safe: Safe | null; verb: "apply" | "roll back" }
+  | { type: "statement"; id: string; file: string; line: number; sql: string }
   | { type: "applied"; migration: Migration; durationMs: number }
   | { type: "reverted"; step: RevertStep; durationMs: number }
-  | { type: "lock-timeout"; id: string; file: string; line: number; attempt: number; attempts: number; waitMs: number }
+  | {
+    type: "lock-timeout"; id: string; file: string; line: number; attempt: number; attempts: number; waitMs: number;
+    /** Who held the lock, asked while the statement waited. */
+    blockers: BlockingSession[];
+  }
   | { type: "dropped-invalid-index"; name: string };
 
 export interface AppliedMigration {
@@ -3043,6 +3379,29 @@ export async function underLock<T>(
   }
 }
 
+/**
+ * PostgreSQL 15 gives only the owner CREATE on `public`: a deploy role that
+ * does not own it cannot create the history table. Say where the table goes
+ * and how to place it, instead of the bare "permission denied".
+ */
+async function historyTableRefused(db: Database, error: unknown): Promise<unknown> {
+  if ((error as { code?: string })?.code !== "42501") return describeSetupError(error, db.history);
+  const t = db.history;
+  const [where] = await db.query<{ role: string; schema: string | null; path: string }>(
+    `select current_user as role, current_schema() as schema, current_setting('search_path') as path`,
+  ).catch(() => [{ role: "<role>", schema: null, path: "?" }]);
+  const qualified = t.name.includes(".");
+  const schema = qualified ? t.name.split(".")[0] : where.schema ?? "public";
+  return new DatabaseError(
+    `cannot create the history table ${t.name} (and ${t.name}_lock) in schema "${schema}" on ${db.label}: ${(error as Error).message}\n` +
+      (qualified ? "" : `  safemigrate keeps its history in the first schema of the search_path (${where.path}), where your migrations' tables go too. `) +
+      `As the schema's owner (or a superuser), run:\n` +
+      `    grant create on schema ${schema} to ${where.role};\n` +
+      `  or keep the history in a schema the role owns: create schema safemigrate authorization ${where.role}; ` +
+      `and pass --history-table safemigrate.${HISTORY_TABLE}`,
+  );
+}
+
 /** `transaction: false` statements commit one by one: through a pooler nothing can fence them, so refuse before starting. */
 export function refuseUnfencedThroughPooler(db: Database, sections: readonly { id: string; file: string; section: SqlSection }[]): void {
   if (!db.lease?.pooled) return;
@@ -3107,6 +3466,29 @@ function checkLease(db: Database, what: SectionRun): void {
 }
 
 /**
+ * While a statement waits, asks once (just before lock_timeout would end the
+ * wait) who holds the lock: once the timeout has fired, the wait and with it
+ * pg_blocking_pids are gone.
+ */
+function watchBlockers(db: Database, lockTimeoutMs: number): { seen: () => Promise<BlockingSession[]>; stop: () => void } {
+  let asked: Promise<BlockingSession[]> = Promise.resolve([]);
+  const ask = async (pid: number) => {
+    const side = await db.openSide();
+    try {
+      return await side.query<BlockingSession>(BLOCKERS_QUERY, [pid]);
+    } finally {
+      await side.close();
+    }
+  };
+  // PGlite has one session (nothing else holds locks); through a pooler the announced pid is not the server's.
+  const pid = db.server ? db.announcedPid() : null;
+  const timer = lockTimeoutMs > 0 && pid !== null
+    ? setTimeout(() => asked = ask(pid).catch(() => []), Math.max(lockTimeoutMs - Math.min(lockTimeoutMs / 5, 500), 1))
+    : null;
+  return { seen: () => asked, stop: () => timer && clearTimeout(timer) };
+}
+
+/**
  * Runs one SQL section (the up or down of a migration) and then `record`,
  * which writes the history. In a transaction both commit together or not at
  * all, behind the lease's fence, and a lock timeout retries the whole
@@ -3127,16 +3509,23 @@ export async function runSection(
   /** Runs `attempt` until it does not fail on lock_timeout, at most settings.attempts times. */
   const withRetries = async (line: number, attempt: () => Promise<void>) => {
     for (let n = 1;; n++) {
+      const watch = watchBlockers(db, lockTimeout);
       try {
         return await attempt();
       } catch (error) {
         if (!isLockTimeout(error) || n >= settings.attempts) throw Object.assign(error as object, { attempts: n });
         const waitMs = backoffMs(n);
-        settings.onEvent?.({ type: "lock-timeout", id: what.id, file: what.file, line, attempt: n, attempts: settings.attempts, waitMs });
+        settings.onEvent?.({
+          type: "lock-timeout", id: what.id, file: what.file, line, attempt: n, attempts: settings.attempts, waitMs, blockers: await watch.seen(),
+        });
         await sleep(waitMs);
+      } finally {
+        watch.stop();
       }
     }
   };
+  const announce = (statement: Statement) =>
+    settings.onEvent?.({ type: "statement", id: what.id, file: what.file, line: statement.line, sql: statement.sql });
   const timeouts = (scope: "local" | "session") =>
     `set ${scope === "local" ? "local " : ""}lock_timeout = ${lockTimeout}; set ${scope === "local" ? "local " : ""}statement_timeout = ${statementTimeout}`;
   const failure = (line: number, error: unknown, consequence: string) =>
@@ -3165,6 +3554,7 @@ export async function runSection(
             checkLease(db, what);
             const sent = index === 0 ? prefix : "";
             failed = { statement, prefix: sent };
+            announce(statement);
             await tx.exec(sent + statement.sql);
           }
           failed = null;
@@ -3200,6 +3590,7 @@ export async function runSection(
       try {
         checkLease(db, what);
         if (fence) await db.exec(fence);
+        announce(statement);
         await withRetries(statement.line, () => db.exec(statement.sql));
         await what.marker?.progress(db, index + 1);
       } catch (error) {
@@ -3434,6 +3825,7 @@ export async function interruptedReport(rows: readonly HistoryRow[], migrations:
 async function applyAll(db: Database, migrations: readonly Migration[], phase: string, options: LockOptions) {
   const applied: AppliedMigration[] = [];
   for (const migration of migrations) {
+    options.onEvent?.({ type: "starting", id: migration.id, safe: migration.safe, verb: "apply" });
     const durationMs = await applyMigration(db, migration, phase, executionOf(options));
     // Whole milliseconds in results (and so in JSON); the event keeps the fraction for the human line.
     applied.push({ id: migration.id, safe: migration.safe, durationMs: Math.round(durationMs) });
@@ -3445,6 +3837,7 @@ async function applyAll(db: Database, migrations: readonly Migration[], phase: s
 async function revertAll(db: Database, steps: readonly RevertStep[], options: LockOptions) {
   const reverted: { id: string; durationMs: number }[] = [];
   for (const step of steps) {
+    options.onEvent?.({ type: "starting", id: step.id, safe: null, verb: "roll back" });
     const durationMs = await revertMigration(db, step, executionOf(options));
     reverted.push({ id: step.id, durationMs: Math.round(durationMs) });
     options.onEvent?.({ type: "reverted", step, durationMs });
@@ -3896,6 +4289,8 @@ export interface Output {
   out(line: string): void;
   err(line: string): void;
   color: boolean;
+  /** On a terminal: show `line` in place of the previous status line (null clears it). Absent elsewhere. */
+  status?(line: string | null): void;
   /** Set by the console output once the reader of stdout or stderr went away (`| head`): the run stops quietly. */
   closed?: boolean;
 }
@@ -3910,10 +4305,11 @@ const ms = (value: number) => `${value < 10 ? value.toFixed(1) : Math.round(valu
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 function delayNote(d: DelayedMigration, now: Date): string {
-  if (d.delayMs === null) return `${d.safe}: waits for --all`;
-  if (d.dueAt === null) return `after_deploy, delay ${formatDuration(d.delayMs)}: the clock starts at this --pre`;
+  const behind = d.waitsFor ? `, and it waits for ${d.waitsFor.join(", ")}, which cannot run before the deploy` : "";
+  if (d.delayMs === null) return `${d.safe}: waits for --all${behind}`;
+  if (d.dueAt === null) return `after_deploy, delay ${formatDuration(d.delayMs)}: the clock starts at this --pre${behind}`;
   return `after_deploy, delay ${formatDuration(d.delayMs)}: due ${d.dueAt.toISOString()}` +
-    (d.dueAt <= now ? "" : ` (in ${formatDuration(Math.ceil((d.dueAt.getTime() - now.getTime()) / 60_000) * 60_000)})`);
+    (d.dueAt <= now ? "" : ` (in ${formatDuration(Math.ceil((d.dueAt.getTime() - now.getTime()) / 60_000) * 60_000)})`) + behind;
 }
 
 const downSource = (step: RevertStep) =>
@@ -3929,11 +4325,72 @@ export function humanRunEvent(output: Output, event: RunEvent): void {
       `  ${yellow(output, "lock timeout")}  ${event.id}  ${dim(output, `(${event.file}:${event.line})`)}  attempt ${event.attempt} of ${event.attempts}, ` +
         `retrying in ${(event.waitMs / 1000).toFixed(1)} s`,
     );
+    for (const b of event.blockers) {
+      output.err(
+        `      held by pid ${b.pid} (${b.application || "no application_name"}, ${b.state ?? "?"} for ${formatSeconds(b.forMs)}): ` +
+          `${b.query.replace(/\s+/g, " ").trim()}`,
+      );
+    }
   } else if (event.type === "dropped-invalid-index") {
     output.out(`  ${yellow(output, "dropped invalid index")}  ${event.name}`);
   } else if (event.type === "reverted") {
     output.out(`  ${yellow(output, "rolled back")}  ${event.step.id}  ${dim(output, `(${downSource(event.step)})`)}  ${ms(event.durationMs)}`);
   }
+}
+
+const formatSeconds = (ms: number) => ms < 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 1000)} s`;
+
+/**
+ * Progress of a run for people: a line when a migration starts (so a log
+ * shows what is running when a deploy hangs). On a terminal that line is
+ * rewritten in place with the elapsed time, then replaced by the result line.
+ * `--verbose` adds each statement as it is sent. `stop` clears what is left.
+ */
+export function humanProgress(output: Output, verbose: boolean): { onEvent: (event: RunEvent) => void; stop: () => void } {
+  let current: string | null = null;
+  let ticker: ReturnType<typeof setInterval> | null = null;
+  const stop = () => {
+    if (ticker) clearInterval(ticker);
+    ticker = current = null;
+    output.status?.(null);
+  };
+  /** Prints over the status line, then puts it back. */
+  const around = (print: () => void) => {
+    output.status?.(null);
+    print();
+    if (current) output.status?.(current);
+  };
+  const onEvent = (event: RunEvent) => {
+    if (event.type === "starting") {
+      const line = `  ${event.verb === "apply" ? "applying" : "rolling back"}  ${event.id}` +
+        (event.safe ? `  ${dim(output, `(${event.safe})`)}` : "");
+      if (!output.status) return output.out(line);
+      const started = Date.now();
+      output.status(current = line);
+      ticker = setInterval(() => output.status!(current = `${line}  ${dim(output, formatSeconds(Date.now() - started))}`), 1_000);
+      (ticker as { unref?: () => void }).unref?.();
+    } else if (event.type === "statement") {
+      if (verbose) {
+        around(() => {
+          output.out(dim(output, `    ${event.file}:${event.line}`));
+          for (const line of event.sql.trim().split("\n")) output.out(`      ${line}`);
+        });
+      }
+    } else if (event.type === "applied" || event.type === "reverted") {
+      stop();
+      humanRunEvent(output, event);
+    } else {
+      around(() => humanRunEvent(output, event));
+    }
+  };
+  return { onEvent, stop };
+}
+
+/** The SQL a step would run, indented under its plan line (--plan --sql). */
+function planSql(output: Output, section: SqlSection | null | undefined): void {
+  if (!section) return;
+  if (!section.transaction) output.out(dim(output, "      -- runs outside a transaction, statement by statement"));
+  for (const line of section.sql.trim().split("\n")) output.out(`      ${line}`);
 }
 
 export function blockedReport(plan: Plan): string {
@@ -3983,7 +4440,7 @@ function humanGateFindings(output: Output, result: RunResult): void {
   if (counted.length > 0) output.out(`  ${dim(output, `${counted.join("; ")} (--lint lists them)`)}`);
 }
 
-export function humanRunSummary(output: Output, result: RunResult, total: number, now: Date): void {
+export function humanRunSummary(output: Output, result: RunResult, total: number, now: Date, showSql = false): void {
   const { plan } = result;
   humanGateFindings(output, result);
   if (result.dryRun) {
@@ -3991,9 +4448,25 @@ export function humanRunSummary(output: Output, result: RunResult, total: number
     for (const index of result.invalidIndexes) {
       output.out(`  ${red(output, "invalid index")}  ${index.name}  ${dim(output, "(a run would refuse until --repair-invalid-indexes drops it)")}`);
     }
-    for (const m of plan.apply) output.out(`  ${green(output, "would apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+    for (const m of plan.apply) {
+      output.out(`  ${green(output, "would apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+      if (showSql) planSql(output, m.up);
+    }
   }
   for (const d of plan.delayed) output.out(`  ${yellow(output, "waits")}  ${d.id}  ${dim(output, `(${delayNote(d, now)})`)}`);
+  for (const d of plan.early) {
+    const clock = d.dueAt === null ? "no --pre has started its clock" : `due ${d.dueAt.toISOString()}`;
+    output.out(
+      `  ${yellow(output, "before its delay")}  ${d.id}  ` +
+        dim(output, `(delay ${formatDuration(d.delayMs!)}, ${clock}; --all ${result.dryRun ? "would apply" : "applied"} it now)`),
+    );
+  }
+  if (plan.missingFiles.length > 0) {
+    output.out(
+      `  ${yellow(output, "no file")}  ${plan.missingFiles.join(", ")}  ${dim(output, `(applied, but not in this checkout: ` +
+        `an older checkout or another branch? --status lists them, --sync rolls them back on a development database)`)}`,
+    );
+  }
   if (plan.refused) {
     output.err(red(output, `safemigrate: ${blockedReport(plan)}`));
     return;
@@ -4065,11 +4538,23 @@ export function githubAnnotation(f: Finding): string {
     escape(`${f.message}. Fix: ${f.fix}`);
 }
 
-export function humanRevertPlan(output: Output, title: string, steps: readonly RevertStep[], apply: readonly Migration[] = []): void {
+export function humanRevertPlan(
+  output: Output,
+  title: string,
+  steps: readonly RevertStep[],
+  apply: readonly Migration[] = [],
+  showSql = false,
+): void {
   output.out(title);
   if (steps.length === 0 && apply.length === 0) output.out("  nothing to do");
-  for (const s of steps) output.out(`  ${yellow(output, "roll back")}  ${s.id}  ${dim(output, `(${downSource(s)})`)}`);
-  for (const m of apply) output.out(`  ${green(output, "apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+  for (const s of steps) {
+    output.out(`  ${yellow(output, "roll back")}  ${s.id}  ${dim(output, `(${downSource(s)})`)}`);
+    if (showSql) planSql(output, s.down);
+  }
+  for (const m of apply) {
+    output.out(`  ${green(output, "apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+    if (showSql) planSql(output, m.up);
+  }
 }
 
 export function humanRehearsalStep(output: Output, id: string, problems: readonly RehearsalProblem[]): void {
@@ -4104,16 +4589,21 @@ Usage:
   bun safemigrate.ts --rehearse         apply, undo and re-apply every migration on a scratch database
   bun safemigrate.ts --lint [<file>...] check each migration's SQL against its declared phase and for long locks
                                         (named files only, still knowing what earlier migrations declared)
+  bun safemigrate.ts --new <name>       create the next migration file, numbered as the directory already is
 
 Options:
   --plan                 with --pre, --all, --rollback or --sync: show what would happen, change nothing
+  --sql                  with --plan: also show the SQL that would run
+  --verbose              show each statement as it is sent
   --json                 print one JSON object on stdout
   --dir <path>           migrations directory (default ./migrations)
   --database-url <url>   postgres://user@host:5432/db (sslmode honoured), pglite:<dir> or pglite:memory
-                         (default: env DATABASE_URL, else an embedded PGlite in .safemigrate/);
-                         give it several times to run on a fleet of databases
+                         (default: env DATABASE_URL, else PGHOST/PGUSER/... as psql reads them,
+                         else an embedded PGlite in .safemigrate/)
+                         Give --database-url several times to run on a fleet of databases.
   --targets <file>       a fleet: one database URL a line, # comments (--pre, --all, --plan, --status, --check)
   --parallel <n>         databases of a fleet worked on at once (default 4)
+  --wait <time>          wait this long for the database to accept connections, e.g. 30s
   --mode <mode>          strict | nonstrict | disabled (default: env SAFEMIGRATE, else strict)
   --lock-wait <time>     how long to wait for another run's lock, e.g. 30s, 5m (default 5m)
   --force                let --sync run in a release environment
@@ -4130,7 +4620,11 @@ Options:
   --direct-url <url>     a direct connection for the run when --database-url is a pooler (env SAFEMIGRATE_DIRECT_URL)
   --lease <time>         how long the run's lock lasts without a heartbeat (default 60s)
   -h, --help             show this help
-  --version              print the version
+  -v, --version          print the version
+
+Options other than --plan, --sql, --rerun, --force and --format can also be set in safemigrate.json (or a
+"safemigrate" section of package.json) and as SAFEMIGRATE_<OPTION> (SAFEMIGRATE_LOCK_TIMEOUT=10s); a flag wins over
+the environment, the environment over the file. .env files are read as Bun reads them.
 
 Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
 2 invalid input (usage, front-matter, dependency graph, checksum drift, a failed check or rehearsal),
@@ -4139,17 +4633,32 @@ Exit codes: 0 done or nothing to do, 1 a migration or the database failed,
 On a fleet the most severe code of any database: 1 over 2 over 3.
 `;
 
-const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "lint", "rollback", "fake", "baseline", "accept-changed"] as const;
+const COMMANDS = ["pre", "all", "status", "sync", "check", "rehearse", "lint", "rollback", "fake", "baseline", "accept-changed", "new"] as const;
 type Command = (typeof COMMANDS)[number];
-const ID_COMMANDS: readonly Command[] = ["rollback", "fake", "baseline", "accept-changed"];
+/** Commands that take a value: a migration id, or for --new the name of the new migration. */
+const ID_COMMANDS: readonly Command[] = ["rollback", "fake", "baseline", "accept-changed", "new"];
 const PLANNABLE: readonly Command[] = ["pre", "all", "rollback", "sync"];
 const BOOLEAN_FLAGS = [
   "pre", "all", "status", "sync", "check", "rehearse", "lint", "plan", "json", "last", "force", "repair-invalid-indexes", "help", "version",
+  "verbose", "sql",
 ];
 const STRING_FLAGS = [
   "dir", "database-url", "mode", "lock-wait", "rollback", "fake", "baseline", "accept-changed", "format", "lock-timeout",
-  "statement-timeout", "lock-retries", "rerun", "history-table", "direct-url", "lease", "small-table", "lint-after", "targets", "parallel",
+  "statement-timeout", "lock-retries", "rerun", "history-table", "direct-url", "lease", "small-table", "lint-after", "wait", "new", "targets", "parallel",
 ];
+/**
+ * Options that can be set once for a project instead of on every command
+ * line: in the project file and in SAFEMIGRATE_<NAME> variables. A flag wins
+ * over the environment, the environment over the file. Commands are never
+ * settings: what to do is always said on the command line.
+ */
+export const SETTINGS = [
+  "dir", "database-url", "mode", "lock-wait", "lock-timeout", "statement-timeout", "lock-retries", "wait",
+  "lint", "repair-invalid-indexes", "verbose", "json", "history-table", "direct-url", "lease",
+] as const;
+const BOOLEAN_SETTINGS: readonly string[] = ["lint", "repair-invalid-indexes", "verbose", "json"];
+/** `lock-wait` -> `SAFEMIGRATE_LOCK_WAIT`. */
+export const settingVariable = (setting: string) => `SAFEMIGRATE_${setting.toUpperCase().replace(/-/g, "_")}`;
 /** A missing URL here is an error: a release step must never migrate a local toy database. */
 const RELEASE_ENVIRONMENT = ["DYNO", "FLY_APP_NAME", "RENDER", "CI"];
 /** Where --sync refuses without --force: deployed apps (CI runs review apps, so it is not listed). */
@@ -4160,14 +4669,20 @@ const isSet = (value: string | undefined) => value !== undefined && !["", "0", "
 
 export interface CliOptions {
   command: Command | "help" | "version";
-  /** The migration id for --rollback, --fake, --baseline, --accept-changed; null for --rollback --last. */
+  /** The migration id for --rollback, --fake, --baseline, --accept-changed, the name for --new; null for --rollback --last. */
   target: string | null;
   plan: boolean;
   json: boolean;
   force: boolean;
+  /** --verbose: show each statement as it runs. */
+  verbose: boolean;
+  /** --plan --sql: show the SQL that would run. */
+  sql: boolean;
   dir: string;
-  /** From --database-url only; the environment is consulted in resolveDatabaseUrl. */
+  /** From --database-url or SAFEMIGRATE_DATABASE_URL; DATABASE_URL and PG* are consulted in resolveDatabaseUrl. */
   databaseUrl: string | null;
+  /** "database-url" from the project file: used when the environment names no database. */
+  projectDatabaseUrl: string | null;
   /** Every --database-url given (a fleet when more than one). */
   databaseUrls: string[];
   /** --targets: a file listing a fleet's database URLs. */
@@ -4176,6 +4691,8 @@ export interface CliOptions {
   parallel: number;
   mode: Mode;
   lockWaitMs: number;
+  /** --wait: how long to wait for the database to accept connections; 0 to fail at once. */
+  waitMs: number;
   format: "human" | "github" | "json";
   /** false with --no-lint. */
   lint: boolean;
@@ -4193,38 +4710,139 @@ export interface CliOptions {
   leaseMs: number;
 }
 
-/** Turns argv and the environment into options; every mistake is an InputError. */
-export function parseArgs(argv: string[], env: Record<string, string | undefined>): CliOptions {
-  const args = mri(argv, { boolean: BOOLEAN_FLAGS, string: STRING_FLAGS, alias: { h: "help" } });
+/** The settings from the project file, and the name to give it in messages. */
+export interface ProjectSettings {
+  file: string;
+  values: Record<string, unknown>;
+}
+
+/**
+ * The project file, in the directory safemigrate runs in: `safemigrate.json`,
+ * else the "safemigrate" section of `package.json`. Same names as the flags.
+ */
+export function readProjectSettings(cwd: string): ProjectSettings | null {
+  const candidates: [string, string, (json: Record<string, unknown>) => unknown][] = [
+    ["safemigrate.json", "safemigrate.json", (json) => json],
+    ["package.json", `package.json "safemigrate"`, (json) => json?.safemigrate],
+  ];
+  for (const [name, file, section] of candidates) {
+    const path = join(cwd, name);
+    if (!existsSync(path)) continue;
+    let values: unknown;
+    try {
+      values = section(JSON.parse(readFileSync(path, "utf8")));
+    } catch (error) {
+      if (name === "package.json") continue; // someone else's file; not ours to judge
+      throw new InputError(`${file}: not valid JSON: ${(error as Error).message}`);
+    }
+    if (values === undefined) continue;
+    if (typeof values !== "object" || values === null || Array.isArray(values)) throw new InputError(`${file}: expected an object of settings`);
+    for (const [key, value] of Object.entries(values)) {
+      if (!(SETTINGS as readonly string[]).includes(key)) {
+        const meant = closest(key, SETTINGS);
+        throw new InputError(`${file}: unknown setting "${key}"${meant ? ` — did you mean "${meant}"?` : ""} (settings: ${SETTINGS.join(", ")})`);
+      }
+      const expected = BOOLEAN_SETTINGS.includes(key) ? "boolean" : key === "lock-retries" ? "number" : "string";
+      if (typeof value !== expected) throw new InputError(`${file}: "${key}" must be a ${expected}, not ${JSON.stringify(value)}`);
+    }
+    return { file, values: values as Record<string, unknown> };
+  }
+  return null;
+}
+
+/** One option's value and where it came from, for messages: `--lock-wait`, `SAFEMIGRATE_LOCK_WAIT`, `safemigrate.json "lock-wait"`. */
+interface Setting<T> {
+  value: T;
+  from: string;
+}
+
+/** A flag, else SAFEMIGRATE_<NAME>, else the project file. */
+function settingOf(
+  name: (typeof SETTINGS)[number],
+  args: Record<string, unknown>,
+  env: Record<string, string | undefined>,
+  project: ProjectSettings | null,
+): Setting<string | boolean> | undefined {
+  const boolean = BOOLEAN_SETTINGS.includes(name);
+  // --lint is the command; only --no-lint sets the option.
+  const flag = name === "lint" ? (args.lint === false ? false : undefined) : args[name];
+  if (flag !== undefined) return { value: flag as string | boolean, from: `--${name}` };
+  const variable = settingVariable(name);
+  const fromEnv = env[variable] || (name === "mode" && env.SAFEMIGRATE ? env.SAFEMIGRATE : undefined);
+  if (fromEnv !== undefined) {
+    return { value: boolean ? isSet(fromEnv) : fromEnv, from: env[variable] ? variable : "SAFEMIGRATE" };
+  }
+  const fromFile = project?.values[name];
+  if (fromFile !== undefined) return { value: typeof fromFile === "number" ? String(fromFile) : fromFile as string | boolean, from: `${project!.file} "${name}"` };
+  return undefined;
+}
+
+/**
+ * mri reads `--rollback --plan 0003` as an empty --rollback and a stray
+ * argument (the number 3, even): put a lone bare word back after the command
+ * that takes it, so flags can come in any order.
+ */
+function valueAfterItsCommand(argv: string[]): string[] {
+  const at = argv.findIndex((token) => ID_COMMANDS.some((c) => token === `--${c}`));
+  if (at < 0 || (argv[at + 1] !== undefined && !argv[at + 1].startsWith("-"))) return argv;
+  const bare: number[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const token = argv[i];
+    if (token === "--") break;
+    if (token.startsWith("-")) {
+      if (i !== at && STRING_FLAGS.includes(token.replace(/^--?/, "")) && !token.includes("=")) i++;
+      continue;
+    }
+    bare.push(i);
+  }
+  if (bare.length !== 1) return argv;
+  const rest = argv.filter((_, i) => i !== bare[0]);
+  rest.splice(rest.indexOf(argv[at]) + 1, 0, argv[bare[0]]);
+  return rest;
+}
+
+/** Turns argv, the environment and the project file into options; every mistake is an InputError. */
+export function parseArgs(
+  argv: string[],
+  env: Record<string, string | undefined>,
+  project: ProjectSettings | null = null,
+): CliOptions {
+  const args = mri(valueAfterItsCommand(argv), { boolean: BOOLEAN_FLAGS, string: STRING_FLAGS, alias: { h: "help", v: "version" } });
+  const setting = (name: (typeof SETTINGS)[number]) => settingOf(name, args, env, project);
   const options: CliOptions = {
     command: "help",
     target: null,
     plan: Boolean(args.plan),
-    json: Boolean(args.json),
+    json: Boolean(setting("json")?.value),
     force: Boolean(args.force),
+    verbose: Boolean(setting("verbose")?.value),
+    sql: Boolean(args.sql),
     dir: "./migrations",
     databaseUrl: null,
+    projectDatabaseUrl: null,
     databaseUrls: [],
     targetsFile: null,
     parallel: 4,
     mode: "strict",
     lockWaitMs: 5 * 60_000,
-    format: args.json ? "json" : "human",
-    lint: args.lint !== false,
+    waitMs: 0,
+    format: "human",
+    lint: setting("lint")?.value !== false,
     smallTableBytes: DEFAULT_SMALL_TABLE_BYTES,
     lintAfter: args["lint-after"] ?? (env.SAFEMIGRATE_LINT_AFTER || null),
     lintOnly: args.lint === true ? args._.map(String) : [],
-    repairInvalidIndexes: Boolean(args["repair-invalid-indexes"]),
+    repairInvalidIndexes: Boolean(setting("repair-invalid-indexes")?.value),
     execution: { ...DEFAULT_EXECUTION },
     rerun: [],
     historyTable: historyTable(),
     directUrl: null,
     leaseMs: DEFAULT_LEASE_MS,
   };
+  options.format = options.json ? "json" : "human";
   for (const key of Object.keys(args)) {
-    if (key === "_" || key === "h" || BOOLEAN_FLAGS.includes(key) || STRING_FLAGS.includes(key)) continue;
+    if (key === "_" || key === "h" || key === "v" || BOOLEAN_FLAGS.includes(key) || STRING_FLAGS.includes(key)) continue;
     const meant = closest(key, [...BOOLEAN_FLAGS, ...STRING_FLAGS]);
-    throw new InputError(`unknown option --${key}${meant ? ` — did you mean --${meant}?` : ""} (see --help)`);
+    throw new InputError(`unknown option ${key.length === 1 ? "-" : "--"}${key}${meant ? ` — did you mean --${meant}?` : ""} (see --help)`);
   }
   if (args.help) return options;
   if (args.version) return { ...options, command: "version" };
@@ -4233,7 +4851,9 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     if (Array.isArray(args[key]) && key !== "rerun" && key !== "database-url") throw new InputError(`--${key} is given more than once`);
     const lastIsTheValue = key === "rollback" && args.last;
     if (args[key] === "" && !lastIsTheValue) {
-      throw new InputError(`--${key} needs a value${key === "rollback" ? " (a migration id, or --last)" : ""}`);
+      throw new InputError(
+        `--${key} needs a value${key === "rollback" ? " (a migration id, or --last)" : key === "new" ? " (a name, like add_orders_status)" : ""}`,
+      );
     }
   }
 
@@ -4249,31 +4869,35 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   if (args.plan && !PLANNABLE.includes(options.command)) {
     throw new InputError(`--plan goes with --pre, --all, --rollback or --sync, not --${options.command}`);
   }
+  if (args.sql && !args.plan) throw new InputError("--sql goes with --plan: it shows the SQL that would run");
   if (args.last && options.command !== "rollback") throw new InputError("--last goes with --rollback");
   if (options.command === "rollback" && args.last && args.rollback !== "") {
     throw new InputError("give --rollback either a migration id or --last, not both");
   }
   if (ID_COMMANDS.includes(options.command)) options.target = args[options.command] || null;
 
-  const modeText = args.mode ?? env.SAFEMIGRATE ?? "strict";
-  if (!(MODES as readonly string[]).includes(modeText)) {
-    throw new InputError(`${args.mode ? "--mode" : "SAFEMIGRATE"} must be strict, nonstrict or disabled, not "${modeText}"`);
+  const mode = setting("mode") ?? { value: "strict", from: "--mode" };
+  if (!(MODES as readonly string[]).includes(mode.value as string)) {
+    throw new InputError(`${mode.from} must be strict, nonstrict or disabled, not "${mode.value}"`);
   }
-  options.mode = modeText as Mode;
-  const duration = (flag: string, allowOff = false): number | undefined => {
-    const text = args[flag];
-    if (text === undefined) return undefined;
+  options.mode = mode.value as Mode;
+  const duration = (name: (typeof SETTINGS)[number], allowOff = false): number | undefined => {
+    const given = setting(name);
+    if (given === undefined) return undefined;
+    const text = String(given.value);
     if (allowOff && (text === "off" || text === "0")) return 0;
     const parsed = parseDuration(text);
-    if (parsed === null) throw new InputError(`--${flag} "${text}" is not a duration (like 500ms, 30s or 5m${allowOff ? `, or "off"` : ""})`);
+    if (parsed === null) throw new InputError(`${given.from} "${text}" is not a duration (like 500ms, 30s or 5m${allowOff ? `, or "off"` : ""})`);
     return parsed;
   };
   options.lockWaitMs = duration("lock-wait") ?? options.lockWaitMs;
+  options.waitMs = duration("wait", true) ?? options.waitMs;
   options.execution.lockTimeoutMs = duration("lock-timeout") ?? options.execution.lockTimeoutMs;
   options.execution.statementTimeoutMs = duration("statement-timeout", true) ?? options.execution.statementTimeoutMs;
-  if (args["lock-retries"] !== undefined) {
-    const attempts = Number(args["lock-retries"]);
-    if (!Number.isInteger(attempts) || attempts < 1) throw new InputError(`--lock-retries must be a whole number of attempts, 1 or more`);
+  const retries = setting("lock-retries");
+  if (retries !== undefined) {
+    const attempts = Number(retries.value);
+    if (!Number.isInteger(attempts) || attempts < 1) throw new InputError(`${retries.from} must be a whole number of attempts, 1 or more`);
     options.execution.attempts = attempts;
   }
   if (args.format !== undefined) {
@@ -4289,18 +4913,22 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     if (bytes === null) throw new InputError(`--small-table "${args["small-table"]}" is not a size (like 10MB, 512kB or 0)`);
     options.smallTableBytes = bytes;
   }
-  options.dir = args.dir ?? options.dir;
-  options.databaseUrls = [args["database-url"] ?? []].flat();
+  options.dir = (setting("dir")?.value as string | undefined) ?? options.dir;
+  const url = setting("database-url");
+  if (url && !url.from.startsWith(project?.file ?? "\0")) options.databaseUrl = url.value as string;
+  else if (url) options.projectDatabaseUrl = url.value as string;
+  options.directUrl = (setting("direct-url")?.value as string | undefined) ?? null;
+  options.historyTable = historyTable((setting("history-table")?.value as string | undefined) ?? HISTORY_TABLE);
+  // Several --database-url: a fleet (see runFleet); the first stands for the single-database paths.
+  options.databaseUrls = [args["database-url"] ?? []].flat() as string[];
   if (options.databaseUrls.includes("")) throw new InputError("--database-url needs a value");
-  options.databaseUrl = options.databaseUrls[0] ?? null;
-  options.targetsFile = args.targets ?? null;
+  if (options.databaseUrls.length > 1) options.databaseUrl = options.databaseUrls[0];
+  options.targetsFile = (args.targets as string | undefined) ?? null;
   if (args.parallel !== undefined) {
     const parallel = Number(args.parallel);
     if (!Number.isInteger(parallel) || parallel < 1) throw new InputError("--parallel must be a whole number of databases, 1 or more");
     options.parallel = parallel;
   }
-  options.directUrl = args["direct-url"] ?? null;
-  options.historyTable = historyTable(args["history-table"] ?? env.SAFEMIGRATE_HISTORY_TABLE ?? HISTORY_TABLE);
   options.leaseMs = duration("lease") ?? options.leaseMs;
   if (args.rerun !== undefined) {
     if (options.command !== "pre" && options.command !== "all") throw new InputError("--rerun goes with --pre or --all");
@@ -4309,23 +4937,143 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   return options;
 }
 
-/** The URL to use; without one, the embedded default — but never in a release environment. */
+/**
+ * `.env` files, read the way Bun reads them by itself (same files, same
+ * precedence), so a command migrates the same database under Bun, Deno and
+ * Node: `.env`, `.env.<mode>`, `.env.local` (not in test), `.env.<mode>.local`,
+ * later files winning, where mode is NODE_ENV if it is production or test and
+ * development otherwise. Variables already set in the environment win over
+ * every file. Under Bun this changes nothing; elsewhere it does what Bun did.
+ */
+export function withEnvFiles(env: Record<string, string | undefined>, cwd: string): Record<string, string | undefined> {
+  const mode = env.NODE_ENV === "production" || env.NODE_ENV === "test" ? env.NODE_ENV : "development";
+  const names = [".env", `.env.${mode}`, ...(mode === "test" ? [] : [".env.local"]), `.env.${mode}.local`];
+  const fromFiles: Record<string, string> = {};
+  for (const name of names) {
+    const path = join(cwd, name);
+    if (existsSync(path)) Object.assign(fromFiles, parseEnvFile(readFileSync(path, "utf8")));
+  }
+  const merged: Record<string, string | undefined> = { ...fromFiles, ...env };
+  // $NAME and ${NAME} refer to the environment or to any file's variable, as in Bun.
+  const expand = (value: string) =>
+    value.replace(/\$(?:\{(\w+)\}|(\w+))/g, (_, braced, bare) => merged[braced ?? bare] ?? "");
+  for (const [key, value] of Object.entries(fromFiles)) if (env[key] === undefined) merged[key] = expand(value);
+  return merged;
+}
+
+/** KEY=value lines: `export ` allowed, quotes (double ones may span lines and know \n), `#` comments. */
+export function parseEnvFile(text: string): Record<string, string> {
+  const values: Record<string, string> = {};
+  const entry = /^\s*(?:export\s+)?([\w.-]+)\s*=\s*(?:"((?:\\.|[^"\\])*)"|'([^']*)'|`([^`]*)`|([^#\r\n]*))/gm;
+  for (const [, key, double, single, backtick, bare] of text.matchAll(entry)) {
+    values[key] = double !== undefined ? double.replace(/\\n/g, "\n").replace(/\\(["\\])/g, "$1")
+      : (single ?? backtick ?? bare).trim();
+  }
+  return values;
+}
+
+/**
+ * libpq's environment, read as psql reads it. Any of the first group means
+ * "a server is configured": the embedded default is then never used.
+ */
+const LIBPQ_SERVER_VARIABLES = ["PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSSLMODE"];
+/** URL query parameters libpq fills from the environment when the URL does not give them. */
+const LIBPQ_PARAMETERS: [variable: string, parameter: string][] = [
+  ["PGSSLMODE", "sslmode"],
+  ["PGSSLROOTCERT", "sslrootcert"],
+  ["PGAPPNAME", "application_name"],
+  ["PGCONNECT_TIMEOUT", "connect_timeout"],
+];
+
+/** The password for a connection from the password file (PGPASSFILE, else ~/.pgpass), as libpq looks it up. */
+export function passwordFromFile(env: Record<string, string | undefined>, host: string, port: string, database: string, user: string): string | null {
+  const file = env.PGPASSFILE || (env.HOME ? join(env.HOME, ".pgpass") : null);
+  if (!file || !existsSync(file)) return null;
+  const wanted = [host, port, database, user];
+  for (const line of readFileSync(file, "utf8").split(/\r?\n/)) {
+    if (line.trim() === "" || line.startsWith("#")) continue;
+    // host:port:database:user:password; a backslash escapes ":" and itself.
+    const fields = [""];
+    for (let i = 0; i < line.length; i++) {
+      if (line[i] === "\\" && i + 1 < line.length) fields[fields.length - 1] += line[++i];
+      else if (line[i] === ":" && fields.length < 5) fields.push("");
+      else fields[fields.length - 1] += line[i];
+    }
+    if (fields.length < 5) continue;
+    const matches = wanted.every((value, i) => fields[i] === "*" || fields[i] === value ||
+      (i === 0 && value === "localhost" && fields[i] === "127.0.0.1"));
+    if (matches) return fields[4];
+  }
+  return null;
+}
+
+/**
+ * A postgres:// URL with everything libpq would take from the environment
+ * made explicit: with no URL, one built from PGHOST, PGPORT, PGUSER,
+ * PGDATABASE (null when none of them is set); with a URL, the parts it leaves
+ * out (user, password, sslmode, ...) from the same variables. Explicit so the
+ * result is the same under every runtime and does not depend on which of them
+ * the driver reads by itself.
+ */
+export function libpqUrl(given: string | null, env: Record<string, string | undefined>): string | null {
+  if (given !== null && !/^postgres(ql)?:\/\//i.test(given)) return given;
+  if (env.PGSSLMODE && !(SSL_MODES as readonly string[]).includes(env.PGSSLMODE)) {
+    throw new InputError(`PGSSLMODE "${env.PGSSLMODE}" is not one of ${SSL_MODES.join(", ")}`);
+  }
+  if (given === null && !LIBPQ_SERVER_VARIABLES.some((name) => env[name])) return null;
+  let url: URL;
+  try {
+    url = new URL(given ?? "postgres://localhost");
+  } catch {
+    return given; // connect() reports the invalid URL
+  }
+  const host = env.PGHOST || env.PGHOSTADDR || "localhost";
+  if (given === null) {
+    if (host.startsWith("/")) url.searchParams.set("host", host);
+    else url.hostname = host;
+    url.port = env.PGPORT || "5432";
+  }
+  if (!url.username) url.username = encodeURIComponent(env.PGUSER || env.USER || env.LOGNAME || "postgres");
+  const user = decodeURIComponent(url.username);
+  if (url.pathname === "" || url.pathname === "/") url.pathname = `/${encodeURIComponent(env.PGDATABASE || user)}`;
+  if (!url.password) {
+    const password = env.PGPASSWORD ||
+      passwordFromFile(env, url.searchParams.get("host") ?? (url.hostname || "localhost"), url.port || "5432", decodeURIComponent(url.pathname.slice(1)), user);
+    if (password) url.password = encodeURIComponent(password);
+  }
+  for (const [variable, parameter] of LIBPQ_PARAMETERS) {
+    if (env[variable] && !url.searchParams.has(parameter) && !(parameter === "sslmode" && url.searchParams.has("ssl"))) {
+      url.searchParams.set(parameter, env[variable]!);
+    }
+  }
+  return url.toString();
+}
+
+/**
+ * The database to use: --database-url or SAFEMIGRATE_DATABASE_URL, else
+ * DATABASE_URL, else the PG* variables, else the project file; the embedded
+ * default only when none of them names one — and never in a release environment.
+ */
 export function resolveDatabaseUrl(
   options: CliOptions,
   env: Record<string, string | undefined>,
   output: Output,
 ): string {
   // A direct URL, when given, carries the run: the pooled one stays the application's.
-  const url = options.directUrl ?? (env.SAFEMIGRATE_DIRECT_URL || null) ?? options.databaseUrl ?? (env.DATABASE_URL || null);
+  const url = libpqUrl(options.directUrl ?? (env.SAFEMIGRATE_DIRECT_URL || null) ?? options.databaseUrl ?? (env.DATABASE_URL || null), env) ??
+    libpqUrl(options.projectDatabaseUrl, env);
   if (url) return url;
   const release = RELEASE_ENVIRONMENT.filter((name) => isSet(env[name]));
   if (release.length > 0) {
     throw new InputError(
-      `no database URL: set DATABASE_URL or pass --database-url. This looks like a release environment ` +
+      `no database URL: set DATABASE_URL or pass --database-url (or set PGHOST, PGDATABASE, ...). This looks like a release environment ` +
         `(${release.join(", ")} set), where migrating an embedded toy database would report success for nothing`,
     );
   }
-  output.err(`safemigrate: no DATABASE_URL; using the embedded PGlite database in ${DEFAULT_PGLITE_DIR}/`);
+  output.err(
+    `safemigrate: no DATABASE_URL; using the embedded PGlite database in ${DEFAULT_PGLITE_DIR}/ ` +
+      `(neither --database-url, DATABASE_URL nor any of ${LIBPQ_SERVER_VARIABLES.join(", ")} is set)`,
+  );
   return `pglite:${DEFAULT_PGLITE_DIR}`;
 }
 
@@ -4337,6 +5085,20 @@ export function resolveDatabaseUrl(
 export function withoutCreating(url: string): string {
   const dir = url.startsWith("pglite:") ? url.slice("pglite:".length) : null;
   return dir && dir !== "memory" && !existsSync(join(dir, "PG_VERSION")) ? "pglite:memory" : url;
+}
+
+/**
+ * Opens the database; creating an embedded one takes seconds (initdb in
+ * WebAssembly), so that is said before it starts and timed when it ends.
+ */
+async function openDatabase(url: string, output: Output, options: ConnectOptions): Promise<Database> {
+  const dir = url.startsWith("pglite:") ? url.slice("pglite:".length) : "memory";
+  if (dir === "memory" || existsSync(join(dir, "PG_VERSION"))) return await connect(url, options);
+  output.err(`safemigrate: creating the embedded PostgreSQL (PGlite) database in ${dir}/ — a first run takes a few seconds...`);
+  const started = performance.now();
+  const db = await connect(url, options);
+  output.err(`safemigrate: created ${dir}/ in ${(Math.round((performance.now() - started) / 100) / 10).toFixed(1)} s`);
+  return db;
 }
 
 /** A scratch database for --rehearse: a temporary one on the given server, else an in-memory PGlite. */
@@ -4391,10 +5153,11 @@ export async function main(
 ): Promise<number> {
   let json = argv.includes("--json");
   let db: Database | null = null;
+  let progress: ReturnType<typeof humanProgress> | null = null;
   const printJson = (value: unknown) => output.out(JSON.stringify(value));
   try {
     exitCleanlyOnDriverCrash(output);
-    const options = parseArgs(argv, env);
+    const options = parseArgs(argv, env, readProjectSettings(process.cwd()));
     json = options.json;
     if (options.command === "help") {
       output.out(USAGE);
@@ -4404,8 +5167,10 @@ export async function main(
       output.out(VERSION);
       return EXIT.ok;
     }
+    if (options.command === "new") return newMigrationCommand(options, output);
     const migrations = readMigrations(options.dir);
-    const onEvent = json ? undefined : (event: RunEvent) => humanRunEvent(output, event);
+    progress = json ? null : humanProgress(output, options.verbose);
+    const onEvent = progress?.onEvent;
     const lock = { lockWaitMs: options.lockWaitMs, leaseMs: options.leaseMs, onEvent, execution: options.execution };
     if (isFleet(options)) return await runFleet(migrations, options, output);
 
@@ -4426,8 +5191,12 @@ export async function main(
 
     const url = resolveDatabaseUrl(options, env, output);
     const readOnly = options.plan || options.command === "status";
-    db = await connect(readOnly ? withoutCreating(url) : url, { historyTable: options.historyTable });
+    db = await openDatabase(readOnly ? withoutCreating(url) : url, output, { historyTable: options.historyTable });
     const label = describeUrl(url);
+    if (options.waitMs > 0) {
+      await waitForDatabase(db, options.waitMs, () =>
+        output.err(`safemigrate: waiting up to ${formatDuration(options.waitMs)} for ${label} to accept connections...`));
+    }
     // Timed from here: opening an embedded database for the first time is not the migrations' time.
     const started = performance.now();
     const header = (title: string) => !json && !options.plan && output.out(`safemigrate ${title} on ${label}`);
@@ -4454,7 +5223,7 @@ export async function main(
           rerun: options.rerun,
         });
         if (json) printJson(runResultJson(result, label));
-        else humanRunSummary(output, result, performance.now() - started, new Date());
+        else humanRunSummary(output, result, performance.now() - started, new Date(), options.sql);
         return runExitCode(result);
       }
       case "rollback": {
@@ -4462,7 +5231,7 @@ export async function main(
         header(`--rollback ${options.target ?? "--last"}`);
         const result = await rollback(db, migrations, target, { ...lock, dryRun: options.plan });
         if (json) printJson({ ok: true, exitCode: 0, command: "rollback", database: label, dryRun: result.dryRun, steps: result.steps.map(({ id, source }) => ({ id, source })), reverted: result.reverted });
-        else if (result.dryRun) humanRevertPlan(output, `plan for --rollback ${options.target ?? "--last"}:`, result.steps);
+        else if (result.dryRun) humanRevertPlan(output, `plan for --rollback ${options.target ?? "--last"}:`, result.steps, [], options.sql);
         else output.out(`Rolled back ${plural(result.reverted.length, "migration")} in ${ms(performance.now() - started)}.`);
         return EXIT.ok;
       }
@@ -4471,7 +5240,7 @@ export async function main(
         const result = await sync(db, migrations, {
           ...lock,
           dryRun: options.plan,
-          onPlan: json ? undefined : (plan) => humanRevertPlan(output, options.plan ? "plan for --sync:" : "sync plan:", plan.revert, plan.apply),
+          onPlan: json ? undefined : (plan) => humanRevertPlan(output, options.plan ? "plan for --sync:" : "sync plan:", plan.revert, plan.apply, options.sql),
         });
         if (json) {
           printJson({
@@ -4503,6 +5272,7 @@ export async function main(
     }
     return EXIT.ok;
   } catch (error) {
+    progress?.stop();
     // The reader went away (`| head`): stop quietly; whatever the error became on its way up.
     if (output.closed) return EXIT_OUTPUT_CLOSED;
     const known = error instanceof SafemigrateError;
@@ -4514,6 +5284,18 @@ export async function main(
   } finally {
     await db?.close().catch(() => {});
   }
+}
+
+/** `--new <name>`: writes the next migration file; no database needed. */
+function newMigrationCommand(options: CliOptions, output: Output): number {
+  mkdirSync(options.dir, { recursive: true });
+  const migrations = readMigrations(options.dir);
+  const id = nextMigrationId(migrations.map((m) => m.id), options.target!, new Date());
+  const file = join(options.dir, `${id}.sql`);
+  writeFileSync(file, newMigrationText(migrations.at(-1)), { flag: "wx" });
+  if (options.json) output.out(JSON.stringify({ ok: true, exitCode: 0, command: "new", id, file }));
+  else output.out(`Created ${file}`);
+  return EXIT.ok;
 }
 
 /** `--rehearse`: up, down, compare, up again for every migration, on a scratch database. */
@@ -4936,6 +5718,7 @@ export function consoleOutput(env: Record<string, string | undefined>): Output {
     err: (line) => write(2, `${redact(line)}\n`),
     color: isatty(1) && !env.NO_COLOR,
     closed: false,
+    ...(isatty(1) ? { status: (line: string | null) => write(1, `\r\x1b[K${line === null ? "" : redact(line)}`) } : {}),
   };
   /** Every write to the console goes through here: complete, in order, and silent once the reader is gone. */
   const write = (fd: number, text: string) => {
@@ -4968,7 +5751,7 @@ function isMainModule(): boolean {
 
 if (isMainModule()) {
   const output = consoleOutput(process.env);
-  const code = await main(process.argv.slice(2), process.env, output);
+  const code = await main(process.argv.slice(2), withEnvFiles(process.env, process.cwd()), output);
   // Every byte is written by now (writeFully); exit at once, since PGlite keeps handles open.
   process.exit(output.closed ? EXIT_OUTPUT_CLOSED : code);
 }

@@ -119,8 +119,10 @@ export interface CliRun {
 /** The environment a user's shell would give the CLI, minus anything that changes its defaults. */
 export function cleanEnv(extra: Record<string, string | undefined> = {}): Record<string, string> {
   const env: Record<string, string | undefined> = { ...process.env, NO_COLOR: "1", ...extra };
-  for (const name of ["DATABASE_URL", "SAFEMIGRATE", "DYNO", "FLY_APP_NAME", "RENDER", "CI"]) {
-    if (!(name in extra)) delete env[name];
+  for (const name of Object.keys(env)) {
+    const changesDefaults = ["DATABASE_URL", "SAFEMIGRATE", "DYNO", "FLY_APP_NAME", "RENDER", "CI"].includes(name) ||
+      /^(PG|SAFEMIGRATE_)/.test(name);
+    if (changesDefaults && !(name in extra)) delete env[name];
   }
   return Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined)) as Record<string, string>;
 }
