@@ -3554,12 +3554,14 @@ export async function runSection(
             checkLease(db, what);
             const sent = index === 0 ? prefix : "";
             failed = { statement, prefix: sent };
+            whenLost = (e) => failure(statement.line, e, transactionalConsequence(e, index, statements.length, false));
             announce(statement);
             await tx.exec(sent + statement.sql);
           }
           failed = null;
           await record(tx, performance.now() - started);
           failed = { statement: null, prefix: "COMMIT" };
+          whenLost = (e) => failure(section.line, e, transactionalConsequence(e, -1, statements.length, true));
         })
       );
     } catch (error) {
@@ -3567,6 +3569,8 @@ export async function runSection(
       const line = at?.statement ? lineOf(at.statement, error, at.prefix) : section.line;
       const atCommit = at?.prefix === "COMMIT";
       throw failure(line, error, transactionalConsequence(error, at?.statement ? statements.indexOf(at.statement) : -1, statements.length, atCommit));
+    } finally {
+      whenLost = null;
     }
     return performance.now() - started;
   }
@@ -3589,6 +3593,7 @@ export async function runSection(
     for (const [index, statement] of statements.entries()) {
       try {
         checkLease(db, what);
+        whenLost = (e) => failure(statement.line, e, nonTransactionalConsequence(e, statements, index, Boolean(what.marker)));
         if (fence) await db.exec(fence);
         announce(statement);
         await withRetries(statement.line, () => db.exec(statement.sql));
@@ -3606,9 +3611,17 @@ export async function runSection(
     }
     return durationMs;
   } finally {
+    whenLost = null;
     await db.exec("reset lock_timeout; reset statement_timeout").catch(() => {});
   }
 }
+
+/**
+ * The error to report if the connection goes at this moment of a run. The
+ * driver can notice a dropped socket where no caller awaits it (see
+ * exitCleanlyOnDriverCrash); this keeps the migration, file and line for it.
+ */
+let whenLost: ((error: unknown) => SafemigrateError) | null = null;
 
 /** One error for a failed section: its file and line, what went wrong, and what of it took effect. */
 function sectionFailure(what: SectionRun, line: number, error: unknown, consequence: string, lockTimeout: number): SafemigrateError {
@@ -3619,8 +3632,9 @@ function sectionFailure(what: SectionRun, line: number, error: unknown, conseque
       `(another run took it over after this one's lease expired); ${consequence}`));
   }
   if (isConnectionLoss(error)) {
-    return new ConnectionLostError(redact(`${where}: the connection to the database was lost ` +
-      `(${(error as Error).message}); ${consequence}`));
+    // The driver's own TypeError (a write to a socket it has dropped) says nothing a user can act on.
+    const detail = error instanceof TypeError ? "the server closed it" : (error as Error).message;
+    return new ConnectionLostError(redact(`${where}: the connection to the database was lost (${detail}); ${consequence}`));
   }
   if (error instanceof SafemigrateError) return error;
   return new DatabaseError(redact(
@@ -5138,8 +5152,10 @@ function exitCleanlyOnDriverCrash(output: Output): void {
   driverCrashGuarded = true;
   process.on("uncaughtException", (error) => {
     if (!isConnectionLoss(error)) throw error;
-    output.err(`safemigrate: error: the connection to the database was lost (${redact((error as Error).message)}); ` +
-      `a migration in flight did not commit, or --status tells whether it did`);
+    const inFlight = whenLost?.(error);
+    output.err(inFlight ? `safemigrate: error: ${inFlight.message}` :
+      `safemigrate: error: the connection to the database was lost (${redact((error as Error).message)}); ` +
+        `a migration in flight did not commit, or --status tells whether it did`);
     process.exit(EXIT.failed);
   });
 }

@@ -136,15 +136,21 @@ afterAll(() => {
 describeServer("the lock survives lost sessions", () => {
   test(`runners whose sessions are terminated at random moments never apply a migration twice (${20 * SOAK} rounds)`, async () => {
     const n = 5;
-    const dir = slowMigrations(n, 0.05);
+    const dir = slowMigrations(n, 0.15);
     for (let round = 0; round < 20 * SOAK; round++) {
       const url = await databaseWithEffects();
       const watch = await observer(url);
       const args = ["--all", "--dir", dir, "--database-url", url, "--lease", "2s", "--lock-wait", "60s"];
       const a = startRunner(args);
-      await Bun.sleep(randomMs(50, 400));
-      const b = startRunner(args);
       await Bun.sleep(randomMs(0, 300));
+      const b = startRunner(args);
+      // The fault lands while the runners work: once one holds the lease, at a random moment of its run.
+      let finished = false;
+      Promise.all([a.done, b.done]).then(() => (finished = true));
+      while (!finished && !(await watch.sql.unsafe(`select 1 from safemigrate_history_lock`).catch(() => [])).length) {
+        await Bun.sleep(10);
+      }
+      await Bun.sleep(randomMs(0, 700));
       // Alternate: every safemigrate session, or only the lease's heartbeat connections.
       const killed = await watch.terminate(round % 3 === 2 ? "safemigrate-lease" : "safemigrate%");
       const runs = await Promise.all([a.done, b.done]);
