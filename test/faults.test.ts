@@ -92,6 +92,34 @@ async function databaseWithEffects(baseUrl?: string): Promise<string> {
 
 const randomMs = (low: number, high: number) => low + Math.floor(Math.random() * (high - low));
 
+/**
+ * A table `items` and an open transaction that wrote to it: CREATE INDEX
+ * CONCURRENTLY on it waits until `release()`, so a test can act while a build
+ * is in flight.
+ */
+async function itemsWithOpenWriter(url: string, watch: Awaited<ReturnType<typeof observer>>) {
+  await watch.sql.unsafe(`create table items (id int); insert into items values (1)`);
+  const writer = postgres(url, { max: 1, onnotice: () => {} });
+  const session = await writer.reserve();
+  await session.unsafe("begin; insert into items values (2)");
+  return {
+    release: async () => {
+      await session.unsafe("commit");
+      session.release();
+      await writer.end();
+    },
+  };
+}
+
+/** Waits until an index build on this database shows in pg_stat_progress_create_index; fails if `gone()` first. */
+async function indexBuildInFlight(watch: Awaited<ReturnType<typeof observer>>, gone: () => Promise<string | null>) {
+  while (!(await watch.sql.unsafe(`select 1 from pg_stat_progress_create_index where datname = current_database()`)).length) {
+    const reason = await gone();
+    if (reason) throw new Error(`the index build never began: ${reason}`);
+    await Bun.sleep(50);
+  }
+}
+
 /** No stack trace and no driver internals in what a user sees. */
 function expectCleanOutput(run: { stdout: string; stderr: string }): void {
   expect(run.stderr).not.toMatch(/\n\s+at /);
@@ -336,11 +364,8 @@ describeServer("racing runners and interrupted transaction: false migrations", (
   test("a transaction: false migration cut off in CREATE INDEX CONCURRENTLY is named by the next run, with what to do", async () => {
     const url = await databaseWithEffects();
     const watch = await observer(url);
-    await watch.sql.unsafe(`create table items (id int); insert into items values (1)`);
     // An open writing transaction makes CREATE INDEX CONCURRENTLY wait, so the runner is killed while it is in flight.
-    const blocker = postgres(url, { max: 1, onnotice: () => {} });
-    const reserved = await blocker.reserve();
-    await reserved.unsafe("begin; insert into items values (2)");
+    const writer = await itemsWithOpenWriter(url, watch);
     const dir = migrationsDir({
       "0001_index": "-- safe: before_deploy\n-- transaction: false\n\ncreate index concurrently items_id on items (id);\n",
     });
@@ -348,15 +373,10 @@ describeServer("racing runners and interrupted transaction: false migrations", (
     const victim = startRunner(args);
     let exited = false;
     victim.done.then(() => (exited = true));
-    while (!(await watch.sql.unsafe(`select 1 from pg_stat_progress_create_index where datname = current_database()`)).length) {
-      if (exited) throw new Error(`the runner exited before its index build began: ${JSON.stringify(await victim.done)}`);
-      await Bun.sleep(50);
-    }
+    await indexBuildInFlight(watch, async () => (exited ? `the runner exited: ${JSON.stringify(await victim.done)}` : null));
     victim.child.kill("SIGKILL");
     await victim.done;
-    await reserved.unsafe("commit");
-    reserved.release();
-    await blocker.end();
+    await writer.release();
     // The server finishes the index on its own; the next run must not fail with "already exists".
     const history = await watch.sql.unsafe(`select id, started_at, applied_at, statements_done from safemigrate_history`);
     const next = await startRunner(args).done;
@@ -376,24 +396,20 @@ describeServer("racing runners and interrupted transaction: false migrations", (
   test("an index another session is building is not reported as invalid and never dropped by --repair-invalid-indexes", async () => {
     const url = await databaseWithEffects();
     const watch = await observer(url);
-    await watch.sql.unsafe(`create table items (id int); insert into items values (1)`);
-    const blocker = postgres(url, { max: 1, onnotice: () => {} });
-    const reserved = await blocker.reserve();
-    await reserved.unsafe("begin; insert into items values (2)");
+    const writer = await itemsWithOpenWriter(url, watch);
     const builder = postgres(url, { max: 1, onnotice: () => {} });
     // postgres.js sends a query when it is awaited; Promise.resolve sends it now and keeps it in flight.
     const building = Promise.resolve(builder.unsafe("create index concurrently items_building on items (id)"));
-    while (!(await watch.sql.unsafe(`select 1 from pg_stat_progress_create_index where datname = current_database()`)).length) await Bun.sleep(50);
+    await indexBuildInFlight(watch, async () => null);
     const dir = migrationsDir({ "0001_other": "-- safe: before_deploy\ninsert into effects (id) values ('0001_other');" });
     const run = await startRunner(["--all", "--dir", dir, "--database-url", url, "--repair-invalid-indexes"]).done;
     expect(run.code).toBe(0);
     expect(run.stderr + run.stdout).not.toContain("invalid index");
-    await reserved.unsafe("commit");
-    reserved.release();
+    await writer.release();
     await building;
     const [index] = await watch.sql.unsafe(`select indisvalid from pg_index where indexrelid = 'items_building'::regclass`);
     expect(index.indisvalid).toBe(true);
-    await Promise.all([blocker.end(), builder.end()]);
+    await builder.end();
     await watch.close();
   });
 });
