@@ -1474,7 +1474,7 @@ export function newNames(migrations: readonly Migration[], history: readonly His
 export function consistencyFindings(
   migrations: readonly Migration[],
   history: readonly HistoryRow[],
-  rename = newNames(migrations, history),
+  rename: (m: Migration) => string = newNames(migrations, history),
 ): CheckProblem[] {
   const problems: CheckProblem[] = [];
   const error = (message: string, fix: Edit | null = null) => problems.push({ level: "error", message, fix });
@@ -5750,7 +5750,10 @@ export function githubAnnotation(f: Finding): string {
     escape(`${f.message}. Fix: ${f.fix}`);
 }
 
-export const stepJson = ({ id, source, origin, note }: RevertStep) => ({ id, source, origin, note });
+/** A revert step as JSON: where its down SQL comes from, without the SQL. */
+export function stepJson(step: RevertStep): Pick<RevertStep, "id" | "source" | "origin" | "note"> {
+  return { id: step.id, source: step.source, origin: step.origin, note: step.note };
+}
 
 export function humanRevertPlan(
   output: Output,
