@@ -4188,6 +4188,8 @@ export async function runSection(
     return statement.line + (position > 0 ? statement.sql.slice(0, position - 1).match(/\n/g)?.length ?? 0 : 0);
   };
   const fence = db.lease ? `${db.lease.fence}; ` : "";
+  // Until a statement is sent, a lost connection means nothing of this section ran.
+  whenLost = (e) => failure(section.line, e, "it had not started: nothing of it took effect");
 
   if (section.transaction) {
     // The timeouts and the fence ride along with the first batch: no extra round trip per migration.
@@ -6430,10 +6432,17 @@ function exitCleanlyOnDriverCrash(output: Output): void {
   process.on("uncaughtException", (error) => {
     if (!isConnectionLoss(error)) throw error;
     const inFlight = whenLost?.(error);
-    output.err(inFlight ? `safemigrate: error: ${inFlight.message}` :
-      `safemigrate: error: the connection to the database was lost (${redact((error as Error).message)}); ` +
+    if (inFlight) {
+      output.err(`safemigrate: error: ${inFlight.message}`);
+      process.exit(EXIT.failed);
+    }
+    // No statement in flight: the lease's heartbeat connection, or the working one between statements. Its own
+    // error (a lost connection, named) is on its way through the ordinary path; should it never come, say so.
+    setTimeout(() => {
+      output.err(`safemigrate: error: the connection to the database was lost (${redact((error as Error).message)}); ` +
         `a migration in flight did not commit, or --status tells whether it did`);
-    process.exit(EXIT.failed);
+      process.exit(EXIT.failed);
+    }, 10_000);
   });
 }
 let driverCrashGuarded = false;

@@ -373,7 +373,15 @@ describeServer("racing runners and interrupted transaction: false migrations", (
     const victim = startRunner(args);
     let exited = false;
     victim.done.then(() => (exited = true));
-    await indexBuildInFlight(watch, async () => (exited ? `the runner exited: ${JSON.stringify(await victim.done)}` : null));
+    const gone = async () => (exited ? `the runner exited: ${JSON.stringify(await victim.done)}` : null);
+    // The marker first (it commits before the first statement), then the build it announces.
+    const marker = `select 1 from safemigrate_history where id = '0001_index' and started_at is not null`;
+    while (!(await watch.sql.unsafe(marker).catch(() => [])).length) {
+      const reason = await gone();
+      if (reason) throw new Error(`no marker was written: ${reason}`);
+      await Bun.sleep(20);
+    }
+    await indexBuildInFlight(watch, gone);
     victim.child.kill("SIGKILL");
     await victim.done;
     await writer.release();
