@@ -89,7 +89,7 @@ describe("a slow reader gets every byte", () => {
       expect(human.code).toBe(2);
       expect(human.stdout.length).toBeGreaterThan(250_000);
       expect(human.stdout.split("\n").filter((l) => /^\S+:\d+:\d+: drop-column: /.test(l)).length).toBe(findings);
-      expect(human.stdout.endsWith(`${findings} findings.\n`)).toBe(true);
+      expect(human.stdout.endsWith(`${findings} gating findings.\n`)).toBe(true);
 
       const github = await pipeThrough(runtime, ["--lint", "--format", "github", "--dir", corpus.dir], SLOW_READER);
       expect(github.code).toBe(2);
