@@ -15,9 +15,10 @@
  *   4. the planner (pure: files + history + clock + mode -> plan), rollback and sync plans
  *   5. deploy-safety analysis (the parse tree of each migration against its phase)
  *   6. database adapters (postgres.js and PGlite behind one interface)
- *   7. executing a plan (lock, history, transactions, timeouts and retries, rehearsal)
+ *   7. executing a plan (the lease and its fence, history, transactions, markers for
+ *      interrupted `transaction: false` migrations, timeouts and retries, rehearsal)
  *   8. output (human, JSON, GitHub annotations)
- *   9. the command line
+ *   9. the command line (one database, or a fleet of them)
  *
  * Runs under Bun (`bun safemigrate.ts`), Deno (`deno run -A safemigrate.ts`) and
  * Node 22.18+ (`node safemigrate.ts`, which strips types only: so no enums,
