@@ -3724,21 +3724,6 @@ async function prepareTables(db: Database): Promise<{ serverPid: number | null }
 const SESSION_SETTINGS = `(select count(set_config(name, '0', false)) from pg_settings
    where name in ('idle_session_timeout', 'idle_in_transaction_session_timeout'))`;
 
-/** A role that may not create the history table gets told which table and what to do. */
-function describeSetupError(error: unknown, t: HistoryTable): unknown {
-  const e = error as { code?: string; message?: string };
-  if (e?.code === "42501") {
-    return new DatabaseError(
-      `cannot create the history table ${t.name} (or ${t.name}_lock): ${e.message}. Grant CREATE on the schema ` +
-        `to this role, or place the history in a schema it owns with --history-table <schema>.<table>`,
-    );
-  }
-  if (e?.code === "25006") {
-    return new DatabaseError(`the database is read-only (${e.message}): migrations need a writable primary, not a standby or a read-only role`);
-  }
-  return error;
-}
-
 export async function historyTableExists(db: Queryable): Promise<boolean> {
   const [row] = await db.query<{ found: string | null }>(`select to_regclass($1)::text as found`, [tableOf(db).sql]);
   return row.found !== null;
@@ -3960,19 +3945,23 @@ export async function acquireLease(
     }
     await sleep(Math.min(50 * 2 ** attempt, 1_000) * (0.5 + Math.random() / 2));
   }
-  return startHeartbeat(db, { token, pooled, lost: null, fence: fenceSql(t, token), release: async () => {} }, options.leaseMs);
+  const lease: Lease = { token, pooled, lost: null, fence: fenceSql(t, token), release: async () => {} };
+  lease.release = startHeartbeat(db, lease, options.leaseMs);
+  return lease;
 }
 
-/** Renews the lease every quarter of its length on a side connection, opened only if the run lasts that long. */
-function startHeartbeat(db: Database, lease: Lease, leaseMs: number): Lease {
+/**
+ * Renews the lease every quarter of its length on a side connection, opened
+ * only if the run lasts that long; marks it lost when another run owns it.
+ * Returns what stops the heartbeat and gives the lease up.
+ */
+function startHeartbeat(db: Database, lease: Lease, leaseMs: number): () => Promise<void> {
   const t = db.history;
   let side: Promise<Connection> | null = null;
   let beating: Promise<void> = Promise.resolve();
   // The side connection idles between beats: each beat also switches the idle timeouts off for its session.
-  const renew = `with settings as (select count(set_config(name, '0', false)) as n from pg_settings
-                   where name in ('idle_session_timeout', 'idle_in_transaction_session_timeout'))
-    update ${t.lockSql} set expires_at = clock_timestamp() + $2 * interval '1 millisecond'
-     where id = 1 and owner = $1 and (select n from settings) >= 0 returning id`;
+  const renew = `update ${t.lockSql} set expires_at = clock_timestamp() + $2 * interval '1 millisecond'
+     where id = 1 and owner = $1 and ${SESSION_SETTINGS} >= 0 returning id`;
   const beat = async () => {
     // A session the server ended between beats fails once; the driver reconnects for the second try.
     for (let attempt = 1; attempt <= 2; attempt++) {
@@ -3988,20 +3977,11 @@ function startHeartbeat(db: Database, lease: Lease, leaseMs: number): Lease {
   };
   const timer = setInterval(() => (beating = beat()), Math.max(10, Math.floor(leaseMs / 4)));
   (timer as { unref?: () => void }).unref?.();
-  return {
-    ...lease,
-    get lost() {
-      return lease.lost;
-    },
-    set lost(reason) {
-      lease.lost = reason;
-    },
-    release: async () => {
-      clearInterval(timer);
-      await beating;
-      await db.exec(`delete from ${t.lockSql} where id = 1 and owner = '${lease.token}'`).catch(() => {});
-      if (side) await (await side).close().catch(() => {});
-    },
+  return async () => {
+    clearInterval(timer);
+    await beating;
+    await db.exec(`delete from ${t.lockSql} where id = 1 and owner = '${lease.token}'`).catch(() => {});
+    if (side) await (await side).close().catch(() => {});
   };
 }
 
@@ -4035,7 +4015,8 @@ export async function underLock<T>(
  * and how to place it, instead of the bare "permission denied".
  */
 async function historyTableRefused(db: Database, error: unknown): Promise<unknown> {
-  if ((error as { code?: string })?.code !== "42501") return describeSetupError(error, db.history);
+  // Anything else (a read-only database, say) is explained where every unexpected error is: describeUnexpected.
+  if ((error as { code?: string })?.code !== "42501") return error;
   const t = db.history;
   const [where] = await db.query<{ role: string; schema: string | null; path: string }>(
     `select current_user as role, current_schema() as schema, current_setting('search_path') as path`,

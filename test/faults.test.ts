@@ -81,6 +81,8 @@ function slowMigrations(n: number, sleepSeconds: number, extra: Record<string, s
 }
 
 const idsOf = (n: number) => Array.from({ length: n }, (_, i) => `${String(i + 1).padStart(4, "0")}_step`);
+/** The side effects of migrations that each ran exactly once. */
+const onceEach = (ids: string[]) => Object.fromEntries(ids.map((id) => [id, 1]));
 
 async function databaseWithEffects(baseUrl?: string): Promise<string> {
   const url = baseUrl ?? (await serverDatabaseUrl());
@@ -194,7 +196,7 @@ describeServer("the lock survives lost sessions", () => {
       tally("lock and working sessions terminated at random moments (2 racing runners + 1 final)", {
         runs: 3, faults: killed, failures: runs.filter((r) => r.code !== 0).length, twice: twiceIn(effects),
       });
-      expect(effects).toEqual(Object.fromEntries(idsOf(n).map((id) => [id, 1])));
+      expect(effects).toEqual(onceEach(idsOf(n)));
       expect(await watch.applied()).toEqual(idsOf(n));
       await watch.close();
     }
@@ -215,7 +217,7 @@ describeServer("the lock survives lost sessions", () => {
       }
       const effects = await watch.effects();
       tally("idle_session_timeout = 150ms on the database (2 racing runners)", { runs: 2, faults: 1, twice: twiceIn(effects) });
-      expect(effects).toEqual(Object.fromEntries(idsOf(n).map((id) => [id, 1])));
+      expect(effects).toEqual(onceEach(idsOf(n)));
       await watch.close();
     }
   });
@@ -250,7 +252,7 @@ describeServer("the lock survives lost sessions", () => {
       tally("runner paused (SIGSTOP) at a random moment while another starts, then resumed", {
         runs: 3, faults: 1, failures: [runA, b].filter((r) => r.code !== 0).length, twice: twiceIn(effects),
       });
-      expect(effects).toEqual(Object.fromEntries(idsOf(n).map((id) => [id, 1])));
+      expect(effects).toEqual(onceEach(idsOf(n)));
       await watch.close();
     }
   });
@@ -297,7 +299,7 @@ describeServer("racing runners and interrupted transaction: false migrations", (
     }
     const effects = await watch.effects();
     tally("16 racing runners, direct connections, CREATE INDEX CONCURRENTLY included", { runs: 16, twice: twiceIn(effects) });
-    expect(effects).toEqual(Object.fromEntries([...idsOf(4), "0005_index", "0006_after"].map((id) => [id, 1])));
+    expect(effects).toEqual(onceEach([...idsOf(4), "0005_index", "0006_after"]));
     const [index] = await watch.sql.unsafe(`select indisvalid from pg_index where indexrelid = 'items_id'::regclass`);
     expect(index.indisvalid).toBe(true);
     await watch.close();
@@ -447,7 +449,7 @@ describeServer("through PgBouncer in transaction pooling mode", () => {
         }
         const effects = await watch.effects();
         tally(`${runners} racing runners through PgBouncer (transaction pooling)`, { runs: runners, twice: twiceIn(effects) });
-        expect(effects).toEqual(Object.fromEntries(idsOf(n).map((id) => [id, 1])));
+        expect(effects).toEqual(onceEach(idsOf(n)));
         // No lock left behind: the lease is released and no advisory lock sits on a pooled server connection.
         expect(await watch.sql.unsafe(`select * from safemigrate_history_lock`)).toEqual([]);
         expect(await watch.sql.unsafe(`select * from pg_locks where locktype = 'advisory' and database = (select oid from pg_database where datname = current_database())`)).toEqual([]);
@@ -511,7 +513,7 @@ describeServer("a server restart mid-run (an extra cluster)", () => {
     const after = await observer(url);
     const effects = await after.effects();
     tally("server restarted (fast shutdown) mid-run, then run again", { runs: 2, faults: 1, failures: 1, twice: twiceIn(effects) });
-    expect(effects).toEqual(Object.fromEntries(idsOf(n).map((id) => [id, 1])));
+    expect(effects).toEqual(onceEach(idsOf(n)));
     await after.close();
   });
 
