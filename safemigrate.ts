@@ -24,21 +24,31 @@
  * Node 22.18+ (`node safemigrate.ts`, which strips types only: so no enums,
  * namespaces or constructor parameter properties in this file).
  */
-import { spawnSync } from "node:child_process";
-import { type Dirent, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, type Stats, writeFileSync } from "node:fs";
-import { hostname } from "node:os";
+import { type Dirent, existsSync, fstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, type Stats, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import process from "node:process";
 // The output's edge (section 9): synchronous writes that survive pipes, and finding the main module on every runtime.
 import { realpathSync, writeSync } from "node:fs";
-import { isatty } from "node:tty";
-import { pathToFileURL } from "node:url";
 import mri from "mri";
+// node:child_process, node:tty, node:url and node:os are loaded where they are used (see `builtin`): on Bun
+// each is JavaScript evaluated on import, and node:tty or node:child_process alone (they pull in the stream
+// modules) cost --version more than everything else it does.
 // Types only: postgres.js is imported when a postgres:// URL is opened, so
 // --version, --help, --lint and --check without a database never load it.
 import type postgres from "postgres";
 
 export const VERSION = "0.1.0";
+
+/** A Node built-in module, loaded on first use: `builtin("node:tty")`. */
+const builtin = <T extends keyof BuiltinModules>(name: T): BuiltinModules[T] =>
+  (process as unknown as { getBuiltinModule(id: string): unknown }).getBuiltinModule(name) as BuiltinModules[T];
+interface BuiltinModules {
+  "node:child_process": typeof import("node:child_process");
+  "node:crypto": typeof import("node:crypto");
+  "node:os": typeof import("node:os");
+  "node:tty": typeof import("node:tty");
+  "node:url": typeof import("node:url");
+}
 
 // ============================================================================
 // 1. Types and errors
@@ -283,8 +293,7 @@ export function checksumOf(upSql: string): string {
 function sha256Hex(text: string): string {
   const bun = (globalThis as { Bun?: { CryptoHasher: new (algorithm: string) => { update(t: string): { digest(e: "hex"): string } } } }).Bun;
   if (bun) return new bun.CryptoHasher("sha256").update(text).digest("hex");
-  const crypto = process.getBuiltinModule("node:crypto") as typeof import("node:crypto");
-  return crypto.createHash("sha256").update(text).digest("hex");
+  return builtin("node:crypto").createHash("sha256").update(text).digest("hex");
 }
 
 /** `-- safemigrate-ignore: rule[, rule] -- reason` directly above a statement. */
@@ -3931,7 +3940,7 @@ export async function acquireLease(
   const token = crypto.randomUUID();
   const announced = db.server ? db.announcedPid() : null;
   const pooled = db.server && (announced === null || announced !== serverPid);
-  const holder = `${hostname()} pid ${process.pid}${pooled ? " (through a pooler)" : ""}`;
+  const holder = `${builtin("node:os").hostname()} pid ${process.pid}${pooled ? " (through a pooler)" : ""}`;
   const deadline = Date.now() + options.waitMs;
   for (let attempt = 0;; attempt++) {
     const taken = await takeLease(db, [token, holder, options.leaseMs, !pooled]);
@@ -6759,7 +6768,7 @@ export function checkProblems(
  * commit is an ancestor of the other. null when `dir` is not in a checkout.
  */
 export function gitOrigins(dir: string): FileOrigins | null {
-  const git = (...args: string[]) => spawnSync("git", ["-C", dir, ...args], { encoding: "utf8" });
+  const git = (...args: string[]) => builtin("node:child_process").spawnSync("git", ["-C", dir, ...args], { encoding: "utf8" });
   let inside: ReturnType<typeof git>;
   try {
     inside = git("rev-parse", "--is-inside-work-tree");
@@ -7031,13 +7040,27 @@ async function runFleet(migrations: Migration[], options: CliOptions, output: Ou
   return exitCode;
 }
 
+/**
+ * Whether `fd` is a terminal. Only a character device can be one, and asking
+ * fstat first keeps node:tty (and the stream modules it loads) out of every
+ * run whose output goes to a pipe or a file.
+ */
+function isTerminal(fd: number): boolean {
+  try {
+    return fstatSync(fd).isCharacterDevice() && builtin("node:tty").isatty(fd);
+  } catch {
+    return false;
+  }
+}
+
 export function consoleOutput(env: Record<string, string | undefined>): Output {
+  const terminal = isTerminal(1);
   const output: Output = {
     out: (line) => write(1, `${redact(line)}\n`),
     err: (line) => write(2, `${redact(line)}\n`),
-    color: isatty(1) && !env.NO_COLOR,
+    color: terminal && !env.NO_COLOR,
     closed: false,
-    ...(isatty(1) ? { status: (line: string | null) => write(1, `\r\x1b[K${line === null ? "" : redact(line)}`) } : {}),
+    ...(terminal ? { status: (line: string | null) => write(1, `\r\x1b[K${line === null ? "" : redact(line)}`) } : {}),
   };
   /** Every write to the console goes through here: complete, in order, and silent once the reader is gone. */
   const write = (fd: number, text: string) => {
@@ -7062,7 +7085,7 @@ function isMainModule(): boolean {
   if (typeof main === "boolean") return main;
   const script = process.argv[1];
   try {
-    return script !== undefined && pathToFileURL(realpathSync(script)).href === import.meta.url;
+    return script !== undefined && builtin("node:url").pathToFileURL(realpathSync(script)).href === import.meta.url;
   } catch {
     return false;
   }
