@@ -291,8 +291,8 @@ export function checksumOf(upSql: string): string {
  * node:crypto on first use, without a static import.
  */
 function sha256Hex(text: string): string {
-  const bun = (globalThis as { Bun?: { CryptoHasher: new (algorithm: string) => { update(t: string): { digest(e: "hex"): string } } } }).Bun;
-  if (bun) return new bun.CryptoHasher("sha256").update(text).digest("hex");
+  const bun = (globalThis as { Bun?: { SHA256: { hash(input: string, encoding: "hex"): string } } }).Bun;
+  if (bun) return bun.SHA256.hash(text, "hex");
   return builtin("node:crypto").createHash("sha256").update(text).digest("hex");
 }
 
@@ -462,27 +462,34 @@ export function parseMigration(id: string, file: string, text: string): Omit<Mig
   declaredDepends: { value: string[]; line: number } | null;
 } {
   const source = text.includes("\r") ? text.replace(/\r\n?/g, "\n") : text;
-  const lines = source.split("\n");
   const at = (index: number) => `${file}:${index + 1}`;
-  // From line `index` on, as a slice of `source` (a big file is not copied line by line).
+  // Where each line starts; a section is a slice of `source` (a big file is not copied line by line).
   const lineStarts: number[] = [];
-  for (let i = 0, offset = 0; i < lines.length; offset += lines[i].length + 1, i++) lineStarts.push(offset);
-  const linesFrom = (start: number, end = lines.length) => source.slice(lineStarts[start], end < lines.length ? lineStarts[end] - 1 : source.length);
+  for (let offset = 0; offset >= 0; offset = source.indexOf("\n", offset) + 1 || -1) lineStarts.push(offset);
+  const lineCount = lineStarts.length;
+  const linesFrom = (start: number, end = lineCount) => source.slice(lineStarts[start], end < lineCount ? lineStarts[end] - 1 : source.length);
 
   const up: ParsedDirectives = {};
   const down: ParsedDirectives = {};
   let section: "up" | "down" = "up";
   let inFrontMatter = true;
   let upStart = -1;
-  let upEnd = lines.length;
+  let upEnd = lineCount;
   let downMarker = -1;
   let downStart = -1;
   let firstSqlLine = -1;
 
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i];
-    const trimmed = line.trim();
-    const marker = SECTION_MARKER.exec(trimmed);
+  for (let i = 0; i < lineCount; i++) {
+    const start = lineStarts[i];
+    const end = i + 1 < lineCount ? lineStarts[i + 1] - 1 : source.length;
+    // Most lines are SQL: one that starts (after spaces and tabs) with an ASCII character other than `-` is
+    // neither blank, a comment nor a marker, and is looked at no further once the front-matter has ended.
+    let first = start;
+    while (first < end && (source.charCodeAt(first) === 32 || source.charCodeAt(first) === 9)) first++;
+    const code = first < end ? source.charCodeAt(first) : 0;
+    if (code > 32 && code < 128 && code !== 45 && !inFrontMatter) continue;
+    const trimmed = source.slice(first, end).trim();
+    const marker = trimmed.startsWith("--") ? SECTION_MARKER.exec(trimmed) : null;
 
     if (marker) {
       const kind = marker[1].toLowerCase();
@@ -658,12 +665,15 @@ function listMigrationFiles(dir: string): { ids: string[]; problems: string[] } 
   const ids: string[] = [];
   const problems: string[] = [];
   for (const entry of entries) {
-    const path = join(dir, entry.name);
     if (entry.name.endsWith(".sql")) {
-      const problem = notARegularFile(path);
+      // A regular file as the directory lists it needs no stat of its own; a link or anything else is looked at.
+      const problem = entry.isFile() ? null : notARegularFile(join(dir, entry.name));
       if (problem) problems.push(problem);
       else ids.push(entry.name.slice(0, -".sql".length));
-    } else if (entry.name.toLowerCase().endsWith(".sql")) {
+      continue;
+    }
+    const path = join(dir, entry.name);
+    if (entry.name.toLowerCase().endsWith(".sql")) {
       const renamed = `${entry.name.slice(0, -".sql".length)}.sql`;
       problems.push(`${path}: ends in "${entry.name.slice(-".sql".length)}"; migration files end in lowercase ".sql" — rename it to ${renamed}`);
     } else if (entry.isDirectory() && !entry.name.startsWith(".")) {
@@ -677,7 +687,9 @@ function listMigrationFiles(dir: string): { ids: string[]; problems: string[] } 
       }
     }
   }
-  return { ids: ids.sort(compareIds), problems };
+  // The engine's own string order is compareIds' order unless an id has a surrogate or a unit from U+D800 up.
+  const engineOrder = ids.every((id) => !/[\ud800-\uffff]/.test(id));
+  return { ids: engineOrder ? ids.sort() : ids.sort(compareIds), problems };
 }
 
 /**
@@ -687,6 +699,7 @@ function listMigrationFiles(dir: string): { ids: string[]; problems: string[] } 
  * (the parser would stop there and drop the statements after it), and
  * decoding Latin-1 leniently would store U+FFFD in place of every accent.
  */
+let strictUtf8: TextDecoder | null = null;
 export function decodeMigrationText(bytes: Uint8Array, file: string): string {
   const lineOf = (index: number) => {
     let line = 1;
@@ -705,7 +718,7 @@ export function decodeMigrationText(bytes: Uint8Array, file: string): string {
   }
   const body = bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? bytes.subarray(3) : bytes;
   try {
-    return new TextDecoder("utf-8", { fatal: true }).decode(body);
+    return (strictUtf8 ??= new TextDecoder("utf-8", { fatal: true })).decode(body);
   } catch {
     const bad = firstInvalidUtf8(body) + (body === bytes ? 0 : 3);
     throw new InputError(
@@ -751,8 +764,10 @@ function readMigrationText(file: string): string {
 export function readMigrations(dir: string): Migration[] {
   const { ids: names, problems } = listMigrationFiles(dir);
   const migrations: Migration[] = [];
+  // join(dir, name) for a name without slashes, joined once.
+  const prefix = join(dir, "x").slice(0, -1);
   for (const [index, id] of names.entries()) {
-    const file = join(dir, `${id}.sql`);
+    const file = `${prefix}${id}.sql`;
     try {
       const parsed = parseMigration(id, file, readMigrationText(file));
       const { declaredDepends, ...rest } = parsed;
@@ -1454,10 +1469,15 @@ export const versionOf = (id: string): string | null => /^\d+(?:[-_]\d+(?=[-_.]|
  * separators), then the file's own separator and name, case kept.
  */
 export function newNames(migrations: readonly Migration[], history: readonly HistoryRow[]): (m: Migration) => string {
-  const versions = [...migrations.map((m) => m.id), ...history.map((row) => row.id)].map(versionOf).filter((v): v is string => v !== null);
   const digits = (v: string) => BigInt(v.replace(/\D/g, ""));
-  let last = versions.reduce<string | null>((max, v) => (max === null || digits(v) > digits(max) ? v : max), null);
+  // The highest version is looked for on the first rename: nearly every run renames nothing.
+  let last: string | null | undefined;
+  const highest = () => {
+    const versions = [...migrations.map((m) => m.id), ...history.map((row) => row.id)].map(versionOf).filter((v): v is string => v !== null);
+    return versions.reduce<string | null>((max, v) => (max === null || digits(v) > digits(max) ? v : max), null);
+  };
   return (m) => {
+    if (last === undefined) last = highest();
     const own = versionOf(m.id);
     const shape = last ?? own ?? "0000";
     const width = shape.replace(/\D/g, "").length;
@@ -1565,7 +1585,9 @@ export function consistencyProblems(migrations: readonly Migration[], history: r
  * applied, in one round.
  */
 function pendingAmongApplied(migrations: readonly Migration[], rows: Map<string, HistoryRow>): [Migration, Migration][] {
-  const sorted = [...migrations].sort((a, b) => compareIds(a.id, b.id));
+  // readMigrations gives them in id order already; only another caller's list is sorted here.
+  const inOrder = migrations.every((m, i) => i === 0 || compareIds(migrations[i - 1].id, m.id) < 0);
+  const sorted = inOrder ? migrations : [...migrations].sort((a, b) => compareIds(a.id, b.id));
   const found: [Migration, Migration][] = [];
   let child: Migration | null = null;
   for (let i = sorted.length - 1; i >= 0; i--) {
@@ -6486,7 +6508,8 @@ export async function main(
     const readOnly = options.plan || options.command === "status";
     db = await openDatabase(readOnly ? withoutCreating(url) : url, output, {
       historyTable: options.historyTable,
-      extensions: extensionsCreatedBy(migrations),
+      // Only an embedded database loads extensions: a server has them installed.
+      extensions: url.startsWith("pglite:") ? extensionsCreatedBy(migrations) : [],
     });
     const label = describeUrl(url);
     if (options.waitMs > 0) {
