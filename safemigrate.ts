@@ -3781,17 +3781,21 @@ export async function historyTableExists(db: Queryable): Promise<boolean> {
 }
 
 /**
- * The whole history in ONE row: the server aggregates the rows into a JSON
- * array and the client parses it with one JSON.parse, where 10,000 rows would
- * each cost the driver a DataRow to decode. `h` is every column, as `select *`
- * would be (a table from before the marker columns reads the same).
+ * Every column (a table from before the marker columns reads the same, its
+ * missing columns undefined), as plain rows: aggregating them into one JSON
+ * value on the server cost it twice the time of sending the rows (3.5 µs a
+ * row), and decoding 10,000 rows is no slower than parsing that JSON on Bun,
+ * Deno or Node.
  */
-const historyAsJson = (table: string) => `select coalesce(json_agg(h order by h.id), '[]')::text as rows from ${table} h`;
+const historyRows = (table: string) => `select * from ${table} order by id`;
 
 /** The history, the table known to exist (under the lease, prepareTables made it). */
 async function queryHistory(db: Queryable): Promise<HistoryRow[]> {
-  const [{ rows }] = await db.query<{ rows: string }>(historyAsJson(tableOf(db).sql));
-  return (JSON.parse(rows) as Record<string, unknown>[]).map((row) => historyRowFrom(row, tableOf(db).name));
+  const rows = await db.query<Record<string, unknown>>(historyRows(tableOf(db).sql));
+  const table = tableOf(db).name;
+  const history: HistoryRow[] = new Array(rows.length);
+  for (let i = 0; i < rows.length; i++) history[i] = historyRowFrom(rows[i], table);
+  return history;
 }
 
 export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
@@ -3800,7 +3804,8 @@ export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
 }
 
 function historyRowFrom(row: Record<string, unknown>, table: string): HistoryRow {
-  const date = (value: unknown) => (value === null || value === undefined ? null : new Date(value as string));
+  // The drivers give a Date; a string (a JSON copy of a row) is parsed.
+  const date = (value: unknown) => (value === null || value === undefined ? null : value instanceof Date ? value : new Date(value as string));
   return {
     id: row.id as string,
     checksum: row.checksum as string | null,
