@@ -6518,6 +6518,12 @@ export async function main(
   let progress: ReturnType<typeof humanProgress> | null = null;
   const printJson = (value: unknown) => output.out(JSON.stringify(value));
   try {
+    // Alone, --version and --help answer before anything is read (the project's settings, its .env files).
+    const alone = argv.length === 1 ? argv[0] : null;
+    if (alone === "--version" || alone === "-v" || alone === "--help" || alone === "-h") {
+      output.out(alone === "--version" || alone === "-v" ? VERSION : USAGE);
+      return EXIT.ok;
+    }
     exitCleanlyOnDriverCrash(output);
     const options = parseArgs(argv, env, readProjectSettings(process.cwd()));
     json = options.json;
@@ -7163,7 +7169,9 @@ function isMainModule(): boolean {
 
 if (isMainModule()) {
   const output = consoleOutput(process.env);
-  const code = await main(process.argv.slice(2), withEnvFiles(process.env, process.cwd()), output);
+  const argv = process.argv.slice(2);
+  const env = argv.length === 1 && ["--version", "-v", "--help", "-h"].includes(argv[0]) ? process.env : withEnvFiles(process.env, process.cwd());
+  const code = await main(argv, env, output);
   // Every byte is written by now (writeFully); exit at once, since PGlite keeps handles open.
   process.exit(output.closed ? EXIT_OUTPUT_CLOSED : code);
 }
