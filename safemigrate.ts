@@ -3933,36 +3933,27 @@ function fenceSql(t: HistoryTable, token: string): string {
 end $fence$`;
 }
 
-/** Raised inside TAKE_LEASE when another run holds the lease: the statement changes nothing. */
-const LEASE_HELD = "SM002";
-
 /**
  * Takes the lease if it is free, expired, or held by a backend that no longer
  * exists (a killed run on a direct connection). Behind a pooler the backend
- * says nothing about the client, so only expiry frees it there. One DO
- * statement, so one round trip and its own transaction: it sets its lock
- * timeout locally, and fails with LEASE_HELD when it took nothing. The values
- * are literals (a DO block takes no parameters): a UUID, a number, a boolean
- * and the holder's name, quoted.
+ * says nothing about the client, so only expiry frees it there. One statement,
+ * so one round trip and its own transaction: its lock timeout is set (locally,
+ * for that transaction) by `set_config` in the row it inserts from, which is
+ * computed before the insert can wait for the lease row's lock.
  */
-const TAKE_LEASE = (t: HistoryTable, token: string, holder: string, leaseMs: number, direct: boolean) => `
-do $lease$ begin
-perform set_config('lock_timeout', '1000', true);
+const TAKE_LEASE = (t: HistoryTable) => `
 insert into ${t.lockSql} as l (id, owner, holder, pid, backend_start, acquired_at, expires_at)
-select 1, ${sqlLiteral(token)}, ${sqlLiteral(holder.replace(/\$/g, ""))}, p.pid, p.backend_start,
-       clock_timestamp(), clock_timestamp() + ${Math.trunc(leaseMs)} * interval '1 millisecond'
-  from (select case when ${direct} then pg_backend_pid() end as pid,
-               case when ${direct} then (select backend_start from pg_stat_activity where pid = pg_backend_pid()) end as backend_start) p
+select 1, $1, $2, p.pid, p.backend_start, clock_timestamp(), clock_timestamp() + $3 * interval '1 millisecond'
+  from (select case when $4 then pg_backend_pid() end as pid,
+               case when $4 then (select backend_start from pg_stat_activity where pid = pg_backend_pid()) end as backend_start,
+               set_config('lock_timeout', '1000', true) as lock_timeout) p
 on conflict (id) do update
    set owner = excluded.owner, holder = excluded.holder, pid = excluded.pid, backend_start = excluded.backend_start,
        acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
  where l.expires_at < clock_timestamp()
     or (l.backend_start is not null
-        and not exists (select from pg_stat_activity a where a.pid = l.pid and a.backend_start = l.backend_start));
-if not found then
-  raise exception 'the migration lease is held by another run' using errcode = '${LEASE_HELD}';
-end if;
-end $lease$`;
+        and not exists (select from pg_stat_activity a where a.pid = l.pid and a.backend_start = l.backend_start))
+returning owner`;
 
 const describeHolder = (t: HistoryTable) => `
 select holder, acquired_at as "acquiredAt", greatest(0, extract(epoch from expires_at - clock_timestamp()))::int as "expiresIn"
@@ -3981,11 +3972,9 @@ async function currentHolder(db: Database): Promise<string> {
  */
 async function takeLease(db: Database, token: string, holder: string, leaseMs: number, direct: boolean): Promise<boolean> {
   try {
-    await db.exec(TAKE_LEASE(db.history, token, holder, leaseMs, direct));
-    return true;
+    return (await db.query(TAKE_LEASE(db.history), [token, holder, leaseMs, direct])).length > 0;
   } catch (error) {
-    const code = (error as { code?: string }).code;
-    if (code === LOCK_NOT_AVAILABLE || code === LEASE_HELD) return false;
+    if ((error as { code?: string }).code === LOCK_NOT_AVAILABLE) return false;
     throw error;
   }
 }
