@@ -2154,11 +2154,13 @@ export function preAdvice(plan: Plan, pending: readonly Migration[]): CheckProbl
  *
  * Rule kinds: phase rules (old code must keep working after a before_deploy or
  * always migration, so contraction belongs in after_deploy); lock rules (a
- * strong lock held on an existing table for long); failures (the statement
- * cannot run as written); waiver problems; information (never gating).
+ * strong lock held on an existing table for long); effects (the statement does
+ * more, or other, than it says: TRUNCATE ... CASCADE empties other tables, a
+ * name over 63 bytes is cut); failures (the statement cannot run as written);
+ * waiver problems; information (never gating).
  */
 export interface Rule {
-  kind: "phase" | "lock" | "failure" | "waiver" | "info";
+  kind: "phase" | "lock" | "effect" | "failure" | "waiver" | "info";
   /** How to do the same thing safely; the message has already said why. */
   fix: string;
 }
@@ -2176,6 +2178,7 @@ export const RULES = {
   "add-not-null": { kind: "phase", fix: "set NOT NULL in an after_deploy migration, once the deployed code always writes the column (or give the column a DEFAULT in the same migration)" },
   "not-null-column-without-default": { kind: "phase", fix: "give it a DEFAULT, or add it nullable now and set NOT NULL after the deploy" },
   "drop-default": { kind: "phase", fix: "drop the default in an after_deploy migration" },
+  "drop-not-null": { kind: "phase", fix: "first ship code that reads NULL from the column safely, then drop NOT NULL (waive this finding, naming that release), and only then write NULLs" },
   "index-not-concurrently": { kind: "lock", fix: "use CREATE [UNIQUE] INDEX CONCURRENTLY in a migration with \"-- transaction: false\"; for a constraint, then ADD CONSTRAINT ... UNIQUE/PRIMARY KEY USING INDEX" },
   "drop-index-not-concurrently": { kind: "lock", fix: "use DROP INDEX CONCURRENTLY in a migration with \"-- transaction: false\"" },
   "concurrently-in-transaction": { kind: "failure", fix: "add \"-- transaction: false\" to the front-matter (of the down section, for a down)" },
@@ -2189,6 +2192,8 @@ export const RULES = {
   "cluster": { kind: "lock", fix: "use pg_repack outside the migration" },
   "reindex-not-concurrently": { kind: "lock", fix: "use REINDEX ... CONCURRENTLY in a migration with \"-- transaction: false\"" },
   "lock-table": { kind: "lock", fix: "remove it and let each statement take the lock it needs" },
+  "truncate-cascade": { kind: "effect", fix: "TRUNCATE the tables you mean to empty by name, without CASCADE: then a table still referencing them stops it with an error instead of being emptied" },
+  "identifier-too-long": { kind: "effect", fix: "choose a name of at most 63 bytes" },
   "transaction-control": { kind: "lock", fix: "remove them; for work that must commit in steps, use \"-- transaction: false\" (or one migration per step)" },
   "syntax-error": { kind: "failure", fix: "correct the SQL; a down section is only run during a rollback, often in an incident" },
   "dynamic-sql": { kind: "info", fix: "review the statements it runs by hand, or write them as plain SQL so they can be checked" },
@@ -2284,10 +2289,15 @@ export interface AnalysisState {
   functions: Map<string, { trigger: boolean; volatile: boolean }>;
   /** Index name -> the table it is on. */
   indexes: Map<string, string>;
+  /** Table -> the tables with a foreign key to it, as the migrations declared them: TRUNCATE ... CASCADE empties those too. */
+  references: Map<string, Set<string>>;
+  /** Names over 63 bytes, by the relation name PostgreSQL cut them to ("schema.name") -> the name as written and where. */
+  longNames: Map<string, { name: string; migration: string }>;
 }
 
 export const newAnalysisState = (): AnalysisState => ({
   notNullChecks: new Map(), provenNotNull: new Set(), columnTypes: new Map(), tables: new Set(), functions: new Map(), indexes: new Map(),
+  references: new Map(), longNames: new Map(),
 });
 
 interface RawFinding {
@@ -2415,6 +2425,13 @@ function statementFindings(
   /** Rules reported once per migration: true the first time. */
   const once = (rule: RuleId) => !scope.reported.has(rule) && Boolean(scope.reported.add(rule));
   const [kind, node] = Object.entries(statement.node)[0] as [string, Node];
+  if (kind === "CreateStmt" || kind === "AlterTableStmt") {
+    for (const target of foreignKeysIn(node)) {
+      const from = state.references.get(target) ?? new Set<string>();
+      state.references.set(target, from.add(tableKey(node.relation)));
+    }
+  }
+  found.push(...longNameFindings(statement, kind, node, migration, state));
 
   switch (kind) {
     case "CreateStmt": {
@@ -2481,6 +2498,12 @@ function statementFindings(
         }
       }
       if (removeType === "OBJECT_INDEX") for (const n of names) state.indexes.delete(n);
+      if (removeType === "OBJECT_TABLE") {
+        // A dropped table takes its foreign keys with it, both ways.
+        for (const n of names) state.references.delete(n);
+        for (const from of state.references.values()) for (const n of names) from.delete(n);
+      }
+      if (["OBJECT_TABLE", "OBJECT_INDEX", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_SEQUENCE"].includes(removeType)) for (const n of names) state.longNames.delete(n);
       break;
     }
     case "RenameStmt": {
@@ -2582,9 +2605,25 @@ function statementFindings(
       }
       break;
     }
-    case "TruncateStmt":
-      for (const { RangeVar: rel } of node.relations ?? []) if (rel) scope.emptied.add(tableKey(rel));
+    case "TruncateStmt": {
+      const rels: RangeVar[] = (node.relations ?? []).map((r: Node) => r.RangeVar).filter(Boolean);
+      const named = rels.map(tableKey);
+      const cascaded = node.behavior === "DROP_CASCADE" ? referencingClosure(state, named) : [];
+      for (const table of [...named, ...cascaded]) scope.emptied.add(table);
+      // A table the migrations created and no declared foreign key points at: CASCADE empties nothing more.
+      const unknown = rels.filter((rel) => !state.tables.has(tableKey(rel)));
+      const live = rels.find(existing);
+      if (node.behavior === "DROP_CASCADE" && live && (cascaded.length > 0 || unknown.length > 0)) {
+        const them = named.length > 1 ? "them" : quoted(live);
+        lockFinding(
+          "truncate-cascade", tableKey(live),
+          `TRUNCATE ${rels.map(quoted).join(", ")} CASCADE also empties ` +
+            (cascaded.length ? `${cascaded.join(", ")} (every table with a foreign key to ${them}, and those referencing them, as the migrations declared them)` : `every table with a foreign key to ${them}, and those referencing them`) +
+            (unknown.length ? `${cascaded.length ? "; and" : ":"} ${unknown.map(quoted).join(", ")} predates the migrations, so only the database knows which tables reference it` : ""),
+        );
+      }
       break;
+    }
     case "UpdateStmt":
     case "DeleteStmt": {
       const rel = node.relation as RangeVar | undefined;
@@ -2617,6 +2656,134 @@ function renameTable(state: AnalysisState, scope: MigrationScope, from: string, 
   for (const [index, table] of state.indexes) if (table === from) state.indexes.set(index, to_);
   if (state.tables.delete(from)) state.tables.add(to_);
   if (scope.tables.delete(from)) scope.tables.add(to_);
+}
+
+/** The tables a statement's FOREIGN KEY / REFERENCES constraints point at. */
+function foreignKeysIn(node: unknown, into: string[] = []): string[] {
+  if (Array.isArray(node)) for (const item of node) foreignKeysIn(item, into);
+  else if (node && typeof node === "object") {
+    const constraint = (node as Node).Constraint;
+    if (constraint?.contype === "CONSTR_FOREIGN" && constraint.pktable) into.push(tableKey(constraint.pktable));
+    for (const value of Object.values(node)) foreignKeysIn(value, into);
+  }
+  return into;
+}
+
+/** Every table TRUNCATE ... CASCADE of `tables` empties besides them: those referencing them, and so on. */
+function referencingClosure(state: AnalysisState, tables: string[]): string[] {
+  const seen = new Set(tables);
+  const queue = [...tables];
+  for (let table = queue.shift(); table !== undefined; table = queue.shift()) {
+    for (const from of state.references.get(table) ?? []) if (!seen.has(from)) (seen.add(from), queue.push(from));
+  }
+  return [...seen].filter((t) => !tables.includes(t));
+}
+
+// ---- names over 63 bytes ------------------------------------------------------
+//
+// PostgreSQL cuts an identifier to 63 bytes (NAMEDATALEN - 1) while it reads
+// the SQL, with only a NOTICE; the parse tree holds the cut name, so the long
+// one is found in the statement's text. Only names the statement defines are
+// reported (a later reference is cut the same way and finds the object).
+
+const MAX_IDENTIFIER_BYTES = 63;
+/** 64 UTF-8 bytes need at least 22 UTF-16 code units: statements without such a run skip the scan. */
+const LONG_WORD = /[\w$\u0080-\uffff]{22,}|"[^"]{22,}/;
+
+const utf8Length = (text: string): number => {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) bytes += utf8Width(text.charCodeAt(i));
+  return bytes;
+};
+
+/** The name as PostgreSQL keeps it: at most 63 bytes, never half a character. */
+function cutIdentifier(name: string): string {
+  let bytes = 0;
+  let i = 0;
+  for (; i < name.length; i++) {
+    const width = utf8Width(name.charCodeAt(i));
+    if (bytes + width > MAX_IDENTIFIER_BYTES) break;
+    bytes += width;
+  }
+  return name.slice(0, i);
+}
+
+/** Identifiers over 63 bytes in a statement's text, outside strings and comments, as PostgreSQL reads them (unquoted: ASCII lowercased). */
+function longIdentifiers(sql: string): { name: string; index: number }[] {
+  const found: { name: string; index: number }[] = [];
+  const keep = (name: string, index: number) => utf8Length(name) > MAX_IDENTIFIER_BYTES && found.push({ name, index });
+  for (let i = 0; i < sql.length; i++) {
+    const c = sql.charCodeAt(i);
+    if (c === 34) {
+      const end = endOfQuoted(sql, i, 34, false);
+      keep(sql.slice(i + 1, end - 1).replace(/""/g, "\""), i);
+      i = end - 1;
+    } else if (c === 39 || c === 45 || c === 47 || c === 36) {
+      const skipped = skipLexeme(sql, i);
+      if (skipped > i) i = skipped - 1;
+    } else if (isWordChar(c)) {
+      let j = i + 1;
+      while (j < sql.length && isWordChar(sql.charCodeAt(j))) j++;
+      if (!(c >= 48 && c <= 57)) keep(sql.slice(i, j).replace(/[A-Z]+/g, (m) => m.toLowerCase()), i);
+      i = j - 1;
+    }
+  }
+  return found;
+}
+
+/** Keys whose value, anywhere in a statement's tree, is a name the statement gives something. */
+const DEFINING_KEYS = new Set(["colname", "conname", "idxname", "trigname", "newname", "policy_name"]);
+
+/** The relation a statement creates or renames (tables, indexes, views, sequences share one namespace per schema), and the other names it defines. */
+function definedNames(kind: string, node: Node): { relation: string | null; names: Set<string> } {
+  const names = new Set<string>();
+  const walk = (value: unknown): void => {
+    if (Array.isArray(value)) for (const item of value) walk(item);
+    else if (value && typeof value === "object") {
+      for (const [key, inner] of Object.entries(value)) typeof inner === "string" ? DEFINING_KEYS.has(key) && names.add(inner) : walk(inner);
+    }
+  };
+  walk(node);
+  const last = (list: Node[] | undefined) => list?.at(-1)?.String?.sval as string | undefined;
+  const relationOf: Record<string, () => RangeVar | undefined> = {
+    CreateStmt: () => node.relation, ViewStmt: () => node.view, CreateTableAsStmt: () => node.into?.rel, CreateSeqStmt: () => node.sequence,
+    IndexStmt: () => node.idxname ? { schemaname: node.relation?.schemaname, relname: node.idxname } : undefined,
+    RenameStmt: () => ["OBJECT_TABLE", "OBJECT_INDEX", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_SEQUENCE"].includes(node.renameType)
+      ? { schemaname: node.relation?.schemaname, relname: node.newname } : undefined,
+  };
+  const relation = relationOf[kind]?.();
+  if (relation) names.add(relation.relname);
+  for (const other of [kind === "CreateSchemaStmt" ? node.schemaname : undefined, kind === "CreateFunctionStmt" ? last(node.funcname) : undefined,
+    kind === "CreateEnumStmt" ? last(node.typeName) : undefined, kind === "CreateDomainStmt" ? last(node.domainname) : undefined,
+    kind === "CompositeTypeStmt" ? node.typevar?.relname : undefined]) if (other) names.add(other);
+  return { relation: relation ? tableKey(relation) : null, names };
+}
+
+/** A name the statement defines that is over 63 bytes: what PostgreSQL cuts it to, and whether it then collides with another long name. */
+function longNameFindings(statement: Statement, kind: string, node: Node, migration: Migration, state: AnalysisState): RawFinding[] {
+  if (!LONG_WORD.test(statement.sql)) return [];
+  const long = longIdentifiers(statement.sql);
+  if (long.length === 0) return [];
+  const defined = definedNames(kind, node);
+  const found: RawFinding[] = [];
+  const reported = new Set<string>();
+  for (const { name, index } of long) {
+    const cut = cutIdentifier(name);
+    if (!defined.names.has(cut) || reported.has(name)) continue;
+    reported.add(name);
+    const relation = defined.relation !== null && defined.relation.endsWith(cut) ? defined.relation : null;
+    const earlier = relation ? state.longNames.get(relation) : undefined;
+    if (relation) state.longNames.set(relation, { name, migration: migration.id });
+    const collides = earlier && earlier.name !== name
+      ? `: "${earlier.name}" (migration ${earlier.migration}) was cut to the same name, so this ${node.if_not_exists ? "statement is skipped as if done (IF NOT EXISTS) and the object never exists" : "CREATE fails: the relation already exists"}`
+      : `; a second name sharing those 63 bytes would be the same name (its CREATE fails, or IF NOT EXISTS skips it)`;
+    found.push({
+      rule: "identifier-too-long", subject: earlier && earlier.name !== name ? null : relation ?? cut,
+      location: statement.offset + utf8Length(statement.sql.slice(0, index)),
+      message: `the name "${name}" is ${utf8Length(name)} bytes: PostgreSQL silently cuts it to 63, "${cut}"${collides}`,
+    });
+  }
+  return found;
 }
 
 interface FindingSinks {
@@ -2675,6 +2842,12 @@ function alterTableFindings(node: Node, statement: Statement, migration: Migrati
         }
         break;
       }
+      case "AT_DropNotNull":
+        phaseFinding(
+          "drop-not-null", key, `DROP NOT NULL on ${table}.${cmd.name}`, location,
+          "once the new code writes NULL there, the old code still serving traffic during the deploy (and again after a rollback of the code) reads NULL where it always found a value",
+        );
+        break;
       case "AT_ColumnDefault":
         if (cmd.def) scope.defaults.add(`${key}.${cmd.name}`);
         else phaseFinding("drop-default", key, `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
@@ -3002,7 +3175,7 @@ export function parseSize(text: string): number | null {
  * database every finding but information gates. With one: an object that did
  * not exist before the run was created by it (nothing depends on it yet); a
  * phase rule gates only before the deploy; a lock rule only on a table at
- * least `smallTableBytes` large.
+ * least `smallTableBytes` large; an effect on any existing object.
  */
 export function gateReason(f: Finding, gate: Gate | null): string | null {
   const rule: Rule = RULES[f.rule];
@@ -3013,6 +3186,8 @@ export function gateReason(f: Finding, gate: Gate | null): string | null {
   const relation = live.relations.get(f.subject);
   const schema = [...live.relations.keys()].some((k) => k.startsWith(`${f.subject}.`));
   if (!relation && !live.functions.has(f.subject) && !schema) return `${f.subject} did not exist before this run`;
+  // What a statement does beyond what it says (rows emptied, a name cut) does not shrink with the table.
+  if (rule.kind === "effect") return null;
   const bytes = relation?.bytes ?? 0;
   if (f.rule === "not-null-column-without-default" && gate.phase === "all") {
     return relation && relation.heapBytes === 0 ? `${relation.table} is empty` : null;
