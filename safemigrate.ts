@@ -6886,7 +6886,7 @@ async function runCheck(
       await db.close();
     }
   }
-  const all = checkProblems(migrations, history, gitOrigins(options.dir), options.databaseUrl !== null);
+  const all = [...checkProblems(migrations, history, gitOrigins(options.dir), options.databaseUrl !== null), ...(await downProblems(migrations))];
   const errors = all.filter((p) => p.level === "error");
   const exitCode = errors.length === 0 ? EXIT.ok : EXIT.invalid;
   if (options.json) {
@@ -6897,11 +6897,20 @@ async function runCheck(
     output.err(`safemigrate: ${p.level === "warning" ? "warning: " : ""}${p.message}` + (p.fix ? `\n    fix: ${describeEdit(p.fix)}` : ""));
   }
   if (errors.length === 0) {
-    output.out(`ok: ${plural(migrations.length, "migration")}, front-matter valid, dependency graph complete and acyclic` +
+    output.out(`ok: ${plural(migrations.length, "migration")}, front-matter valid, dependency graph complete and acyclic, down sections parse` +
       (options.databaseUrl ? ", consistent with the database's history" : "") +
       (all.length > 0 ? ` (${plural(all.length, "warning")})` : ""));
   }
   return exitCode;
+}
+
+/** Down sections that would fail during a rollback (analyzeDown): a syntax error, CONCURRENTLY or BEGIN/COMMIT against the down's own transaction setting. */
+async function downProblems(migrations: readonly Migration[]): Promise<CheckProblem[]> {
+  const problems: CheckProblem[] = [];
+  for (const m of migrations) {
+    for (const f of await analyzeDown(m)) problems.push({ level: "error", message: `${f.file}:${f.line}:${f.column}: ${f.rule}: ${f.message}\n    fix: ${f.fix}`, fix: null });
+  }
+  return problems;
 }
 
 /**
@@ -7168,7 +7177,7 @@ async function runFleet(migrations: Migration[], options: CliOptions, output: Ou
   if (options.directUrl) throw new InputError("--direct-url names one database; in a fleet, list each database's direct URL as its target");
   const urls = fleetTargets(options);
   if (options.command === "check") {
-    const problems = treeProblems(migrations);
+    const problems = [...treeProblems(migrations), ...(await downProblems(migrations)).map((p) => p.message)];
     if (problems.length > 0) throw new InputError(problems.join("\n"));
   }
   const started = performance.now();
