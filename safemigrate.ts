@@ -6040,7 +6040,7 @@ Options:
   --format <f>           --lint output: human (default), github (Actions annotations) or json
   --no-lint              let --pre/--all apply migrations with gating findings
   --small-table <size>   lock rules do not gate on existing tables smaller than this (default 1MB; 0: every table)
-  --lint-after <id>      report findings only for migrations after <id> (default: env SAFEMIGRATE_LINT_AFTER)
+  --lint-after <id>      report findings only for migrations after <id> (a project setting, like strong_migrations' start_after)
   --lock-timeout <t>     lock_timeout for every statement (default 5s; a file's "-- lock-timeout:" wins)
   --statement-timeout <t>  statement_timeout (default off; a file's "-- statement-timeout:" wins)
   --lock-retries <n>     attempts for a statement that hits lock_timeout (default 5)
@@ -6086,7 +6086,7 @@ const STRING_FLAGS = [
  */
 export const SETTINGS = [
   "dir", "database-url", "mode", "lock-wait", "lock-timeout", "statement-timeout", "lock-retries", "wait",
-  "lint", "repair-invalid-indexes", "verbose", "json", "history-table", "direct-url", "lease",
+  "lint", "repair-invalid-indexes", "verbose", "json", "history-table", "direct-url", "lease", "small-table", "lint-after",
 ] as const;
 const BOOLEAN_SETTINGS: readonly string[] = ["lint", "repair-invalid-indexes", "verbose", "json"];
 /** `lock-wait` -> `SAFEMIGRATE_LOCK_WAIT`. */
@@ -6177,7 +6177,9 @@ export function readProjectSettings(cwd: string): ProjectSettings | null {
         throw new InputError(`${file}: unknown setting "${key}"${meant ? ` — did you mean "${meant}"?` : ""} (settings: ${SETTINGS.join(", ")})`);
       }
       const expected = BOOLEAN_SETTINGS.includes(key) ? "boolean" : key === "lock-retries" ? "number" : "string";
-      if (typeof value !== expected) throw new InputError(`${file}: "${key}" must be a ${expected}, not ${JSON.stringify(value)}`);
+      // A size may be written as a number of bytes too ("small-table": 0).
+      const sizeInBytes = key === "small-table" && typeof value === "number";
+      if (typeof value !== expected && !sizeInBytes) throw new InputError(`${file}: "${key}" must be a ${expected}, not ${JSON.stringify(value)}`);
     }
     return { file, values: values as Record<string, unknown> };
   }
@@ -6263,7 +6265,7 @@ export function parseArgs(
     format: "human",
     lint: setting("lint")?.value !== false,
     smallTableBytes: DEFAULT_SMALL_TABLE_BYTES,
-    lintAfter: args["lint-after"] ?? (env.SAFEMIGRATE_LINT_AFTER || null),
+    lintAfter: (setting("lint-after")?.value as string | undefined) ?? null,
     lintOnly: args.lint === true ? args._.map(String) : [],
     repairInvalidIndexes: Boolean(setting("repair-invalid-indexes")?.value),
     execution: { ...DEFAULT_EXECUTION },
@@ -6344,9 +6346,10 @@ export function parseArgs(
     options.format = args.format;
     options.json ||= args.format === "json";
   }
-  if (args["small-table"] !== undefined) {
-    const bytes = parseSize(args["small-table"]);
-    if (bytes === null) throw new InputError(`--small-table "${args["small-table"]}" is not a size (like 10MB, 512kB or 0)`);
+  const smallTable = setting("small-table");
+  if (smallTable !== undefined) {
+    const bytes = parseSize(String(smallTable.value));
+    if (bytes === null) throw new InputError(`${smallTable.from} "${smallTable.value}" is not a size (like 10MB, 512kB or 0)`);
     options.smallTableBytes = bytes;
   }
   options.dir = (setting("dir")?.value as string | undefined) ?? options.dir;
