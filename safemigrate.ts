@@ -2396,6 +2396,8 @@ interface MigrationScope {
   dropped: Set<string>;
   /** `SET timezone = 'UTC'` ran earlier in this migration. */
   utc: boolean;
+  /** server_version_num of the database the migration runs on (NEWEST_SERVER_VERSION without one). */
+  serverVersion: number;
   /** Functions created in this migration whose body runs dynamic DDL (EXECUTE). */
   dynamicFunctions: Set<string>;
   /** How many BEGIN/COMMIT statements the migration has: reported once, on the first. */
@@ -2827,18 +2829,24 @@ function alterTableFindings(node: Node, statement: Statement, migration: Migrati
         const column = `${key}.${cmd.name}`;
         const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
         const from = state.columnTypes.get(column);
-        const free = isTrivialUsing(cmd.def?.ColumnDef?.raw_default, cmd.name) && isFreeWidening(from, target, scope.utc);
+        // Under UTC timestamp and timestamptz have the same bytes, but only PostgreSQL 12+ keeps the table's file.
+        const sameBytes = scope.utc && scope.serverVersion >= 120000;
+        const free = isTrivialUsing(cmd.def?.ColumnDef?.raw_default, cmd.name) && isFreeWidening(from, target, sameBytes);
         if (!(free && from)) {
           phaseFinding("change-column-type", key, `changing the type of ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)}`, location, "the old code may write values the new type rejects");
         }
-        if (!free) lockFinding("type-change-rewrite", key, `changing ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)} rewrites ${table} and rebuilds its indexes ${exclusively}`, location);
+        const olderServer = scope.utc && !sameBytes && from?.name === "timestamp" && target.name === "timestamptz" ? ` (on PostgreSQL ${majorVersion(scope.serverVersion)} even with the time zone UTC; 12+ keeps the file)` : "";
+        if (!free) lockFinding("type-change-rewrite", key, `changing ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)} rewrites ${table}${olderServer} and rebuilds its indexes ${exclusively}`, location);
         state.columnTypes.set(column, target);
         break;
       }
       case "AT_SetNotNull": {
         notNull(cmd.name);
-        if (!state.provenNotNull.has(`${key}.${cmd.name}`)) {
-          lockFinding("set-not-null-scan", key, `SET NOT NULL on ${table}.${cmd.name} scans every row (no rewrite) ${exclusively}`, location);
+        // A validated CHECK (col IS NOT NULL) lets PostgreSQL 12+ skip the scan.
+        const proven = state.provenNotNull.has(`${key}.${cmd.name}`);
+        if (!proven || scope.serverVersion < 120000) {
+          const older = proven ? ` (PostgreSQL ${majorVersion(scope.serverVersion)} does not use the validated CHECK to skip it; 12+ does)` : "";
+          lockFinding("set-not-null-scan", key, `SET NOT NULL on ${table}.${cmd.name} scans every row (no rewrite)${older} ${exclusively}`, location);
         }
         break;
       }
@@ -2892,11 +2900,15 @@ function addColumnFindings(
   const called = functionsIn(hasDefault?.raw_expr);
   const volatile = called.find((f) => VOLATILE_FUNCTIONS.has(f)) ??
     called.find((f) => state.functions.get(f)?.volatile);
-  if (volatile || SERIAL_TYPES.has(type) || generated) {
+  // Before PostgreSQL 11 every default was written into each row, a constant one too.
+  const anyDefaultRewrites = hasDefault && scope.serverVersion < 110000;
+  if (volatile || SERIAL_TYPES.has(type) || generated || anyDefaultRewrites) {
     const why = volatile
       ? `${volatile}()${VOLATILE_FUNCTIONS.has(volatile) ? "" : " (declared without IMMUTABLE or STABLE, so VOLATILE)"} as its default`
-      : SERIAL_TYPES.has(type) ? `type ${type}` : constraints.some((c) => c.contype === "CONSTR_GENERATED") ? "a GENERATED ... STORED value" : "an identity";
-    lockFinding("volatile-default", key, `adding ${table}.${column.colname} with ${why} rewrites ${table} (a value computed for each row) ${exclusively}`, location);
+      : SERIAL_TYPES.has(type) ? `type ${type}` : generated ? (constraints.some((c) => c.contype === "CONSTR_GENERATED") ? "a GENERATED ... STORED value" : "an identity")
+      : `a default (PostgreSQL ${majorVersion(scope.serverVersion)} writes any default into each row; 11+ only a volatile one)`;
+    const written = volatile || SERIAL_TYPES.has(type) || generated ? "a value computed for each row" : "the value written into each row";
+    lockFinding("volatile-default", key, `adding ${table}.${column.colname} with ${why} rewrites ${table} (${written}) ${exclusively}`, location);
   }
   // A new column whose value is NULL has nothing to validate; with a default or a generated value every row is checked.
   if ((hasDefault || generated) && constraints.some((c) => c.contype === "CONSTR_FOREIGN")) {
@@ -3023,7 +3035,7 @@ export async function analyzeMigration(
   const scope: MigrationScope = {
     tables: new Set(), objects: objectsCreatedIn(statements), indexes: new Set(), notValidHere: new Map(), defaults: new Set(),
     exclusive: new Map(), utc: false, dynamicFunctions: new Set(), reported: new Set(), emptied: new Set(), dropped: new Set(),
-    transactionControl: transactionControlCount(statements),
+    transactionControl: transactionControlCount(statements), serverVersion: gate?.live.serverVersion ?? NEWEST_SERVER_VERSION,
   };
   const add = (raw: RawFinding, where: { line: number; column: number }, waived: string | null) => {
     const finding: Finding = { rule: raw.rule, migration: migration.id, file: migration.file, ...where, message: raw.message, fix: RULES[raw.rule].fix, waived, subject: raw.subject, notGating: null };
@@ -3079,7 +3091,15 @@ export interface LiveSchema {
   relations: Map<string, { table: string; bytes: number; heapBytes: number }>;
   /** Functions by name ("full_name", "app.full_name"). */
   functions: Set<string>;
+  /** server_version_num (150004 for 15.4): some rewrites and scans depend on it. Absent: the newest PostgreSQL is assumed. */
+  serverVersion?: number;
 }
+
+/** The PostgreSQL the analysis assumes without a database: the newest (the parser's), so it never reports what current servers no longer do. */
+export const NEWEST_SERVER_VERSION = 180000;
+
+/** `15`, `9.6`: the major version of a server_version_num, as people say it. */
+const majorVersion = (num: number): string => num >= 100000 ? String(Math.floor(num / 10000)) : `${Math.floor(num / 10000)}.${Math.floor(num / 100) % 100}`;
 
 export interface Gate {
   live: LiveSchema;
@@ -3140,13 +3160,17 @@ async function readLiveSchemaWith(db: Queryable, sizes: { bytes: string; heap: s
         and t.oid not in (${own(history.sql)}, ${own(history.lockSql)})`,
   );
   const key = (schema: string, name: string) => (schema === "public" ? name : `${schema}.${name}`);
-  const functions = await db.query<{ schema: string; name: string }>(
-    `select n.nspname as schema, p.proname as name from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-      where n.nspname not in ('pg_catalog', 'information_schema')`,
+  // The server's version rides on the functions query (one row even with no functions): no extra round trip.
+  const functions = await db.query<{ version: string; schema: string | null; name: string | null }>(
+    `select current_setting('server_version_num') as version, f.schema, f.name
+       from (select 1) one
+       left join (select n.nspname as schema, p.proname as name from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                   where n.nspname not in ('pg_catalog', 'information_schema')) f on true`,
   );
   return {
     relations: new Map(rows.map((r) => [key(r.schema, r.name), { table: key(r.table_schema, r.table_name), bytes: Number(r.bytes), heapBytes: Number(r.heap_bytes) }])),
-    functions: new Set(functions.map((f) => key(f.schema, f.name))),
+    functions: new Set(functions.filter((f) => f.schema !== null && f.name !== null).map((f) => key(f.schema!, f.name!))),
+    serverVersion: Number(functions[0].version),
   };
 }
 

@@ -5,7 +5,7 @@
  * but does not gate; `--plan` predicts all of it, exit code included.
  */
 import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { type Finding } from "../safemigrate.ts";
+import { type Finding, readLiveSchema } from "../safemigrate.ts";
 import { appliedIds, cleanup, columns, migrationsDir, open, runCli, SERVER_REQUIRED, SERVER_URL, serverDatabaseUrl } from "./helpers.ts";
 
 setDefaultTimeout(240_000);
@@ -99,6 +99,23 @@ describe.skipIf(!SERVER_URL)("the gate on the server", () => {
     expect(fresh.code).toBe(0);
     // After the deploy the old code is gone: --all lets the phase finding through.
     expect((await runCli(["--all", "--dir", withDrop, "--database-url", url])).code).toBe(0);
+  });
+
+  test("the gate reads the server's version with the catalog, and the analysis judges by it", async () => {
+    const url = await serverDatabaseUrl();
+    const db = await open(url);
+    const [{ version }] = await db.query<{ version: string }>("select current_setting('server_version_num') as version");
+    expect((await readLiveSchema(db)).serverVersion).toBe(Number(version));
+    // On this server (12+) a timestamp -> timestamptz change under UTC keeps the table's file: nothing to report, even on a large table.
+    const dir = migrationsDir({
+      "0001_post": "-- safe: before_deploy\ncreate table post (published timestamp);\n",
+      "0002_tz": "-- safe: after_deploy\nset timezone = 'UTC';\nalter table post alter column published type timestamptz;\n",
+    });
+    expect((await runCli(["--all", "--dir", migrationsDir({ "0001_post": "-- safe: before_deploy\ncreate table post (published timestamp);\n" }), "--database-url", url])).code).toBe(0);
+    await db.exec("insert into post select now() from generate_series(1, 100000)");
+    const lint = JSON.parse((await runCli(["--lint", "--json", "--small-table", "0", "--dir", dir, "--database-url", url])).stdout);
+    expect(Number(version)).toBeGreaterThanOrEqual(120000);
+    expect(lint.findings).toEqual([]);
   });
 
   test("--lint with a database lints only pending migrations, judged against the live tables", async () => {

@@ -554,6 +554,53 @@ describe("the gate on the new rules", () => {
   });
 });
 
+describe("aware of the server's version (newest PostgreSQL assumed without a database)", () => {
+  const on = (serverVersion?: number): Gate => ({ phase: "all", smallTableBytes: 0, live: { relations: new Map(), functions: new Set(), serverVersion } });
+  const rulesOn = async (sql: string, serverVersion?: number, front = ["-- safe: after_deploy"]) =>
+    (await analyzeMigration(file(sql, front), undefined, serverVersion === undefined ? null : on(serverVersion))).filter((f) => f.rule !== "phase-suggestion");
+
+  test("ADD COLUMN with a constant default is free on PostgreSQL 11+, a rewrite on 10", async () => {
+    const sql = "alter table users add column status text default 'new';";
+    expect(await rulesOn(sql)).toEqual([]);
+    expect(await rulesOn(sql, 110000)).toEqual([]);
+    const [rewrite] = await rulesOn(sql, 100021);
+    expect(rewrite.rule).toBe("volatile-default");
+    expect(rewrite.message).toBe(
+      "adding users.status with a default (PostgreSQL 10 writes any default into each row; 11+ only a volatile one) rewrites users " +
+        "(the value written into each row) under an ACCESS EXCLUSIVE lock: reads and writes of users wait until it ends and the migration commits",
+    );
+    expect((await rulesOn("alter table users add column status text default null;", 100021)).map((f) => f.rule)).toEqual([]);
+  });
+
+  test("timestamp -> timestamptz under UTC keeps the table's file on PostgreSQL 12+, not on 11", async () => {
+    const history = "create table post (published timestamp);";
+    const change = "set timezone = 'UTC';\nalter table post alter column published type timestamptz;";
+    const findings = async (serverVersion?: number) => {
+      const gate = serverVersion === undefined ? null : on(serverVersion);
+      return (await analyzeMigrations([migration("0001_a", { safe: "before_deploy" }, history), migration("0002_b", { safe: "after_deploy", depends: ["0001_a"] }, change)], { gate }))
+        .filter((f) => f.migration === "0002_b");
+    };
+    expect(await findings()).toEqual([]);
+    expect(await findings(120000)).toEqual([]);
+    const [rewrite] = await findings(110005);
+    expect(rewrite.message).toBe(
+      "changing post.published from timestamp to timestamptz rewrites post (on PostgreSQL 11 even with the time zone UTC; 12+ keeps the file) " +
+        "and rebuilds its indexes under an ACCESS EXCLUSIVE lock: reads and writes of post wait until it ends and the migration commits",
+    );
+  });
+
+  test("SET NOT NULL after a validated CHECK skips the scan on PostgreSQL 12+, not on 11", async () => {
+    const earlier = migration("0001_a", { safe: "after_deploy" }, "create table users (email text);");
+    const validated = migration("0002_b", { safe: "after_deploy", depends: ["0001_a"] }, "alter table users add constraint email_present check (email is not null) not valid;\ncommit;\nalter table users validate constraint email_present;");
+    const setNotNull = migration("0003_c", { safe: "after_deploy", depends: ["0002_b"] }, "alter table users alter column email set not null;");
+    const rulesOf = async (serverVersion?: number) =>
+      (await analyzeMigrations([earlier, validated, setNotNull], { gate: serverVersion === undefined ? null : on(serverVersion) })).filter((f) => f.migration === "0003_c").map((f) => f.rule);
+    expect(await rulesOf()).toEqual([]);
+    expect(await rulesOf(150004)).toEqual([]);
+    expect(await rulesOf(110005)).toEqual(["set-not-null-scan"]);
+  });
+});
+
 describe("messages say exactly what happens", () => {
   test("types as written, the lock, how long it is held; the fix does not repeat the reason", async () => {
     const [phase, rewrite] = await analyzeMigrations([
