@@ -992,7 +992,10 @@ async function parseSectionUncached(section: SqlSection, file: string): Promise<
   if (section.sql.trim() === "") return { statements: [], place };
   const { parse, normalize } = await import("libpg-query");
   const sql = section.sql;
-  const pieces = parsePieces(lexStatements(sql), PARSE_PIECE_CHARS);
+  // A section that fits one piece needs no cutting (the parser is its own lexer), unless its INSERTs are to be only syntax-checked.
+  const pieces = sql.length <= PARSE_PIECE_CHARS && !/^\s*insert\b/im.test(sql)
+    ? [{ statements: [{ start: 0, end: sql.length, first: "" }], data: false }]
+    : parsePieces(lexStatements(sql), PARSE_PIECE_CHARS);
   const statements: Statement[] = [];
   const bytes = byteOffsets(sql);
   let lastError = "";
@@ -2427,7 +2430,7 @@ function statementFindings(
   /** Rules reported once per migration: true the first time. */
   const once = (rule: RuleId) => !scope.reported.has(rule) && Boolean(scope.reported.add(rule));
   const [kind, node] = Object.entries(statement.node)[0] as [string, Node];
-  if (kind === "CreateStmt" || kind === "AlterTableStmt") {
+  if ((kind === "CreateStmt" || kind === "AlterTableStmt") && /references/i.test(statement.sql)) {
     for (const target of foreignKeysIn(node)) {
       const from = state.references.get(target) ?? new Set<string>();
       state.references.set(target, from.add(tableKey(node.relation)));
@@ -2689,8 +2692,11 @@ function referencingClosure(state: AnalysisState, tables: string[]): string[] {
 // reported (a later reference is cut the same way and finds the object).
 
 const MAX_IDENTIFIER_BYTES = 63;
-/** 64 UTF-8 bytes need at least 22 UTF-16 code units: statements without such a run skip the scan. */
-const LONG_WORD = /[\w$\u0080-\uffff]{22,}|"[^"]{22,}/;
+/** Statements without a run this long skip the scan: 64 ASCII characters, or 22 code units once any is not ASCII (3 UTF-8 bytes each at most). */
+const LONG_ASCII_WORD = /[\w$]{64}|"[^"]{64}/;
+const LONG_WORD = /[\w$\u0080-\uffff]{22}|"[^"]{22}/;
+const NOT_ASCII = /[^\x00-\x7f]/;
+const mayHoldLongName = (sql: string): boolean => LONG_ASCII_WORD.test(sql) || (NOT_ASCII.test(sql) && LONG_WORD.test(sql));
 
 const utf8Length = (text: string): number => {
   let bytes = 0;
@@ -2763,7 +2769,7 @@ function definedNames(kind: string, node: Node): { relation: string | null; name
 
 /** A name the statement defines that is over 63 bytes: what PostgreSQL cuts it to, and whether it then collides with another long name. */
 function longNameFindings(statement: Statement, kind: string, node: Node, migration: Migration, state: AnalysisState): RawFinding[] {
-  if (!LONG_WORD.test(statement.sql)) return [];
+  if (!mayHoldLongName(statement.sql)) return [];
   const long = longIdentifiers(statement.sql);
   if (long.length === 0) return [];
   const defined = definedNames(kind, node);
