@@ -3140,11 +3140,12 @@ async function withLockTimeout<T>(db: Queryable, work: (q: Queryable) => Promise
   });
 }
 
+/** A partitioned table and its partitions, at every level (pg_partition_tree is PostgreSQL 12+; pg_inherits is everywhere). */
+const partitionsOf = (size: string) => `(with recursive tree(relid) as (select t.oid union all select i.inhrelid from pg_inherits i join tree on i.inhparent = tree.relid)
+                 select coalesce(sum(${size}(relid)), 0) from tree)`;
 const EXACT_SIZES = {
-  bytes: `case when t.relkind = 'p' then (select coalesce(sum(pg_total_relation_size(relid)), 0) from pg_partition_tree(t.oid))
-                 else pg_total_relation_size(t.oid) end`,
-  heap: `case when t.relkind = 'p' then (select coalesce(sum(pg_relation_size(relid)), 0) from pg_partition_tree(t.oid))
-                 else pg_relation_size(t.oid) end`,
+  bytes: `case when t.relkind = 'p' then ${partitionsOf("pg_total_relation_size")} else pg_total_relation_size(t.oid) end`,
+  heap: `case when t.relkind = 'p' then ${partitionsOf("pg_relation_size")} else pg_relation_size(t.oid) end`,
 };
 const CATALOG_SIZES = {
   bytes: `case when t.relpages > 0 then t.relpages::bigint * current_setting('block_size')::int else 'Infinity'::float8 end`,
