@@ -118,6 +118,22 @@ describe.skipIf(!SERVER_URL)("the gate on the server", () => {
     expect(lint.findings).toEqual([]);
   });
 
+  test("a partitioned table's size is its partitions', at every level", async () => {
+    const db = await open(await serverDatabaseUrl());
+    await db.exec(`create table ev (id int, at date, kind int) partition by range (at);
+      create table ev_2024 partition of ev for values from ('2024-01-01') to ('2025-01-01') partition by list (kind);
+      create table ev_2024_a partition of ev_2024 for values in (1);
+      create table ev_2025 partition of ev for values from ('2025-01-01') to ('2026-01-01');
+      insert into ev select g, '2024-06-01', 1 from generate_series(1, 50000) g;
+      insert into ev select g, '2025-06-01', 1 from generate_series(1, 50000) g;`);
+    const live = await readLiveSchema(db);
+    const [{ total }] = await db.query<{ total: string }>(
+      "select (pg_total_relation_size('ev_2024_a') + pg_total_relation_size('ev_2025'))::text as total",
+    );
+    expect(live.relations.get("ev")!.bytes).toBe(Number(total));
+    expect(live.relations.get("ev_2024")!.bytes).toBe(live.relations.get("ev_2024_a")!.bytes);
+  });
+
   test("--lint with a database lints only pending migrations, judged against the live tables", async () => {
     const url = await serverDatabaseUrl();
     const done = history(2);
