@@ -2610,25 +2610,9 @@ function statementFindings(
       }
       break;
     }
-    case "TruncateStmt": {
-      const rels: RangeVar[] = (node.relations ?? []).map((r: Node) => r.RangeVar).filter(Boolean);
-      const named = rels.map(tableKey);
-      const cascaded = node.behavior === "DROP_CASCADE" ? referencingClosure(state, named) : [];
-      for (const table of [...named, ...cascaded]) scope.emptied.add(table);
-      // A table the migrations created and no declared foreign key points at: CASCADE empties nothing more.
-      const unknown = rels.filter((rel) => !state.tables.has(tableKey(rel)));
-      const live = rels.find(existing);
-      if (node.behavior === "DROP_CASCADE" && live && (cascaded.length > 0 || unknown.length > 0)) {
-        const them = named.length > 1 ? "them" : quoted(live);
-        lockFinding(
-          "truncate-cascade", tableKey(live),
-          `TRUNCATE ${rels.map(quoted).join(", ")} CASCADE also empties ` +
-            (cascaded.length ? `${cascaded.join(", ")} (every table with a foreign key to ${them}, and those referencing them, as the migrations declared them)` : `every table with a foreign key to ${them}, and those referencing them`) +
-            (unknown.length ? `${cascaded.length ? "; and" : ":"} ${unknown.map(quoted).join(", ")} predates the migrations, so only the database knows which tables reference it` : ""),
-        );
-      }
+    case "TruncateStmt":
+      found.push(...truncateFindings(node, scope, state, existing, at));
       break;
-    }
     case "UpdateStmt":
     case "DeleteStmt": {
       const rel = node.relation as RangeVar | undefined;
@@ -2661,6 +2645,31 @@ function renameTable(state: AnalysisState, scope: MigrationScope, from: string, 
   for (const [index, table] of state.indexes) if (table === from) state.indexes.set(index, to_);
   if (state.tables.delete(from)) state.tables.add(to_);
   if (scope.tables.delete(from)) scope.tables.add(to_);
+}
+
+/**
+ * TRUNCATE empties the tables it names (a NOT NULL column added later cannot
+ * fail on rows); with CASCADE also every table referencing them, which the
+ * finding names from the foreign keys the migrations declared. A table the
+ * migrations created that nothing references empties nothing more.
+ */
+function truncateFindings(node: Node, scope: MigrationScope, state: AnalysisState, existing: (rel: RangeVar | undefined) => boolean, at: number): RawFinding[] {
+  const rels: RangeVar[] = (node.relations ?? []).map((r: Node) => r.RangeVar).filter(Boolean);
+  const named = rels.map(tableKey);
+  const cascade = node.behavior === "DROP_CASCADE";
+  const cascaded = cascade ? referencingClosure(state, named) : [];
+  for (const table of [...named, ...cascaded]) scope.emptied.add(table);
+  const olderThanMigrations = rels.filter((rel) => !state.tables.has(tableKey(rel)));
+  const live = rels.find(existing);
+  if (!cascade || !live || (cascaded.length === 0 && olderThanMigrations.length === 0)) return [];
+  const them = named.length > 1 ? "them" : quoted(live);
+  const known = cascaded.length
+    ? `${cascaded.join(", ")} (every table with a foreign key to ${them}, and those referencing them, as the migrations declared them)`
+    : `every table with a foreign key to ${them}, and those referencing them`;
+  const unknown = olderThanMigrations.length
+    ? `${cascaded.length ? "; and" : ":"} ${olderThanMigrations.map(quoted).join(", ")} predates the migrations, so only the database knows which tables reference it`
+    : "";
+  return [{ rule: "truncate-cascade", subject: tableKey(live), location: at, message: `TRUNCATE ${rels.map(quoted).join(", ")} CASCADE also empties ${known}${unknown}` }];
 }
 
 /** The tables a statement's FOREIGN KEY / REFERENCES constraints point at. */
@@ -2759,11 +2768,13 @@ function definedNames(kind: string, node: Node): { relation: string | null; name
     RenameStmt: () => ["OBJECT_TABLE", "OBJECT_INDEX", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_SEQUENCE"].includes(node.renameType)
       ? { schemaname: node.relation?.schemaname, relname: node.newname } : undefined,
   };
+  const otherNameOf: Record<string, () => string | undefined> = {
+    CreateSchemaStmt: () => node.schemaname, CreateFunctionStmt: () => last(node.funcname), CreateEnumStmt: () => last(node.typeName),
+    CreateDomainStmt: () => last(node.domainname), CompositeTypeStmt: () => node.typevar?.relname,
+  };
   const relation = relationOf[kind]?.();
-  if (relation) names.add(relation.relname);
-  for (const other of [kind === "CreateSchemaStmt" ? node.schemaname : undefined, kind === "CreateFunctionStmt" ? last(node.funcname) : undefined,
-    kind === "CreateEnumStmt" ? last(node.typeName) : undefined, kind === "CreateDomainStmt" ? last(node.domainname) : undefined,
-    kind === "CompositeTypeStmt" ? node.typevar?.relname : undefined]) if (other) names.add(other);
+  const other = relation?.relname ?? otherNameOf[kind]?.();
+  if (other) names.add(other);
   return { relation: relation ? tableKey(relation) : null, names };
 }
 
