@@ -2401,6 +2401,8 @@ interface MigrationScope {
   utc: boolean;
   /** server_version_num of the database the migration runs on (NEWEST_SERVER_VERSION without one). */
   serverVersion: number;
+  /** Foreign keys the database had before the run (null without a database). */
+  liveReferences: Map<string, Set<string>> | null;
   /** Functions created in this migration whose body runs dynamic DDL (EXECUTE). */
   dynamicFunctions: Set<string>;
   /** How many BEGIN/COMMIT statements the migration has: reported once, on the first. */
@@ -2650,21 +2652,23 @@ function renameTable(state: AnalysisState, scope: MigrationScope, from: string, 
 /**
  * TRUNCATE empties the tables it names (a NOT NULL column added later cannot
  * fail on rows); with CASCADE also every table referencing them, which the
- * finding names from the foreign keys the migrations declared. A table the
- * migrations created that nothing references empties nothing more.
+ * finding names from the foreign keys the migrations declared and, with a
+ * database, those it has. A table nothing references empties nothing more.
  */
 function truncateFindings(node: Node, scope: MigrationScope, state: AnalysisState, existing: (rel: RangeVar | undefined) => boolean, at: number): RawFinding[] {
   const rels: RangeVar[] = (node.relations ?? []).map((r: Node) => r.RangeVar).filter(Boolean);
   const named = rels.map(tableKey);
   const cascade = node.behavior === "DROP_CASCADE";
-  const cascaded = cascade ? referencingClosure(state, named) : [];
+  const cascaded = cascade ? referencingClosure(named, state.references, scope.liveReferences) : [];
   for (const table of [...named, ...cascaded]) scope.emptied.add(table);
-  const olderThanMigrations = rels.filter((rel) => !state.tables.has(tableKey(rel)));
+  // Without a database, a table older than the migrations may be referenced by tables no migration declared.
+  const olderThanMigrations = scope.liveReferences ? [] : rels.filter((rel) => !state.tables.has(tableKey(rel)));
   const live = rels.find(existing);
   if (!cascade || !live || (cascaded.length === 0 && olderThanMigrations.length === 0)) return [];
   const them = named.length > 1 ? "them" : quoted(live);
+  const source = scope.liveReferences ? "as the migrations declared them and the database has them" : "as the migrations declared them";
   const known = cascaded.length
-    ? `${cascaded.join(", ")} (every table with a foreign key to ${them}, and those referencing them, as the migrations declared them)`
+    ? `${cascaded.join(", ")} (every table with a foreign key to ${them}, and those referencing them, ${source})`
     : `every table with a foreign key to ${them}, and those referencing them`;
   const unknown = olderThanMigrations.length
     ? `${cascaded.length ? "; and" : ":"} ${olderThanMigrations.map(quoted).join(", ")} predates the migrations, so only the database knows which tables reference it`
@@ -2683,12 +2687,12 @@ function foreignKeysIn(node: unknown, into: string[] = []): string[] {
   return into;
 }
 
-/** Every table TRUNCATE ... CASCADE of `tables` empties besides them: those referencing them, and so on. */
-function referencingClosure(state: AnalysisState, tables: string[]): string[] {
+/** Every table TRUNCATE ... CASCADE of `tables` empties besides them: those referencing them, and so on, by the given foreign keys. */
+function referencingClosure(tables: string[], ...references: (Map<string, Set<string>> | null)[]): string[] {
   const seen = new Set(tables);
   const queue = [...tables];
   for (let table = queue.shift(); table !== undefined; table = queue.shift()) {
-    for (const from of state.references.get(table) ?? []) if (!seen.has(from)) (seen.add(from), queue.push(from));
+    for (const known of references) for (const from of known?.get(table) ?? []) if (!seen.has(from)) (seen.add(from), queue.push(from));
   }
   return [...seen].filter((t) => !tables.includes(t));
 }
@@ -3053,6 +3057,7 @@ export async function analyzeMigration(
     tables: new Set(), objects: objectsCreatedIn(statements), indexes: new Set(), notValidHere: new Map(), defaults: new Set(),
     exclusive: new Map(), utc: false, dynamicFunctions: new Set(), reported: new Set(), emptied: new Set(), dropped: new Set(),
     transactionControl: transactionControlCount(statements), serverVersion: gate?.live.serverVersion ?? NEWEST_SERVER_VERSION,
+    liveReferences: gate?.live.references ?? null,
   };
   const add = (raw: RawFinding, where: { line: number; column: number }, waived: string | null) => {
     const finding: Finding = { rule: raw.rule, migration: migration.id, file: migration.file, ...where, message: raw.message, fix: RULES[raw.rule].fix, waived, subject: raw.subject, notGating: null };
@@ -3110,6 +3115,8 @@ export interface LiveSchema {
   functions: Set<string>;
   /** server_version_num (150004 for 15.4): some rewrites and scans depend on it. Absent: the newest PostgreSQL is assumed. */
   serverVersion?: number;
+  /** Table -> the tables with a foreign key to it: what TRUNCATE ... CASCADE also empties. */
+  references?: Map<string, Set<string>>;
 }
 
 /** The PostgreSQL the analysis assumes without a database: the newest (the parser's), so it never reports what current servers no longer do. */
@@ -3185,10 +3192,23 @@ async function readLiveSchemaWith(db: Queryable, sizes: { bytes: string; heap: s
        left join (select n.nspname as schema, p.proname as name from pg_proc p join pg_namespace n on n.oid = p.pronamespace
                    where n.nspname not in ('pg_catalog', 'information_schema')) f on true`,
   );
+  const foreignKeys = await db.query<{ schema: string; name: string; target_schema: string; target_name: string }>(
+    `select rn.nspname as schema, r.relname as name, tn.nspname as target_schema, t.relname as target_name
+       from pg_constraint k
+       join pg_class r on r.oid = k.conrelid join pg_namespace rn on rn.oid = r.relnamespace
+       join pg_class t on t.oid = k.confrelid join pg_namespace tn on tn.oid = t.relnamespace
+      where k.contype = 'f'`,
+  );
+  const references = new Map<string, Set<string>>();
+  for (const fk of foreignKeys) {
+    const target = key(fk.target_schema, fk.target_name);
+    references.set(target, (references.get(target) ?? new Set()).add(key(fk.schema, fk.name)));
+  }
   return {
     relations: new Map(rows.map((r) => [key(r.schema, r.name), { table: key(r.table_schema, r.table_name), bytes: Number(r.bytes), heapBytes: Number(r.heap_bytes) }])),
     functions: new Set(functions.filter((f) => f.schema !== null && f.name !== null).map((f) => key(f.schema!, f.name!))),
     serverVersion: Number(functions[0].version),
+    references,
   };
 }
 

@@ -118,6 +118,25 @@ describe.skipIf(!SERVER_URL)("the gate on the server", () => {
     expect(lint.findings).toEqual([]);
   });
 
+  test("TRUNCATE ... CASCADE names the tables the database has referencing it, gates on them, and is silent when none does", async () => {
+    const url = await serverDatabaseUrl();
+    const db = await open(url);
+    // Tables older than the migrations: only the database knows their foreign keys.
+    await db.exec(`create table orgs (id int primary key); create table users (id int primary key, org_id int references orgs);
+      create table posts (user_id int references users); create table lonely (id int);`);
+    const lint = async (sql: string) => {
+      const dir = migrationsDir({ "0001_t": `-- safe: after_deploy\n${sql}\n` });
+      const run = await runCli(["--lint", "--json", "--dir", dir, "--database-url", url]);
+      return JSON.parse(run.stdout).findings.map((f: Finding) => [f.rule, f.message, f.notGating]);
+    };
+    expect(await lint("truncate orgs cascade;")).toEqual([[
+      "truncate-cascade",
+      "TRUNCATE orgs CASCADE also empties users, posts (every table with a foreign key to orgs, and those referencing them, as the migrations declared them and the database has them)",
+      null,
+    ]]);
+    expect(await lint("truncate lonely cascade;")).toEqual([]);
+  });
+
   test("a partitioned table's size is its partitions', at every level", async () => {
     const db = await open(await serverDatabaseUrl());
     await db.exec(`create table ev (id int, at date, kind int) partition by range (at);
