@@ -2294,13 +2294,15 @@ export interface AnalysisState {
   indexes: Map<string, string>;
   /** Table -> the tables with a foreign key to it, as the migrations declared them: TRUNCATE ... CASCADE empties those too. */
   references: Map<string, Set<string>>;
+  /** Tables the migrations dropped (and did not create again): the database's foreign keys from them are gone. */
+  droppedTables: Set<string>;
   /** Names over 63 bytes, by the relation name PostgreSQL cut them to ("schema.name") -> the name as written and where. */
   longNames: Map<string, { name: string; migration: string }>;
 }
 
 export const newAnalysisState = (): AnalysisState => ({
   notNullChecks: new Map(), provenNotNull: new Set(), columnTypes: new Map(), tables: new Set(), functions: new Map(), indexes: new Map(),
-  references: new Map(), longNames: new Map(),
+  references: new Map(), droppedTables: new Set(), longNames: new Map(),
 });
 
 interface RawFinding {
@@ -2446,6 +2448,7 @@ function statementFindings(
       // IF NOT EXISTS may name a table that is already there, but not one no earlier migration created.
       if (!node.if_not_exists || !state.tables.has(key)) scope.tables.add(key);
       state.tables.add(key);
+      state.droppedTables.delete(key);
       for (const element of node.tableElts ?? []) {
         const column = element.ColumnDef;
         if (column) state.columnTypes.set(`${key}.${column.colname}`, columnTypeOf(column.typeName));
@@ -2483,7 +2486,7 @@ function statementFindings(
       if (removeType === "OBJECT_TABLE") {
         const table = notHere(scope.tables);
         if (table) phaseFinding("drop-table", table, `DROP TABLE ${names.join(", ")}`);
-        for (const n of names) state.tables.delete(n);
+        for (const n of names) (state.tables.delete(n), state.droppedTables.add(n));
       } else if (removeType === "OBJECT_SCHEMA") {
         phaseFinding("drop-table", names[0], `DROP SCHEMA ${names.join(", ")}`, at, "the old code may use the tables in it");
       } else if (removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") {
@@ -2659,7 +2662,7 @@ function truncateFindings(node: Node, scope: MigrationScope, state: AnalysisStat
   const rels: RangeVar[] = (node.relations ?? []).map((r: Node) => r.RangeVar).filter(Boolean);
   const named = rels.map(tableKey);
   const cascade = node.behavior === "DROP_CASCADE";
-  const cascaded = cascade ? referencingClosure(named, state.references, scope.liveReferences) : [];
+  const cascaded = cascade ? referencingClosure(named, state.droppedTables, state.references, scope.liveReferences) : [];
   for (const table of [...named, ...cascaded]) scope.emptied.add(table);
   // Without a database, a table older than the migrations may be referenced by tables no migration declared.
   const olderThanMigrations = scope.liveReferences ? [] : rels.filter((rel) => !state.tables.has(tableKey(rel)));
@@ -2687,14 +2690,14 @@ function foreignKeysIn(node: unknown, into: string[] = []): string[] {
   return into;
 }
 
-/** Every table TRUNCATE ... CASCADE of `tables` empties besides them: those referencing them, and so on, by the given foreign keys. */
-function referencingClosure(tables: string[], ...references: (Map<string, Set<string>> | null)[]): string[] {
-  const seen = new Set(tables);
+/** Every table TRUNCATE ... CASCADE of `tables` empties besides them: those referencing them, and so on, by the given foreign keys, `gone` aside. */
+function referencingClosure(tables: string[], gone: Set<string>, ...references: (Map<string, Set<string>> | null)[]): string[] {
+  const seen = new Set([...tables, ...gone]);
   const queue = [...tables];
   for (let table = queue.shift(); table !== undefined; table = queue.shift()) {
     for (const known of references) for (const from of known?.get(table) ?? []) if (!seen.has(from)) (seen.add(from), queue.push(from));
   }
-  return [...seen].filter((t) => !tables.includes(t));
+  return [...seen].filter((t) => !tables.includes(t) && !gone.has(t));
 }
 
 // ---- names over 63 bytes ------------------------------------------------------
