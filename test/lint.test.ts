@@ -510,6 +510,7 @@ describe("hazards only squawk caught: each fires, its harmless twin does not", (
     expect(await rules(`create table t (a text default '${"x".repeat(80)}'); -- ${"y".repeat(80)}`)).toEqual([]);
     // Columns, constraints and triggers too; a multi-byte name is cut on a character boundary; quoted names keep their case.
     expect(await rules(`create table t (${"c".repeat(70)} int, constraint ${"k".repeat(64)} check (true));`)).toEqual(["identifier-too-long", "identifier-too-long"]);
+    expect(await rules(`create table t (a int);\nalter table t rename to ${"r".repeat(64)};\ncreate schema ${"s".repeat(64)};`)).toEqual(["identifier-too-long", "identifier-too-long"]);
     const [umlaut] = await analyzeMigration(file(`create table "${"Ä".repeat(40)}" (a int);`));
     expect(umlaut.message).toStartWith(`the name "${"Ä".repeat(40)}" is 80 bytes: PostgreSQL silently cuts it to 63, "${"Ä".repeat(31)}"`);
   });
