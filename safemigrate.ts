@@ -2413,233 +2413,286 @@ interface MigrationScope {
   reported: Set<RuleId>;
 }
 
-/** The findings of one statement, before waivers. */
+/**
+ * The findings of one statement, before waivers. The rules are a table: one
+ * small function per kind of statement (the parse tree's node name), each
+ * reading the statement's tree, learning what it declares into the state, and
+ * reporting through the context's sinks. Statements no rule names declare
+ * nothing the analysis tracks.
+ */
 function statementFindings(
   statement: Statement,
   migration: Migration,
   scope: MigrationScope,
   state: AnalysisState,
 ): RawFinding[] {
+  const [kind, node] = Object.entries(statement.node)[0] as [string, Node];
+  const context = statementContext(statement, migration, scope, state);
+  learnForeignKeys(kind, node, statement, state);
+  context.found.push(...longNameFindings(statement, kind, node, migration, state));
+  STATEMENT_RULES[kind]?.(node, context, kind);
+  return context.found;
+}
+
+/** What every statement rule needs: the statement, where it runs, and where its findings go. */
+interface StatementContext extends FindingSinks {
+  statement: Statement;
+  migration: Migration;
+  scope: MigrationScope;
+  state: AnalysisState;
+  inTransaction: boolean;
+  found: RawFinding[];
+  /** Rules reported once per migration: true the first time. */
+  once: (rule: RuleId) => boolean;
+}
+
+type StatementRule = (node: Node, context: StatementContext, kind: string) => void;
+
+function statementContext(statement: Statement, migration: Migration, scope: MigrationScope, state: AnalysisState): StatementContext {
   const at = statement.offset;
   const found: RawFinding[] = [];
   const beforeDeploy = migration.safe !== "after_deploy";
   const phase = migration.safe === "always" ? "an always migration (it may run before the deploy)" : "a before_deploy migration";
-  const phaseFinding = (rule: RuleId, subject: string, what: string, location = at, why = "the old code still serving traffic may use it") => {
-    if (beforeDeploy) found.push({ rule, message: `${what} in ${phase}: ${why}`, location, subject });
-  };
-  const lockFinding = (rule: RuleId, subject: string | null, message: string, location = at) => found.push({ rule, message, location, subject });
   const inTransaction = migration.up.transaction;
-  const untilCommit = inTransaction ? " and the migration commits" : "";
-  const existing = (rel: RangeVar | undefined) => rel !== undefined && !scope.tables.has(tableKey(rel));
-  /** Rules reported once per migration: true the first time. */
-  const once = (rule: RuleId) => !scope.reported.has(rule) && Boolean(scope.reported.add(rule));
-  const [kind, node] = Object.entries(statement.node)[0] as [string, Node];
-  if ((kind === "CreateStmt" || kind === "AlterTableStmt") && /references/i.test(statement.sql)) {
-    for (const target of foreignKeysIn(node)) {
-      const from = state.references.get(target) ?? new Set<string>();
-      state.references.set(target, from.add(tableKey(node.relation)));
-    }
-  }
-  found.push(...longNameFindings(statement, kind, node, migration, state));
-
-  switch (kind) {
-    case "CreateStmt": {
-      const key = tableKey(node.relation);
-      // IF NOT EXISTS may name a table that is already there, but not one no earlier migration created.
-      if (!node.if_not_exists || !state.tables.has(key)) scope.tables.add(key);
-      state.tables.add(key);
-      state.droppedTables.delete(key);
-      for (const element of node.tableElts ?? []) {
-        const column = element.ColumnDef;
-        if (column) state.columnTypes.set(`${key}.${column.colname}`, columnTypeOf(column.typeName));
-      }
-      break;
-    }
-    case "CreateTableAsStmt":
-      if (node.into?.rel) {
-        const key = tableKey(node.into.rel);
-        if (!node.if_not_exists || !state.tables.has(key)) scope.tables.add(key);
-        state.tables.add(key);
-      }
-      break;
-    case "CreateFunctionStmt": {
-      const name = nameOf(node.funcname);
-      const volatility = (node.options ?? []).find((o: Node) => o.DefElem?.defname === "volatility")?.DefElem.arg.String?.sval;
-      state.functions.set(name, { trigger: typeNameOf(node.returnType) === "trigger", volatile: !volatility || volatility === "volatile" });
-      const body = bodyOf(node.options);
-      if (/\bexecute\b/i.test(body) && DDL_WORDS.test(body)) scope.dynamicFunctions.add(name);
-      break;
-    }
-    case "VariableSetStmt":
-      if (node.name === "timezone") {
-        const value = node.args?.[0]?.A_Const?.sval?.sval ?? "";
-        scope.utc = UTC_ZONES.test(value);
-      }
-      break;
-    case "DropStmt": {
-      const names: string[] = (node.objects ?? []).map((o: Node) => nameOf(o.List?.items ?? o.ObjectWithArgs?.objname ?? [o]));
-      const removeType = node.removeType as string;
-      if (node.concurrent && inTransaction) {
-        lockFinding("concurrently-in-transaction", null, "DROP INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
-      }
-      const notHere = (set: Set<string>) => names.find((n) => !set.has(n));
-      if (removeType === "OBJECT_TABLE") {
-        const table = notHere(scope.tables);
-        if (table) phaseFinding("drop-table", table, `DROP TABLE ${names.join(", ")}`);
-        for (const n of names) (state.tables.delete(n), state.droppedTables.add(n));
-      } else if (removeType === "OBJECT_SCHEMA") {
-        phaseFinding("drop-table", names[0], `DROP SCHEMA ${names.join(", ")}`, at, "the old code may use the tables in it");
-      } else if (removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") {
-        const view = notHere(scope.objects);
-        if (view) phaseFinding("drop-view", view, `DROP VIEW ${names.join(", ")}`);
-      } else if (removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") {
-        // A trigger function is only called by its trigger, never by the application.
-        const called = names.find((n) => !scope.objects.has(n) && !state.functions.get(n)?.trigger);
-        if (called) phaseFinding("drop-function", called, `DROP FUNCTION ${names.join(", ")}`);
-      } else if (removeType === "OBJECT_INDEX" && !node.concurrent) {
-        const index = names.find((n) => !scope.indexes.has(n) && !scope.tables.has(state.indexes.get(n) ?? ""));
-        if (index) {
-          const table = state.indexes.get(index) ?? "the table it indexes";
-          lockFinding(
-            "drop-index-not-concurrently", index,
-            `DROP INDEX ${index} takes an ACCESS EXCLUSIVE lock on ${table}: it waits for every running query on ${table} ` +
-              `(up to lock_timeout) while new ones queue behind it, then holds it${inTransaction ? " until the migration commits" : " briefly"}`,
-          );
-        }
-      }
-      if (removeType === "OBJECT_INDEX") for (const n of names) state.indexes.delete(n);
-      if (removeType === "OBJECT_TABLE") {
-        // A dropped table takes its foreign keys with it, both ways.
-        for (const n of names) state.references.delete(n);
-        for (const from of state.references.values()) for (const n of names) from.delete(n);
-      }
-      if (["OBJECT_TABLE", "OBJECT_INDEX", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_SEQUENCE"].includes(removeType)) for (const n of names) state.longNames.delete(n);
-      break;
-    }
-    case "RenameStmt": {
-      // A rename breaks the code on one side of the deploy whatever the phase: old code before it, new code after it.
-      const why = "old code breaks if it runs before the deploy, new code if it runs after; no phase makes a rename safe";
-      const relation = node.relation as RangeVar | undefined;
-      if (relation && node.renameType === "OBJECT_INDEX") {
-        const table = state.indexes.get(relation.relname);
-        if (table) state.indexes.set(node.newname, table);
-        if (scope.indexes.has(relation.relname)) scope.indexes.add(node.newname);
-        break;
-      }
-      const existed = existing(relation);
-      if (relation && node.renameType === "OBJECT_TABLE") renameTable(state, scope, tableKey(relation), relation.schemaname ? `${relation.schemaname}.${node.newname}` : node.newname);
-      if (!existed) break;
-      const location = relation!.location ?? at;
-      const key = tableKey(relation!);
-      if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
-        lockFinding("rename-table", key, `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation!)} to ${node.newname}: ${why}`, location);
-      } else if (node.renameType === "OBJECT_COLUMN" && scope.dropped.has(`${key}.${node.newname}`)) {
-        // Dropping a column and renaming its replacement to its name: code using the name finds a column either way.
-        const type = state.columnTypes.get(`${key}.${node.subname}`);
-        if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
-      } else if (node.renameType === "OBJECT_COLUMN") {
-        lockFinding("rename-column", key, `renaming column ${quoted(relation!)}.${node.subname} to ${node.newname}: ${why}`, location);
-        const type = state.columnTypes.get(`${key}.${node.subname}`);
-        if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
-      }
-      if (inTransaction) scope.exclusive.set(key, statement.line);
-      break;
-    }
-    case "IndexStmt": {
-      const table = tableKey(node.relation);
-      if (node.idxname) {
-        state.indexes.set(node.idxname, table);
-        scope.indexes.add(node.idxname);
-      }
-      if (node.concurrent && inTransaction) {
-        lockFinding("concurrently-in-transaction", null, "CREATE INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
-      } else if (!node.concurrent && existing(node.relation)) {
-        lockFinding(
-          "index-not-concurrently", table,
-          `CREATE INDEX on ${quoted(node.relation)} takes a SHARE lock: writes to it wait until the index is built${untilCommit} (reads go on)`,
-        );
-      }
-      break;
-    }
-    case "ReindexStmt": {
-      const concurrently = (node.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently");
-      const subject = node.relation ? tableKey(node.relation) : null;
-      if (concurrently && inTransaction) {
-        lockFinding("concurrently-in-transaction", null, "REINDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
-      } else if (!concurrently) {
-        lockFinding("reindex-not-concurrently", subject, "REINDEX without CONCURRENTLY blocks writes to the table, and reads that use its indexes, until it ends");
-      }
-      break;
-    }
-    case "VacuumStmt": {
-      const relation = node.rels?.[0]?.VacuumRelation?.relation;
-      if ((node.options ?? []).some((o: Node) => o.DefElem?.defname === "full")) {
-        lockFinding("vacuum-full", relation ? tableKey(relation) : null, "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends");
-      } else if (node.is_vacuumcmd && inTransaction) {
-        lockFinding("concurrently-in-transaction", null, "VACUUM cannot run inside a transaction: the migration would fail");
-      }
-      break;
-    }
-    case "ClusterStmt":
-      lockFinding(
-        "cluster", node.relation ? tableKey(node.relation) : null,
-        `CLUSTER${node.relation ? ` ${quoted(node.relation)}` : ""} rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends`,
-      );
-      break;
-    case "LockStmt": {
-      const relation = node.relations?.[0]?.RangeVar;
-      lockFinding("lock-table", relation ? tableKey(relation) : null, `LOCK TABLE holds its lock until the migration commits; every conflicting query queues behind it`);
-      break;
-    }
-    case "TransactionStmt":
-      // A COMMIT (AND CHAIN) ends the transaction: the locks taken so far are released.
-      if (TRANSACTION_CONTROL.has(node.kind)) scope.exclusive.clear();
-      if (inTransaction && TRANSACTION_CONTROL.has(node.kind) && scope.transactionControl > 0 && once("transaction-control")) {
-        const count = scope.transactionControl;
-        lockFinding(
-          "transaction-control", null,
-          `${node.kind.replace("TRANS_STMT_", "")}${count > 1 ? ` (and ${count - 1} more BEGIN/COMMIT statements)` : ""} inside a migration safemigrate runs in one transaction: ` +
-            `it commits part of the migration, so a later failure leaves that part applied`,
-        );
-      }
-      break;
-    case "DoStmt":
-    case "SelectStmt": {
-      const dynamic = kind === "DoStmt" ? DDL_WORDS.test(bodyOf(node.args)) : functionsIn(node).some((f) => scope.dynamicFunctions.has(f));
-      if (dynamic && once("dynamic-sql")) {
-        lockFinding(
-          "dynamic-sql", null,
-          `${kind === "DoStmt" ? "a DO block" : "a function this migration defines"} runs DDL built at run time (EXECUTE or a DO body), which this analysis cannot see: ` +
-            `the locks it takes and its phase are not checked (reported once per migration)`,
-        );
-      }
-      break;
-    }
-    case "TruncateStmt":
-      found.push(...truncateFindings(node, scope, state, existing, at));
-      break;
-    case "UpdateStmt":
-    case "DeleteStmt": {
-      const rel = node.relation as RangeVar | undefined;
-      // A data statement the parser only syntax-checked (a big data migration) has no tree to read.
-      if (!rel) break;
-      const since = scope.exclusive.get(tableKey(rel));
-      const everyRow = !node.whereClause || node.whereClause.NullTest !== undefined;
-      if (since !== undefined && everyRow) {
-        lockFinding(
-          "backfill-under-lock", tableKey(rel),
-          `${kind === "UpdateStmt" ? "UPDATE" : "DELETE"} of ${node.whereClause ? "the rows" : "every row"} of ${quoted(rel)} runs while this transaction holds ` +
-            `the ACCESS EXCLUSIVE lock the ALTER TABLE on line ${since} took: every read and write of ${quoted(rel)} waits until the migration commits`,
-        );
-      }
-      break;
-    }
-    case "AlterTableStmt":
-      alterTableFindings(node, statement, migration, scope, state, { at, phaseFinding, lockFinding, existing, untilCommit });
-      break;
-  }
-  return found;
+  return {
+    statement, migration, scope, state, inTransaction, found, at,
+    untilCommit: inTransaction ? " and the migration commits" : "",
+    phaseFinding: (rule, subject, what, location = at, why = "the old code still serving traffic may use it") => {
+      if (beforeDeploy) found.push({ rule, message: `${what} in ${phase}: ${why}`, location, subject });
+    },
+    lockFinding: (rule, subject, message, location = at) => found.push({ rule, message, location, subject }),
+    existing: (rel) => rel !== undefined && !scope.tables.has(tableKey(rel)),
+    once: (rule) => !scope.reported.has(rule) && Boolean(scope.reported.add(rule)),
+  };
 }
+
+/** Foreign keys a table declares, remembered for TRUNCATE ... CASCADE. */
+function learnForeignKeys(kind: string, node: Node, statement: Statement, state: AnalysisState): void {
+  if ((kind !== "CreateStmt" && kind !== "AlterTableStmt") || !/references/i.test(statement.sql)) return;
+  for (const target of foreignKeysIn(node)) {
+    const from = state.references.get(target) ?? new Set<string>();
+    state.references.set(target, from.add(tableKey(node.relation)));
+  }
+}
+
+/** A table created here: exempt for the rest of the migration. IF NOT EXISTS may name one already there, but not one no earlier migration created. */
+function learnCreatedTable(relation: RangeVar, ifNotExists: boolean, { scope, state }: StatementContext): string {
+  const key = tableKey(relation);
+  if (!ifNotExists || !state.tables.has(key)) scope.tables.add(key);
+  state.tables.add(key);
+  state.droppedTables.delete(key);
+  return key;
+}
+
+const createTableRule: StatementRule = (node, context) => {
+  const key = learnCreatedTable(node.relation, node.if_not_exists, context);
+  for (const element of node.tableElts ?? []) {
+    const column = element.ColumnDef;
+    if (column) context.state.columnTypes.set(`${key}.${column.colname}`, columnTypeOf(column.typeName));
+  }
+};
+
+const createTableAsRule: StatementRule = (node, context) => {
+  if (node.into?.rel) learnCreatedTable(node.into.rel, node.if_not_exists, context);
+};
+
+/** Functions are remembered with their volatility (a volatile default rewrites) and whether they are trigger functions. */
+const createFunctionRule: StatementRule = (node, { state, scope }) => {
+  const name = nameOf(node.funcname);
+  const volatility = (node.options ?? []).find((o: Node) => o.DefElem?.defname === "volatility")?.DefElem.arg.String?.sval;
+  state.functions.set(name, { trigger: typeNameOf(node.returnType) === "trigger", volatile: !volatility || volatility === "volatile" });
+  const body = bodyOf(node.options);
+  if (/\bexecute\b/i.test(body) && DDL_WORDS.test(body)) scope.dynamicFunctions.add(name);
+};
+
+const setTimeZoneRule: StatementRule = (node, { scope }) => {
+  if (node.name === "timezone") scope.utc = UTC_ZONES.test(node.args?.[0]?.A_Const?.sval?.sval ?? "");
+};
+
+const dropRule: StatementRule = (node, context) => {
+  const names: string[] = (node.objects ?? []).map((o: Node) => nameOf(o.List?.items ?? o.ObjectWithArgs?.objname ?? [o]));
+  const removeType = node.removeType as string;
+  if (node.concurrent && context.inTransaction) {
+    context.lockFinding("concurrently-in-transaction", null, "DROP INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
+  }
+  dropFindings(removeType, names, Boolean(node.concurrent), context);
+  forgetDropped(removeType, names, context.state);
+};
+
+/** Dropping what old code may use is a phase finding; dropping an index without CONCURRENTLY, a lock finding. */
+function dropFindings(removeType: string, names: string[], concurrent: boolean, { scope, state, phaseFinding, lockFinding, at, inTransaction }: StatementContext): void {
+  const notHere = (set: Set<string>) => names.find((n) => !set.has(n));
+  const list = names.join(", ");
+  if (removeType === "OBJECT_TABLE") {
+    const table = notHere(scope.tables);
+    if (table) phaseFinding("drop-table", table, `DROP TABLE ${list}`);
+  } else if (removeType === "OBJECT_SCHEMA") {
+    phaseFinding("drop-table", names[0], `DROP SCHEMA ${list}`, at, "the old code may use the tables in it");
+  } else if (removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") {
+    const view = notHere(scope.objects);
+    if (view) phaseFinding("drop-view", view, `DROP VIEW ${list}`);
+  } else if (removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") {
+    // A trigger function is only called by its trigger, never by the application.
+    const called = names.find((n) => !scope.objects.has(n) && !state.functions.get(n)?.trigger);
+    if (called) phaseFinding("drop-function", called, `DROP FUNCTION ${list}`);
+  } else if (removeType === "OBJECT_INDEX" && !concurrent) {
+    const index = names.find((n) => !scope.indexes.has(n) && !scope.tables.has(state.indexes.get(n) ?? ""));
+    if (!index) return;
+    const table = state.indexes.get(index);
+    const on = table ? ` on ${table}` : "";
+    lockFinding(
+      "drop-index-not-concurrently", index,
+      `DROP INDEX ${index} takes an ACCESS EXCLUSIVE lock${on || " on the table it indexes"}: it waits for every running query${on} ` +
+        `(up to lock_timeout) while new ones queue behind it, then holds it${inTransaction ? " until the migration commits" : " briefly"}`,
+    );
+  }
+}
+
+/** What a DROP removes is no longer known: its indexes, its foreign keys both ways, its long name. */
+function forgetDropped(removeType: string, names: string[], state: AnalysisState): void {
+  if (removeType === "OBJECT_TABLE") {
+    for (const n of names) (state.tables.delete(n), state.droppedTables.add(n), state.references.delete(n));
+    for (const from of state.references.values()) for (const n of names) from.delete(n);
+  }
+  if (removeType === "OBJECT_INDEX") for (const n of names) state.indexes.delete(n);
+  if (["OBJECT_TABLE", "OBJECT_INDEX", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_SEQUENCE"].includes(removeType)) for (const n of names) state.longNames.delete(n);
+}
+
+/** A rename breaks the code on one side of the deploy whatever the phase: old code before it, new code after it. */
+const renameRule: StatementRule = (node, context) => {
+  const { scope, state, lockFinding } = context;
+  const relation = node.relation as RangeVar | undefined;
+  if (relation && node.renameType === "OBJECT_INDEX") return renameIndex(relation.relname, node.newname, context);
+  const existed = context.existing(relation);
+  if (relation && node.renameType === "OBJECT_TABLE") renameTable(state, scope, tableKey(relation), relation.schemaname ? `${relation.schemaname}.${node.newname}` : node.newname);
+  if (!relation || !existed) return;
+  const why = "old code breaks if it runs before the deploy, new code if it runs after; no phase makes a rename safe";
+  const location = relation.location ?? context.at;
+  const key = tableKey(relation);
+  const carryType = () => {
+    const type = state.columnTypes.get(`${key}.${node.subname}`);
+    if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
+  };
+  if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
+    lockFinding("rename-table", key, `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation)} to ${node.newname}: ${why}`, location);
+  } else if (node.renameType === "OBJECT_COLUMN") {
+    // Dropping a column and renaming its replacement to its name: code using the name finds a column either way.
+    if (!scope.dropped.has(`${key}.${node.newname}`)) lockFinding("rename-column", key, `renaming column ${quoted(relation)}.${node.subname} to ${node.newname}: ${why}`, location);
+    carryType();
+  }
+  if (context.inTransaction) scope.exclusive.set(key, context.statement.line);
+};
+
+function renameIndex(from: string, to: string, { scope, state }: StatementContext): void {
+  const table = state.indexes.get(from);
+  if (table) state.indexes.set(to, table);
+  if (scope.indexes.has(from)) scope.indexes.add(to);
+}
+
+const createIndexRule: StatementRule = (node, { scope, state, inTransaction, existing, lockFinding, untilCommit }) => {
+  const table = tableKey(node.relation);
+  if (node.idxname) {
+    state.indexes.set(node.idxname, table);
+    scope.indexes.add(node.idxname);
+  }
+  if (node.concurrent && inTransaction) {
+    lockFinding("concurrently-in-transaction", null, "CREATE INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
+  } else if (!node.concurrent && existing(node.relation)) {
+    lockFinding(
+      "index-not-concurrently", table,
+      `CREATE INDEX on ${quoted(node.relation)} takes a SHARE lock: writes to it wait until the index is built${untilCommit} (reads go on)`,
+    );
+  }
+};
+
+const reindexRule: StatementRule = (node, { inTransaction, lockFinding }) => {
+  const concurrently = (node.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently");
+  if (concurrently && inTransaction) {
+    lockFinding("concurrently-in-transaction", null, "REINDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
+  } else if (!concurrently) {
+    lockFinding("reindex-not-concurrently", node.relation ? tableKey(node.relation) : null, "REINDEX without CONCURRENTLY blocks writes to the table, and reads that use its indexes, until it ends");
+  }
+};
+
+const vacuumRule: StatementRule = (node, { inTransaction, lockFinding }) => {
+  const relation = node.rels?.[0]?.VacuumRelation?.relation;
+  if ((node.options ?? []).some((o: Node) => o.DefElem?.defname === "full")) {
+    lockFinding("vacuum-full", relation ? tableKey(relation) : null, "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends");
+  } else if (node.is_vacuumcmd && inTransaction) {
+    lockFinding("concurrently-in-transaction", null, "VACUUM cannot run inside a transaction: the migration would fail");
+  }
+};
+
+const clusterRule: StatementRule = (node, { lockFinding }) => lockFinding(
+  "cluster", node.relation ? tableKey(node.relation) : null,
+  `CLUSTER${node.relation ? ` ${quoted(node.relation)}` : ""} rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends`,
+);
+
+const lockTableRule: StatementRule = (node, { lockFinding }) => {
+  const relation = node.relations?.[0]?.RangeVar;
+  lockFinding("lock-table", relation ? tableKey(relation) : null, `LOCK TABLE holds its lock until the migration commits; every conflicting query queues behind it`);
+};
+
+/** One finding per migration says it all, however many COMMITs it has. */
+const transactionControlRule: StatementRule = (node, { scope, inTransaction, once, lockFinding }) => {
+  if (!TRANSACTION_CONTROL.has(node.kind)) return;
+  // A COMMIT (AND CHAIN) ends the transaction: the locks taken so far are released.
+  scope.exclusive.clear();
+  if (!inTransaction || scope.transactionControl === 0 || !once("transaction-control")) return;
+  const count = scope.transactionControl;
+  lockFinding(
+    "transaction-control", null,
+    `${node.kind.replace("TRANS_STMT_", "")}${count > 1 ? ` (and ${count - 1} more BEGIN/COMMIT statements)` : ""} inside a migration safemigrate runs in one transaction: ` +
+      `it commits part of the migration, so a later failure leaves that part applied`,
+  );
+};
+
+/** DDL built at run time cannot be analysed: said once per migration rather than passed over in silence. */
+const dynamicSqlRule: StatementRule = (node, { scope, once, lockFinding }, kind) => {
+  const dynamic = kind === "DoStmt" ? DDL_WORDS.test(bodyOf(node.args)) : functionsIn(node).some((f) => scope.dynamicFunctions.has(f));
+  if (!dynamic || !once("dynamic-sql")) return;
+  lockFinding(
+    "dynamic-sql", null,
+    `${kind === "DoStmt" ? "a DO block" : "a function this migration defines"} runs DDL built at run time (EXECUTE or a DO body), which this analysis cannot see: ` +
+      `the locks it takes and its phase are not checked (reported once per migration)`,
+  );
+};
+
+/** A whole-table UPDATE/DELETE while an earlier ALTER of the same transaction still holds ACCESS EXCLUSIVE. */
+const backfillRule: StatementRule = (node, { scope, lockFinding }, kind) => {
+  const rel = node.relation as RangeVar | undefined;
+  // A data statement the parser only syntax-checked (a big data migration) has no tree to read.
+  if (!rel) return;
+  const since = scope.exclusive.get(tableKey(rel));
+  const everyRow = !node.whereClause || node.whereClause.NullTest !== undefined;
+  if (since === undefined || !everyRow) return;
+  lockFinding(
+    "backfill-under-lock", tableKey(rel),
+    `${kind === "UpdateStmt" ? "UPDATE" : "DELETE"} of ${node.whereClause ? "the rows" : "every row"} of ${quoted(rel)} runs while this transaction holds ` +
+      `the ACCESS EXCLUSIVE lock the ALTER TABLE on line ${since} took: every read and write of ${quoted(rel)} waits until the migration commits`,
+  );
+};
+
+const STATEMENT_RULES: Record<string, StatementRule> = {
+  CreateStmt: createTableRule,
+  CreateTableAsStmt: createTableAsRule,
+  CreateFunctionStmt: createFunctionRule,
+  VariableSetStmt: setTimeZoneRule,
+  DropStmt: dropRule,
+  RenameStmt: renameRule,
+  IndexStmt: createIndexRule,
+  ReindexStmt: reindexRule,
+  VacuumStmt: vacuumRule,
+  ClusterStmt: clusterRule,
+  LockStmt: lockTableRule,
+  TransactionStmt: transactionControlRule,
+  DoStmt: dynamicSqlRule,
+  SelectStmt: dynamicSqlRule,
+  TruncateStmt: (node, c) => c.found.push(...truncateFindings(node, c.scope, c.state, c.existing, c.at)),
+  UpdateStmt: backfillRule,
+  DeleteStmt: backfillRule,
+  AlterTableStmt: (node, c) => alterTableFindings(node, c.statement, c.migration, c.scope, c.state, c),
+};
 
 /** What the migrations declared about a table follows it to its new name. */
 function renameTable(state: AnalysisState, scope: MigrationScope, from: string, to: string): void {
