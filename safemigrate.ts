@@ -2691,7 +2691,7 @@ const STATEMENT_RULES: Record<string, StatementRule> = {
   TruncateStmt: (node, c) => c.found.push(...truncateFindings(node, c.scope, c.state, c.existing, c.at)),
   UpdateStmt: backfillRule,
   DeleteStmt: backfillRule,
-  AlterTableStmt: (node, c) => alterTableFindings(node, c.statement, c.migration, c.scope, c.state, c),
+  AlterTableStmt: alterTableFindings,
 };
 
 /** What the migrations declared about a table follows it to its new name. */
@@ -2873,89 +2873,106 @@ interface FindingSinks {
   untilCommit: string;
 }
 
-function alterTableFindings(node: Node, statement: Statement, migration: Migration, scope: MigrationScope, state: AnalysisState, sinks: FindingSinks): void {
-  const { phaseFinding, lockFinding, existing, untilCommit } = sinks;
+/** What every ALTER TABLE subcommand rule needs: the statement's context and the table it alters. */
+interface AlterContext extends StatementContext {
+  key: string;
+  table: string;
+  location: number;
+  /** "under an ACCESS EXCLUSIVE lock: ... wait until it ends", for messages. */
+  exclusively: string;
+  /** The phase finding for NOT NULL on a column, unless the migration gave it a default (old code's INSERTs get it). */
+  notNull: (column: string) => void;
+}
+
+type AlterRule = (cmd: Node, context: AlterContext) => void;
+
+/** ALTER TABLE: each subcommand by its own rule; a table created earlier in this migration only teaches column types. */
+function alterTableFindings(node: Node, context: StatementContext): void {
+  const { scope, state, phaseFinding } = context;
   const rel = node.relation as RangeVar;
   const key = tableKey(rel);
   const cmds: Node[] = (node.cmds ?? []).map((c: Node) => c.AlterTableCmd).filter(Boolean);
-  if (!existing(rel)) {
-    // Still learn the columns of a table created earlier in this migration.
-    for (const cmd of cmds) {
-      if (cmd.subtype === "AT_AddColumn" || cmd.subtype === "AT_AlterColumnType") {
-        const name = cmd.def?.ColumnDef?.colname ?? cmd.name;
-        state.columnTypes.set(`${key}.${name}`, columnTypeOf(cmd.def?.ColumnDef?.typeName));
-      }
-    }
-    return;
-  }
-  if (migration.up.transaction && cmds.some(takesExclusive) && !scope.exclusive.has(key)) scope.exclusive.set(key, statement.line);
+  if (!context.existing(rel)) return learnColumnTypes(key, cmds, state);
+  if (context.inTransaction && cmds.some(takesExclusive) && !scope.exclusive.has(key)) scope.exclusive.set(key, context.statement.line);
   const table = quoted(rel);
-  const location = rel.location ?? sinks.at;
-  const exclusively = `under an ACCESS EXCLUSIVE lock: reads and writes of ${table} wait until it ends${untilCommit}`;
-  const notNull = (column: string) => {
-    if (!scope.defaults.has(`${key}.${column}`)) phaseFinding("add-not-null", key, `NOT NULL on ${table}.${column}`, location, "the old code may still write NULL");
+  const location = rel.location ?? context.at;
+  const alter: AlterContext = {
+    ...context, key, table, location,
+    exclusively: `under an ACCESS EXCLUSIVE lock: reads and writes of ${table} wait until it ends${context.untilCommit}`,
+    notNull: (column) => {
+      if (!scope.defaults.has(`${key}.${column}`)) phaseFinding("add-not-null", key, `NOT NULL on ${table}.${column}`, location, "the old code may still write NULL");
+    },
   };
+  for (const cmd of cmds) ALTER_TABLE_RULES[cmd.subtype]?.(cmd, alter);
+}
+
+function learnColumnTypes(key: string, cmds: Node[], state: AnalysisState): void {
   for (const cmd of cmds) {
-    switch (cmd.subtype) {
-      case "AT_DropColumn":
-        scope.dropped.add(`${key}.${cmd.name}`);
-        phaseFinding("drop-column", key, `dropping column ${table}.${cmd.name}`, location);
-        state.columnTypes.delete(`${key}.${cmd.name}`);
-        break;
-      case "AT_AlterColumnType": {
-        const column = `${key}.${cmd.name}`;
-        const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
-        const from = state.columnTypes.get(column);
-        // Under UTC timestamp and timestamptz have the same bytes, but only PostgreSQL 12+ keeps the table's file.
-        const sameBytes = scope.utc && scope.serverVersion >= 120000;
-        const free = isTrivialUsing(cmd.def?.ColumnDef?.raw_default, cmd.name) && isFreeWidening(from, target, sameBytes);
-        if (!(free && from)) {
-          phaseFinding("change-column-type", key, `changing the type of ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)}`, location, "the old code may write values the new type rejects");
-        }
-        const olderServer = scope.utc && !sameBytes && from?.name === "timestamp" && target.name === "timestamptz" ? ` (on PostgreSQL ${majorVersion(scope.serverVersion)} even with the time zone UTC; 12+ keeps the file)` : "";
-        if (!free) lockFinding("type-change-rewrite", key, `changing ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)} rewrites ${table}${olderServer} and rebuilds its indexes ${exclusively}`, location);
-        state.columnTypes.set(column, target);
-        break;
-      }
-      case "AT_SetNotNull": {
-        notNull(cmd.name);
-        // A validated CHECK (col IS NOT NULL) lets PostgreSQL 12+ skip the scan.
-        const proven = state.provenNotNull.has(`${key}.${cmd.name}`);
-        if (!proven || scope.serverVersion < 120000) {
-          const older = proven ? ` (PostgreSQL ${majorVersion(scope.serverVersion)} does not use the validated CHECK to skip it; 12+ does)` : "";
-          lockFinding("set-not-null-scan", key, `SET NOT NULL on ${table}.${cmd.name} scans every row (no rewrite)${older} ${exclusively}`, location);
-        }
-        break;
-      }
-      case "AT_DropNotNull":
-        phaseFinding(
-          "drop-not-null", key, `DROP NOT NULL on ${table}.${cmd.name}`, location,
-          "once the new code writes NULL there, the old code still serving traffic during the deploy (and again after a rollback of the code) reads NULL where it always found a value",
-        );
-        break;
-      case "AT_ColumnDefault":
-        if (cmd.def) scope.defaults.add(`${key}.${cmd.name}`);
-        else phaseFinding("drop-default", key, `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
-        break;
-      case "AT_AddColumn":
-        addColumnFindings(cmd.def?.ColumnDef ?? {}, key, table, location, migration, scope, state, sinks, exclusively);
-        break;
-      case "AT_AddConstraint":
-        addConstraintFindings(cmd.def?.Constraint ?? {}, key, table, location, scope, state, sinks, notNull, exclusively);
-        break;
-      case "AT_ValidateConstraint": {
-        const constraint = `${key}.${cmd.name}`;
-        const column = state.notNullChecks.get(constraint);
-        if (column) state.provenNotNull.add(`${key}.${column}`);
-        const rule = scope.notValidHere.get(constraint);
-        if (rule && migration.up.transaction) {
-          lockFinding(rule, key, `VALIDATE CONSTRAINT ${cmd.name} in the same transaction that added it NOT VALID scans every row while that lock is still held, until the migration commits`, location);
-        }
-        break;
-      }
+    if (cmd.subtype === "AT_AddColumn" || cmd.subtype === "AT_AlterColumnType") {
+      const name = cmd.def?.ColumnDef?.colname ?? cmd.name;
+      state.columnTypes.set(`${key}.${name}`, columnTypeOf(cmd.def?.ColumnDef?.typeName));
     }
   }
 }
+
+const dropColumnRule: AlterRule = (cmd, { key, table, location, scope, state, phaseFinding }) => {
+  scope.dropped.add(`${key}.${cmd.name}`);
+  phaseFinding("drop-column", key, `dropping column ${table}.${cmd.name}`, location);
+  state.columnTypes.delete(`${key}.${cmd.name}`);
+};
+
+const alterColumnTypeRule: AlterRule = (cmd, { key, table, location, scope, state, phaseFinding, lockFinding, exclusively }) => {
+  const column = `${key}.${cmd.name}`;
+  const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
+  const from = state.columnTypes.get(column);
+  // Under UTC timestamp and timestamptz have the same bytes, but only PostgreSQL 12+ keeps the table's file.
+  const sameBytes = scope.utc && scope.serverVersion >= 120000;
+  const free = isTrivialUsing(cmd.def?.ColumnDef?.raw_default, cmd.name) && isFreeWidening(from, target, sameBytes);
+  const change = `${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)}`;
+  if (!(free && from)) phaseFinding("change-column-type", key, `changing the type of ${change}`, location, "the old code may write values the new type rejects");
+  const olderServer = scope.utc && !sameBytes && from?.name === "timestamp" && target.name === "timestamptz" ? ` (on PostgreSQL ${majorVersion(scope.serverVersion)} even with the time zone UTC; 12+ keeps the file)` : "";
+  if (!free) lockFinding("type-change-rewrite", key, `changing ${change} rewrites ${table}${olderServer} and rebuilds its indexes ${exclusively}`, location);
+  state.columnTypes.set(column, target);
+};
+
+const setNotNullRule: AlterRule = (cmd, { key, table, location, scope, state, lockFinding, exclusively, notNull }) => {
+  notNull(cmd.name);
+  // A validated CHECK (col IS NOT NULL) lets PostgreSQL 12+ skip the scan.
+  const proven = state.provenNotNull.has(`${key}.${cmd.name}`);
+  if (proven && scope.serverVersion >= 120000) return;
+  const older = proven ? ` (PostgreSQL ${majorVersion(scope.serverVersion)} does not use the validated CHECK to skip it; 12+ does)` : "";
+  lockFinding("set-not-null-scan", key, `SET NOT NULL on ${table}.${cmd.name} scans every row (no rewrite)${older} ${exclusively}`, location);
+};
+
+const dropNotNullRule: AlterRule = (cmd, { key, table, location, phaseFinding }) => phaseFinding(
+  "drop-not-null", key, `DROP NOT NULL on ${table}.${cmd.name}`, location,
+  "once the new code writes NULL there, the old code still serving traffic during the deploy (and again after a rollback of the code) reads NULL where it always found a value",
+);
+
+const columnDefaultRule: AlterRule = (cmd, { key, table, location, scope, phaseFinding }) => {
+  if (cmd.def) scope.defaults.add(`${key}.${cmd.name}`);
+  else phaseFinding("drop-default", key, `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
+};
+
+const validateConstraintRule: AlterRule = (cmd, { key, location, scope, state, inTransaction, lockFinding }) => {
+  const constraint = `${key}.${cmd.name}`;
+  const column = state.notNullChecks.get(constraint);
+  if (column) state.provenNotNull.add(`${key}.${column}`);
+  const rule = scope.notValidHere.get(constraint);
+  if (!rule || !inTransaction) return;
+  lockFinding(rule, key, `VALIDATE CONSTRAINT ${cmd.name} in the same transaction that added it NOT VALID scans every row while that lock is still held, until the migration commits`, location);
+};
+
+const ALTER_TABLE_RULES: Record<string, AlterRule> = {
+  AT_DropColumn: dropColumnRule,
+  AT_AlterColumnType: alterColumnTypeRule,
+  AT_SetNotNull: setNotNullRule,
+  AT_DropNotNull: dropNotNullRule,
+  AT_ColumnDefault: columnDefaultRule,
+  AT_AddColumn: (cmd, c) => addColumnFindings(cmd.def?.ColumnDef ?? {}, c.key, c.table, c.location, c.migration, c.scope, c.state, c, c.exclusively),
+  AT_AddConstraint: (cmd, c) => addConstraintFindings(cmd.def?.Constraint ?? {}, c.key, c.table, c.location, c.scope, c.state, c, c.notNull, c.exclusively),
+  AT_ValidateConstraint: validateConstraintRule,
+};
 
 function addColumnFindings(
   column: Node, key: string, table: string, location: number, migration: Migration, scope: MigrationScope, state: AnalysisState,
