@@ -3722,14 +3722,25 @@ function driverQueryable(sql: postgres.Sql | postgres.TransactionSql): Queryable
   };
 }
 
-/** A postgres.js connection whose errors read as safemigrate's; `guard` runs before each call. */
-function driverConnection(client: postgres.Sql, url: string, label: string, guard: () => void = () => {}): Connection {
+/**
+ * A postgres.js connection whose errors read as safemigrate's; `guard` runs
+ * before each call, `lost` after a call that failed because the connection went.
+ */
+function driverConnection(
+  client: postgres.Sql,
+  url: string,
+  label: string,
+  guard: () => void = () => {},
+  lost: () => void = () => {},
+): Connection {
   const wrap = async <T>(run: () => Promise<T>): Promise<T> => {
     try {
       guard();
       return await run();
     } catch (error) {
-      throw (await withoutSslExplained(error, url, label)) ?? asDriverError(error, label);
+      const described = (await withoutSslExplained(error, url, label)) ?? asDriverError(error, label);
+      if (isConnectionLoss(described)) lost();
+      throw described;
     }
   };
   const base = driverQueryable(client);
@@ -3745,15 +3756,19 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
   await loadPostgres();
   rememberPassword(url);
   const label = describeUrl(url);
-  // The working session: once it closes, it stays closed (see the section's introduction).
+  // The working session: once it closes, it stays closed (see the section's introduction). A query can fail
+  // because the connection went (a reset socket) before the driver reports the close: from then on too,
+  // nothing more is sent on it. A query sent on a socket that is going may never settle: on Bun the lease's
+  // release did that, and the run spun at 100% CPU instead of exiting 1 (test/faults.test.ts).
   let closed = false;
   let opened = false;
-  const client = openDriver(url, label, "safemigrate", () => {
+  const lose = () => {
     if (opened) closed = true;
-  });
+  };
+  const client = openDriver(url, label, "safemigrate", lose);
   const working = driverConnection(client, url, label, () => {
     if (closed) throw new ConnectionLostError(`the connection to ${label} was lost`);
-  });
+  }, lose);
   let announced: number | null = null;
   // Opened on the first successful query; a failed first connect is an ordinary connection error.
   const query: Queryable["query"] = async (text, params) => {
