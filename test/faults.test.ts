@@ -11,6 +11,7 @@
  */
 import { afterAll, afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { writeFileSync } from "node:fs";
+import { connect as connectTcp, createServer, type Socket } from "node:net";
 import postgres from "postgres";
 import { cleanup, CLI, cleanEnv, migrationsDir, ROOT, SERVER_URL, serverDatabaseUrl } from "./helpers.ts";
 import { type Cluster, type Pooler, startCluster, startPgbouncer } from "./servers.ts";
@@ -120,6 +121,31 @@ async function indexBuildInFlight(watch: Awaited<ReturnType<typeof observer>>, g
     if (reason) throw new Error(`the index build never began: ${reason}`);
     await Bun.sleep(50);
   }
+}
+
+/** A TCP proxy to the server of `url`; `reset()` resets (RST) the client side of every connection through it. */
+async function resettingProxy(url: string): Promise<{ url: string; reset: () => void; close: () => void }> {
+  const target = new URL(url);
+  const clients = new Set<Socket>();
+  const server = createServer((client) => {
+    clients.add(client);
+    const upstream = connectTcp(Number(target.port || 5432), target.hostname);
+    client.on("data", (data) => upstream.write(data));
+    upstream.on("data", (data) => client.write(data));
+    client.on("close", () => (clients.delete(client), upstream.destroy()));
+    client.on("error", () => {});
+    upstream.on("error", () => {});
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const proxied = new URL(url);
+  proxied.host = `127.0.0.1:${(server.address() as { port: number }).port}`;
+  return {
+    url: proxied.toString(),
+    reset: () => {
+      for (const client of clients) client.resetAndDestroy();
+    },
+    close: () => server.close(),
+  };
 }
 
 /** No stack trace and no driver internals in what a user sees. */
@@ -255,6 +281,40 @@ describeServer("the lock survives lost sessions", () => {
       expect(effects).toEqual(onceEach(idsOf(n)));
       await watch.close();
     }
+  });
+
+  test("a connection reset while the history is read: the run exits 1 naming the lost connection, never spins", async () => {
+    // Found at random by the first test of this group: the socket's error reached the run before its close did,
+    // the lease's release then sent a query on the dying connection that never settled, and the runner spun at
+    // 100% CPU forever. A lock on the history table holds the run at that read; a proxy resets its connection.
+    const url = await databaseWithEffects();
+    const watch = await observer(url);
+    const dir = slowMigrations(1, 0);
+    expect((await startRunner(["--all", "--dir", migrationsDir({}), "--database-url", url]).done).code).toBe(0);
+    const proxy = await resettingProxy(url);
+    const lockSql = postgres(url, { max: 1, onnotice: () => {} });
+    const lockHolder = await lockSql.reserve();
+    await lockHolder.unsafe("begin; lock table safemigrate_history in access exclusive mode");
+    const run = startRunner(["--all", "--dir", dir, "--database-url", proxy.url]);
+    let exited = false;
+    run.done.then(() => (exited = true));
+    while (!exited && !(await watch.sql.unsafe(
+      `select 1 from pg_stat_activity where application_name = 'safemigrate' and wait_event_type = 'Lock'`,
+    )).length) await Bun.sleep(20);
+    proxy.reset();
+    // A hang guard, not a speed target: before the fix the run never ended.
+    const result = await Promise.race([run.done, Bun.sleep(120_000).then(() => null)]);
+    if (!result) run.child.kill("SIGKILL");
+    await lockHolder.unsafe("rollback");
+    lockHolder.release();
+    await lockSql.end();
+    proxy.close();
+    expect(result).not.toBeNull();
+    expect(result!.code).toBe(1);
+    expectCleanOutput(result!);
+    expect(result!.stderr).toMatch(/connection to .* was lost/);
+    expect(await watch.effects()).toEqual({});
+    await watch.close();
   });
 
   test("killing the working backend mid-migration names the migration, its file and line, and what took effect", async () => {
