@@ -4915,14 +4915,20 @@ export async function acceptChanged(
 // A rehearsal compares the schema before and after each step, hundreds of
 // times. Reading the whole catalog each time (pg_get_functiondef and friends
 // for thousands of objects) would cost more than the migrations themselves, so
-// the snapshot is kept up to date incrementally: a cheap fingerprint (the xmin
-// of each object's catalog rows) says which objects a step touched, and only
-// those, and what depends on them, are read again.
+// the snapshot is kept up to date incrementally: only the objects a step
+// touched, and what depends on them, are read again. Which ones those are,
+// event triggers on the scratch database record as each step runs (one round
+// trip per read, which reads nothing else); where they cannot be created (a
+// role that is not superuser) a fingerprint of every object's catalog rows
+// (their xmin) finds them instead, at the cost of scanning the catalogs on
+// every read.
 
 /** Catalog objects by a key ("column public.users.email") and their definition. */
 export type SchemaSnapshot = Map<string, string>;
 
-const USER_SCHEMAS = `n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
+/** The schema the rehearsal's event triggers keep their log and functions in, on the scratch database. */
+const TRACKING = "safemigrate_rehearsal";
+const USER_SCHEMAS = `n.nspname not in ('pg_catalog', 'information_schema', '${TRACKING}') and n.nspname not like 'pg\\_toast%'
   and n.nspname not like 'pg\\_temp%'`;
 const NOT_HISTORY = `c.relname not in ('${HISTORY_TABLE}', '${HISTORY_TABLE}_lock')`;
 /** Objects that belong to an extension are the extension's business, not the migration's. */
@@ -5030,6 +5036,10 @@ function snapshotQuery(units: string[] | null): string {
   }).map((sql) => `select * from (${sql}) q(key, def, unit)`).join("\n union all ");
 }
 
+/** The same rows for the oids in the arrays r_oids, p_oids, ... (variables of the function that reads them). */
+const snapshotOfArrays = SNAPSHOT_QUERIES.map(({ kind, oid, sql }) => `select * from (${sql} and ${oid} = any(${kind}_oids)) q(key, def, unit)`)
+  .join("\n union all ");
+
 /** Per catalog: how many rows an object has there and the sum of their xmins; any insert, update or delete changes it. */
 const rowVersions = (catalog: string, id: string, where = "true") =>
   `(select ${id} as id, count(*) || ':' || sum(xmin::text::bigint) as v from ${catalog} where ${id} >= 16384 and ${where} group by ${id})`;
@@ -5091,17 +5101,138 @@ export const FINGERPRINT_QUERY = `
      and d.refobjid = substr(c.unit, 2)::oid`;
 
 /**
+ * What the event triggers record: the unit each command touched (a
+ * constraint, default, trigger or rule counts for its table; an object the
+ * snapshot does not show as 'o' and its oids, for what depends on it).
+ */
+const UNIT_OF = (classid: string, objid: string) => `case ${classid}
+    when 'pg_class'::regclass then 'r' || ${objid}
+    when 'pg_proc'::regclass then 'p' || ${objid}
+    when 'pg_type'::regclass then 't' || ${objid}
+    when 'pg_namespace'::regclass then 'n' || ${objid}
+    when 'pg_extension'::regclass then 'e' || ${objid}
+    when 'pg_constraint'::regclass then (select case when x.conrelid <> 0 then 'r' || x.conrelid else 't' || x.contypid end
+                                           from pg_constraint x where x.oid = ${objid})
+    when 'pg_attrdef'::regclass then (select 'r' || x.adrelid from pg_attrdef x where x.oid = ${objid})
+    when 'pg_trigger'::regclass then (select 'r' || x.tgrelid from pg_trigger x where x.oid = ${objid})
+    when 'pg_rewrite'::regclass then (select 'r' || x.ev_class from pg_rewrite x where x.oid = ${objid})
+    else 'o' || ${classid} || ':' || ${objid} end`;
+
+/** The oids of the units in `units` of one kind, as a plpgsql assignment. */
+const oidsOfKind = (kind: string) => `${kind}_oids := array(select substr(u, 2)::oid from unnest(units) u where left(u, 1) = '${kind}');`;
+
+/**
+ * The event triggers and their log, in a schema of their own that the
+ * snapshot leaves out. A failure inside a trigger must never fail the
+ * migration: it logs '*' (read everything) instead. `changes()` drains the log
+ * and returns one row per unit to read again (key null), then their snapshot
+ * rows: the units touched, what depends on them (through types, extensions
+ * and internal parts: an enum's array type, an extension's functions), a
+ * table's indexes and an index's table (renaming an index renames its
+ * constraint), and a table's inheritance children and partitions (a column
+ * added to the parent is theirs too). Its plans are generic, so a read costs
+ * no planning.
+ */
+const TRACKING_SQL = `
+  drop event trigger if exists ${TRACKING}_ddl; drop event trigger if exists ${TRACKING}_drop;
+  drop schema if exists ${TRACKING} cascade;
+  create schema ${TRACKING};
+  create table ${TRACKING}.touched (unit text);
+  create function ${TRACKING}.unit_of(classid oid, objid oid) returns text language sql stable as $$ select ${UNIT_OF("classid", "objid")} $$;
+  create function ${TRACKING}.ddl_end() returns event_trigger language plpgsql set search_path = pg_catalog as $$
+  begin
+    insert into ${TRACKING}.touched select ${TRACKING}.unit_of(c.classid, c.objid) from pg_event_trigger_ddl_commands() c where c.classid <> 0;
+  exception when others then
+    insert into ${TRACKING}.touched values ('*');
+  end $$;
+  create function ${TRACKING}.dropped() returns event_trigger language plpgsql set search_path = pg_catalog as $$
+  begin
+    insert into ${TRACKING}.touched
+    select case
+             when d.object_type in ('table constraint', 'default value', 'trigger', 'rule', 'policy')
+               then 'r' || to_regclass(format('%I.%I', d.address_names[1], d.address_names[2]))::oid
+             when d.object_type = 'domain constraint' then 't' || to_regtype(d.address_names[1])::oid
+             else ${TRACKING}.unit_of(d.classid, d.objid)
+           end
+      from pg_event_trigger_dropped_objects() d;
+  exception when others then
+    insert into ${TRACKING}.touched values ('*');
+  end $$;
+  create event trigger ${TRACKING}_ddl on ddl_command_end execute procedure ${TRACKING}.ddl_end();
+  create event trigger ${TRACKING}_drop on sql_drop execute procedure ${TRACKING}.dropped();
+  -- Also under session_replication_role = replica, which a migration may set for a bulk load.
+  alter event trigger ${TRACKING}_ddl enable always;
+  alter event trigger ${TRACKING}_drop enable always;
+  create function ${TRACKING}.changes() returns table (key text, def text, unit text)
+  language plpgsql set plan_cache_mode = force_generic_plan as $fn$
+  #variable_conflict use_column
+  declare
+    units text[];
+    r_oids oid[]; p_oids oid[]; t_oids oid[]; n_oids oid[]; e_oids oid[];
+  begin
+    if (select count(*) from pg_event_trigger where evtname like '${TRACKING}%' and evtenabled = 'A') <> 2 then
+      return query select null::text, null::text, '*'::text;
+      return;
+    end if;
+    with recursive drained as (delete from ${TRACKING}.touched returning touched.unit),
+    related (unit, classid, objid, follow, depth) as (
+      select distinct d.unit,
+             case left(d.unit, 1) when 'r' then 'pg_class'::regclass::oid when 'p' then 'pg_proc'::regclass::oid
+                                  when 't' then 'pg_type'::regclass::oid when 'e' then 'pg_extension'::regclass::oid
+                                  when 'o' then split_part(substr(d.unit, 2), ':', 1)::oid end,
+             case when left(d.unit, 1) = 'o' then split_part(d.unit, ':', 2)::oid
+                  when left(d.unit, 1) in ('r', 'p', 't', 'e') then substr(d.unit, 2)::oid end,
+             true, 0
+        from drained d where d.unit is not null
+      union
+      select ${UNIT_OF("dep.classid", "dep.objid")}, dep.classid, dep.objid,
+             dep.classid = 'pg_type'::regclass or dep.deptype in ('i', 'e', 'P', 'S'), r.depth + 1
+        from related r join pg_depend dep on dep.refclassid = r.classid and dep.refobjid = r.objid
+       where r.follow and r.depth < 4
+    )
+    select array_agg(distinct r.unit) into units from related r where r.unit is not null;
+    with recursive relations (oid) as (select substr(u, 2)::oid from unnest(units) u where left(u, 1) = 'r'),
+    family (oid) as (
+      select r.oid from relations r
+      union
+      select i.indrelid from relations r join pg_index i on i.indexrelid = r.oid
+      union
+      select h.inhrelid from family f join pg_inherits h on h.inhparent = f.oid
+    )
+    select array(select distinct x from (select unnest(units) union all select 'r' || f.oid from family f
+                                                              union all select 'r' || i.indexrelid from family f join pg_index i on i.indrelid = f.oid) q(x)
+                  where left(x, 1) <> 'o')
+      into units;
+    ${oidsOfKind("r")} ${oidsOfKind("p")} ${oidsOfKind("t")} ${oidsOfKind("n")} ${oidsOfKind("e")}
+    return query select null::text, null::text, u from unnest(units) u;
+    return query ${snapshotOfArrays};
+  end $fn$;
+  delete from ${TRACKING}.touched;`;
+
+/**
  * The schema as it is now, read again only where it changed since the last
  * refresh. `refresh` returns a snapshot that later refreshes do not modify.
+ * With `events` (a rehearsal's scratch database) it installs the event
+ * triggers on the first read and `close` removes them; without, or where they
+ * cannot be created, it uses the fingerprint.
  */
 export class SchemaTracker {
   private keysOf = new Map<string, Set<string>>();
+  /** Which unit each key was last read for: an object recreated under a new oid moves its key to the new unit. */
+  private unitOf = new Map<string, string>();
   private current: SchemaSnapshot | null = null;
   private stale = true;
+  private finder: "events" | "fingerprint";
 
   private readonly db: Queryable;
-  constructor(db: Queryable) {
+  constructor(db: Queryable, options: { events?: boolean } = {}) {
     this.db = db;
+    this.finder = options.events ? "events" : "fingerprint";
+  }
+
+  /** How it finds what changed: "events" once the triggers are installed, else "fingerprint". */
+  get finds(): "events" | "fingerprint" {
+    return this.finder;
   }
 
   /** Something ran on the database: the next `now` reads the catalog. */
@@ -5116,43 +5247,80 @@ export class SchemaTracker {
 
   async refresh(): Promise<SchemaSnapshot> {
     this.stale = false;
-    if (this.current === null) {
-      await this.db.exec(`create temporary table if not exists safemigrate_fingerprint (unit text primary key, version text);
-                          truncate ${FINGERPRINT_TABLE}`);
-    }
-    let units: string[];
-    try {
-      units = (await this.db.query<{ unit: string | null }>(FINGERPRINT_QUERY)).flatMap((r) => (r.unit ? [r.unit] : []));
-    } catch (error) {
-      // A migration ended the session's temporary table (DISCARD ALL): start over.
-      if ((error as { code?: string }).code !== "42P01" || this.current === null) throw error;
-      this.current = null;
-      return await this.refresh();
-    }
-    const everything = this.current === null || units.some((u) => u[0] === "n" && this.keysOf.has(u));
-    if (!everything && units.length === 0) return this.current!;
-
+    const found = this.current === null ? (await this.start(), null) : await this.changes();
     // A renamed schema renders into everything in it: read everything again.
-    const next = everything ? new Map<string, string>() : new Map(this.current);
-    if (everything) this.keysOf.clear();
-    for (const unit of everything ? [] : units) {
-      for (const key of this.keysOf.get(unit) ?? []) next.delete(key);
+    if (found === null || found.units.some((u) => u === "*" || (u[0] === "n" && this.keysOf.has(u)))) {
+      return this.replace(new Map(), null, await this.db.query(snapshotQuery(null)));
+    }
+    if (found.units.length === 0) return this.current!;
+    return this.replace(new Map(this.current), found.units, found.rows ?? await this.db.query(snapshotQuery(found.units)));
+  }
+
+  /** Removes the triggers and their schema; the fingerprint's temporary table goes with the session. */
+  async close(): Promise<void> {
+    if (this.finder !== "events" || this.current === null) return;
+    await this.db.exec(`drop event trigger if exists ${TRACKING}_ddl; drop event trigger if exists ${TRACKING}_drop;
+                        drop schema if exists ${TRACKING} cascade`).catch(() => {});
+  }
+
+  /** Before the first read: the triggers (falling back to the fingerprint where they cannot be created), or the fingerprint's table. */
+  private async start(): Promise<void> {
+    if (this.finder === "events") {
+      try {
+        await this.db.exec(TRACKING_SQL);
+        return;
+      } catch {
+        this.finder = "fingerprint";
+      }
+    }
+    await this.db.exec(`create temporary table if not exists safemigrate_fingerprint (unit text primary key, version text);
+                        truncate ${FINGERPRINT_TABLE}`);
+    await this.db.query(FINGERPRINT_QUERY);
+  }
+
+  /** The units that changed since the last read, with their rows when the finder read them too; null: read everything. */
+  private async changes(): Promise<{ units: string[]; rows: SnapshotRow[] | null } | null> {
+    try {
+      if (this.finder === "events") {
+        const rows = await this.db.query<SnapshotRow>(`select * from ${TRACKING}.changes()`);
+        return { units: rows.flatMap((r) => (r.key === null ? [r.unit] : [])), rows: rows.filter((r) => r.key !== null) };
+      }
+      const units = await this.db.query<{ unit: string | null }>(FINGERPRINT_QUERY);
+      return { units: units.flatMap((r) => (r.unit ? [r.unit] : [])), rows: null };
+    } catch (error) {
+      // A migration dropped the triggers' schema, or ended the session's temporary table (DISCARD ALL): start over.
+      if (!["42P01", "42883", "3F000"].includes((error as { code?: string }).code ?? "")) throw error;
+      await this.start();
+      return null;
+    }
+  }
+
+  /** The snapshot with the keys of `units` (all of them when null) replaced by `rows`. */
+  private replace(next: Map<string, string>, units: string[] | null, rows: SnapshotRow[]): SchemaSnapshot {
+    if (units === null) (this.keysOf.clear(), this.unitOf.clear());
+    for (const unit of units ?? []) {
+      for (const key of this.keysOf.get(unit) ?? []) {
+        if (this.unitOf.get(key) === unit) (next.delete(key), this.unitOf.delete(key));
+      }
       this.keysOf.delete(unit);
     }
-    const rows = await this.db.query<{ key: string; def: string | null; unit: string }>(snapshotQuery(everything ? null : units));
     for (const row of rows) {
-      next.set(row.key, row.def ?? "");
+      next.set(row.key!, row.def ?? "");
       if (!this.keysOf.has(row.unit)) this.keysOf.set(row.unit, new Set());
-      this.keysOf.get(row.unit)!.add(row.key);
+      this.keysOf.get(row.unit)!.add(row.key!);
+      this.unitOf.set(row.key!, row.unit);
     }
     this.current = next;
     return next;
   }
 }
 
+type SnapshotRow = { key: string | null; def: string | null; unit: string };
+
 /** The user-visible schema, read from the catalog (no pg_dump needed; the same on PGlite and a server). */
 export async function snapshotSchema(db: Queryable): Promise<SchemaSnapshot> {
-  return await new SchemaTracker(db).refresh();
+  const rows = await db.query<SnapshotRow>(snapshotQuery(null));
+  return new Map(rows.map((r) => [r.key!, r.def ?? ""]));
 }
 
 /**
@@ -5308,42 +5476,46 @@ export async function rehearse(
   }
   await createHistoryTable(db);
   const result: RehearsalResult = { rehearsed: [], problems: [], irreversible: [], notReached: [], appliedOnly: [], rollback: null, noRollback: null };
-  const tracker = new SchemaTracker(db);
+  const tracker = new SchemaTracker(db, { events: true });
   const notApplied = new Set<string>();
   /** The newest migrations that all went round cleanly, and the schema before the first of them. */
   let tail: { migrations: Migration[]; before: SchemaSnapshot } | null = null;
 
-  for (const [index, m] of order.entries()) {
-    const found: RehearsalProblem[] = [];
-    const problem = (kind: RehearsalProblemKind, message: string, differences?: string[]) =>
-      found.push({ id: m.id, file: m.file, kind, message, ...(differences ? { differences } : {}) });
-    const blocker = m.dependsLine === null ? undefined : m.depends.find((d) => notApplied.has(d));
-    const step = blocker !== undefined
-      ? { status: "not reached" as const, because: blocker }
-      : index < start
-      ? (tracker.touched(), await applyOnce(db, m, problem))
-      : await roundTrip(db, m, tracker, problem);
-    if (step.status === "not reached") result.notReached.push({ id: m.id, because: step.because });
-    else if (step.status === "applied") result.appliedOnly.push(m.id);
-    else result.rehearsed.push(m.id);
-    if (step.status === "irreversible") result.irreversible.push(m.id);
-    if (step.status === "not reached" || step.status === "failed") notApplied.add(m.id);
-    result.problems.push(...found);
-    if (index >= start && step.status === "ok" && found.length === 0) {
-      tail = tail ?? { migrations: [], before: step.before! };
-      tail.migrations.push(m);
-    } else {
-      tail = null;
-      result.noRollback = `the newest migration that cannot be undone cleanly is ${m.id} (${
-        step.status === "ok" || step.status === "failed" ? found.map((p) => p.kind).join(", ") : step.status
-      })`;
+  try {
+    for (const [index, m] of order.entries()) {
+      const found: RehearsalProblem[] = [];
+      const problem = (kind: RehearsalProblemKind, message: string, differences?: string[]) =>
+        found.push({ id: m.id, file: m.file, kind, message, ...(differences ? { differences } : {}) });
+      const blocker = m.dependsLine === null ? undefined : m.depends.find((d) => notApplied.has(d));
+      const step = blocker !== undefined
+        ? { status: "not reached" as const, because: blocker }
+        : index < start
+        ? (tracker.touched(), await applyOnce(db, m, problem))
+        : await roundTrip(db, m, tracker, problem);
+      if (step.status === "not reached") result.notReached.push({ id: m.id, because: step.because });
+      else if (step.status === "applied") result.appliedOnly.push(m.id);
+      else result.rehearsed.push(m.id);
+      if (step.status === "irreversible") result.irreversible.push(m.id);
+      if (step.status === "not reached" || step.status === "failed") notApplied.add(m.id);
+      result.problems.push(...found);
+      if (index >= start && step.status === "ok" && found.length === 0) {
+        tail = tail ?? { migrations: [], before: step.before! };
+        tail.migrations.push(m);
+      } else {
+        tail = null;
+        result.noRollback = `the newest migration that cannot be undone cleanly is ${m.id} (${
+          step.status === "ok" || step.status === "failed" ? found.map((p) => p.kind).join(", ") : step.status
+        })`;
+      }
+      const status = step.status === "failed" ? "problems" : step.status === "ok" && found.length > 0 ? "problems" : step.status;
+      onStep?.({ id: m.id, status, problems: found, ...(step.status === "not reached" ? { because: step.because } : {}) } as RehearsalStep);
     }
-    const status = step.status === "failed" ? "problems" : step.status === "ok" && found.length > 0 ? "problems" : step.status;
-    onStep?.({ id: m.id, status, problems: found, ...(step.status === "not reached" ? { because: step.because } : {}) } as RehearsalStep);
-  }
-  if (tail) {
-    result.noRollback = null;
-    result.rollback = await rehearseRollback(db, tail.migrations, tail.before, tracker, result.problems);
+    if (tail) {
+      result.noRollback = null;
+      result.rollback = await rehearseRollback(db, tail.migrations, tail.before, tracker, result.problems);
+    }
+  } finally {
+    await tracker.close();
   }
   return result;
 }
