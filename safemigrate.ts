@@ -5139,40 +5139,28 @@ const oidsOfKind = (kind: string) => `${kind}_oids := array(select substr(u, 2):
  * that name: its dependents, through types, extensions and parts (an enum's
  * array type, a table's row type and indexes). A table altered in place does
  * not re-read the hundred tables whose foreign keys reference it. The plans
- * are generic, so a read costs no planning.
+ * are generic and never compiled (JIT), so a read costs no planning.
  */
 const TRACKING_SQL = `
   drop event trigger if exists ${TRACKING}_ddl; drop event trigger if exists ${TRACKING}_drop;
   drop schema if exists ${TRACKING} cascade;
   create schema ${TRACKING};
-  create table ${TRACKING}.touched (unit text, follow boolean);
-  create table ${TRACKING}.names (classid oid, objid oid, objsubid int, identity text, primary key (classid, objid, objsubid));
-  create function ${TRACKING}.unit_of(classid oid, objid oid) returns text language sql stable as $$ select ${UNIT_OF("classid", "objid")} $$;
-  create function ${TRACKING}.ddl_end() returns event_trigger language plpgsql set search_path = pg_catalog as $$
-  begin
-    with commands as (
-      select distinct on (c.classid, c.objid, c.objsubid) c.classid, c.objid, c.objsubid, c.object_identity as identity
-        from pg_event_trigger_ddl_commands() c where c.classid <> 0
-    ),
-    logged as (
-      insert into ${TRACKING}.touched
-      select ${TRACKING}.unit_of(c.classid, c.objid), n.identity is null or n.identity is distinct from c.identity
-        from commands c left join ${TRACKING}.names n on n.classid = c.classid and n.objid = c.objid and n.objsubid = c.objsubid
-    )
-    insert into ${TRACKING}.names select * from commands
-    on conflict (classid, objid, objsubid) do update set identity = excluded.identity;
+  do $$ begin
+    -- pg_identify_object returns nulls for a dropped object since PostgreSQL 14; before, the fingerprint.
+    if current_setting('server_version_num')::int < 140000 then raise exception 'PostgreSQL 14 or later'; end if;
   end $$;
-  create function ${TRACKING}.dropped() returns event_trigger language plpgsql set search_path = pg_catalog as $$
+  -- The triggers only log what the commands report (as little work as possible on every DDL statement);
+  -- changes() makes units of it. A dropped constraint, default, trigger or rule is gone from the catalog
+  -- by then, so its table is found by name (a table renamed or dropped since is in the log itself).
+  create unlogged table ${TRACKING}.touched (classid oid, objid oid, objsubid int, address text[], type text);
+  create unlogged table ${TRACKING}.names (classid oid, objid oid, objsubid int, identity text, primary key (classid, objid, objsubid));
+  create function ${TRACKING}.ddl_end() returns event_trigger language plpgsql as $$
   begin
-    insert into ${TRACKING}.touched
-    select case
-             when d.object_type in ('table constraint', 'default value', 'trigger', 'rule', 'policy')
-               then 'r' || to_regclass(format('%I.%I', d.address_names[1], d.address_names[2]))::oid
-             when d.object_type = 'domain constraint' then 't' || to_regtype(d.address_names[1])::oid
-             else ${TRACKING}.unit_of(d.classid, d.objid)
-           end,
-           false
-      from pg_event_trigger_dropped_objects() d;
+    insert into ${TRACKING}.touched select c.classid, c.objid, c.objsubid, null, null from pg_event_trigger_ddl_commands() c;
+  end $$;
+  create function ${TRACKING}.dropped() returns event_trigger language plpgsql as $$
+  begin
+    insert into ${TRACKING}.touched select d.classid, d.objid, d.objsubid, d.address_names, d.object_type from pg_event_trigger_dropped_objects() d;
   end $$;
   create event trigger ${TRACKING}_ddl on ddl_command_end execute procedure ${TRACKING}.ddl_end();
   create event trigger ${TRACKING}_drop on sql_drop execute procedure ${TRACKING}.dropped();
@@ -5180,7 +5168,7 @@ const TRACKING_SQL = `
   alter event trigger ${TRACKING}_ddl enable always;
   alter event trigger ${TRACKING}_drop enable always;
   create function ${TRACKING}.changes() returns table (key text, def text, unit text, parent text)
-  language plpgsql set plan_cache_mode = force_generic_plan as $fn$
+  language plpgsql set plan_cache_mode = force_generic_plan set jit = off as $fn$
   #variable_conflict use_column
   declare
     units text[];
@@ -5190,7 +5178,31 @@ const TRACKING_SQL = `
       return query select null::text, null::text, '*'::text, null::text;
       return;
     end if;
-    with recursive drained as (delete from ${TRACKING}.touched returning touched.unit, touched.follow),
+    with recursive drained as (delete from ${TRACKING}.touched returning *),
+    reported as (select distinct d.classid, d.objid, d.objsubid from drained d where d.type is null and d.classid <> 0),
+    -- An object whose name changed since it was last reported (or that was never reported) renders into its dependents.
+    identified as (
+      select r.*, (pg_identify_object(r.classid, r.objid, r.objsubid)).identity from reported r
+    ),
+    renamed as (
+      select i.classid, i.objid from identified i
+        left join ${TRACKING}.names n on n.classid = i.classid and n.objid = i.objid and n.objsubid = i.objsubid
+       where n.identity is distinct from i.identity or n.identity is null
+    ),
+    remembered as (
+      insert into ${TRACKING}.names select * from identified
+      on conflict (classid, objid, objsubid) do update set identity = excluded.identity
+    ),
+    touched (unit, follow) as (
+      select case
+               when d.type in ('table constraint', 'default value', 'trigger', 'rule', 'policy')
+                 then 'r' || to_regclass(format('%I.%I', d.address[1], d.address[2]))::oid
+               when d.type = 'domain constraint' then 't' || to_regtype(d.address[1])::oid
+               else ${UNIT_OF("d.classid", "d.objid")}
+             end,
+             d.type is null and exists (select from renamed x where x.classid = d.classid and x.objid = d.objid)
+        from drained d where d.classid <> 0
+    ),
     related (unit, classid, objid, follow, depth) as (
       select d.unit,
              case left(d.unit, 1) when 'r' then 'pg_class'::regclass::oid when 'p' then 'pg_proc'::regclass::oid
@@ -5199,7 +5211,7 @@ const TRACKING_SQL = `
              case when left(d.unit, 1) = 'o' then split_part(d.unit, ':', 2)::oid
                   when left(d.unit, 1) in ('r', 'p', 't', 'e') then substr(d.unit, 2)::oid end,
              bool_or(d.follow), 0
-        from drained d where d.unit is not null group by d.unit
+        from touched d where d.unit is not null group by d.unit
       union
       select ${UNIT_OF("dep.classid", "dep.objid")}, dep.classid, dep.objid,
              dep.classid = 'pg_type'::regclass or dep.deptype in ('i', 'e', 'a', 'P', 'S'), r.depth + 1

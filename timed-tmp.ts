@@ -4945,6 +4945,8 @@ interface SnapshotQuery {
   kind: "r" | "p" | "t" | "n" | "e";
   oid: string;
   sql: string;
+  /** Its rows name a fourth column, the unit they belong to besides their own (an index's table). */
+  parent?: true;
 }
 
 const SNAPSHOT_QUERIES: SnapshotQuery[] = [
@@ -4986,7 +4988,8 @@ const SNAPSHOT_QUERIES: SnapshotQuery[] = [
   },
   {
     kind: "r", oid: "c.oid",
-    sql: `select format('index %I.%I', n.nspname, c.relname), pg_get_indexdef(i.indexrelid), 'r' || c.oid
+    parent: true,
+    sql: `select format('index %I.%I', n.nspname, c.relname), pg_get_indexdef(i.indexrelid), 'r' || c.oid, 'r' || i.indrelid
             from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
             join pg_class t on t.oid = i.indrelid
            where ${USER_SCHEMAS} and t.relname not in ('${HISTORY_TABLE}', '${HISTORY_TABLE}_lock')`,
@@ -5027,17 +5030,21 @@ const SNAPSHOT_QUERIES: SnapshotQuery[] = [
   },
 ];
 
+/** Key, definition, unit and parent (an index's table, else null) of the rows of one query. */
+const snapshotRows = ({ parent }: SnapshotQuery, sql: string) =>
+  `select key, def, unit, ${parent ? "parent" : "null::text"} from (${sql}) q(key, def, unit${parent ? ", parent" : ""})`;
+
 /** The snapshot rows of the given units (all of them when `units` is null), in one query. */
 function snapshotQuery(units: string[] | null): string {
-  return SNAPSHOT_QUERIES.flatMap(({ kind, oid, sql }) => {
-    if (units === null) return [sql];
-    const oids = units.filter((u) => u[0] === kind).map((u) => u.slice(1));
-    return oids.length === 0 ? [] : [`${sql} and ${oid} = any('{${oids.join(",")}}'::oid[])`];
-  }).map((sql) => `select * from (${sql}) q(key, def, unit)`).join("\n union all ");
+  return SNAPSHOT_QUERIES.flatMap((query) => {
+    if (units === null) return [snapshotRows(query, query.sql)];
+    const oids = units.filter((u) => u[0] === query.kind).map((u) => u.slice(1));
+    return oids.length === 0 ? [] : [snapshotRows(query, `${query.sql} and ${query.oid} = any('{${oids.join(",")}}'::oid[])`)];
+  }).join("\n union all ");
 }
 
 /** The same rows for the oids in the arrays r_oids, p_oids, ... (variables of the function that reads them). */
-const snapshotOfArrays = SNAPSHOT_QUERIES.map(({ kind, oid, sql }) => `select * from (${sql} and ${oid} = any(${kind}_oids)) q(key, def, unit)`)
+const snapshotOfArrays = SNAPSHOT_QUERIES.map((query) => snapshotRows(query, `${query.sql} and ${query.oid} = any(${query.kind}_oids)`))
   .join("\n union all ");
 
 /** Per catalog: how many rows an object has there and the sum of their xmins; any insert, update or delete changes it. */
@@ -5123,27 +5130,37 @@ const oidsOfKind = (kind: string) => `${kind}_oids := array(select substr(u, 2):
 
 /**
  * The event triggers and their log, in a schema of their own that the
- * snapshot leaves out. A failure inside a trigger must never fail the
- * migration: it logs '*' (read everything) instead. `changes()` drains the log
- * and returns one row per unit to read again (key null), then their snapshot
- * rows: the units touched, what depends on them (through types, extensions
- * and internal parts: an enum's array type, an extension's functions), a
- * table's indexes and an index's table (renaming an index renames its
- * constraint), and a table's inheritance children and partitions (a column
- * added to the parent is theirs too). Its plans are generic, so a read costs
- * no planning.
+ * snapshot leaves out. `changes()` drains the log and returns one row per unit
+ * to read again (key null), then their snapshot rows. Those units are the ones
+ * touched; a table's indexes and an index's table (renaming an index renames
+ * its constraint); a table's inheritance children and partitions (a column
+ * added to the parent is theirs too); and, for an object whose name changed
+ * (its identity differs from the one last logged, or none was), what renders
+ * that name: its dependents, through types, extensions and parts (an enum's
+ * array type, a table's row type and indexes). A table altered in place does
+ * not re-read the hundred tables whose foreign keys reference it. The plans
+ * are generic, so a read costs no planning.
  */
 const TRACKING_SQL = `
   drop event trigger if exists ${TRACKING}_ddl; drop event trigger if exists ${TRACKING}_drop;
   drop schema if exists ${TRACKING} cascade;
   create schema ${TRACKING};
-  create table ${TRACKING}.touched (unit text);
+  create table ${TRACKING}.touched (unit text, follow boolean);
+  create table ${TRACKING}.names (classid oid, objid oid, objsubid int, identity text, primary key (classid, objid, objsubid));
   create function ${TRACKING}.unit_of(classid oid, objid oid) returns text language sql stable as $$ select ${UNIT_OF("classid", "objid")} $$;
   create function ${TRACKING}.ddl_end() returns event_trigger language plpgsql set search_path = pg_catalog as $$
   begin
-    insert into ${TRACKING}.touched select ${TRACKING}.unit_of(c.classid, c.objid) from pg_event_trigger_ddl_commands() c where c.classid <> 0;
-  exception when others then
-    insert into ${TRACKING}.touched values ('*');
+    with commands as (
+      select distinct on (c.classid, c.objid, c.objsubid) c.classid, c.objid, c.objsubid, c.object_identity as identity
+        from pg_event_trigger_ddl_commands() c where c.classid <> 0
+    ),
+    logged as (
+      insert into ${TRACKING}.touched
+      select ${TRACKING}.unit_of(c.classid, c.objid), n.identity is null or n.identity is distinct from c.identity
+        from commands c left join ${TRACKING}.names n on n.classid = c.classid and n.objid = c.objid and n.objsubid = c.objsubid
+    )
+    insert into ${TRACKING}.names select * from commands
+    on conflict (classid, objid, objsubid) do update set identity = excluded.identity;
   end $$;
   create function ${TRACKING}.dropped() returns event_trigger language plpgsql set search_path = pg_catalog as $$
   begin
@@ -5153,17 +5170,16 @@ const TRACKING_SQL = `
                then 'r' || to_regclass(format('%I.%I', d.address_names[1], d.address_names[2]))::oid
              when d.object_type = 'domain constraint' then 't' || to_regtype(d.address_names[1])::oid
              else ${TRACKING}.unit_of(d.classid, d.objid)
-           end
+           end,
+           false
       from pg_event_trigger_dropped_objects() d;
-  exception when others then
-    insert into ${TRACKING}.touched values ('*');
   end $$;
   create event trigger ${TRACKING}_ddl on ddl_command_end execute procedure ${TRACKING}.ddl_end();
   create event trigger ${TRACKING}_drop on sql_drop execute procedure ${TRACKING}.dropped();
   -- Also under session_replication_role = replica, which a migration may set for a bulk load.
   alter event trigger ${TRACKING}_ddl enable always;
   alter event trigger ${TRACKING}_drop enable always;
-  create function ${TRACKING}.changes() returns table (key text, def text, unit text)
+  create function ${TRACKING}.changes() returns table (key text, def text, unit text, parent text)
   language plpgsql set plan_cache_mode = force_generic_plan as $fn$
   #variable_conflict use_column
   declare
@@ -5171,22 +5187,22 @@ const TRACKING_SQL = `
     r_oids oid[]; p_oids oid[]; t_oids oid[]; n_oids oid[]; e_oids oid[];
   begin
     if (select count(*) from pg_event_trigger where evtname like '${TRACKING}%' and evtenabled = 'A') <> 2 then
-      return query select null::text, null::text, '*'::text;
+      return query select null::text, null::text, '*'::text, null::text;
       return;
     end if;
-    with recursive drained as (delete from ${TRACKING}.touched returning touched.unit),
+    with recursive drained as (delete from ${TRACKING}.touched returning touched.unit, touched.follow),
     related (unit, classid, objid, follow, depth) as (
-      select distinct d.unit,
+      select d.unit,
              case left(d.unit, 1) when 'r' then 'pg_class'::regclass::oid when 'p' then 'pg_proc'::regclass::oid
                                   when 't' then 'pg_type'::regclass::oid when 'e' then 'pg_extension'::regclass::oid
                                   when 'o' then split_part(substr(d.unit, 2), ':', 1)::oid end,
              case when left(d.unit, 1) = 'o' then split_part(d.unit, ':', 2)::oid
                   when left(d.unit, 1) in ('r', 'p', 't', 'e') then substr(d.unit, 2)::oid end,
-             true, 0
-        from drained d where d.unit is not null
+             bool_or(d.follow), 0
+        from drained d where d.unit is not null group by d.unit
       union
       select ${UNIT_OF("dep.classid", "dep.objid")}, dep.classid, dep.objid,
-             dep.classid = 'pg_type'::regclass or dep.deptype in ('i', 'e', 'P', 'S'), r.depth + 1
+             dep.classid = 'pg_type'::regclass or dep.deptype in ('i', 'e', 'a', 'P', 'S'), r.depth + 1
         from related r join pg_depend dep on dep.refclassid = r.classid and dep.refobjid = r.objid
        where r.follow and r.depth < 4
     )
@@ -5204,7 +5220,7 @@ const TRACKING_SQL = `
                   where left(x, 1) <> 'o')
       into units;
     ${oidsOfKind("r")} ${oidsOfKind("p")} ${oidsOfKind("t")} ${oidsOfKind("n")} ${oidsOfKind("e")}
-    return query select null::text, null::text, u from unnest(units) u;
+    return query select null::text, null::text, u, null::text from unnest(units) u;
     return query ${snapshotOfArrays};
   end $fn$;
   delete from ${TRACKING}.touched;`;
@@ -5220,6 +5236,8 @@ export const T = { ch: 0, nch: 0, rows: 0, apply: 0 };
 process.on("exit", () => writeFileSync("/tmp/T.json", JSON.stringify(T)));
 export class SchemaTracker {
   private keysOf = new Map<string, Set<string>>();
+  /** The indexes last read for each table: a table read again drops those that are gone (a type change rebuilds them unreported). */
+  private indexesOf = new Map<string, Set<string>>();
   /** Which unit each key was last read for: an object recreated under a new oid moves its key to the new unit. */
   private unitOf = new Map<string, string>();
   private current: SchemaSnapshot | null = null;
@@ -5227,9 +5245,12 @@ export class SchemaTracker {
   private finder: "events" | "fingerprint";
 
   private readonly db: Queryable;
-  constructor(db: Queryable, options: { events?: boolean } = {}) {
+  private readonly verify: boolean;
+  /** `verify` (tests, `bench/rehearse.ts --verify`): read everything after each refresh too and throw where they differ. */
+  constructor(db: Queryable, options: { events?: boolean; verify?: boolean } = {}) {
     this.db = db;
     this.finder = options.events ? "events" : "fingerprint";
+    this.verify = options.verify ?? false;
   }
 
   /** How it finds what changed: "events" once the triggers are installed, else "fingerprint". */
@@ -5248,6 +5269,19 @@ export class SchemaTracker {
   }
 
   async refresh(): Promise<SchemaSnapshot> {
+    const read = await this.read();
+    if (this.verify) {
+      const full = await snapshotSchema(this.db);
+      const wrong = [...new Set([...full.keys(), ...read.keys()])].filter((key) => full.get(key) !== read.get(key));
+      if (wrong.length > 0) {
+        throw new Error(`the ${this.finder} snapshot differs from a full read: ` +
+          wrong.map((key) => `${key}: ${read.get(key) ?? "(none)"} / ${full.get(key) ?? "(none)"}`).join("; "));
+      }
+    }
+    return read;
+  }
+
+  private async read(): Promise<SchemaSnapshot> {
     this.stale = false;
     const found = this.current === null ? (await this.start(), null) : await this.changes();
     // A renamed schema renders into everything in it: read everything again.
@@ -5255,7 +5289,8 @@ export class SchemaTracker {
       return this.replace(new Map(), null, await this.db.query(snapshotQuery(null)));
     }
     if (found.units.length === 0) return this.current!;
-    return this.replace(new Map(this.current), found.units, found.rows ?? await this.db.query(snapshotQuery(found.units)));
+    const units = [...found.units, ...found.units.flatMap((u) => [...this.indexesOf.get(u) ?? []])];
+    return this.replace(new Map(this.current), units, found.rows ?? await this.db.query(snapshotQuery(units)));
   }
 
   /** Removes the triggers and their schema; the fingerprint's temporary table goes with the session. */
@@ -5301,14 +5336,16 @@ export class SchemaTracker {
 
   /** The snapshot with the keys of `units` (all of them when null) replaced by `rows`. */
   private replace(next: Map<string, string>, units: string[] | null, rows: SnapshotRow[]): SchemaSnapshot {
-    if (units === null) (this.keysOf.clear(), this.unitOf.clear());
+    if (units === null) (this.keysOf.clear(), this.unitOf.clear(), this.indexesOf.clear());
     for (const unit of units ?? []) {
       for (const key of this.keysOf.get(unit) ?? []) {
         if (this.unitOf.get(key) === unit) (next.delete(key), this.unitOf.delete(key));
       }
       this.keysOf.delete(unit);
+      this.indexesOf.delete(unit);
     }
     for (const row of rows) {
+      if (row.parent) this.indexesOf.set(row.parent, (this.indexesOf.get(row.parent) ?? new Set()).add(row.unit));
       next.set(row.key!, row.def ?? "");
       if (!this.keysOf.has(row.unit)) this.keysOf.set(row.unit, new Set());
       this.keysOf.get(row.unit)!.add(row.key!);
@@ -5319,7 +5356,7 @@ export class SchemaTracker {
   }
 }
 
-type SnapshotRow = { key: string | null; def: string | null; unit: string };
+type SnapshotRow = { key: string | null; def: string | null; unit: string; parent: string | null };
 
 /** The user-visible schema, read from the catalog (no pg_dump needed; the same on PGlite and a server). */
 export async function snapshotSchema(db: Queryable): Promise<SchemaSnapshot> {
@@ -5451,6 +5488,8 @@ export interface RehearsalResult {
 export interface RehearseOptions {
   /** Apply the migrations up to and including this id without a round trip; rehearse the ones after it. */
   after?: string | null;
+  /** For tests: compare every incremental schema read with a full one and fail on a difference (slow). */
+  verifySnapshots?: boolean;
   onStep?: (step: RehearsalStep) => void;
 }
 
@@ -5469,7 +5508,7 @@ export async function rehearse(
   migrations: readonly Migration[],
   options: RehearseOptions | RehearseOptions["onStep"] = {},
 ): Promise<RehearsalResult> {
-  const { after = null, onStep } = typeof options === "function" ? { onStep: options } : options;
+  const { after = null, onStep, verifySnapshots = false } = typeof options === "function" ? { onStep: options } : options;
   const problems = consistencyProblems(migrations, []);
   if (problems.length > 0) throw new InputError(problems.join("\n"));
   const order = dependencyOrder(migrations);
@@ -5480,7 +5519,7 @@ export async function rehearse(
   }
   await createHistoryTable(db);
   const result: RehearsalResult = { rehearsed: [], problems: [], irreversible: [], notReached: [], appliedOnly: [], rollback: null, noRollback: null };
-  const tracker = new SchemaTracker(db, { events: true });
+  const tracker = new SchemaTracker(db, { events: true, verify: verifySnapshots });
   const notApplied = new Set<string>();
   /** The newest migrations that all went round cleanly, and the schema before the first of them. */
   let tail: { migrations: Migration[]; before: SchemaSnapshot } | null = null;
