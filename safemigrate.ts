@@ -5102,7 +5102,12 @@ export const FINGERPRINT_QUERY = `
            when 'pg_attrdef'::regclass then (select 'r' || x.adrelid from pg_attrdef x where x.oid = d.objid)
            when 'pg_trigger'::regclass then (select 'r' || x.tgrelid from pg_trigger x where x.oid = d.objid)
          end
-    from changed c join pg_depend d
+    from (
+      -- A renamed type renames its array type too, and a column of the array type depends on that one.
+      select unit from changed
+      union all select 't' || t.typarray from changed c join pg_type t on t.oid = substr(c.unit, 2)::oid
+       where left(c.unit, 1) = 't' and t.typarray <> 0
+    ) c join pg_depend d
       on d.refclassid = case left(c.unit, 1) when 'r' then 'pg_class'::regclass when 'p' then 'pg_proc'::regclass
                                              when 't' then 'pg_type'::regclass end
      and d.refobjid = substr(c.unit, 2)::oid`;
