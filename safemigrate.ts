@@ -5841,47 +5841,58 @@ export async function rehearse(
     throw new InputError(`--after ${after}: no such migration${meant ? ` — did you mean "${meant}"?` : ""}`);
   }
   await createHistoryTable(db);
-  const result: RehearsalResult = { rehearsed: [], problems: [], irreversible: [], notReached: [], appliedOnly: [], rollback: null, noRollback: null };
   const tracker = new SchemaTracker(db, { events: true, verify: verifySnapshots });
+  try {
+    return await rehearseInOrder(db, order, start, tracker, onStep);
+  } finally {
+    await tracker.close();
+  }
+}
+
+/** Each migration's round trip (the first `start` only applied), then the user's rollback of the clean newest ones. */
+async function rehearseInOrder(
+  db: Database,
+  order: readonly Migration[],
+  start: number,
+  tracker: SchemaTracker,
+  onStep: RehearseOptions["onStep"],
+): Promise<RehearsalResult> {
+  const result: RehearsalResult = { rehearsed: [], problems: [], irreversible: [], notReached: [], appliedOnly: [], rollback: null, noRollback: null };
   const notApplied = new Set<string>();
   /** The newest migrations that all went round cleanly, and the schema before the first of them. */
   let tail: { migrations: Migration[]; before: SchemaSnapshot } | null = null;
 
-  try {
-    for (const [index, m] of order.entries()) {
-      const found: RehearsalProblem[] = [];
-      const problem = (kind: RehearsalProblemKind, message: string, differences?: string[]) =>
-        found.push({ id: m.id, file: m.file, kind, message, ...(differences ? { differences } : {}) });
-      const blocker = m.dependsLine === null ? undefined : m.depends.find((d) => notApplied.has(d));
-      const step = blocker !== undefined
-        ? { status: "not reached" as const, because: blocker }
-        : index < start
-        ? (tracker.touched(), await applyOnce(db, m, problem))
-        : await roundTrip(db, m, tracker, problem);
-      if (step.status === "not reached") result.notReached.push({ id: m.id, because: step.because });
-      else if (step.status === "applied") result.appliedOnly.push(m.id);
-      else result.rehearsed.push(m.id);
-      if (step.status === "irreversible") result.irreversible.push(m.id);
-      if (step.status === "not reached" || step.status === "failed") notApplied.add(m.id);
-      result.problems.push(...found);
-      if (index >= start && step.status === "ok" && found.length === 0) {
-        tail = tail ?? { migrations: [], before: step.before! };
-        tail.migrations.push(m);
-      } else {
-        tail = null;
-        result.noRollback = `the newest migration that cannot be undone cleanly is ${m.id} (${
-          step.status === "ok" || step.status === "failed" ? found.map((p) => p.kind).join(", ") : step.status
-        })`;
-      }
-      const status = step.status === "failed" ? "problems" : step.status === "ok" && found.length > 0 ? "problems" : step.status;
-      onStep?.({ id: m.id, status, problems: found, ...(step.status === "not reached" ? { because: step.because } : {}) } as RehearsalStep);
+  for (const [index, m] of order.entries()) {
+    const found: RehearsalProblem[] = [];
+    const problem = (kind: RehearsalProblemKind, message: string, differences?: string[]) =>
+      found.push({ id: m.id, file: m.file, kind, message, ...(differences ? { differences } : {}) });
+    const blocker = m.dependsLine === null ? undefined : m.depends.find((d) => notApplied.has(d));
+    const step = blocker !== undefined
+      ? { status: "not reached" as const, because: blocker }
+      : index < start
+      ? (tracker.touched(), await applyOnce(db, m, problem))
+      : await roundTrip(db, m, tracker, problem);
+    if (step.status === "not reached") result.notReached.push({ id: m.id, because: step.because });
+    else if (step.status === "applied") result.appliedOnly.push(m.id);
+    else result.rehearsed.push(m.id);
+    if (step.status === "irreversible") result.irreversible.push(m.id);
+    if (step.status === "not reached" || step.status === "failed") notApplied.add(m.id);
+    result.problems.push(...found);
+    if (index >= start && step.status === "ok" && found.length === 0) {
+      tail = tail ?? { migrations: [], before: step.before! };
+      tail.migrations.push(m);
+    } else {
+      tail = null;
+      result.noRollback = `the newest migration that cannot be undone cleanly is ${m.id} (${
+        step.status === "ok" || step.status === "failed" ? found.map((p) => p.kind).join(", ") : step.status
+      })`;
     }
-    if (tail) {
-      result.noRollback = null;
-      result.rollback = await rehearseRollback(db, tail.migrations, tail.before, tracker, result.problems);
-    }
-  } finally {
-    await tracker.close();
+    const status = step.status === "failed" ? "problems" : step.status === "ok" && found.length > 0 ? "problems" : step.status;
+    onStep?.({ id: m.id, status, problems: found, ...(step.status === "not reached" ? { because: step.because } : {}) } as RehearsalStep);
+  }
+  if (tail) {
+    result.noRollback = null;
+    result.rollback = await rehearseRollback(db, tail.migrations, tail.before, tracker, result.problems);
   }
   return result;
 }
