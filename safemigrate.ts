@@ -5229,7 +5229,7 @@ export async function acceptChanged(
 // touched, and what depends on them, are read again. Which ones those are,
 // event triggers on the scratch database record as each step runs (one round
 // trip per read, which reads nothing else); where they cannot be created (a
-// role that is not superuser) a fingerprint of every object's catalog rows
+// role that is not superuser, PostgreSQL before 14) a fingerprint of every object's catalog rows
 // (their xmin) finds them instead, at the cost of scanning the catalogs on
 // every read.
 
@@ -5423,9 +5423,9 @@ export const FINGERPRINT_QUERY = `
      and d.refobjid = substr(c.unit, 2)::oid`;
 
 /**
- * What the event triggers record: the unit each command touched (a
- * constraint, default, trigger or rule counts for its table; an object the
- * snapshot does not show as 'o' and its oids, for what depends on it).
+ * The unit of a catalog object the event triggers logged: a constraint,
+ * default, trigger or rule counts for its table; an object the snapshot does
+ * not show is 'o' and its oids, for what depends on it.
  */
 const UNIT_OF = (classid: string, objid: string) => `case ${classid}
     when 'pg_class'::regclass then 'r' || ${objid}
