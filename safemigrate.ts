@@ -5278,14 +5278,20 @@ export async function acceptChanged(
 // A rehearsal compares the schema before and after each step, hundreds of
 // times. Reading the whole catalog each time (pg_get_functiondef and friends
 // for thousands of objects) would cost more than the migrations themselves, so
-// the snapshot is kept up to date incrementally: a cheap fingerprint (the xmin
-// of each object's catalog rows) says which objects a step touched, and only
-// those, and what depends on them, are read again.
+// the snapshot is kept up to date incrementally: only the objects a step
+// touched, and what depends on them, are read again. Which ones those are,
+// event triggers on the scratch database record as each step runs (one round
+// trip per read, which reads nothing else); where they cannot be created (a
+// role that is not superuser, PostgreSQL before 14) a fingerprint of every object's catalog rows
+// (their xmin) finds them instead, at the cost of scanning the catalogs on
+// every read.
 
 /** Catalog objects by a key ("column public.users.email") and their definition. */
 export type SchemaSnapshot = Map<string, string>;
 
-const USER_SCHEMAS = `n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_toast%'
+/** The schema the rehearsal's event triggers keep their log and functions in, on the scratch database. */
+const TRACKING = "safemigrate_rehearsal";
+const USER_SCHEMAS = `n.nspname not in ('pg_catalog', 'information_schema', '${TRACKING}') and n.nspname not like 'pg\\_toast%'
   and n.nspname not like 'pg\\_temp%'`;
 const NOT_HISTORY = `c.relname not in ('${HISTORY_TABLE}', '${HISTORY_TABLE}_lock')`;
 /** Objects that belong to an extension are the extension's business, not the migration's. */
@@ -5302,6 +5308,8 @@ interface SnapshotQuery {
   kind: "r" | "p" | "t" | "n" | "e";
   oid: string;
   sql: string;
+  /** Its rows name a fourth column, the unit they belong to besides their own (an index's table). */
+  parent?: true;
 }
 
 const SNAPSHOT_QUERIES: SnapshotQuery[] = [
@@ -5343,7 +5351,8 @@ const SNAPSHOT_QUERIES: SnapshotQuery[] = [
   },
   {
     kind: "r", oid: "c.oid",
-    sql: `select format('index %I.%I', n.nspname, c.relname), pg_get_indexdef(i.indexrelid), 'r' || c.oid
+    parent: true,
+    sql: `select format('index %I.%I', n.nspname, c.relname), pg_get_indexdef(i.indexrelid), 'r' || c.oid, 'r' || i.indrelid
             from pg_index i join pg_class c on c.oid = i.indexrelid join pg_namespace n on n.oid = c.relnamespace
             join pg_class t on t.oid = i.indrelid
            where ${USER_SCHEMAS} and t.relname not in ('${HISTORY_TABLE}', '${HISTORY_TABLE}_lock')`,
@@ -5384,14 +5393,22 @@ const SNAPSHOT_QUERIES: SnapshotQuery[] = [
   },
 ];
 
+/** Key, definition, unit and parent (an index's table, else null) of the rows of one query. */
+const snapshotRows = ({ parent }: SnapshotQuery, sql: string) =>
+  `select key, def, unit, ${parent ? "parent" : "null::text"} from (${sql}) q(key, def, unit${parent ? ", parent" : ""})`;
+
 /** The snapshot rows of the given units (all of them when `units` is null), in one query. */
 function snapshotQuery(units: string[] | null): string {
-  return SNAPSHOT_QUERIES.flatMap(({ kind, oid, sql }) => {
-    if (units === null) return [sql];
-    const oids = units.filter((u) => u[0] === kind).map((u) => u.slice(1));
-    return oids.length === 0 ? [] : [`${sql} and ${oid} = any('{${oids.join(",")}}'::oid[])`];
-  }).map((sql) => `select * from (${sql}) q(key, def, unit)`).join("\n union all ");
+  return SNAPSHOT_QUERIES.flatMap((query) => {
+    if (units === null) return [snapshotRows(query, query.sql)];
+    const oids = units.filter((u) => u[0] === query.kind).map((u) => u.slice(1));
+    return oids.length === 0 ? [] : [snapshotRows(query, `${query.sql} and ${query.oid} = any('{${oids.join(",")}}'::oid[])`)];
+  }).join("\n union all ");
 }
+
+/** The same rows for the oids in the arrays r_oids, p_oids, ... (variables of the function that reads them). */
+const snapshotOfArrays = SNAPSHOT_QUERIES.map((query) => snapshotRows(query, `${query.sql} and ${query.oid} = any(${query.kind}_oids)`))
+  .join("\n union all ");
 
 /** Per catalog: how many rows an object has there and the sum of their xmins; any insert, update or delete changes it. */
 const rowVersions = (catalog: string, id: string, where = "true") =>
@@ -5448,23 +5465,175 @@ export const FINGERPRINT_QUERY = `
            when 'pg_attrdef'::regclass then (select 'r' || x.adrelid from pg_attrdef x where x.oid = d.objid)
            when 'pg_trigger'::regclass then (select 'r' || x.tgrelid from pg_trigger x where x.oid = d.objid)
          end
-    from changed c join pg_depend d
+    from (
+      -- A renamed type renames its array type too, and a column of the array type depends on that one.
+      select unit from changed
+      union all select 't' || t.typarray from changed c join pg_type t on t.oid = substr(c.unit, 2)::oid
+       where left(c.unit, 1) = 't' and t.typarray <> 0
+    ) c join pg_depend d
       on d.refclassid = case left(c.unit, 1) when 'r' then 'pg_class'::regclass when 'p' then 'pg_proc'::regclass
                                              when 't' then 'pg_type'::regclass end
      and d.refobjid = substr(c.unit, 2)::oid`;
 
 /**
+ * The unit of a catalog object the event triggers logged: a constraint,
+ * default, trigger or rule counts for its table; an object the snapshot does
+ * not show is 'o' and its oids, for what depends on it.
+ */
+const UNIT_OF = (classid: string, objid: string) => `case ${classid}
+    when 'pg_class'::regclass then 'r' || ${objid}
+    when 'pg_proc'::regclass then 'p' || ${objid}
+    when 'pg_type'::regclass then 't' || ${objid}
+    when 'pg_namespace'::regclass then 'n' || ${objid}
+    when 'pg_extension'::regclass then 'e' || ${objid}
+    when 'pg_constraint'::regclass then (select case when x.conrelid <> 0 then 'r' || x.conrelid else 't' || x.contypid end
+                                           from pg_constraint x where x.oid = ${objid})
+    when 'pg_attrdef'::regclass then (select 'r' || x.adrelid from pg_attrdef x where x.oid = ${objid})
+    when 'pg_trigger'::regclass then (select 'r' || x.tgrelid from pg_trigger x where x.oid = ${objid})
+    when 'pg_rewrite'::regclass then (select 'r' || x.ev_class from pg_rewrite x where x.oid = ${objid})
+    else 'o' || ${classid} || ':' || ${objid} end`;
+
+/** The oids of the units in `units` of one kind, as a plpgsql assignment. */
+const oidsOfKind = (kind: string) => `${kind}_oids := array(select substr(u, 2)::oid from unnest(units) u where left(u, 1) = '${kind}');`;
+
+/**
+ * The event triggers and their log, in a schema of their own that the
+ * snapshot leaves out. `changes()` drains the log and returns one row per unit
+ * to read again (key null), then their snapshot rows. Those units are the ones
+ * touched; a table's indexes and an index's table (renaming an index renames
+ * its constraint); a table's inheritance children and partitions (a column
+ * added to the parent is theirs too); and, for an object whose name changed
+ * (its identity differs from the one last logged, or none was), what renders
+ * that name: its dependents, through types, extensions and parts (an enum's
+ * array type, a table's row type and indexes). A table altered in place does
+ * not re-read the hundred tables whose foreign keys reference it. The plans
+ * are generic and never compiled (JIT), so a read costs no planning.
+ */
+const TRACKING_SQL = `
+  drop event trigger if exists ${TRACKING}_ddl; drop event trigger if exists ${TRACKING}_drop;
+  drop schema if exists ${TRACKING} cascade;
+  create schema ${TRACKING};
+  do $$ begin
+    -- pg_identify_object returns nulls for a dropped object since PostgreSQL 14; before, the fingerprint.
+    if current_setting('server_version_num')::int < 140000 then raise exception 'PostgreSQL 14 or later'; end if;
+  end $$;
+  -- The triggers only log what the commands report (as little work as possible on every DDL statement);
+  -- changes() makes units of it. A dropped constraint, default, trigger or rule is gone from the catalog
+  -- by then, so its table is found by name (a table renamed or dropped since is in the log itself).
+  create unlogged table ${TRACKING}.touched (classid oid, objid oid, objsubid int, address text[], type text);
+  create unlogged table ${TRACKING}.names (classid oid, objid oid, objsubid int, identity text, primary key (classid, objid, objsubid));
+  create function ${TRACKING}.ddl_end() returns event_trigger language plpgsql as $$
+  begin
+    insert into ${TRACKING}.touched select c.classid, c.objid, c.objsubid, null, null from pg_event_trigger_ddl_commands() c;
+  end $$;
+  create function ${TRACKING}.dropped() returns event_trigger language plpgsql as $$
+  begin
+    insert into ${TRACKING}.touched select d.classid, d.objid, d.objsubid, d.address_names, d.object_type from pg_event_trigger_dropped_objects() d;
+  end $$;
+  create event trigger ${TRACKING}_ddl on ddl_command_end execute procedure ${TRACKING}.ddl_end();
+  create event trigger ${TRACKING}_drop on sql_drop execute procedure ${TRACKING}.dropped();
+  -- Also under session_replication_role = replica, which a migration may set for a bulk load.
+  alter event trigger ${TRACKING}_ddl enable always;
+  alter event trigger ${TRACKING}_drop enable always;
+  create function ${TRACKING}.changes() returns table (key text, def text, unit text, parent text)
+  language plpgsql set plan_cache_mode = force_generic_plan set jit = off as $fn$
+  #variable_conflict use_column
+  declare
+    units text[];
+    r_oids oid[]; p_oids oid[]; t_oids oid[]; n_oids oid[]; e_oids oid[];
+  begin
+    if (select count(*) from pg_event_trigger where evtname like '${TRACKING}%' and evtenabled = 'A') <> 2 then
+      return query select null::text, null::text, '*'::text, null::text;
+      return;
+    end if;
+    with recursive drained as (delete from ${TRACKING}.touched returning *),
+    reported as (select distinct d.classid, d.objid, d.objsubid from drained d where d.type is null and d.classid <> 0),
+    -- An object whose name changed since it was last reported (or that was never reported) renders into its dependents.
+    identified as (
+      select r.*, (pg_identify_object(r.classid, r.objid, r.objsubid)).identity from reported r
+    ),
+    renamed as (
+      select i.classid, i.objid from identified i
+        left join ${TRACKING}.names n on n.classid = i.classid and n.objid = i.objid and n.objsubid = i.objsubid
+       where n.identity is distinct from i.identity or n.identity is null
+    ),
+    remembered as (
+      insert into ${TRACKING}.names select * from identified
+      on conflict (classid, objid, objsubid) do update set identity = excluded.identity
+    ),
+    touched (unit, follow) as (
+      select case
+               when d.type in ('table constraint', 'default value', 'trigger', 'rule', 'policy')
+                 then 'r' || to_regclass(format('%I.%I', d.address[1], d.address[2]))::oid
+               when d.type = 'domain constraint' then 't' || to_regtype(d.address[1])::oid
+               else ${UNIT_OF("d.classid", "d.objid")}
+             end,
+             d.type is null and exists (select from renamed x where x.classid = d.classid and x.objid = d.objid)
+        from drained d where d.classid <> 0
+    ),
+    related (unit, classid, objid, follow, depth) as (
+      select d.unit,
+             case left(d.unit, 1) when 'r' then 'pg_class'::regclass::oid when 'p' then 'pg_proc'::regclass::oid
+                                  when 't' then 'pg_type'::regclass::oid when 'e' then 'pg_extension'::regclass::oid
+                                  when 'o' then split_part(substr(d.unit, 2), ':', 1)::oid end,
+             case when left(d.unit, 1) = 'o' then split_part(d.unit, ':', 2)::oid
+                  when left(d.unit, 1) in ('r', 'p', 't', 'e') then substr(d.unit, 2)::oid end,
+             bool_or(d.follow), 0
+        from touched d where d.unit is not null group by d.unit
+      union
+      select ${UNIT_OF("dep.classid", "dep.objid")}, dep.classid, dep.objid,
+             dep.classid = 'pg_type'::regclass or dep.deptype in ('i', 'e', 'a', 'P', 'S'), r.depth + 1
+        from related r join pg_depend dep on dep.refclassid = r.classid and dep.refobjid = r.objid
+       where r.follow and r.depth < 4
+    )
+    select array_agg(distinct r.unit) into units from related r where r.unit is not null;
+    with recursive relations (oid) as (select substr(u, 2)::oid from unnest(units) u where left(u, 1) = 'r'),
+    family (oid) as (
+      select r.oid from relations r
+      union
+      select i.indrelid from relations r join pg_index i on i.indexrelid = r.oid
+      union
+      select h.inhrelid from family f join pg_inherits h on h.inhparent = f.oid
+    )
+    select array(select distinct x from (select unnest(units) union all select 'r' || f.oid from family f
+                                                              union all select 'r' || i.indexrelid from family f join pg_index i on i.indrelid = f.oid) q(x)
+                  where left(x, 1) <> 'o')
+      into units;
+    ${oidsOfKind("r")} ${oidsOfKind("p")} ${oidsOfKind("t")} ${oidsOfKind("n")} ${oidsOfKind("e")}
+    return query select null::text, null::text, u, null::text from unnest(units) u;
+    return query ${snapshotOfArrays};
+  end $fn$;
+  delete from ${TRACKING}.touched;`;
+
+/**
  * The schema as it is now, read again only where it changed since the last
  * refresh. `refresh` returns a snapshot that later refreshes do not modify.
+ * With `events` (a rehearsal's scratch database) it installs the event
+ * triggers on the first read and `close` removes them; without, or where they
+ * cannot be created, it uses the fingerprint.
  */
 export class SchemaTracker {
   private keysOf = new Map<string, Set<string>>();
+  /** The indexes last read for each table: a table read again drops those that are gone (a type change rebuilds them unreported). */
+  private indexesOf = new Map<string, Set<string>>();
+  /** Which unit each key was last read for: an object recreated under a new oid moves its key to the new unit. */
+  private unitOf = new Map<string, string>();
   private current: SchemaSnapshot | null = null;
   private stale = true;
+  private finder: "events" | "fingerprint";
 
   private readonly db: Queryable;
-  constructor(db: Queryable) {
+  private readonly verify: boolean;
+  /** `verify` (tests, `bench/rehearse.ts --verify`): read everything after each refresh too and throw where they differ. */
+  constructor(db: Queryable, options: { events?: boolean; verify?: boolean } = {}) {
     this.db = db;
+    this.finder = options.events ? "events" : "fingerprint";
+    this.verify = options.verify ?? false;
+  }
+
+  /** How it finds what changed: "events" once the triggers are installed, else "fingerprint". */
+  get finds(): "events" | "fingerprint" {
+    return this.finder;
   }
 
   /** Something ran on the database: the next `now` reads the catalog. */
@@ -5478,44 +5647,97 @@ export class SchemaTracker {
   }
 
   async refresh(): Promise<SchemaSnapshot> {
-    this.stale = false;
-    if (this.current === null) {
-      await this.db.exec(`create temporary table if not exists safemigrate_fingerprint (unit text primary key, version text);
-                          truncate ${FINGERPRINT_TABLE}`);
+    const read = await this.read();
+    if (this.verify) {
+      const full = await snapshotSchema(this.db);
+      const wrong = [...new Set([...full.keys(), ...read.keys()])].filter((key) => full.get(key) !== read.get(key));
+      if (wrong.length > 0) {
+        throw new Error(`the ${this.finder} snapshot differs from a full read: ` +
+          wrong.map((key) => `${key}: ${read.get(key) ?? "(none)"} / ${full.get(key) ?? "(none)"}`).join("; "));
+      }
     }
-    let units: string[];
-    try {
-      units = (await this.db.query<{ unit: string | null }>(FINGERPRINT_QUERY)).flatMap((r) => (r.unit ? [r.unit] : []));
-    } catch (error) {
-      // A migration ended the session's temporary table (DISCARD ALL): start over.
-      if ((error as { code?: string }).code !== "42P01" || this.current === null) throw error;
-      this.current = null;
-      return await this.refresh();
-    }
-    const everything = this.current === null || units.some((u) => u[0] === "n" && this.keysOf.has(u));
-    if (!everything && units.length === 0) return this.current!;
+    return read;
+  }
 
+  private async read(): Promise<SchemaSnapshot> {
+    this.stale = false;
+    const found = this.current === null ? (await this.start(), null) : await this.changes();
     // A renamed schema renders into everything in it: read everything again.
-    const next = everything ? new Map<string, string>() : new Map(this.current);
-    if (everything) this.keysOf.clear();
-    for (const unit of everything ? [] : units) {
-      for (const key of this.keysOf.get(unit) ?? []) next.delete(key);
-      this.keysOf.delete(unit);
+    if (found === null || found.units.some((u) => u === "*" || (u[0] === "n" && this.keysOf.has(u)))) {
+      return this.replace(new Map(), null, await this.db.query(snapshotQuery(null)));
     }
-    const rows = await this.db.query<{ key: string; def: string | null; unit: string }>(snapshotQuery(everything ? null : units));
+    if (found.units.length === 0) return this.current!;
+    const units = [...found.units, ...found.units.flatMap((u) => [...this.indexesOf.get(u) ?? []])];
+    return this.replace(new Map(this.current), units, found.rows ?? await this.db.query(snapshotQuery(units)));
+  }
+
+  /** Removes the triggers and their schema; the fingerprint's temporary table goes with the session. */
+  async close(): Promise<void> {
+    if (this.finder !== "events" || this.current === null) return;
+    await this.db.exec(`drop event trigger if exists ${TRACKING}_ddl; drop event trigger if exists ${TRACKING}_drop;
+                        drop schema if exists ${TRACKING} cascade`).catch(() => {});
+  }
+
+  /** Before the first read: the triggers (falling back to the fingerprint where they cannot be created), or the fingerprint's table. */
+  private async start(): Promise<void> {
+    if (this.finder === "events") {
+      try {
+        await this.db.exec(TRACKING_SQL);
+        return;
+      } catch {
+        this.finder = "fingerprint";
+      }
+    }
+    await this.db.exec(`create temporary table if not exists safemigrate_fingerprint (unit text primary key, version text);
+                        truncate ${FINGERPRINT_TABLE}`);
+    await this.db.query(FINGERPRINT_QUERY);
+  }
+
+  /** The units that changed since the last read, with their rows when the finder read them too; null: read everything. */
+  private async changes(): Promise<{ units: string[]; rows: SnapshotRow[] | null } | null> {
+    try {
+      if (this.finder === "events") {
+        const rows = await this.db.query<SnapshotRow>(`select * from ${TRACKING}.changes()`);
+        return { units: rows.flatMap((r) => (r.key === null ? [r.unit] : [])), rows: rows.filter((r) => r.key !== null) };
+      }
+      const units = await this.db.query<{ unit: string | null }>(FINGERPRINT_QUERY);
+      return { units: units.flatMap((r) => (r.unit ? [r.unit] : [])), rows: null };
+    } catch (error) {
+      // A migration dropped the triggers' schema, or ended the session's temporary table (DISCARD ALL): start over.
+      if (!["42P01", "42883", "3F000"].includes((error as { code?: string }).code ?? "")) throw error;
+      await this.start();
+      return null;
+    }
+  }
+
+  /** The snapshot with the keys of `units` (all of them when null) replaced by `rows`. */
+  private replace(next: Map<string, string>, units: string[] | null, rows: SnapshotRow[]): SchemaSnapshot {
+    if (units === null) (this.keysOf.clear(), this.unitOf.clear(), this.indexesOf.clear());
+    for (const unit of units ?? []) {
+      for (const key of this.keysOf.get(unit) ?? []) {
+        if (this.unitOf.get(key) === unit) (next.delete(key), this.unitOf.delete(key));
+      }
+      this.keysOf.delete(unit);
+      this.indexesOf.delete(unit);
+    }
     for (const row of rows) {
-      next.set(row.key, row.def ?? "");
+      if (row.parent) this.indexesOf.set(row.parent, (this.indexesOf.get(row.parent) ?? new Set()).add(row.unit));
+      next.set(row.key!, row.def ?? "");
       if (!this.keysOf.has(row.unit)) this.keysOf.set(row.unit, new Set());
-      this.keysOf.get(row.unit)!.add(row.key);
+      this.keysOf.get(row.unit)!.add(row.key!);
+      this.unitOf.set(row.key!, row.unit);
     }
     this.current = next;
     return next;
   }
 }
 
+type SnapshotRow = { key: string | null; def: string | null; unit: string; parent: string | null };
+
 /** The user-visible schema, read from the catalog (no pg_dump needed; the same on PGlite and a server). */
 export async function snapshotSchema(db: Queryable): Promise<SchemaSnapshot> {
-  return await new SchemaTracker(db).refresh();
+  const rows = await db.query<SnapshotRow>(snapshotQuery(null));
+  return new Map(rows.map((r) => [r.key!, r.def ?? ""]));
 }
 
 /**
@@ -5642,6 +5864,8 @@ export interface RehearsalResult {
 export interface RehearseOptions {
   /** Apply the migrations up to and including this id without a round trip; rehearse the ones after it. */
   after?: string | null;
+  /** For tests: compare every incremental schema read with a full one and fail on a difference (slow). */
+  verifySnapshots?: boolean;
   onStep?: (step: RehearsalStep) => void;
 }
 
@@ -5660,7 +5884,7 @@ export async function rehearse(
   migrations: readonly Migration[],
   options: RehearseOptions | RehearseOptions["onStep"] = {},
 ): Promise<RehearsalResult> {
-  const { after = null, onStep } = typeof options === "function" ? { onStep: options } : options;
+  const { after = null, onStep, verifySnapshots = false } = typeof options === "function" ? { onStep: options } : options;
   const problems = consistencyProblems(migrations, []);
   if (problems.length > 0) throw new InputError(problems.join("\n"));
   const order = dependencyOrder(migrations);
@@ -5670,8 +5894,23 @@ export async function rehearse(
     throw new InputError(`--after ${after}: no such migration${meant ? ` — did you mean "${meant}"?` : ""}`);
   }
   await createHistoryTable(db);
+  const tracker = new SchemaTracker(db, { events: true, verify: verifySnapshots });
+  try {
+    return await rehearseInOrder(db, order, start, tracker, onStep);
+  } finally {
+    await tracker.close();
+  }
+}
+
+/** Each migration's round trip (the first `start` only applied), then the user's rollback of the clean newest ones. */
+async function rehearseInOrder(
+  db: Database,
+  order: readonly Migration[],
+  start: number,
+  tracker: SchemaTracker,
+  onStep: RehearseOptions["onStep"],
+): Promise<RehearsalResult> {
   const result: RehearsalResult = { rehearsed: [], problems: [], irreversible: [], notReached: [], appliedOnly: [], rollback: null, noRollback: null };
-  const tracker = new SchemaTracker(db);
   const notApplied = new Set<string>();
   /** The newest migrations that all went round cleanly, and the schema before the first of them. */
   let tail: { migrations: Migration[]; before: SchemaSnapshot } | null = null;
