@@ -7057,7 +7057,6 @@ export async function main(
   let json = argv.includes("--json");
   let db: Database | null = null;
   let progress: ReturnType<typeof humanProgress> | null = null;
-  const printJson = (value: unknown) => output.out(JSON.stringify(value));
   try {
     // Alone, --version and --help answer before anything is read (the project's settings, its .env files).
     const alone = argv.length === 1 ? argv[0] : null;
@@ -7068,144 +7067,187 @@ export async function main(
     exitCleanlyOnDriverCrash(output);
     const options = parseArgs(argv, env, readProjectSettings(process.cwd()));
     json = options.json;
-    if (options.command === "help") {
-      output.out(USAGE);
-      return EXIT.ok;
-    }
-    if (options.command === "version") {
-      output.out(VERSION);
+    if (options.command === "help" || options.command === "version") {
+      output.out(options.command === "help" ? USAGE : VERSION);
       return EXIT.ok;
     }
     if (options.command === "new") return newMigrationCommand(options, output);
     const migrations = readMigrations(options.dir);
     progress = json ? null : humanProgress(output, options.verbose);
-    const onEvent = progress?.onEvent;
-    const lock = { lockWaitMs: options.lockWaitMs, leaseMs: options.leaseMs, onEvent, execution: options.execution };
     if (isFleet(options)) return await runFleet(migrations, options, output);
+    const withoutDatabase = COMMANDS_WITHOUT_USER_DATABASE[options.command];
+    if (withoutDatabase) return await withoutDatabase(migrations, options, output, env);
 
-    // Commands that need no database of the user's.
-    if (options.command === "check") return await runCheck(migrations, options, output);
-    if (options.command === "lint") return await runLint(migrations, options, output);
-    if (options.command === "rehearse") return await runRehearse(migrations, options, output, env);
-
-    if (options.command === "sync" && !options.force && !options.plan) {
-      const deployed = DEPLOYED_ENVIRONMENT.filter((name) => isSet(env[name]));
-      if (deployed.length > 0) {
-        throw new InputError(
-          `--sync rolls back migrations and is meant for development and review apps; this looks like a deployed ` +
-            `environment (${deployed.join(", ")} set). Pass --force if you really mean it`,
-        );
-      }
-    }
-
+    refuseSyncWhereDeployed(options, env);
     const url = resolveDatabaseUrl(options, env, output);
-    const readOnly = options.plan || options.command === "status";
-    db = await openDatabase(readOnly ? withoutCreating(url) : url, output, {
-      historyTable: options.historyTable,
-      // Only an embedded database loads extensions: a server has them installed.
-      extensions: url.startsWith("pglite:") ? extensionsCreatedBy(migrations) : [],
-    });
+    db = await openCommandDatabase(url, options, migrations, output);
     const label = describeUrl(url);
     if (options.waitMs > 0) {
       await waitForDatabase(db, options.waitMs, () =>
         output.err(`safemigrate: waiting up to ${formatDuration(options.waitMs)} for ${label} to accept connections...`));
     }
     // Timed from here: opening an embedded database for the first time is not the migrations' time.
-    const started = performance.now();
-    const header = (title: string) => !json && !options.plan && output.out(`safemigrate ${title} on ${label}`);
-
-    switch (options.command) {
-      case "status": {
-        const rows = migrationStatus(migrations, await readHistory(db));
-        if (json) printJson({ ok: true, exitCode: 0, command: "status", database: label, migrations: rows });
-        else humanStatus(output, rows);
-        return EXIT.ok;
-      }
-      case "pre":
-      case "all": {
-        header(`--${options.command}${options.command === "pre" ? ` (${options.mode})` : ""}`);
-        const result = await migrate(db, migrations, {
-          ...lock,
-          phase: options.command,
-          mode: options.mode,
-          dryRun: options.plan,
-          lint: options.lint,
-          smallTableBytes: options.smallTableBytes,
-          lintAfter: options.lintAfter,
-          repairInvalidIndexes: options.repairInvalidIndexes,
-          rerun: options.rerun,
-        });
-        if (json) printJson(runResultJson(result, label));
-        else humanRunSummary(output, result, performance.now() - started, new Date(), options.sql);
-        return runExitCode(result);
-      }
-      case "rollback": {
-        const target = options.target ?? { last: true as const };
-        header(`--rollback ${options.target ?? "--last"}`);
-        const result = await rollback(db, migrations, target, { ...lock, dryRun: options.plan });
-        if (json) printJson({ ok: true, exitCode: 0, command: "rollback", database: label, dryRun: result.dryRun, steps: result.steps.map(stepJson), reverted: result.reverted });
-        else if (result.dryRun) humanRevertPlan(output, `plan for --rollback ${options.target ?? "--last"}:`, result.steps, [], options.sql);
-        else output.out(`Rolled back ${plural(result.reverted.length, "migration")} in ${ms(performance.now() - started)}.`);
-        return EXIT.ok;
-      }
-      case "sync": {
-        header("--sync");
-        const result = await sync(db, migrations, {
-          ...lock,
-          dryRun: options.plan,
-          onPlan: json ? undefined : (plan) => humanRevertPlan(output, options.plan ? "plan for --sync:" : "sync plan:", plan.revert, plan.apply, options.sql),
-        });
-        if (json) {
-          printJson({
-            ok: true, exitCode: 0, command: "sync", database: label, dryRun: result.dryRun,
-            revert: result.plan.revert.map(stepJson),
-            apply: result.plan.apply.map((m) => m.id), reverted: result.reverted, applied: result.applied,
-          });
-        } else if (!result.dryRun) {
-          output.out(`Rolled back ${plural(result.reverted.length, "migration")}, applied ${plural(result.applied.length, "migration")} in ${ms(performance.now() - started)}.`);
-        }
-        return EXIT.ok;
-      }
-      case "fake":
-      case "baseline": {
-        const recorded = await recordWithoutRunning(db, migrations, options.target!, options.command, lock);
-        if (json) printJson({ ok: true, exitCode: 0, command: options.command, database: label, recorded });
-        else output.out(`Recorded as applied without running them: ${recorded.join(", ")}.`);
-        return EXIT.ok;
-      }
-      case "accept-changed": {
-        const accepted = await acceptChanged(db, migrations, options.target!, lock);
-        if (json) printJson({ ok: true, exitCode: 0, command: "accept-changed", database: label, ...accepted });
-        else if (accepted.from === accepted.to) {
-          output.out(`Refreshed the stored down SQL of ${accepted.id} from its file; the history notes it.`);
-        } else {
-          output.out(`Accepted the changed up SQL of ${accepted.id} (checksum ${accepted.from.slice(0, 12)} -> ${accepted.to.slice(0, 12)}); ` +
-            `the history notes it. The edit is not run: apply any schema change it implies in a new migration.`);
-        }
-        return EXIT.ok;
-      }
-    }
-    return EXIT.ok;
+    const run: CommandRun = {
+      db, migrations, options, output, label, json, started: performance.now(),
+      lock: { lockWaitMs: options.lockWaitMs, leaseMs: options.leaseMs, onEvent: progress?.onEvent, execution: options.execution },
+      printJson: (value) => output.out(JSON.stringify(value)),
+      header: (title) => void (!json && !options.plan && output.out(`safemigrate ${title} on ${label}`)),
+    };
+    return await DATABASE_COMMANDS[options.command as DatabaseCommand](run);
   } catch (error) {
     progress?.stop();
-    // The reader went away (`| head`): stop quietly; whatever the error became on its way up.
-    if (output.closed) return EXIT_OUTPUT_CLOSED;
-    const known = error instanceof SafemigrateError;
-    const exitCode = known ? error.exitCode : EXIT.failed;
-    const message = redact(known ? error.message : describeUnexpected(error));
-    output.err(red(output, `safemigrate: error: ${message}`));
-    if (json) {
-      printJson({
-        ok: false, exitCode, error: message,
-        ...(error instanceof LintError ? { findings: error.findings } : {}),
-        ...(error instanceof CheckError ? { problems: error.problems } : {}),
-        ...(error instanceof StoppedMidway ? error.progress : {}),
-      });
-    }
-    return exitCode;
+    return reportError(error, output, json);
   } finally {
     await db?.close().catch(() => {});
   }
+}
+
+/** One readable line on stderr (and, with --json, one object on stdout) for whatever stopped the command. */
+function reportError(error: unknown, output: Output, json: boolean): number {
+  // The reader went away (`| head`): stop quietly; whatever the error became on its way up.
+  if (output.closed) return EXIT_OUTPUT_CLOSED;
+  const known = error instanceof SafemigrateError;
+  const exitCode = known ? error.exitCode : EXIT.failed;
+  const message = redact(known ? error.message : describeUnexpected(error));
+  output.err(red(output, `safemigrate: error: ${message}`));
+  if (json) {
+    output.out(JSON.stringify({
+      ok: false, exitCode, error: message,
+      ...(error instanceof LintError ? { findings: error.findings } : {}),
+      ...(error instanceof CheckError ? { problems: error.problems } : {}),
+      ...(error instanceof StoppedMidway ? error.progress : {}),
+    }));
+  }
+  return exitCode;
+}
+
+/** Commands that need no database of the user's (--check and --lint may read one, --rehearse makes a scratch one). */
+const COMMANDS_WITHOUT_USER_DATABASE: Partial<Record<Command, (migrations: Migration[], options: CliOptions, output: Output, env: Record<string, string | undefined>) => Promise<number>>> = {
+  check: runCheck,
+  lint: runLint,
+  rehearse: runRehearse,
+};
+
+/** --sync rolls back: refused where the environment says this is a deployed app, unless forced. */
+function refuseSyncWhereDeployed(options: CliOptions, env: Record<string, string | undefined>): void {
+  if (options.command !== "sync" || options.force || options.plan) return;
+  const deployed = DEPLOYED_ENVIRONMENT.filter((name) => isSet(env[name]));
+  if (deployed.length === 0) return;
+  throw new InputError(
+    `--sync rolls back migrations and is meant for development and review apps; this looks like a deployed ` +
+      `environment (${deployed.join(", ")} set). Pass --force if you really mean it`,
+  );
+}
+
+/** Read-only commands never create the history table; only an embedded database loads extensions (a server has them installed). */
+function openCommandDatabase(url: string, options: CliOptions, migrations: Migration[], output: Output): Promise<Database> {
+  const readOnly = options.plan || options.command === "status";
+  return openDatabase(readOnly ? withoutCreating(url) : url, output, {
+    historyTable: options.historyTable,
+    extensions: url.startsWith("pglite:") ? extensionsCreatedBy(migrations) : [],
+  });
+}
+
+/** What a command run on the user's database is given. */
+interface CommandRun {
+  db: Database;
+  migrations: Migration[];
+  options: CliOptions;
+  output: Output;
+  label: string;
+  json: boolean;
+  started: number;
+  lock: { lockWaitMs: number; leaseMs: number; onEvent: ((event: RunEvent) => void) | undefined; execution: ExecutionSettings };
+  printJson: (value: unknown) => void;
+  header: (title: string) => void;
+}
+
+type DatabaseCommand = Exclude<Command, "check" | "lint" | "rehearse" | "new">;
+
+const DATABASE_COMMANDS: Record<DatabaseCommand, (run: CommandRun) => Promise<number>> = {
+  status: statusCommand,
+  pre: migrateCommand,
+  all: migrateCommand,
+  rollback: rollbackCommand,
+  sync: syncCommand,
+  fake: recordCommand,
+  baseline: recordCommand,
+  "accept-changed": acceptChangedCommand,
+};
+
+async function statusCommand({ db, migrations, output, label, json, printJson }: CommandRun): Promise<number> {
+  const rows = migrationStatus(migrations, await readHistory(db));
+  if (json) printJson({ ok: true, exitCode: 0, command: "status", database: label, migrations: rows });
+  else humanStatus(output, rows);
+  return EXIT.ok;
+}
+
+async function migrateCommand({ db, migrations, options, output, label, json, started, lock, printJson, header }: CommandRun): Promise<number> {
+  header(`--${options.command}${options.command === "pre" ? ` (${options.mode})` : ""}`);
+  const result = await migrate(db, migrations, {
+    ...lock,
+    phase: options.command as "pre" | "all",
+    mode: options.mode,
+    dryRun: options.plan,
+    lint: options.lint,
+    smallTableBytes: options.smallTableBytes,
+    lintAfter: options.lintAfter,
+    repairInvalidIndexes: options.repairInvalidIndexes,
+    rerun: options.rerun,
+  });
+  if (json) printJson(runResultJson(result, label));
+  else humanRunSummary(output, result, performance.now() - started, new Date(), options.sql);
+  return runExitCode(result);
+}
+
+async function rollbackCommand({ db, migrations, options, output, label, json, started, lock, printJson, header }: CommandRun): Promise<number> {
+  const target = options.target ?? { last: true as const };
+  header(`--rollback ${options.target ?? "--last"}`);
+  const result = await rollback(db, migrations, target, { ...lock, dryRun: options.plan });
+  if (json) printJson({ ok: true, exitCode: 0, command: "rollback", database: label, dryRun: result.dryRun, steps: result.steps.map(stepJson), reverted: result.reverted });
+  else if (result.dryRun) humanRevertPlan(output, `plan for --rollback ${options.target ?? "--last"}:`, result.steps, [], options.sql);
+  else output.out(`Rolled back ${plural(result.reverted.length, "migration")} in ${ms(performance.now() - started)}.`);
+  return EXIT.ok;
+}
+
+async function syncCommand({ db, migrations, options, output, label, json, started, lock, printJson, header }: CommandRun): Promise<number> {
+  header("--sync");
+  const result = await sync(db, migrations, {
+    ...lock,
+    dryRun: options.plan,
+    onPlan: json ? undefined : (plan) => humanRevertPlan(output, options.plan ? "plan for --sync:" : "sync plan:", plan.revert, plan.apply, options.sql),
+  });
+  if (json) {
+    printJson({
+      ok: true, exitCode: 0, command: "sync", database: label, dryRun: result.dryRun,
+      revert: result.plan.revert.map(stepJson),
+      apply: result.plan.apply.map((m) => m.id), reverted: result.reverted, applied: result.applied,
+    });
+  } else if (!result.dryRun) {
+    output.out(`Rolled back ${plural(result.reverted.length, "migration")}, applied ${plural(result.applied.length, "migration")} in ${ms(performance.now() - started)}.`);
+  }
+  return EXIT.ok;
+}
+
+/** --fake and --baseline: recorded as applied without running them. */
+async function recordCommand({ db, migrations, options, output, label, json, lock, printJson }: CommandRun): Promise<number> {
+  const command = options.command as "fake" | "baseline";
+  const recorded = await recordWithoutRunning(db, migrations, options.target!, command, lock);
+  if (json) printJson({ ok: true, exitCode: 0, command, database: label, recorded });
+  else output.out(`Recorded as applied without running them: ${recorded.join(", ")}.`);
+  return EXIT.ok;
+}
+
+async function acceptChangedCommand({ db, migrations, options, output, label, json, lock, printJson }: CommandRun): Promise<number> {
+  const accepted = await acceptChanged(db, migrations, options.target!, lock);
+  if (json) printJson({ ok: true, exitCode: 0, command: "accept-changed", database: label, ...accepted });
+  else if (accepted.from === accepted.to) {
+    output.out(`Refreshed the stored down SQL of ${accepted.id} from its file; the history notes it.`);
+  } else {
+    output.out(`Accepted the changed up SQL of ${accepted.id} (checksum ${accepted.from.slice(0, 12)} -> ${accepted.to.slice(0, 12)}); ` +
+      `the history notes it. The edit is not run: apply any schema change it implies in a new migration.`);
+  }
+  return EXIT.ok;
 }
 
 /** `--new <name>`: writes the next migration file; no database needed. */
