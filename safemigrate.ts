@@ -985,6 +985,31 @@ export async function parseSection(section: SqlSection, file: string): Promise<P
 
 const parsedSections = new WeakMap<SqlSection, Promise<ParsedSection>>();
 
+/**
+ * The statements the runner sends: their text, line and offset, and of each
+ * parse tree only its kind. Once the analysis has read a section's trees they
+ * can go (releaseParseTrees): a run of a thousand migrations need not carry a
+ * thousand trees while it applies them.
+ */
+export async function runnableStatements(section: SqlSection, file: string): Promise<Statement[]> {
+  let statements = runnable.get(section);
+  if (!statements) {
+    statements = (await parseSection(section, file)).statements.map(({ sql, line, offset, node }) => ({ sql, line, offset, node: dataNode(Object.keys(node)[0]) }));
+    runnable.set(section, statements);
+  }
+  return statements;
+}
+
+const runnable = new WeakMap<SqlSection, Statement[]>();
+
+/** Keeps the runnable statements of these sections and lets their trees go; parseSection parses again if asked. */
+export async function releaseParseTrees(sections: readonly { section: SqlSection; file: string }[]): Promise<void> {
+  for (const { section, file } of sections) {
+    await runnableStatements(section, file);
+    parsedSections.delete(section);
+  }
+}
+
 type ParseTree = { stmts?: { stmt?: Record<string, unknown>; stmt_location?: number; stmt_len?: number }[] };
 
 async function parseSectionUncached(section: SqlSection, file: string): Promise<ParsedSection> {
@@ -4228,7 +4253,7 @@ export async function runSection(
     sectionFailure(what, line, error, consequence, lockTimeout);
 
   // Statement by statement, so an error names the statement that failed even when the server gives no position.
-  const { statements } = await parseSection(section, what.file);
+  const statements = await runnableStatements(section, what.file);
   /** The file line an error points at; `prefix` is SQL sent ahead of the statement in the same query. */
   const lineOf = (statement: Statement, error: unknown, prefix = "") => {
     const position = Number((error as { position?: string | number }).position ?? 0) - prefix.length;
@@ -4736,6 +4761,8 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
     for (const m of result.plan.apply) await parseSection(m.up, m.file);
     refuseUnfencedThroughPooler(db, result.plan.apply.map((m) => ({ id: m.id, file: m.file, section: m.up })));
     if (options.lint !== false) result.findings = await refuseUnsafe(db, migrations, result.plan.apply, options);
+    // The analysis has read the trees: applying needs only the statements.
+    await releaseParseTrees(result.plan.apply.map((m) => ({ section: m.up, file: m.file })));
     result.invalidIndexes = await repairInvalidIndexes(db, Boolean(options.repairInvalidIndexes), options.onEvent);
     result.applied = await applyAll(db, result.plan.apply, options.phase, options);
     await recordDetected(db, result.plan, migrations);
