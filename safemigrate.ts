@@ -1017,7 +1017,10 @@ async function parseSectionUncached(section: SqlSection, file: string): Promise<
   if (section.sql.trim() === "") return { statements: [], place };
   const { parse, normalize } = await import("libpg-query");
   const sql = section.sql;
-  const pieces = parsePieces(lexStatements(sql), PARSE_PIECE_CHARS);
+  // A section that fits one piece needs no cutting (the parser is its own lexer), unless its INSERTs are to be only syntax-checked.
+  const pieces = sql.length <= PARSE_PIECE_CHARS && !/^\s*insert\b/im.test(sql)
+    ? [{ statements: [{ start: 0, end: sql.length, first: "" }], data: false }]
+    : parsePieces(lexStatements(sql), PARSE_PIECE_CHARS);
   const statements: Statement[] = [];
   const bytes = byteOffsets(sql);
   let lastError = "";
@@ -2179,11 +2182,13 @@ export function preAdvice(plan: Plan, pending: readonly Migration[]): CheckProbl
  *
  * Rule kinds: phase rules (old code must keep working after a before_deploy or
  * always migration, so contraction belongs in after_deploy); lock rules (a
- * strong lock held on an existing table for long); failures (the statement
- * cannot run as written); waiver problems; information (never gating).
+ * strong lock held on an existing table for long); effects (the statement does
+ * more, or other, than it says: TRUNCATE ... CASCADE empties other tables, a
+ * name over 63 bytes is cut); failures (the statement cannot run as written);
+ * waiver problems; information (never gating).
  */
 export interface Rule {
-  kind: "phase" | "lock" | "failure" | "waiver" | "info";
+  kind: "phase" | "lock" | "effect" | "failure" | "waiver" | "info";
   /** How to do the same thing safely; the message has already said why. */
   fix: string;
 }
@@ -2201,6 +2206,7 @@ export const RULES = {
   "add-not-null": { kind: "phase", fix: "set NOT NULL in an after_deploy migration, once the deployed code always writes the column (or give the column a DEFAULT in the same migration)" },
   "not-null-column-without-default": { kind: "phase", fix: "give it a DEFAULT, or add it nullable now and set NOT NULL after the deploy" },
   "drop-default": { kind: "phase", fix: "drop the default in an after_deploy migration" },
+  "drop-not-null": { kind: "phase", fix: "first ship code that reads NULL from the column safely, then drop NOT NULL (waive this finding, naming that release), and only then write NULLs" },
   "index-not-concurrently": { kind: "lock", fix: "use CREATE [UNIQUE] INDEX CONCURRENTLY in a migration with \"-- transaction: false\"; for a constraint, then ADD CONSTRAINT ... UNIQUE/PRIMARY KEY USING INDEX" },
   "drop-index-not-concurrently": { kind: "lock", fix: "use DROP INDEX CONCURRENTLY in a migration with \"-- transaction: false\"" },
   "concurrently-in-transaction": { kind: "failure", fix: "add \"-- transaction: false\" to the front-matter (of the down section, for a down)" },
@@ -2214,6 +2220,8 @@ export const RULES = {
   "cluster": { kind: "lock", fix: "use pg_repack outside the migration" },
   "reindex-not-concurrently": { kind: "lock", fix: "use REINDEX ... CONCURRENTLY in a migration with \"-- transaction: false\"" },
   "lock-table": { kind: "lock", fix: "remove it and let each statement take the lock it needs" },
+  "truncate-cascade": { kind: "effect", fix: "TRUNCATE the tables you mean to empty by name, without CASCADE: then a table still referencing them stops it with an error instead of being emptied" },
+  "identifier-too-long": { kind: "effect", fix: "choose a name of at most 63 bytes" },
   "transaction-control": { kind: "lock", fix: "remove them; for work that must commit in steps, use \"-- transaction: false\" (or one migration per step)" },
   "syntax-error": { kind: "failure", fix: "correct the SQL; a down section is only run during a rollback, often in an incident" },
   "dynamic-sql": { kind: "info", fix: "review the statements it runs by hand, or write them as plain SQL so they can be checked" },
@@ -2309,10 +2317,17 @@ export interface AnalysisState {
   functions: Map<string, { trigger: boolean; volatile: boolean }>;
   /** Index name -> the table it is on. */
   indexes: Map<string, string>;
+  /** Table -> the tables with a foreign key to it, as the migrations declared them: TRUNCATE ... CASCADE empties those too. */
+  references: Map<string, Set<string>>;
+  /** Tables the migrations dropped (and did not create again): the database's foreign keys from them are gone. */
+  droppedTables: Set<string>;
+  /** Names over 63 bytes, by the relation name PostgreSQL cut them to ("schema.name") -> the name as written and where. */
+  longNames: Map<string, { name: string; migration: string }>;
 }
 
 export const newAnalysisState = (): AnalysisState => ({
   notNullChecks: new Map(), provenNotNull: new Set(), columnTypes: new Map(), tables: new Set(), functions: new Map(), indexes: new Map(),
+  references: new Map(), droppedTables: new Set(), longNames: new Map(),
 });
 
 interface RawFinding {
@@ -2411,6 +2426,10 @@ interface MigrationScope {
   dropped: Set<string>;
   /** `SET timezone = 'UTC'` ran earlier in this migration. */
   utc: boolean;
+  /** server_version_num of the database the migration runs on (NEWEST_SERVER_VERSION without one). */
+  serverVersion: number;
+  /** Foreign keys the database had before the run (null without a database). */
+  liveReferences: Map<string, Set<string>> | null;
   /** Functions created in this migration whose body runs dynamic DDL (EXECUTE). */
   dynamicFunctions: Set<string>;
   /** How many BEGIN/COMMIT statements the migration has: reported once, on the first. */
@@ -2419,219 +2438,286 @@ interface MigrationScope {
   reported: Set<RuleId>;
 }
 
-/** The findings of one statement, before waivers. */
+/**
+ * The findings of one statement, before waivers. The rules are a table: one
+ * small function per kind of statement (the parse tree's node name), each
+ * reading the statement's tree, learning what it declares into the state, and
+ * reporting through the context's sinks. Statements no rule names declare
+ * nothing the analysis tracks.
+ */
 function statementFindings(
   statement: Statement,
   migration: Migration,
   scope: MigrationScope,
   state: AnalysisState,
 ): RawFinding[] {
+  const [kind, node] = Object.entries(statement.node)[0] as [string, Node];
+  const context = statementContext(statement, migration, scope, state);
+  learnForeignKeys(kind, node, statement, state);
+  context.found.push(...longNameFindings(statement, kind, node, migration, state));
+  STATEMENT_RULES[kind]?.(node, context, kind);
+  return context.found;
+}
+
+/** What every statement rule needs: the statement, where it runs, and where its findings go. */
+interface StatementContext extends FindingSinks {
+  statement: Statement;
+  migration: Migration;
+  scope: MigrationScope;
+  state: AnalysisState;
+  inTransaction: boolean;
+  found: RawFinding[];
+  /** Rules reported once per migration: true the first time. */
+  once: (rule: RuleId) => boolean;
+}
+
+type StatementRule = (node: Node, context: StatementContext, kind: string) => void;
+
+function statementContext(statement: Statement, migration: Migration, scope: MigrationScope, state: AnalysisState): StatementContext {
   const at = statement.offset;
   const found: RawFinding[] = [];
   const beforeDeploy = migration.safe !== "after_deploy";
   const phase = migration.safe === "always" ? "an always migration (it may run before the deploy)" : "a before_deploy migration";
-  const phaseFinding = (rule: RuleId, subject: string, what: string, location = at, why = "the old code still serving traffic may use it") => {
-    if (beforeDeploy) found.push({ rule, message: `${what} in ${phase}: ${why}`, location, subject });
-  };
-  const lockFinding = (rule: RuleId, subject: string | null, message: string, location = at) => found.push({ rule, message, location, subject });
   const inTransaction = migration.up.transaction;
-  const untilCommit = inTransaction ? " and the migration commits" : "";
-  const existing = (rel: RangeVar | undefined) => rel !== undefined && !scope.tables.has(tableKey(rel));
-  /** Rules reported once per migration: true the first time. */
-  const once = (rule: RuleId) => !scope.reported.has(rule) && Boolean(scope.reported.add(rule));
-  const [kind, node] = Object.entries(statement.node)[0] as [string, Node];
-
-  switch (kind) {
-    case "CreateStmt": {
-      const key = tableKey(node.relation);
-      // IF NOT EXISTS may name a table that is already there, but not one no earlier migration created.
-      if (!node.if_not_exists || !state.tables.has(key)) scope.tables.add(key);
-      state.tables.add(key);
-      for (const element of node.tableElts ?? []) {
-        const column = element.ColumnDef;
-        if (column) state.columnTypes.set(`${key}.${column.colname}`, columnTypeOf(column.typeName));
-      }
-      break;
-    }
-    case "CreateTableAsStmt":
-      if (node.into?.rel) {
-        const key = tableKey(node.into.rel);
-        if (!node.if_not_exists || !state.tables.has(key)) scope.tables.add(key);
-        state.tables.add(key);
-      }
-      break;
-    case "CreateFunctionStmt": {
-      const name = nameOf(node.funcname);
-      const volatility = (node.options ?? []).find((o: Node) => o.DefElem?.defname === "volatility")?.DefElem.arg.String?.sval;
-      state.functions.set(name, { trigger: typeNameOf(node.returnType) === "trigger", volatile: !volatility || volatility === "volatile" });
-      const body = bodyOf(node.options);
-      if (/\bexecute\b/i.test(body) && DDL_WORDS.test(body)) scope.dynamicFunctions.add(name);
-      break;
-    }
-    case "VariableSetStmt":
-      if (node.name === "timezone") {
-        const value = node.args?.[0]?.A_Const?.sval?.sval ?? "";
-        scope.utc = UTC_ZONES.test(value);
-      }
-      break;
-    case "DropStmt": {
-      const names: string[] = (node.objects ?? []).map((o: Node) => nameOf(o.List?.items ?? o.ObjectWithArgs?.objname ?? [o]));
-      const removeType = node.removeType as string;
-      if (node.concurrent && inTransaction) {
-        lockFinding("concurrently-in-transaction", null, "DROP INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
-      }
-      const notHere = (set: Set<string>) => names.find((n) => !set.has(n));
-      if (removeType === "OBJECT_TABLE") {
-        const table = notHere(scope.tables);
-        if (table) phaseFinding("drop-table", table, `DROP TABLE ${names.join(", ")}`);
-        for (const n of names) state.tables.delete(n);
-      } else if (removeType === "OBJECT_SCHEMA") {
-        phaseFinding("drop-table", names[0], `DROP SCHEMA ${names.join(", ")}`, at, "the old code may use the tables in it");
-      } else if (removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") {
-        const view = notHere(scope.objects);
-        if (view) phaseFinding("drop-view", view, `DROP VIEW ${names.join(", ")}`);
-      } else if (removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") {
-        // A trigger function is only called by its trigger, never by the application.
-        const called = names.find((n) => !scope.objects.has(n) && !state.functions.get(n)?.trigger);
-        if (called) phaseFinding("drop-function", called, `DROP FUNCTION ${names.join(", ")}`);
-      } else if (removeType === "OBJECT_INDEX" && !node.concurrent) {
-        const index = names.find((n) => !scope.indexes.has(n) && !scope.tables.has(state.indexes.get(n) ?? ""));
-        if (index) {
-          const table = state.indexes.get(index) ?? "the table it indexes";
-          lockFinding(
-            "drop-index-not-concurrently", index,
-            `DROP INDEX ${index} takes an ACCESS EXCLUSIVE lock on ${table}: it waits for every running query on ${table} ` +
-              `(up to lock_timeout) while new ones queue behind it, then holds it${inTransaction ? " until the migration commits" : " briefly"}`,
-          );
-        }
-      }
-      if (removeType === "OBJECT_INDEX") for (const n of names) state.indexes.delete(n);
-      break;
-    }
-    case "RenameStmt": {
-      // A rename breaks the code on one side of the deploy whatever the phase: old code before it, new code after it.
-      const why = "old code breaks if it runs before the deploy, new code if it runs after; no phase makes a rename safe";
-      const relation = node.relation as RangeVar | undefined;
-      if (relation && node.renameType === "OBJECT_INDEX") {
-        const table = state.indexes.get(relation.relname);
-        if (table) state.indexes.set(node.newname, table);
-        if (scope.indexes.has(relation.relname)) scope.indexes.add(node.newname);
-        break;
-      }
-      const existed = existing(relation);
-      if (relation && node.renameType === "OBJECT_TABLE") renameTable(state, scope, tableKey(relation), relation.schemaname ? `${relation.schemaname}.${node.newname}` : node.newname);
-      if (!existed) break;
-      const location = relation!.location ?? at;
-      const key = tableKey(relation!);
-      if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
-        lockFinding("rename-table", key, `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation!)} to ${node.newname}: ${why}`, location);
-      } else if (node.renameType === "OBJECT_COLUMN" && scope.dropped.has(`${key}.${node.newname}`)) {
-        // Dropping a column and renaming its replacement to its name: code using the name finds a column either way.
-        const type = state.columnTypes.get(`${key}.${node.subname}`);
-        if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
-      } else if (node.renameType === "OBJECT_COLUMN") {
-        lockFinding("rename-column", key, `renaming column ${quoted(relation!)}.${node.subname} to ${node.newname}: ${why}`, location);
-        const type = state.columnTypes.get(`${key}.${node.subname}`);
-        if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
-      }
-      if (inTransaction) scope.exclusive.set(key, statement.line);
-      break;
-    }
-    case "IndexStmt": {
-      const table = tableKey(node.relation);
-      if (node.idxname) {
-        state.indexes.set(node.idxname, table);
-        scope.indexes.add(node.idxname);
-      }
-      if (node.concurrent && inTransaction) {
-        lockFinding("concurrently-in-transaction", null, "CREATE INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
-      } else if (!node.concurrent && existing(node.relation)) {
-        lockFinding(
-          "index-not-concurrently", table,
-          `CREATE INDEX on ${quoted(node.relation)} takes a SHARE lock: writes to it wait until the index is built${untilCommit} (reads go on)`,
-        );
-      }
-      break;
-    }
-    case "ReindexStmt": {
-      const concurrently = (node.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently");
-      const subject = node.relation ? tableKey(node.relation) : null;
-      if (concurrently && inTransaction) {
-        lockFinding("concurrently-in-transaction", null, "REINDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
-      } else if (!concurrently) {
-        lockFinding("reindex-not-concurrently", subject, "REINDEX without CONCURRENTLY blocks writes to the table, and reads that use its indexes, until it ends");
-      }
-      break;
-    }
-    case "VacuumStmt": {
-      const relation = node.rels?.[0]?.VacuumRelation?.relation;
-      if ((node.options ?? []).some((o: Node) => o.DefElem?.defname === "full")) {
-        lockFinding("vacuum-full", relation ? tableKey(relation) : null, "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends");
-      } else if (node.is_vacuumcmd && inTransaction) {
-        lockFinding("concurrently-in-transaction", null, "VACUUM cannot run inside a transaction: the migration would fail");
-      }
-      break;
-    }
-    case "ClusterStmt":
-      lockFinding(
-        "cluster", node.relation ? tableKey(node.relation) : null,
-        `CLUSTER${node.relation ? ` ${quoted(node.relation)}` : ""} rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends`,
-      );
-      break;
-    case "LockStmt": {
-      const relation = node.relations?.[0]?.RangeVar;
-      lockFinding("lock-table", relation ? tableKey(relation) : null, `LOCK TABLE holds its lock until the migration commits; every conflicting query queues behind it`);
-      break;
-    }
-    case "TransactionStmt":
-      // A COMMIT (AND CHAIN) ends the transaction: the locks taken so far are released.
-      if (TRANSACTION_CONTROL.has(node.kind)) scope.exclusive.clear();
-      if (inTransaction && TRANSACTION_CONTROL.has(node.kind) && scope.transactionControl > 0 && once("transaction-control")) {
-        const count = scope.transactionControl;
-        lockFinding(
-          "transaction-control", null,
-          `${node.kind.replace("TRANS_STMT_", "")}${count > 1 ? ` (and ${count - 1} more BEGIN/COMMIT statements)` : ""} inside a migration safemigrate runs in one transaction: ` +
-            `it commits part of the migration, so a later failure leaves that part applied`,
-        );
-      }
-      break;
-    case "DoStmt":
-    case "SelectStmt": {
-      const dynamic = kind === "DoStmt" ? DDL_WORDS.test(bodyOf(node.args)) : functionsIn(node).some((f) => scope.dynamicFunctions.has(f));
-      if (dynamic && once("dynamic-sql")) {
-        lockFinding(
-          "dynamic-sql", null,
-          `${kind === "DoStmt" ? "a DO block" : "a function this migration defines"} runs DDL built at run time (EXECUTE or a DO body), which this analysis cannot see: ` +
-            `the locks it takes and its phase are not checked (reported once per migration)`,
-        );
-      }
-      break;
-    }
-    case "TruncateStmt":
-      for (const { RangeVar: rel } of node.relations ?? []) if (rel) scope.emptied.add(tableKey(rel));
-      break;
-    case "UpdateStmt":
-    case "DeleteStmt": {
-      const rel = node.relation as RangeVar | undefined;
-      // A data statement the parser only syntax-checked (a big data migration) has no tree to read.
-      if (!rel) break;
-      const since = scope.exclusive.get(tableKey(rel));
-      const everyRow = !node.whereClause || node.whereClause.NullTest !== undefined;
-      if (since !== undefined && everyRow) {
-        lockFinding(
-          "backfill-under-lock", tableKey(rel),
-          `${kind === "UpdateStmt" ? "UPDATE" : "DELETE"} of ${node.whereClause ? "the rows" : "every row"} of ${quoted(rel)} runs while this transaction holds ` +
-            `the ACCESS EXCLUSIVE lock the ALTER TABLE on line ${since} took: every read and write of ${quoted(rel)} waits until the migration commits`,
-        );
-      }
-      break;
-    }
-    case "AlterTableStmt":
-      alterTableFindings(node, statement, migration, scope, state, { at, phaseFinding, lockFinding, existing, untilCommit });
-      break;
-  }
-  return found;
+  return {
+    statement, migration, scope, state, inTransaction, found, at,
+    untilCommit: inTransaction ? " and the migration commits" : "",
+    phaseFinding: (rule, subject, what, location = at, why = "the old code still serving traffic may use it") => {
+      if (beforeDeploy) found.push({ rule, message: `${what} in ${phase}: ${why}`, location, subject });
+    },
+    lockFinding: (rule, subject, message, location = at) => found.push({ rule, message, location, subject }),
+    existing: (rel) => rel !== undefined && !scope.tables.has(tableKey(rel)),
+    once: (rule) => !scope.reported.has(rule) && Boolean(scope.reported.add(rule)),
+  };
 }
+
+/** Foreign keys a table declares, remembered for TRUNCATE ... CASCADE. */
+function learnForeignKeys(kind: string, node: Node, statement: Statement, state: AnalysisState): void {
+  if ((kind !== "CreateStmt" && kind !== "AlterTableStmt") || !/references/i.test(statement.sql)) return;
+  for (const target of foreignKeysIn(node)) {
+    const from = state.references.get(target) ?? new Set<string>();
+    state.references.set(target, from.add(tableKey(node.relation)));
+  }
+}
+
+/** A table created here: exempt for the rest of the migration. IF NOT EXISTS may name one already there, but not one no earlier migration created. */
+function learnCreatedTable(relation: RangeVar, ifNotExists: boolean, { scope, state }: StatementContext): string {
+  const key = tableKey(relation);
+  if (!ifNotExists || !state.tables.has(key)) scope.tables.add(key);
+  state.tables.add(key);
+  state.droppedTables.delete(key);
+  return key;
+}
+
+const createTableRule: StatementRule = (node, context) => {
+  const key = learnCreatedTable(node.relation, node.if_not_exists, context);
+  for (const element of node.tableElts ?? []) {
+    const column = element.ColumnDef;
+    if (column) context.state.columnTypes.set(`${key}.${column.colname}`, columnTypeOf(column.typeName));
+  }
+};
+
+const createTableAsRule: StatementRule = (node, context) => {
+  if (node.into?.rel) learnCreatedTable(node.into.rel, node.if_not_exists, context);
+};
+
+/** Functions are remembered with their volatility (a volatile default rewrites) and whether they are trigger functions. */
+const createFunctionRule: StatementRule = (node, { state, scope }) => {
+  const name = nameOf(node.funcname);
+  const volatility = (node.options ?? []).find((o: Node) => o.DefElem?.defname === "volatility")?.DefElem.arg.String?.sval;
+  state.functions.set(name, { trigger: typeNameOf(node.returnType) === "trigger", volatile: !volatility || volatility === "volatile" });
+  const body = bodyOf(node.options);
+  if (/\bexecute\b/i.test(body) && DDL_WORDS.test(body)) scope.dynamicFunctions.add(name);
+};
+
+const setTimeZoneRule: StatementRule = (node, { scope }) => {
+  if (node.name === "timezone") scope.utc = UTC_ZONES.test(node.args?.[0]?.A_Const?.sval?.sval ?? "");
+};
+
+const dropRule: StatementRule = (node, context) => {
+  const names: string[] = (node.objects ?? []).map((o: Node) => nameOf(o.List?.items ?? o.ObjectWithArgs?.objname ?? [o]));
+  const removeType = node.removeType as string;
+  if (node.concurrent && context.inTransaction) {
+    context.lockFinding("concurrently-in-transaction", null, "DROP INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
+  }
+  dropFindings(removeType, names, Boolean(node.concurrent), context);
+  forgetDropped(removeType, names, context.state);
+};
+
+/** Dropping what old code may use is a phase finding; dropping an index without CONCURRENTLY, a lock finding. */
+function dropFindings(removeType: string, names: string[], concurrent: boolean, { scope, state, phaseFinding, lockFinding, at, inTransaction }: StatementContext): void {
+  const notHere = (set: Set<string>) => names.find((n) => !set.has(n));
+  const list = names.join(", ");
+  if (removeType === "OBJECT_TABLE") {
+    const table = notHere(scope.tables);
+    if (table) phaseFinding("drop-table", table, `DROP TABLE ${list}`);
+  } else if (removeType === "OBJECT_SCHEMA") {
+    phaseFinding("drop-table", names[0], `DROP SCHEMA ${list}`, at, "the old code may use the tables in it");
+  } else if (removeType === "OBJECT_VIEW" || removeType === "OBJECT_MATVIEW") {
+    const view = notHere(scope.objects);
+    if (view) phaseFinding("drop-view", view, `DROP VIEW ${list}`);
+  } else if (removeType === "OBJECT_FUNCTION" || removeType === "OBJECT_PROCEDURE") {
+    // A trigger function is only called by its trigger, never by the application.
+    const called = names.find((n) => !scope.objects.has(n) && !state.functions.get(n)?.trigger);
+    if (called) phaseFinding("drop-function", called, `DROP FUNCTION ${list}`);
+  } else if (removeType === "OBJECT_INDEX" && !concurrent) {
+    const index = names.find((n) => !scope.indexes.has(n) && !scope.tables.has(state.indexes.get(n) ?? ""));
+    if (!index) return;
+    const table = state.indexes.get(index);
+    const on = table ? ` on ${table}` : "";
+    lockFinding(
+      "drop-index-not-concurrently", index,
+      `DROP INDEX ${index} takes an ACCESS EXCLUSIVE lock${on || " on the table it indexes"}: it waits for every running query${on} ` +
+        `(up to lock_timeout) while new ones queue behind it, then holds it${inTransaction ? " until the migration commits" : " briefly"}`,
+    );
+  }
+}
+
+/** What a DROP removes is no longer known: its indexes, its foreign keys both ways, its long name. */
+function forgetDropped(removeType: string, names: string[], state: AnalysisState): void {
+  if (removeType === "OBJECT_TABLE") {
+    for (const n of names) (state.tables.delete(n), state.droppedTables.add(n), state.references.delete(n));
+    for (const from of state.references.values()) for (const n of names) from.delete(n);
+  }
+  if (removeType === "OBJECT_INDEX") for (const n of names) state.indexes.delete(n);
+  if (["OBJECT_TABLE", "OBJECT_INDEX", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_SEQUENCE"].includes(removeType)) for (const n of names) state.longNames.delete(n);
+}
+
+/** A rename breaks the code on one side of the deploy whatever the phase: old code before it, new code after it. */
+const renameRule: StatementRule = (node, context) => {
+  const { scope, state, lockFinding } = context;
+  const relation = node.relation as RangeVar | undefined;
+  if (relation && node.renameType === "OBJECT_INDEX") return renameIndex(relation.relname, node.newname, context);
+  const existed = context.existing(relation);
+  if (relation && node.renameType === "OBJECT_TABLE") renameTable(state, scope, tableKey(relation), relation.schemaname ? `${relation.schemaname}.${node.newname}` : node.newname);
+  if (!relation || !existed) return;
+  const why = "old code breaks if it runs before the deploy, new code if it runs after; no phase makes a rename safe";
+  const location = relation.location ?? context.at;
+  const key = tableKey(relation);
+  const carryType = () => {
+    const type = state.columnTypes.get(`${key}.${node.subname}`);
+    if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
+  };
+  if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
+    lockFinding("rename-table", key, `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation)} to ${node.newname}: ${why}`, location);
+  } else if (node.renameType === "OBJECT_COLUMN") {
+    // Dropping a column and renaming its replacement to its name: code using the name finds a column either way.
+    if (!scope.dropped.has(`${key}.${node.newname}`)) lockFinding("rename-column", key, `renaming column ${quoted(relation)}.${node.subname} to ${node.newname}: ${why}`, location);
+    carryType();
+  }
+  if (context.inTransaction) scope.exclusive.set(key, context.statement.line);
+};
+
+function renameIndex(from: string, to: string, { scope, state }: StatementContext): void {
+  const table = state.indexes.get(from);
+  if (table) state.indexes.set(to, table);
+  if (scope.indexes.has(from)) scope.indexes.add(to);
+}
+
+const createIndexRule: StatementRule = (node, { scope, state, inTransaction, existing, lockFinding, untilCommit }) => {
+  const table = tableKey(node.relation);
+  if (node.idxname) {
+    state.indexes.set(node.idxname, table);
+    scope.indexes.add(node.idxname);
+  }
+  if (node.concurrent && inTransaction) {
+    lockFinding("concurrently-in-transaction", null, "CREATE INDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
+  } else if (!node.concurrent && existing(node.relation)) {
+    lockFinding(
+      "index-not-concurrently", table,
+      `CREATE INDEX on ${quoted(node.relation)} takes a SHARE lock: writes to it wait until the index is built${untilCommit} (reads go on)`,
+    );
+  }
+};
+
+const reindexRule: StatementRule = (node, { inTransaction, lockFinding }) => {
+  const concurrently = (node.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently");
+  if (concurrently && inTransaction) {
+    lockFinding("concurrently-in-transaction", null, "REINDEX CONCURRENTLY cannot run inside a transaction: the migration would fail");
+  } else if (!concurrently) {
+    lockFinding("reindex-not-concurrently", node.relation ? tableKey(node.relation) : null, "REINDEX without CONCURRENTLY blocks writes to the table, and reads that use its indexes, until it ends");
+  }
+};
+
+const vacuumRule: StatementRule = (node, { inTransaction, lockFinding }) => {
+  const relation = node.rels?.[0]?.VacuumRelation?.relation;
+  if ((node.options ?? []).some((o: Node) => o.DefElem?.defname === "full")) {
+    lockFinding("vacuum-full", relation ? tableKey(relation) : null, "VACUUM FULL rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends");
+  } else if (node.is_vacuumcmd && inTransaction) {
+    lockFinding("concurrently-in-transaction", null, "VACUUM cannot run inside a transaction: the migration would fail");
+  }
+};
+
+const clusterRule: StatementRule = (node, { lockFinding }) => lockFinding(
+  "cluster", node.relation ? tableKey(node.relation) : null,
+  `CLUSTER${node.relation ? ` ${quoted(node.relation)}` : ""} rewrites the table under an ACCESS EXCLUSIVE lock: reads and writes wait until it ends`,
+);
+
+const lockTableRule: StatementRule = (node, { lockFinding }) => {
+  const relation = node.relations?.[0]?.RangeVar;
+  lockFinding("lock-table", relation ? tableKey(relation) : null, `LOCK TABLE holds its lock until the migration commits; every conflicting query queues behind it`);
+};
+
+/** One finding per migration says it all, however many COMMITs it has. */
+const transactionControlRule: StatementRule = (node, { scope, inTransaction, once, lockFinding }) => {
+  if (!TRANSACTION_CONTROL.has(node.kind)) return;
+  // A COMMIT (AND CHAIN) ends the transaction: the locks taken so far are released.
+  scope.exclusive.clear();
+  if (!inTransaction || scope.transactionControl === 0 || !once("transaction-control")) return;
+  const count = scope.transactionControl;
+  lockFinding(
+    "transaction-control", null,
+    `${node.kind.replace("TRANS_STMT_", "")}${count > 1 ? ` (and ${count - 1} more BEGIN/COMMIT statements)` : ""} inside a migration safemigrate runs in one transaction: ` +
+      `it commits part of the migration, so a later failure leaves that part applied`,
+  );
+};
+
+/** DDL built at run time cannot be analysed: said once per migration rather than passed over in silence. */
+const dynamicSqlRule: StatementRule = (node, { scope, once, lockFinding }, kind) => {
+  const dynamic = kind === "DoStmt" ? DDL_WORDS.test(bodyOf(node.args)) : functionsIn(node).some((f) => scope.dynamicFunctions.has(f));
+  if (!dynamic || !once("dynamic-sql")) return;
+  lockFinding(
+    "dynamic-sql", null,
+    `${kind === "DoStmt" ? "a DO block" : "a function this migration defines"} runs DDL built at run time (EXECUTE or a DO body), which this analysis cannot see: ` +
+      `the locks it takes and its phase are not checked (reported once per migration)`,
+  );
+};
+
+/** A whole-table UPDATE/DELETE while an earlier ALTER of the same transaction still holds ACCESS EXCLUSIVE. */
+const backfillRule: StatementRule = (node, { scope, lockFinding }, kind) => {
+  const rel = node.relation as RangeVar | undefined;
+  // A data statement the parser only syntax-checked (a big data migration) has no tree to read.
+  if (!rel) return;
+  const since = scope.exclusive.get(tableKey(rel));
+  const everyRow = !node.whereClause || node.whereClause.NullTest !== undefined;
+  if (since === undefined || !everyRow) return;
+  lockFinding(
+    "backfill-under-lock", tableKey(rel),
+    `${kind === "UpdateStmt" ? "UPDATE" : "DELETE"} of ${node.whereClause ? "the rows" : "every row"} of ${quoted(rel)} runs while this transaction holds ` +
+      `the ACCESS EXCLUSIVE lock the ALTER TABLE on line ${since} took: every read and write of ${quoted(rel)} waits until the migration commits`,
+  );
+};
+
+const STATEMENT_RULES: Record<string, StatementRule> = {
+  CreateStmt: createTableRule,
+  CreateTableAsStmt: createTableAsRule,
+  CreateFunctionStmt: createFunctionRule,
+  VariableSetStmt: setTimeZoneRule,
+  DropStmt: dropRule,
+  RenameStmt: renameRule,
+  IndexStmt: createIndexRule,
+  ReindexStmt: reindexRule,
+  VacuumStmt: vacuumRule,
+  ClusterStmt: clusterRule,
+  LockStmt: lockTableRule,
+  TransactionStmt: transactionControlRule,
+  DoStmt: dynamicSqlRule,
+  SelectStmt: dynamicSqlRule,
+  TruncateStmt: (node, c) => c.found.push(...truncateFindings(node, c.scope, c.state, c.existing, c.at)),
+  UpdateStmt: backfillRule,
+  DeleteStmt: backfillRule,
+  AlterTableStmt: alterTableFindings,
+};
 
 /** What the migrations declared about a table follows it to its new name. */
 function renameTable(state: AnalysisState, scope: MigrationScope, from: string, to: string): void {
@@ -2644,6 +2730,166 @@ function renameTable(state: AnalysisState, scope: MigrationScope, from: string, 
   if (scope.tables.delete(from)) scope.tables.add(to_);
 }
 
+/**
+ * TRUNCATE empties the tables it names (a NOT NULL column added later cannot
+ * fail on rows); with CASCADE also every table referencing them, which the
+ * finding names from the foreign keys the migrations declared and, with a
+ * database, those it has. A table nothing references empties nothing more.
+ */
+function truncateFindings(node: Node, scope: MigrationScope, state: AnalysisState, existing: (rel: RangeVar | undefined) => boolean, at: number): RawFinding[] {
+  const rels: RangeVar[] = (node.relations ?? []).map((r: Node) => r.RangeVar).filter(Boolean);
+  const named = rels.map(tableKey);
+  const cascade = node.behavior === "DROP_CASCADE";
+  const cascaded = cascade ? referencingClosure(named, state.droppedTables, state.references, scope.liveReferences) : [];
+  for (const table of [...named, ...cascaded]) scope.emptied.add(table);
+  // Without a database, a table older than the migrations may be referenced by tables no migration declared.
+  const olderThanMigrations = scope.liveReferences ? [] : rels.filter((rel) => !state.tables.has(tableKey(rel)));
+  const live = rels.find(existing);
+  if (!cascade || !live || (cascaded.length === 0 && olderThanMigrations.length === 0)) return [];
+  const them = named.length > 1 ? "them" : quoted(live);
+  const source = scope.liveReferences ? "as the migrations declared them and the database has them" : "as the migrations declared them";
+  const known = cascaded.length
+    ? `${cascaded.join(", ")} (every table with a foreign key to ${them}, and those referencing them, ${source})`
+    : `every table with a foreign key to ${them}, and those referencing them`;
+  const unknown = olderThanMigrations.length
+    ? `${cascaded.length ? "; and" : ":"} ${olderThanMigrations.map(quoted).join(", ")} predates the migrations, so only the database knows which tables reference it`
+    : "";
+  return [{ rule: "truncate-cascade", subject: tableKey(live), location: at, message: `TRUNCATE ${rels.map(quoted).join(", ")} CASCADE also empties ${known}${unknown}` }];
+}
+
+/** The tables a statement's FOREIGN KEY / REFERENCES constraints point at. */
+function foreignKeysIn(node: unknown, into: string[] = []): string[] {
+  if (Array.isArray(node)) for (const item of node) foreignKeysIn(item, into);
+  else if (node && typeof node === "object") {
+    const constraint = (node as Node).Constraint;
+    if (constraint?.contype === "CONSTR_FOREIGN" && constraint.pktable) into.push(tableKey(constraint.pktable));
+    for (const value of Object.values(node)) foreignKeysIn(value, into);
+  }
+  return into;
+}
+
+/** Every table TRUNCATE ... CASCADE of `tables` empties besides them: those referencing them, and so on, by the given foreign keys, `gone` aside. */
+function referencingClosure(tables: string[], gone: Set<string>, ...references: (Map<string, Set<string>> | null)[]): string[] {
+  const seen = new Set([...tables, ...gone]);
+  const queue = [...tables];
+  for (let table = queue.shift(); table !== undefined; table = queue.shift()) {
+    for (const known of references) for (const from of known?.get(table) ?? []) if (!seen.has(from)) (seen.add(from), queue.push(from));
+  }
+  return [...seen].filter((t) => !tables.includes(t) && !gone.has(t));
+}
+
+// ---- names over 63 bytes ------------------------------------------------------
+//
+// PostgreSQL cuts an identifier to 63 bytes (NAMEDATALEN - 1) while it reads
+// the SQL, with only a NOTICE; the parse tree holds the cut name, so the long
+// one is found in the statement's text. Only names the statement defines are
+// reported (a later reference is cut the same way and finds the object).
+
+const MAX_IDENTIFIER_BYTES = 63;
+/** Statements without a run this long skip the scan: 64 ASCII characters, or 22 code units once any is not ASCII (3 UTF-8 bytes each at most). */
+const LONG_ASCII_WORD = /[\w$]{64}|"[^"]{64}/;
+const LONG_WORD = /[\w$\u0080-\uffff]{22}|"[^"]{22}/;
+const NOT_ASCII = /[^\x00-\x7f]/;
+const mayHoldLongName = (sql: string): boolean => LONG_ASCII_WORD.test(sql) || (NOT_ASCII.test(sql) && LONG_WORD.test(sql));
+
+const utf8Length = (text: string): number => {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) bytes += utf8Width(text.charCodeAt(i));
+  return bytes;
+};
+
+/** The name as PostgreSQL keeps it: at most 63 bytes, never half a character. */
+function cutIdentifier(name: string): string {
+  let bytes = 0;
+  let i = 0;
+  for (; i < name.length; i++) {
+    const width = utf8Width(name.charCodeAt(i));
+    if (bytes + width > MAX_IDENTIFIER_BYTES) break;
+    bytes += width;
+  }
+  return name.slice(0, i);
+}
+
+/** Identifiers over 63 bytes in a statement's text, outside strings and comments, as PostgreSQL reads them (unquoted: ASCII lowercased). */
+function longIdentifiers(sql: string): { name: string; index: number }[] {
+  const found: { name: string; index: number }[] = [];
+  const keep = (name: string, index: number) => utf8Length(name) > MAX_IDENTIFIER_BYTES && found.push({ name, index });
+  for (let i = 0; i < sql.length; i++) {
+    const c = sql.charCodeAt(i);
+    if (c === 34) {
+      const end = endOfQuoted(sql, i, 34, false);
+      keep(sql.slice(i + 1, end - 1).replace(/""/g, "\""), i);
+      i = end - 1;
+    } else if (c === 39 || c === 45 || c === 47 || c === 36) {
+      const skipped = skipLexeme(sql, i);
+      if (skipped > i) i = skipped - 1;
+    } else if (isWordChar(c)) {
+      let j = i + 1;
+      while (j < sql.length && isWordChar(sql.charCodeAt(j))) j++;
+      if (!(c >= 48 && c <= 57)) keep(sql.slice(i, j).replace(/[A-Z]+/g, (m) => m.toLowerCase()), i);
+      i = j - 1;
+    }
+  }
+  return found;
+}
+
+/** Keys whose value, anywhere in a statement's tree, is a name the statement gives something. */
+const DEFINING_KEYS = new Set(["colname", "conname", "idxname", "trigname", "newname", "policy_name"]);
+
+/** The relation a statement creates or renames (tables, indexes, views, sequences share one namespace per schema), and the other names it defines. */
+function definedNames(kind: string, node: Node): { relation: string | null; names: Set<string> } {
+  const names = new Set<string>();
+  const walk = (value: unknown): void => {
+    if (Array.isArray(value)) for (const item of value) walk(item);
+    else if (value && typeof value === "object") {
+      for (const [key, inner] of Object.entries(value)) typeof inner === "string" ? DEFINING_KEYS.has(key) && names.add(inner) : walk(inner);
+    }
+  };
+  walk(node);
+  const last = (list: Node[] | undefined) => list?.at(-1)?.String?.sval as string | undefined;
+  const relationOf: Record<string, () => RangeVar | undefined> = {
+    CreateStmt: () => node.relation, ViewStmt: () => node.view, CreateTableAsStmt: () => node.into?.rel, CreateSeqStmt: () => node.sequence,
+    IndexStmt: () => node.idxname ? { schemaname: node.relation?.schemaname, relname: node.idxname } : undefined,
+    RenameStmt: () => ["OBJECT_TABLE", "OBJECT_INDEX", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_SEQUENCE"].includes(node.renameType)
+      ? { schemaname: node.relation?.schemaname, relname: node.newname } : undefined,
+  };
+  const otherNameOf: Record<string, () => string | undefined> = {
+    CreateSchemaStmt: () => node.schemaname, CreateFunctionStmt: () => last(node.funcname), CreateEnumStmt: () => last(node.typeName),
+    CreateDomainStmt: () => last(node.domainname), CompositeTypeStmt: () => node.typevar?.relname,
+  };
+  const relation = relationOf[kind]?.();
+  const other = relation?.relname ?? otherNameOf[kind]?.();
+  if (other) names.add(other);
+  return { relation: relation ? tableKey(relation) : null, names };
+}
+
+/** A name the statement defines that is over 63 bytes: what PostgreSQL cuts it to, and whether it then collides with another long name. */
+function longNameFindings(statement: Statement, kind: string, node: Node, migration: Migration, state: AnalysisState): RawFinding[] {
+  if (!mayHoldLongName(statement.sql)) return [];
+  const long = longIdentifiers(statement.sql);
+  if (long.length === 0) return [];
+  const defined = definedNames(kind, node);
+  const found: RawFinding[] = [];
+  const reported = new Set<string>();
+  for (const { name, index } of long) {
+    const cut = cutIdentifier(name);
+    if (!defined.names.has(cut) || reported.has(name)) continue;
+    reported.add(name);
+    const relation = defined.relation !== null && defined.relation.endsWith(cut) ? defined.relation : null;
+    const earlier = relation ? state.longNames.get(relation) : undefined;
+    if (relation) state.longNames.set(relation, { name, migration: migration.id });
+    const collides = earlier && earlier.name !== name
+      ? `: "${earlier.name}" (migration ${earlier.migration}) was cut to the same name, so this ${node.if_not_exists ? "statement is skipped as if done (IF NOT EXISTS) and the object never exists" : "CREATE fails: the relation already exists"}`
+      : `; a second name sharing those 63 bytes would be the same name (its CREATE fails, or IF NOT EXISTS skips it)`;
+    found.push({
+      rule: "identifier-too-long", subject: earlier && earlier.name !== name ? null : relation ?? cut,
+      location: statement.offset + utf8Length(statement.sql.slice(0, index)),
+      message: `the name "${name}" is ${utf8Length(name)} bytes: PostgreSQL silently cuts it to 63, "${cut}"${collides}`,
+    });
+  }
+  return found;
+}
+
 interface FindingSinks {
   at: number;
   phaseFinding: (rule: RuleId, subject: string, what: string, location?: number, why?: string) => void;
@@ -2652,77 +2898,106 @@ interface FindingSinks {
   untilCommit: string;
 }
 
-function alterTableFindings(node: Node, statement: Statement, migration: Migration, scope: MigrationScope, state: AnalysisState, sinks: FindingSinks): void {
-  const { phaseFinding, lockFinding, existing, untilCommit } = sinks;
+/** What every ALTER TABLE subcommand rule needs: the statement's context and the table it alters. */
+interface AlterContext extends StatementContext {
+  key: string;
+  table: string;
+  location: number;
+  /** "under an ACCESS EXCLUSIVE lock: ... wait until it ends", for messages. */
+  exclusively: string;
+  /** The phase finding for NOT NULL on a column, unless the migration gave it a default (old code's INSERTs get it). */
+  notNull: (column: string) => void;
+}
+
+type AlterRule = (cmd: Node, context: AlterContext) => void;
+
+/** ALTER TABLE: each subcommand by its own rule; a table created earlier in this migration only teaches column types. */
+function alterTableFindings(node: Node, context: StatementContext): void {
+  const { scope, state, phaseFinding } = context;
   const rel = node.relation as RangeVar;
   const key = tableKey(rel);
   const cmds: Node[] = (node.cmds ?? []).map((c: Node) => c.AlterTableCmd).filter(Boolean);
-  if (!existing(rel)) {
-    // Still learn the columns of a table created earlier in this migration.
-    for (const cmd of cmds) {
-      if (cmd.subtype === "AT_AddColumn" || cmd.subtype === "AT_AlterColumnType") {
-        const name = cmd.def?.ColumnDef?.colname ?? cmd.name;
-        state.columnTypes.set(`${key}.${name}`, columnTypeOf(cmd.def?.ColumnDef?.typeName));
-      }
-    }
-    return;
-  }
-  if (migration.up.transaction && cmds.some(takesExclusive) && !scope.exclusive.has(key)) scope.exclusive.set(key, statement.line);
+  if (!context.existing(rel)) return learnColumnTypes(key, cmds, state);
+  if (context.inTransaction && cmds.some(takesExclusive) && !scope.exclusive.has(key)) scope.exclusive.set(key, context.statement.line);
   const table = quoted(rel);
-  const location = rel.location ?? sinks.at;
-  const exclusively = `under an ACCESS EXCLUSIVE lock: reads and writes of ${table} wait until it ends${untilCommit}`;
-  const notNull = (column: string) => {
-    if (!scope.defaults.has(`${key}.${column}`)) phaseFinding("add-not-null", key, `NOT NULL on ${table}.${column}`, location, "the old code may still write NULL");
+  const location = rel.location ?? context.at;
+  const alter: AlterContext = {
+    ...context, key, table, location,
+    exclusively: `under an ACCESS EXCLUSIVE lock: reads and writes of ${table} wait until it ends${context.untilCommit}`,
+    notNull: (column) => {
+      if (!scope.defaults.has(`${key}.${column}`)) phaseFinding("add-not-null", key, `NOT NULL on ${table}.${column}`, location, "the old code may still write NULL");
+    },
   };
+  for (const cmd of cmds) ALTER_TABLE_RULES[cmd.subtype]?.(cmd, alter);
+}
+
+function learnColumnTypes(key: string, cmds: Node[], state: AnalysisState): void {
   for (const cmd of cmds) {
-    switch (cmd.subtype) {
-      case "AT_DropColumn":
-        scope.dropped.add(`${key}.${cmd.name}`);
-        phaseFinding("drop-column", key, `dropping column ${table}.${cmd.name}`, location);
-        state.columnTypes.delete(`${key}.${cmd.name}`);
-        break;
-      case "AT_AlterColumnType": {
-        const column = `${key}.${cmd.name}`;
-        const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
-        const from = state.columnTypes.get(column);
-        const free = isTrivialUsing(cmd.def?.ColumnDef?.raw_default, cmd.name) && isFreeWidening(from, target, scope.utc);
-        if (!(free && from)) {
-          phaseFinding("change-column-type", key, `changing the type of ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)}`, location, "the old code may write values the new type rejects");
-        }
-        if (!free) lockFinding("type-change-rewrite", key, `changing ${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)} rewrites ${table} and rebuilds its indexes ${exclusively}`, location);
-        state.columnTypes.set(column, target);
-        break;
-      }
-      case "AT_SetNotNull": {
-        notNull(cmd.name);
-        if (!state.provenNotNull.has(`${key}.${cmd.name}`)) {
-          lockFinding("set-not-null-scan", key, `SET NOT NULL on ${table}.${cmd.name} scans every row (no rewrite) ${exclusively}`, location);
-        }
-        break;
-      }
-      case "AT_ColumnDefault":
-        if (cmd.def) scope.defaults.add(`${key}.${cmd.name}`);
-        else phaseFinding("drop-default", key, `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
-        break;
-      case "AT_AddColumn":
-        addColumnFindings(cmd.def?.ColumnDef ?? {}, key, table, location, migration, scope, state, sinks, exclusively);
-        break;
-      case "AT_AddConstraint":
-        addConstraintFindings(cmd.def?.Constraint ?? {}, key, table, location, scope, state, sinks, notNull, exclusively);
-        break;
-      case "AT_ValidateConstraint": {
-        const constraint = `${key}.${cmd.name}`;
-        const column = state.notNullChecks.get(constraint);
-        if (column) state.provenNotNull.add(`${key}.${column}`);
-        const rule = scope.notValidHere.get(constraint);
-        if (rule && migration.up.transaction) {
-          lockFinding(rule, key, `VALIDATE CONSTRAINT ${cmd.name} in the same transaction that added it NOT VALID scans every row while that lock is still held, until the migration commits`, location);
-        }
-        break;
-      }
+    if (cmd.subtype === "AT_AddColumn" || cmd.subtype === "AT_AlterColumnType") {
+      const name = cmd.def?.ColumnDef?.colname ?? cmd.name;
+      state.columnTypes.set(`${key}.${name}`, columnTypeOf(cmd.def?.ColumnDef?.typeName));
     }
   }
 }
+
+const dropColumnRule: AlterRule = (cmd, { key, table, location, scope, state, phaseFinding }) => {
+  scope.dropped.add(`${key}.${cmd.name}`);
+  phaseFinding("drop-column", key, `dropping column ${table}.${cmd.name}`, location);
+  state.columnTypes.delete(`${key}.${cmd.name}`);
+};
+
+const alterColumnTypeRule: AlterRule = (cmd, { key, table, location, scope, state, phaseFinding, lockFinding, exclusively }) => {
+  const column = `${key}.${cmd.name}`;
+  const target = columnTypeOf(cmd.def?.ColumnDef?.typeName);
+  const from = state.columnTypes.get(column);
+  // Under UTC timestamp and timestamptz have the same bytes, but only PostgreSQL 12+ keeps the table's file.
+  const sameBytes = scope.utc && scope.serverVersion >= 120000;
+  const free = isTrivialUsing(cmd.def?.ColumnDef?.raw_default, cmd.name) && isFreeWidening(from, target, sameBytes);
+  const change = `${table}.${cmd.name}${from ? ` from ${formatType(from)}` : ""} to ${formatType(target)}`;
+  if (!(free && from)) phaseFinding("change-column-type", key, `changing the type of ${change}`, location, "the old code may write values the new type rejects");
+  const olderServer = scope.utc && !sameBytes && from?.name === "timestamp" && target.name === "timestamptz" ? ` (on PostgreSQL ${majorVersion(scope.serverVersion)} even with the time zone UTC; 12+ keeps the file)` : "";
+  if (!free) lockFinding("type-change-rewrite", key, `changing ${change} rewrites ${table}${olderServer} and rebuilds its indexes ${exclusively}`, location);
+  state.columnTypes.set(column, target);
+};
+
+const setNotNullRule: AlterRule = (cmd, { key, table, location, scope, state, lockFinding, exclusively, notNull }) => {
+  notNull(cmd.name);
+  // A validated CHECK (col IS NOT NULL) lets PostgreSQL 12+ skip the scan.
+  const proven = state.provenNotNull.has(`${key}.${cmd.name}`);
+  if (proven && scope.serverVersion >= 120000) return;
+  const older = proven ? ` (PostgreSQL ${majorVersion(scope.serverVersion)} does not use the validated CHECK to skip it; 12+ does)` : "";
+  lockFinding("set-not-null-scan", key, `SET NOT NULL on ${table}.${cmd.name} scans every row (no rewrite)${older} ${exclusively}`, location);
+};
+
+const dropNotNullRule: AlterRule = (cmd, { key, table, location, phaseFinding }) => phaseFinding(
+  "drop-not-null", key, `DROP NOT NULL on ${table}.${cmd.name}`, location,
+  "once the new code writes NULL there, the old code still serving traffic during the deploy (and again after a rollback of the code) reads NULL where it always found a value",
+);
+
+const columnDefaultRule: AlterRule = (cmd, { key, table, location, scope, phaseFinding }) => {
+  if (cmd.def) scope.defaults.add(`${key}.${cmd.name}`);
+  else phaseFinding("drop-default", key, `DROP DEFAULT on ${table}.${cmd.name}`, location, "the old code may rely on the default when it inserts");
+};
+
+const validateConstraintRule: AlterRule = (cmd, { key, location, scope, state, inTransaction, lockFinding }) => {
+  const constraint = `${key}.${cmd.name}`;
+  const column = state.notNullChecks.get(constraint);
+  if (column) state.provenNotNull.add(`${key}.${column}`);
+  const rule = scope.notValidHere.get(constraint);
+  if (!rule || !inTransaction) return;
+  lockFinding(rule, key, `VALIDATE CONSTRAINT ${cmd.name} in the same transaction that added it NOT VALID scans every row while that lock is still held, until the migration commits`, location);
+};
+
+const ALTER_TABLE_RULES: Record<string, AlterRule> = {
+  AT_DropColumn: dropColumnRule,
+  AT_AlterColumnType: alterColumnTypeRule,
+  AT_SetNotNull: setNotNullRule,
+  AT_DropNotNull: dropNotNullRule,
+  AT_ColumnDefault: columnDefaultRule,
+  AT_AddColumn: (cmd, c) => addColumnFindings(cmd.def?.ColumnDef ?? {}, c.key, c.table, c.location, c.migration, c.scope, c.state, c, c.exclusively),
+  AT_AddConstraint: (cmd, c) => addConstraintFindings(cmd.def?.Constraint ?? {}, c.key, c.table, c.location, c.scope, c.state, c, c.notNull, c.exclusively),
+  AT_ValidateConstraint: validateConstraintRule,
+};
 
 function addColumnFindings(
   column: Node, key: string, table: string, location: number, migration: Migration, scope: MigrationScope, state: AnalysisState,
@@ -2744,11 +3019,15 @@ function addColumnFindings(
   const called = functionsIn(hasDefault?.raw_expr);
   const volatile = called.find((f) => VOLATILE_FUNCTIONS.has(f)) ??
     called.find((f) => state.functions.get(f)?.volatile);
-  if (volatile || SERIAL_TYPES.has(type) || generated) {
+  // Before PostgreSQL 11 every default was written into each row, a constant one too.
+  const anyDefaultRewrites = hasDefault && scope.serverVersion < 110000;
+  if (volatile || SERIAL_TYPES.has(type) || generated || anyDefaultRewrites) {
     const why = volatile
       ? `${volatile}()${VOLATILE_FUNCTIONS.has(volatile) ? "" : " (declared without IMMUTABLE or STABLE, so VOLATILE)"} as its default`
-      : SERIAL_TYPES.has(type) ? `type ${type}` : constraints.some((c) => c.contype === "CONSTR_GENERATED") ? "a GENERATED ... STORED value" : "an identity";
-    lockFinding("volatile-default", key, `adding ${table}.${column.colname} with ${why} rewrites ${table} (a value computed for each row) ${exclusively}`, location);
+      : SERIAL_TYPES.has(type) ? `type ${type}` : generated ? (constraints.some((c) => c.contype === "CONSTR_GENERATED") ? "a GENERATED ... STORED value" : "an identity")
+      : `a default (PostgreSQL ${majorVersion(scope.serverVersion)} writes any default into each row; 11+ only a volatile one)`;
+    const written = volatile || SERIAL_TYPES.has(type) || generated ? "a value computed for each row" : "the value written into each row";
+    lockFinding("volatile-default", key, `adding ${table}.${column.colname} with ${why} rewrites ${table} (${written}) ${exclusively}`, location);
   }
   // A new column whose value is NULL has nothing to validate; with a default or a generated value every row is checked.
   if ((hasDefault || generated) && constraints.some((c) => c.contype === "CONSTR_FOREIGN")) {
@@ -2875,7 +3154,8 @@ export async function analyzeMigration(
   const scope: MigrationScope = {
     tables: new Set(), objects: objectsCreatedIn(statements), indexes: new Set(), notValidHere: new Map(), defaults: new Set(),
     exclusive: new Map(), utc: false, dynamicFunctions: new Set(), reported: new Set(), emptied: new Set(), dropped: new Set(),
-    transactionControl: transactionControlCount(statements),
+    transactionControl: transactionControlCount(statements), serverVersion: gate?.live.serverVersion ?? NEWEST_SERVER_VERSION,
+    liveReferences: gate?.live.references ?? null,
   };
   const add = (raw: RawFinding, where: { line: number; column: number }, waived: string | null) => {
     const finding: Finding = { rule: raw.rule, migration: migration.id, file: migration.file, ...where, message: raw.message, fix: RULES[raw.rule].fix, waived, subject: raw.subject, notGating: null };
@@ -2931,7 +3211,17 @@ export interface LiveSchema {
   relations: Map<string, { table: string; bytes: number; heapBytes: number }>;
   /** Functions by name ("full_name", "app.full_name"). */
   functions: Set<string>;
+  /** server_version_num (150004 for 15.4): some rewrites and scans depend on it. Absent: the newest PostgreSQL is assumed. */
+  serverVersion?: number;
+  /** Table -> the tables with a foreign key to it: what TRUNCATE ... CASCADE also empties. */
+  references?: Map<string, Set<string>>;
 }
+
+/** The PostgreSQL the analysis assumes without a database: the newest (the parser's), so it never reports what current servers no longer do. */
+export const NEWEST_SERVER_VERSION = 180000;
+
+/** `15`, `9.6`: the major version of a server_version_num, as people say it. */
+const majorVersion = (num: number): string => num >= 100000 ? String(Math.floor(num / 10000)) : `${Math.floor(num / 10000)}.${Math.floor(num / 100) % 100}`;
 
 export interface Gate {
   live: LiveSchema;
@@ -2966,11 +3256,12 @@ async function withLockTimeout<T>(db: Queryable, work: (q: Queryable) => Promise
   });
 }
 
+/** A partitioned table and its partitions, at every level (pg_partition_tree is PostgreSQL 12+; pg_inherits is everywhere). */
+const partitionsOf = (size: string) => `(with recursive tree(relid) as (select t.oid union all select i.inhrelid from pg_inherits i join tree on i.inhparent = tree.relid)
+                 select coalesce(sum(${size}(relid)), 0) from tree)`;
 const EXACT_SIZES = {
-  bytes: `case when t.relkind = 'p' then (select coalesce(sum(pg_total_relation_size(relid)), 0) from pg_partition_tree(t.oid))
-                 else pg_total_relation_size(t.oid) end`,
-  heap: `case when t.relkind = 'p' then (select coalesce(sum(pg_relation_size(relid)), 0) from pg_partition_tree(t.oid))
-                 else pg_relation_size(t.oid) end`,
+  bytes: `case when t.relkind = 'p' then ${partitionsOf("pg_total_relation_size")} else pg_total_relation_size(t.oid) end`,
+  heap: `case when t.relkind = 'p' then ${partitionsOf("pg_relation_size")} else pg_relation_size(t.oid) end`,
 };
 const CATALOG_SIZES = {
   bytes: `case when t.relpages > 0 then t.relpages::bigint * current_setting('block_size')::int else 'Infinity'::float8 end`,
@@ -2992,13 +3283,30 @@ async function readLiveSchemaWith(db: Queryable, sizes: { bytes: string; heap: s
         and t.oid not in (${own(history.sql)}, ${own(history.lockSql)})`,
   );
   const key = (schema: string, name: string) => (schema === "public" ? name : `${schema}.${name}`);
-  const functions = await db.query<{ schema: string; name: string }>(
-    `select n.nspname as schema, p.proname as name from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-      where n.nspname not in ('pg_catalog', 'information_schema')`,
+  // The server's version rides on the functions query (one row even with no functions): no extra round trip.
+  const functions = await db.query<{ version: string; schema: string | null; name: string | null }>(
+    `select current_setting('server_version_num') as version, f.schema, f.name
+       from (select 1) one
+       left join (select n.nspname as schema, p.proname as name from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                   where n.nspname not in ('pg_catalog', 'information_schema')) f on true`,
   );
+  const foreignKeys = await db.query<{ schema: string; name: string; target_schema: string; target_name: string }>(
+    `select rn.nspname as schema, r.relname as name, tn.nspname as target_schema, t.relname as target_name
+       from pg_constraint k
+       join pg_class r on r.oid = k.conrelid join pg_namespace rn on rn.oid = r.relnamespace
+       join pg_class t on t.oid = k.confrelid join pg_namespace tn on tn.oid = t.relnamespace
+      where k.contype = 'f'`,
+  );
+  const references = new Map<string, Set<string>>();
+  for (const fk of foreignKeys) {
+    const target = key(fk.target_schema, fk.target_name);
+    references.set(target, (references.get(target) ?? new Set()).add(key(fk.schema, fk.name)));
+  }
   return {
     relations: new Map(rows.map((r) => [key(r.schema, r.name), { table: key(r.table_schema, r.table_name), bytes: Number(r.bytes), heapBytes: Number(r.heap_bytes) }])),
-    functions: new Set(functions.map((f) => key(f.schema, f.name))),
+    functions: new Set(functions.filter((f) => f.schema !== null && f.name !== null).map((f) => key(f.schema!, f.name!))),
+    serverVersion: Number(functions[0].version),
+    references,
   };
 }
 
@@ -3027,7 +3335,7 @@ export function parseSize(text: string): number | null {
  * database every finding but information gates. With one: an object that did
  * not exist before the run was created by it (nothing depends on it yet); a
  * phase rule gates only before the deploy; a lock rule only on a table at
- * least `smallTableBytes` large.
+ * least `smallTableBytes` large; an effect on any existing object.
  */
 export function gateReason(f: Finding, gate: Gate | null): string | null {
   const rule: Rule = RULES[f.rule];
@@ -3038,6 +3346,8 @@ export function gateReason(f: Finding, gate: Gate | null): string | null {
   const relation = live.relations.get(f.subject);
   const schema = [...live.relations.keys()].some((k) => k.startsWith(`${f.subject}.`));
   if (!relation && !live.functions.has(f.subject) && !schema) return `${f.subject} did not exist before this run`;
+  // What a statement does beyond what it says (rows emptied, a name cut) does not shrink with the table.
+  if (rule.kind === "effect") return null;
   const bytes = relation?.bytes ?? 0;
   if (f.rule === "not-null-column-without-default" && gate.phase === "all") {
     return relation && relation.heapBytes === 0 ? `${relation.table} is empty` : null;
@@ -5954,7 +6264,7 @@ Options:
   --format <f>           --lint output: human (default), github (Actions annotations) or json
   --no-lint              let --pre/--all apply migrations with gating findings
   --small-table <size>   lock rules do not gate on existing tables smaller than this (default 1MB; 0: every table)
-  --lint-after <id>      report findings only for migrations after <id> (default: env SAFEMIGRATE_LINT_AFTER)
+  --lint-after <id>      report findings only for migrations after <id> (a project setting, like strong_migrations' start_after)
   --lock-timeout <t>     lock_timeout for every statement (default 5s; a file's "-- lock-timeout:" wins)
   --statement-timeout <t>  statement_timeout (default off; a file's "-- statement-timeout:" wins)
   --lock-retries <n>     attempts for a statement that hits lock_timeout (default 5)
@@ -6000,7 +6310,7 @@ const STRING_FLAGS = [
  */
 export const SETTINGS = [
   "dir", "database-url", "mode", "lock-wait", "lock-timeout", "statement-timeout", "lock-retries", "wait",
-  "lint", "repair-invalid-indexes", "verbose", "json", "history-table", "direct-url", "lease",
+  "lint", "repair-invalid-indexes", "verbose", "json", "history-table", "direct-url", "lease", "small-table", "lint-after",
 ] as const;
 const BOOLEAN_SETTINGS: readonly string[] = ["lint", "repair-invalid-indexes", "verbose", "json"];
 /** `lock-wait` -> `SAFEMIGRATE_LOCK_WAIT`. */
@@ -6091,7 +6401,9 @@ export function readProjectSettings(cwd: string): ProjectSettings | null {
         throw new InputError(`${file}: unknown setting "${key}"${meant ? ` — did you mean "${meant}"?` : ""} (settings: ${SETTINGS.join(", ")})`);
       }
       const expected = BOOLEAN_SETTINGS.includes(key) ? "boolean" : key === "lock-retries" ? "number" : "string";
-      if (typeof value !== expected) throw new InputError(`${file}: "${key}" must be a ${expected}, not ${JSON.stringify(value)}`);
+      // A size may be written as a number of bytes too ("small-table": 0).
+      const sizeInBytes = key === "small-table" && typeof value === "number";
+      if (typeof value !== expected && !sizeInBytes) throw new InputError(`${file}: "${key}" must be a ${expected}, not ${JSON.stringify(value)}`);
     }
     return { file, values: values as Record<string, unknown> };
   }
@@ -6177,7 +6489,7 @@ export function parseArgs(
     format: "human",
     lint: setting("lint")?.value !== false,
     smallTableBytes: DEFAULT_SMALL_TABLE_BYTES,
-    lintAfter: args["lint-after"] ?? (env.SAFEMIGRATE_LINT_AFTER || null),
+    lintAfter: (setting("lint-after")?.value as string | undefined) ?? null,
     lintOnly: args.lint === true ? args._.map(String) : [],
     repairInvalidIndexes: Boolean(setting("repair-invalid-indexes")?.value),
     execution: { ...DEFAULT_EXECUTION },
@@ -6258,9 +6570,10 @@ export function parseArgs(
     options.format = args.format;
     options.json ||= args.format === "json";
   }
-  if (args["small-table"] !== undefined) {
-    const bytes = parseSize(args["small-table"]);
-    if (bytes === null) throw new InputError(`--small-table "${args["small-table"]}" is not a size (like 10MB, 512kB or 0)`);
+  const smallTable = setting("small-table");
+  if (smallTable !== undefined) {
+    const bytes = parseSize(String(smallTable.value));
+    if (bytes === null) throw new InputError(`${smallTable.from} "${smallTable.value}" is not a size (like 10MB, 512kB or 0)`);
     options.smallTableBytes = bytes;
   }
   options.dir = (setting("dir")?.value as string | undefined) ?? options.dir;
@@ -6800,7 +7113,7 @@ async function runCheck(
       await db.close();
     }
   }
-  const all = checkProblems(migrations, history, gitOrigins(options.dir), options.databaseUrl !== null);
+  const all = [...checkProblems(migrations, history, gitOrigins(options.dir), options.databaseUrl !== null), ...(await downProblems(migrations))];
   const errors = all.filter((p) => p.level === "error");
   const exitCode = errors.length === 0 ? EXIT.ok : EXIT.invalid;
   if (options.json) {
@@ -6811,11 +7124,20 @@ async function runCheck(
     output.err(`safemigrate: ${p.level === "warning" ? "warning: " : ""}${p.message}` + (p.fix ? `\n    fix: ${describeEdit(p.fix)}` : ""));
   }
   if (errors.length === 0) {
-    output.out(`ok: ${plural(migrations.length, "migration")}, front-matter valid, dependency graph complete and acyclic` +
+    output.out(`ok: ${plural(migrations.length, "migration")}, front-matter valid, dependency graph complete and acyclic, down sections parse` +
       (options.databaseUrl ? ", consistent with the database's history" : "") +
       (all.length > 0 ? ` (${plural(all.length, "warning")})` : ""));
   }
   return exitCode;
+}
+
+/** Down sections that would fail during a rollback (analyzeDown): a syntax error, CONCURRENTLY or BEGIN/COMMIT against the down's own transaction setting. */
+async function downProblems(migrations: readonly Migration[]): Promise<CheckProblem[]> {
+  const problems: CheckProblem[] = [];
+  for (const m of migrations) {
+    for (const f of await analyzeDown(m)) problems.push({ level: "error", message: `${f.file}:${f.line}:${f.column}: ${f.rule}: ${f.message}\n    fix: ${f.fix}`, fix: null });
+  }
+  return problems;
 }
 
 /**
@@ -7082,7 +7404,7 @@ async function runFleet(migrations: Migration[], options: CliOptions, output: Ou
   if (options.directUrl) throw new InputError("--direct-url names one database; in a fleet, list each database's direct URL as its target");
   const urls = fleetTargets(options);
   if (options.command === "check") {
-    const problems = treeProblems(migrations);
+    const problems = [...treeProblems(migrations), ...(await downProblems(migrations)).map((p) => p.message)];
     if (problems.length > 0) throw new InputError(problems.join("\n"));
   }
   const started = performance.now();

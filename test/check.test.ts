@@ -163,7 +163,7 @@ describe("--check on the files (no database)", () => {
   test("two 0042 migrations outside a git checkout: exit 0 with a warning and the rename", async () => {
     const run = await runCli(["--check", "--dir", migrationsDir(DUPLICATE_NUMBER)]);
     expectExit(run, 0);
-    expect(run.stdout).toContain("ok: 4 migrations, front-matter valid, dependency graph complete and acyclic (1 warning)");
+    expect(run.stdout).toContain("ok: 4 migrations, front-matter valid, dependency graph complete and acyclic, down sections parse (1 warning)");
     expect(run.stderr).toContain("safemigrate: warning: 0042_alice, 0042_bob share the version 0042. This is not a git checkout");
     expect(run.stderr).toMatch(/ {4}fix: rename \S+\/0042_bob\.sql -> \S+\/0043_bob\.sql/);
   });
@@ -172,6 +172,26 @@ describe("--check on the files (no database)", () => {
     const run = await runCli(["--check", "--dir", migrationsDir(TWO_LEAVES)]);
     expectExit(run, 0);
     expect(run.stderr).toBe("");
+  });
+
+  test("a down that would fail during a rollback fails --check with file:line; a sound down, and CONCURRENTLY in a transaction: false down, pass", async () => {
+    const broken = migrationsDir({
+      ...BASE,
+      "0042_index": "create index concurrently users_id on users (id);\n-- migrate:down\n\ndrop index concurrently users_id;",
+      "0043_typo": "-- safe: always\nalter table users add column age int;\n-- migrate:down\nalter table users drop colum age;",
+    });
+    const run = await runCli(["--check", "--dir", broken]);
+    expectExit(run, 2);
+    expect(run.stderr).toContain(`safemigrate: ${broken}/0042_index.sql:4:1: concurrently-in-transaction: down section: DROP INDEX CONCURRENTLY cannot run inside a transaction: the rollback would fail`);
+    expect(run.stderr).toMatch(new RegExp(`safemigrate: ${broken}/0043_typo\\.sql:4:1: syntax-error: down section: SQL syntax error: syntax error at or near "age"`));
+    const sound = migrationsDir({
+      ...BASE,
+      "0042_index": "-- transaction: false\ncreate index concurrently users_id on users (id);\n-- migrate:down\n-- transaction: false\ndrop index concurrently users_id;",
+      "0043_typo": "-- safe: always\nalter table users add column age int;\n-- migrate:down\nalter table users drop column age;",
+    });
+    const ok = await runCli(["--check", "--dir", sound]);
+    expectExit(ok, 0);
+    expect(ok.stdout).toContain("ok: 4 migrations, front-matter valid, dependency graph complete and acyclic, down sections parse");
   });
 
   test("--check --json carries every problem with its level and fix", async () => {

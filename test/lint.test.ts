@@ -3,7 +3,7 @@ import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
-  analyzeDown, analyzeMigration, analyzeMigrations, type Finding, type Migration, parseMigration, readMigrations,
+  analyzeDown, analyzeMigration, analyzeMigrations, type Finding, type Gate, type Migration, parseMigration, readMigrations,
 } from "../safemigrate.ts";
 import { cleanup, migration, migrationsDir, runCli, SERVER_URL, serverDatabaseUrl } from "./helpers.ts";
 
@@ -451,6 +451,154 @@ describe("real-history misses: each hazard fires, its harmless twin does not", (
     expect(await rulesAfter(history, "alter table users add column org_id int generated always as (length(org_key)) stored references orgs (id);"))
       .toEqual(["volatile-default", "foreign-key-not-valid"]);
     expect(await rulesAfter(history, "alter table users add column org_id int references orgs (id);")).toEqual([]);
+  });
+});
+
+describe("hazards only squawk caught: each fires, its harmless twin does not", () => {
+  /** The findings of the last migration, earlier ones declaring the schema. */
+  async function findingsAfter(history: string[], sql: string, front = ["-- safe: before_deploy"]): Promise<Finding[]> {
+    const earlier = history.map((text, i) => migration(`000${i}_h`, { safe: "before_deploy", depends: i ? [`000${i - 1}_h`] : [] }, text));
+    const last = { ...file(sql, front), depends: earlier.length ? [earlier.at(-1)!.id] : [] };
+    return (await analyzeMigrations([...earlier, last])).filter((f) => f.migration === last.id);
+  }
+
+  test("DROP NOT NULL is a phase hazard before the deploy (old code reads the NULLs new code writes), not after it nor on a table made in the same migration", async () => {
+    const sql = "alter table users alter column email drop not null;";
+    const [finding] = await findingsAfter(["create table users (email text not null);"], sql);
+    expect([finding.rule, finding.subject, finding.line, finding.column]).toEqual(["drop-not-null", "users", 2, 13]);
+    expect(finding.message).toBe(
+      "DROP NOT NULL on users.email in a before_deploy migration: once the new code writes NULL there, the old code still serving traffic " +
+        "during the deploy (and again after a rollback of the code) reads NULL where it always found a value",
+    );
+    expect(await rules(sql, ["-- safe: always"])).toEqual(["drop-not-null"]);
+    expect(await rules(sql, ["-- safe: after_deploy"])).toEqual([]);
+    expect(await rules(`create table users (email text not null);\n${sql}`)).toEqual([]);
+  });
+
+  test("TRUNCATE ... CASCADE names the tables it also empties; a plain TRUNCATE, or CASCADE of a table nothing references, does not fire", async () => {
+    const history = [
+      "create table orgs (id int primary key);",
+      "create table users (id int primary key, org_id int references orgs);",
+      "create table posts (user_id int, foreign key (user_id) references users (id));",
+      "create table audit (x int);",
+    ];
+    const [finding] = await findingsAfter(history, "truncate table orgs cascade;");
+    expect([finding.rule, finding.subject]).toEqual(["truncate-cascade", "orgs"]);
+    expect(finding.message).toBe(
+      "TRUNCATE orgs CASCADE also empties users, posts (every table with a foreign key to orgs, and those referencing them, as the migrations declared them)",
+    );
+    expect(await findingsAfter(history, "truncate table orgs;")).toEqual([]);
+    expect(await findingsAfter(history, "truncate table audit cascade;")).toEqual([]);
+    // A table older than the migrations: only the database knows what references it.
+    expect((await findingsAfter([], "truncate legacy cascade;"))[0].message).toBe(
+      "TRUNCATE legacy CASCADE also empties every table with a foreign key to legacy, and those referencing them: legacy predates the migrations, so only the database knows which tables reference it",
+    );
+    // Dropping the referencing table takes its foreign key with it.
+    expect(await findingsAfter([...history, "drop table posts;\ndrop table users;"], "truncate table orgs cascade;")).toEqual([]);
+  });
+
+  test("a name over 63 bytes says what PostgreSQL cuts it to; 63 bytes, a reference to a long name, or a long string do not fire", async () => {
+    const long = "idx_post_aggregates_featured_community_newest_comment_time_necro"; // 64 bytes
+    const [finding] = await findingsAfter(["create table post (a int);"], `create index concurrently ${long} on post (a);`, ["-- safe: before_deploy", "-- transaction: false"]);
+    expect([finding.rule, finding.subject, finding.column]).toEqual(["identifier-too-long", long.slice(0, 63), 27]);
+    expect(finding.message).toBe(
+      `the name "${long}" is 64 bytes: PostgreSQL silently cuts it to 63, "${long.slice(0, 63)}"; ` +
+        "a second name sharing those 63 bytes would be the same name (its CREATE fails, or IF NOT EXISTS skips it)",
+    );
+    expect(await rules(`create table post (a int);\ncreate index ${long.slice(0, 63)} on post (a);`)).toEqual([]);
+    expect(await rules(`drop index concurrently ${long};`, ["-- safe: before_deploy", "-- transaction: false"])).toEqual([]);
+    expect(await rules(`create table t (a text default '${"x".repeat(80)}'); -- ${"y".repeat(80)}`)).toEqual([]);
+    // Columns, constraints and triggers too; a multi-byte name is cut on a character boundary; quoted names keep their case.
+    expect(await rules(`create table t (${"c".repeat(70)} int, constraint ${"k".repeat(64)} check (true));`)).toEqual(["identifier-too-long", "identifier-too-long"]);
+    expect(await rules(`create table t (a int);\nalter table t rename to ${"r".repeat(64)};\ncreate schema ${"s".repeat(64)};`)).toEqual(["identifier-too-long", "identifier-too-long"]);
+    const [umlaut] = await analyzeMigration(file(`create table "${"Ä".repeat(40)}" (a int);`));
+    expect(umlaut.message).toStartWith(`the name "${"Ä".repeat(40)}" is 80 bytes: PostgreSQL silently cuts it to 63, "${"Ä".repeat(31)}"`);
+  });
+
+  test("two long names cut to the same 63 bytes collide: the second CREATE fails, or IF NOT EXISTS skips it", async () => {
+    const base = "x".repeat(63);
+    const history = [`create table t (a int);\ncreate index ${base}_one on t (a);`];
+    const [collision] = await findingsAfter(history, `create index if not exists ${base}_two on t (a);`, ["-- safe: after_deploy", "-- transaction: false"]);
+    expect([collision.rule, collision.subject]).toEqual(["identifier-too-long", null]);
+    expect(collision.message).toEndWith(`: "${base}_one" (migration 0000_h) was cut to the same name, so this statement is skipped as if done (IF NOT EXISTS) and the object never exists`);
+    // The same long name again after its object was dropped is no collision.
+    const again = await findingsAfter([...history, `drop index ${base}_one;`], `create index concurrently ${base}_one on t (a);`, ["-- safe: before_deploy", "-- transaction: false"]);
+    expect(again.map((f) => [f.rule, f.subject])).toEqual([["identifier-too-long", base]]);
+  });
+});
+
+describe("the gate on the new rules", () => {
+  const gate = (phase: "pre" | "all"): Gate => ({
+    phase, smallTableBytes: 1024 * 1024,
+    live: { relations: new Map([["orgs", { table: "orgs", bytes: 8192, heapBytes: 0 }], ["users", { table: "users", bytes: 8192, heapBytes: 0 }]]), functions: new Set() },
+  });
+  const notGating = async (sql: string, phase: "pre" | "all", front?: string[]) =>
+    (await analyzeMigration(file(sql, front), undefined, gate(phase))).map((f) => [f.rule, f.notGating]);
+
+  test("TRUNCATE ... CASCADE of an existing table gates however small it is; of a table the run creates it does not", async () => {
+    expect(await notGating("truncate orgs cascade;", "all")).toEqual([["truncate-cascade", null]]);
+    expect(await notGating("truncate fresh cascade;", "all")).toEqual([["truncate-cascade", "fresh did not exist before this run"]]);
+  });
+
+  test("DROP NOT NULL gates --pre on an existing table, like every phase rule, and not --all", async () => {
+    const sql = "alter table users alter column email drop not null;";
+    expect(await notGating(sql, "pre")).toEqual([["drop-not-null", null]]);
+    expect(await notGating(sql, "all")).toEqual([["drop-not-null", "--all runs after the deploy: no old code is left to break"]]);
+  });
+
+  test("a long name of an object the run creates does not gate; a collision does", async () => {
+    const long = "y".repeat(70);
+    expect(await notGating(`create index ${long} on orgs (id);`, "all", ["-- safe: before_deploy"]))
+      .toEqual([["identifier-too-long", `${"y".repeat(63)} did not exist before this run`], ["index-not-concurrently", "orgs is small (8 kB, below --small-table 1 MB): the lock is held briefly"]]);
+    expect((await notGating(`create index ${long}a on orgs (id);\ncreate index ${long}b on orgs (id);`, "all", ["-- safe: after_deploy"]))
+      .filter(([rule]) => rule === "identifier-too-long")).toEqual([["identifier-too-long", `${"y".repeat(63)} did not exist before this run`], ["identifier-too-long", null]]);
+  });
+});
+
+describe("aware of the server's version (newest PostgreSQL assumed without a database)", () => {
+  const on = (serverVersion?: number): Gate => ({ phase: "all", smallTableBytes: 0, live: { relations: new Map(), functions: new Set(), serverVersion } });
+  const rulesOn = async (sql: string, serverVersion?: number, front = ["-- safe: after_deploy"]) =>
+    (await analyzeMigration(file(sql, front), undefined, serverVersion === undefined ? null : on(serverVersion))).filter((f) => f.rule !== "phase-suggestion");
+
+  test("ADD COLUMN with a constant default is free on PostgreSQL 11+, a rewrite on 10", async () => {
+    const sql = "alter table users add column status text default 'new';";
+    expect(await rulesOn(sql)).toEqual([]);
+    expect(await rulesOn(sql, 110000)).toEqual([]);
+    const [rewrite] = await rulesOn(sql, 100021);
+    expect(rewrite.rule).toBe("volatile-default");
+    expect(rewrite.message).toBe(
+      "adding users.status with a default (PostgreSQL 10 writes any default into each row; 11+ only a volatile one) rewrites users " +
+        "(the value written into each row) under an ACCESS EXCLUSIVE lock: reads and writes of users wait until it ends and the migration commits",
+    );
+    expect((await rulesOn("alter table users add column status text default null;", 100021)).map((f) => f.rule)).toEqual([]);
+  });
+
+  test("timestamp -> timestamptz under UTC keeps the table's file on PostgreSQL 12+, not on 11", async () => {
+    const history = "create table post (published timestamp);";
+    const change = "set timezone = 'UTC';\nalter table post alter column published type timestamptz;";
+    const findings = async (serverVersion?: number) => {
+      const gate = serverVersion === undefined ? null : on(serverVersion);
+      return (await analyzeMigrations([migration("0001_a", { safe: "before_deploy" }, history), migration("0002_b", { safe: "after_deploy", depends: ["0001_a"] }, change)], { gate }))
+        .filter((f) => f.migration === "0002_b");
+    };
+    expect(await findings()).toEqual([]);
+    expect(await findings(120000)).toEqual([]);
+    const [rewrite] = await findings(110005);
+    expect(rewrite.message).toBe(
+      "changing post.published from timestamp to timestamptz rewrites post (on PostgreSQL 11 even with the time zone UTC; 12+ keeps the file) " +
+        "and rebuilds its indexes under an ACCESS EXCLUSIVE lock: reads and writes of post wait until it ends and the migration commits",
+    );
+  });
+
+  test("SET NOT NULL after a validated CHECK skips the scan on PostgreSQL 12+, not on 11", async () => {
+    const earlier = migration("0001_a", { safe: "after_deploy" }, "create table users (email text);");
+    const validated = migration("0002_b", { safe: "after_deploy", depends: ["0001_a"] }, "alter table users add constraint email_present check (email is not null) not valid;\ncommit;\nalter table users validate constraint email_present;");
+    const setNotNull = migration("0003_c", { safe: "after_deploy", depends: ["0002_b"] }, "alter table users alter column email set not null;");
+    const rulesOf = async (serverVersion?: number) =>
+      (await analyzeMigrations([earlier, validated, setNotNull], { gate: serverVersion === undefined ? null : on(serverVersion) })).filter((f) => f.migration === "0003_c").map((f) => f.rule);
+    expect(await rulesOf()).toEqual([]);
+    expect(await rulesOf(150004)).toEqual([]);
+    expect(await rulesOf(110005)).toEqual(["set-not-null-scan"]);
   });
 });
 

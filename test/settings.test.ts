@@ -38,8 +38,36 @@ describe("where an option comes from", () => {
       "SAFEMIGRATE_DIR", "SAFEMIGRATE_DATABASE_URL", "SAFEMIGRATE_MODE", "SAFEMIGRATE_LOCK_WAIT", "SAFEMIGRATE_LOCK_TIMEOUT",
       "SAFEMIGRATE_STATEMENT_TIMEOUT", "SAFEMIGRATE_LOCK_RETRIES", "SAFEMIGRATE_WAIT", "SAFEMIGRATE_LINT",
       "SAFEMIGRATE_REPAIR_INVALID_INDEXES", "SAFEMIGRATE_VERBOSE", "SAFEMIGRATE_JSON", "SAFEMIGRATE_HISTORY_TABLE",
-      "SAFEMIGRATE_DIRECT_URL", "SAFEMIGRATE_LEASE",
+      "SAFEMIGRATE_DIRECT_URL", "SAFEMIGRATE_LEASE", "SAFEMIGRATE_SMALL_TABLE", "SAFEMIGRATE_LINT_AFTER",
     ]);
+  });
+
+  test("the analysis' small-table and lint-after: flag over environment over file; a size may be a number of bytes in the file", () => {
+    const file = { file: "safemigrate.json", values: { "small-table": "10MB", "lint-after": "0041_email" } };
+    const fromFile = parseArgs(["--lint"], {}, file);
+    expect([fromFile.smallTableBytes, fromFile.lintAfter]).toEqual([10 * 1024 * 1024, "0041_email"]);
+    expect(parseArgs(["--lint"], {}, { file: "safemigrate.json", values: { "small-table": 0 } }).smallTableBytes).toBe(0);
+    const env = { SAFEMIGRATE_SMALL_TABLE: "512kB", SAFEMIGRATE_LINT_AFTER: "0042_x" };
+    const fromEnv = parseArgs(["--lint"], env, file);
+    expect([fromEnv.smallTableBytes, fromEnv.lintAfter]).toEqual([512 * 1024, "0042_x"]);
+    const fromFlags = parseArgs(["--lint", "--small-table", "0", "--lint-after", "0043_y"], env, file);
+    expect([fromFlags.smallTableBytes, fromFlags.lintAfter]).toEqual([0, "0043_y"]);
+    expect([parseArgs(["--lint"], {}).smallTableBytes, parseArgs(["--lint"], {}).lintAfter]).toEqual([1024 * 1024, null]);
+  });
+
+  test("lint-after in safemigrate.json: --lint reports only later migrations (run as a user would)", async () => {
+    const dir = migrationsDir({
+      "0001_users": "-- safe: before_deploy\ncreate table users (id int, name text);\n",
+      "0002_old": "-- safe: before_deploy\nalter table users drop column name;\n",
+      "0003_new": "-- safe: before_deploy\ncreate index users_id on users (id);\n",
+    });
+    const everything = await runCli(["--lint", "--dir", dir]);
+    expect(everything.stdout + everything.stderr).toContain("0002_old.sql:2:13: drop-column");
+    const cwd = project({ "safemigrate.json": { dir, "lint-after": "0002_old" } });
+    const run = await runCli(["--lint"], { cwd });
+    expectExit(run, 2);
+    expect(run.stdout + run.stderr).not.toContain("drop-column");
+    expect(run.stdout + run.stderr).toContain("0003_new.sql:2:1: index-not-concurrently");
   });
 
   test("flag over environment over file, for every kind of option", () => {
@@ -92,6 +120,8 @@ describe("where an option comes from", () => {
     ["a bad value in the file, named by its place", { "safemigrate.json": { "lock-wait": "soon" } }, {}, `safemigrate.json "lock-wait" "soon" is not a duration`],
     ["a bad value in the environment, named by its variable", {}, { SAFEMIGRATE_LOCK_TIMEOUT: "soon" }, `SAFEMIGRATE_LOCK_TIMEOUT "soon" is not a duration`],
     ["a bad SAFEMIGRATE_MODE", {}, { SAFEMIGRATE_MODE: "lenient" }, `SAFEMIGRATE_MODE must be strict, nonstrict or disabled, not "lenient"`],
+    ["a bad small-table in the file", { "safemigrate.json": { "small-table": "big" } }, {}, `safemigrate.json "small-table" "big" is not a size (like 10MB, 512kB or 0)`],
+    ["a lint-after of the wrong type", { "safemigrate.json": { "lint-after": 42 } }, {}, `safemigrate.json: "lint-after" must be a string, not 42`],
     ["invalid JSON", {}, {}, "safemigrate.json: not valid JSON"],
   ];
   for (const [name, files, env, message] of mistakes) {
