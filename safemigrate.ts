@@ -3731,22 +3731,32 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
   // The working session: once it closes, it stays closed (see the section's introduction).
   let closed = false;
   let opened = false;
+  // What is in flight when the session closes fails then: on Bun the driver can drop a socket without settling
+  // what was sent on it (postgres.js's own transactions race their queries against the close the same way).
+  const inFlight = new Set<(error: Error) => void>();
   const client = openDriver(url, label, "safemigrate", () => {
-    if (opened) closed = true;
+    if (!opened) return;
+    closed = true;
+    for (const fail of inFlight) fail(new ConnectionLostError(`the connection to ${label} was lost`));
   });
+  const untilClosed = <T>(pending: Promise<T>): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      inFlight.add(reject);
+      pending.then(resolve, reject).finally(() => inFlight.delete(reject));
+    });
   const working = driverConnection(client, url, label, () => {
     if (closed) throw new ConnectionLostError(`the connection to ${label} was lost`);
   });
   let announced: number | null = null;
   // Opened on the first successful query; a failed first connect is an ordinary connection error.
   const query: Queryable["query"] = async (text, params) => {
-    const rows = await working.query(text, params);
+    const rows = await untilClosed(working.query(text, params));
     opened = true;
     announced ??= (rows as { state?: { pid?: number } }).state?.pid ?? null;
     return rows as never;
   };
   const exec: Queryable["exec"] = async (text) => {
-    await working.exec(text);
+    await untilClosed(working.exec(text));
     opened = true;
   };
   return {
