@@ -3737,7 +3737,10 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
   const client = openDriver(url, label, "safemigrate", () => {
     if (!opened) return;
     closed = true;
-    for (const fail of inFlight) fail(new ConnectionLostError(`the connection to ${label} was lost`));
+    // The driver's own error, where it gives one, goes first.
+    setTimeout(() => {
+      for (const fail of inFlight) fail(new ConnectionLostError(`the connection to ${label} was lost`));
+    }, 0);
   });
   const untilClosed = <T>(pending: Promise<T>): Promise<T> =>
     new Promise<T>((resolve, reject) => {
