@@ -5,7 +5,7 @@
  *   bun bench/compare.ts [--n 1000] [--large 10000] [--runs 5] [--fleet 100]
  *                        [--database-url postgres://postgres@127.0.0.1:5432/postgres]
  *                        [--only noop,noop-large,status,plan,apply,work,startup,fleet] [--no-install]
- *                        [--sqitch-max 100]
+ *                        [--sqitch-max 100] [--rev <git rev>]
  *
  * Peers, installed on first use into bench/.peers/ (gitignored): dbmate (the
  * npm package ships the Go binary; the binary is run directly, not its Node
@@ -21,6 +21,10 @@
  * wall, min–max, ratio to the floor and to the fastest peer, CPU and memory.
  * Node-based peers run without NODE_EXTRA_CA_CERTS, and in the no-op also with
  * it (it costs every Node start 100–200 ms).
+ *
+ * With --rev, safemigrate.ts as committed at that revision runs next to the
+ * working tree's in the start-up, no-op, status and plan workloads (named
+ * "@<rev>"), so a change is measured before and after in the same rounds.
  *
  * Scratch databases are named smcmp_<pid>_* and dropped at the end.
  */
@@ -41,6 +45,7 @@ const { values: opts } = parseArgs({
     "database-url": { type: "string", default: process.env.BENCH_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres" },
     only: { type: "string" },
     "no-install": { type: "boolean", default: false },
+    rev: { type: "string" },
     help: { type: "boolean", short: "h", default: false },
   },
   strict: true,
@@ -67,6 +72,17 @@ const CLI = join(WORK, "safemigrate.ts");
 copyFileSync(join(ROOT, "safemigrate.ts"), CLI);
 copyFileSync(join(ROOT, "package.json"), join(WORK, "package.json")); // Deno resolves npm imports through it
 symlinkSync(join(ROOT, "node_modules"), join(WORK, "node_modules"));
+/** --rev: the same snapshot of safemigrate.ts at that revision, in its own folder beside the first. */
+const REV = opts.rev ?? null;
+const REV_CLI = REV ? join(WORK, "rev", "safemigrate.ts") : null;
+if (REV && REV_CLI) {
+  const shown = Bun.spawnSync(["git", "show", `${REV}:safemigrate.ts`], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+  if (shown.exitCode !== 0) throw new Error(`git show ${REV}:safemigrate.ts failed: ${shown.stderr.toString().trim()}`);
+  mkdirSync(join(WORK, "rev"));
+  writeFileSync(REV_CLI, shown.stdout);
+  copyFileSync(join(ROOT, "package.json"), join(WORK, "rev", "package.json"));
+  symlinkSync(join(ROOT, "node_modules"), join(WORK, "rev", "node_modules"));
+}
 const CA = process.env.NODE_EXTRA_CA_CERTS ?? (existsSync("/etc/ssl/certs/ca-certificates.crt") ? "/etc/ssl/certs/ca-certificates.crt" : null);
 const BASE_ENV: Record<string, string> = Object.fromEntries(
   Object.entries(process.env).filter(([k, v]) => v !== undefined && !["NODE_EXTRA_CA_CERTS", "DATABASE_URL", "SAFEMIGRATE", "CI"].includes(k)),
@@ -214,15 +230,17 @@ interface Command {
 }
 
 /** How each tool is told to do `action` with migrations in `dir` on `url`. */
-function commandOf(tool: Tool, action: "apply" | "noop" | "status" | "plan", dir: string, url: string, extra: { ca?: boolean; deno?: boolean; phase?: "pre" | "all" } = {}): Command {
+function commandOf(tool: Tool, action: "apply" | "noop" | "status" | "plan", dir: string, url: string, extra: { ca?: boolean; deno?: boolean; phase?: "pre" | "all"; rev?: boolean } = {}): Command {
   const env = { ...BASE_ENV, ...(extra.ca && CA ? { NODE_EXTRA_CA_CERTS: CA } : {}) };
   const suffix = extra.ca ? " +CA" : "";
   switch (tool) {
     case "safemigrate": {
-      const runtime = extra.deno ? ["deno", "run", "-A", CLI] : [process.execPath, CLI];
+      const script = extra.rev && REV_CLI ? REV_CLI : CLI;
+      const runtime = extra.deno ? ["deno", "run", "-A", script] : [process.execPath, script];
       const args = action === "status" ? ["--status"] : action === "plan" ? ["--all", "--plan"] : [`--${extra.phase ?? "all"}`];
       const label = action === "noop" ? `safemigrate --${extra.phase ?? "all"}` : action === "status" ? "safemigrate --status" : action === "plan" ? "safemigrate --all --plan" : "safemigrate --all";
-      return { name: label + (extra.deno ? " (deno)" : ""), argv: [...runtime, ...args, "--dir", dir, "--database-url", url], env, kind: "self" };
+      const name = label + (extra.deno ? " (deno)" : "") + (extra.rev ? ` @${REV}` : "");
+      return { name, argv: [...runtime, ...args, "--dir", dir, "--database-url", url], env, kind: "self" };
     }
     case "dbmate": {
       const verb = action === "status" || action === "plan" ? "status" : "migrate";
@@ -387,7 +405,10 @@ async function appliedDatabases(tools: Tool[], n: number, tag: string): Promise<
     const dir = generate(tool, n, small, tag);
     const url = await freshDatabase(`${tool}_${tag}`);
     const started = performance.now();
-    await runOnce(commandOf(tool, "apply", dir, url));
+    const setUp = commandOf(tool, "apply", dir, url);
+    // node-pg-migrate applies everything in one transaction by default: 10,000 new tables exceed the server's lock table.
+    if (tool === "node-pg-migrate" && n > 1000) setUp.argv.push("--no-single-transaction");
+    await runOnce(setUp);
     const count = await historyCount(url, HISTORY_TABLE[tool]);
     if (count !== n) throw new Error(`${tool} applied ${count} of ${n}`);
     console.error(`  set up ${tool} with ${n} applied in ${fmt(performance.now() - started)}`);
@@ -407,6 +428,8 @@ async function noopWorkload(n: number, tag: string, withVariants: boolean): Prom
     fixed(commandOf("safemigrate", "noop", sm.dir, sm.url, { phase: "pre" })),
     fixed(commandOf("safemigrate", "noop", sm.dir, sm.url, { phase: "all" })),
     ...(withVariants && Bun.which("deno") ? [fixed(commandOf("safemigrate", "noop", sm.dir, sm.url, { phase: "pre", deno: true }))] : []),
+    ...(REV ? [fixed(commandOf("safemigrate", "noop", sm.dir, sm.url, { phase: "pre", rev: true })), fixed(commandOf("safemigrate", "noop", sm.dir, sm.url, { phase: "all", rev: true }))] : []),
+    ...(REV && withVariants && Bun.which("deno") ? [fixed(commandOf("safemigrate", "noop", sm.dir, sm.url, { phase: "pre", deno: true, rev: true }))] : []),
     ...[...dbs].filter(([t]) => t !== "safemigrate").flatMap(([tool, { dir, url }]) => [
       fixed(commandOf(tool, "noop", dir, url)),
       ...(withVariants && CA && (tool === "node-pg-migrate" || tool === "graphile-migrate") ? [fixed(commandOf(tool, "noop", dir, url, { ca: true }))] : []),
@@ -421,6 +444,7 @@ async function statusWorkload(n: number): Promise<string> {
   const contenders = [
     fixed(commandOf("psql", "status", sm.dir, sm.url)),
     fixed(commandOf("safemigrate", "status", sm.dir, sm.url)),
+    ...(REV ? [fixed(commandOf("safemigrate", "status", sm.dir, sm.url, { rev: true }))] : []),
     ...[...dbs].filter(([t]) => t !== "safemigrate").map(([tool, { dir, url }]) => fixed(commandOf(tool, "status", dir, url))),
   ];
   return report(`Status, ${n.toLocaleString("en")} applied`, await interleaved(contenders));
@@ -440,6 +464,7 @@ async function planWorkload(n: number): Promise<string> {
     const dir = generate(tool, n, small, "large");
     const url = await freshDatabase(`${tool}_plan`);
     contenders.push(fixed(commandOf(tool, "plan", dir, url)));
+    if (tool === "safemigrate" && REV) contenders.push(fixed(commandOf(tool, "plan", dir, url, { rev: true })));
   }
   return report(`Plan, ${n.toLocaleString("en")} pending`, await interleaved(contenders));
 }
@@ -476,6 +501,11 @@ async function startupWorkload(): Promise<string> {
     fixed(cmd("bun safemigrate.ts --version", [process.execPath, CLI, "--version"])),
     fixed(cmd("bun safemigrate.ts --help", [process.execPath, CLI, "--help"])),
     ...(deno ? [fixed({ ...cmd("deno eval 0", ["deno", "eval", "0"]), kind: "peer" as const }), fixed(cmd("deno run -A safemigrate.ts --version", ["deno", "run", "-A", CLI, "--version"]))] : []),
+    ...(REV_CLI ? [
+      fixed(cmd(`bun safemigrate.ts --version @${REV}`, [process.execPath, REV_CLI, "--version"])),
+      fixed(cmd(`bun safemigrate.ts --help @${REV}`, [process.execPath, REV_CLI, "--help"])),
+      ...(deno ? [fixed(cmd(`deno run -A safemigrate.ts --version @${REV}`, ["deno", "run", "-A", REV_CLI, "--version"]))] : []),
+    ] : []),
   ];
   return report("Start-up (floor: `bun -e 0`; `deno eval 0` listed as the peer)", await interleaved(contenders, Math.max(RUNS, 11)));
 }

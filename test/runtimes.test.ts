@@ -51,3 +51,23 @@ describe.skipIf(!SERVER_URL)("one file, three runtimes", () => {
     });
   }
 });
+
+describe.skipIf(!SERVER_URL)("large histories on every runtime", () => {
+  // Math.max(...rows) in the status table overflowed V8's argument limit (Deno, Node): "Maximum call stack size exceeded".
+  for (const runtime of ["bun", "deno", "node"] as Runtime[]) {
+    test.skipIf(!RUNTIMES[runtime] && !RUNTIMES_REQUIRED)(`${runtime}: --status lists a history of 200,000 rows`, async () => {
+      const url = await serverDatabaseUrl();
+      const made = await runCli(["--all", "--dir", migrationsDir({ "000000_first": "-- safe: always\nselect 1;\n" }), "--database-url", url]);
+      must(made, "--all creating the history table");
+      const db = await open(url);
+      await db.exec(`insert into safemigrate_history (id, checksum, safe, phase, applied_at, duration_ms)
+        select lpad(i::text, 6, '0') || '_m', 'x', 'always', 'pre', now(), 1 from generate_series(1, 200000) i`);
+
+      const status = await runCli(["--status", "--dir", migrationsDir({}), "--database-url", url], { runtime });
+      must(status, `--status under ${runtime}`);
+      const lines = status.stdout.trimEnd().split("\n");
+      expect(lines).toHaveLength(1 + 200_001);
+      expect(lines.at(-1)).toMatch(/^200000_m\s+always\s+file missing\s+\d{4}-/);
+    });
+  }
+});
