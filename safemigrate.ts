@@ -1009,6 +1009,31 @@ export async function parseSection(section: SqlSection, file: string): Promise<P
 
 const parsedSections = new WeakMap<SqlSection, Promise<ParsedSection>>();
 
+/**
+ * The statements the runner sends: their text, line and offset, and of each
+ * parse tree only its kind. Once the analysis has read a section's trees they
+ * can go (releaseParseTrees): a run of a thousand migrations need not carry a
+ * thousand trees while it applies them.
+ */
+export async function runnableStatements(section: SqlSection, file: string): Promise<Statement[]> {
+  let statements = runnable.get(section);
+  if (!statements) {
+    statements = (await parseSection(section, file)).statements.map(({ sql, line, offset, node }) => ({ sql, line, offset, node: dataNode(Object.keys(node)[0]) }));
+    runnable.set(section, statements);
+  }
+  return statements;
+}
+
+const runnable = new WeakMap<SqlSection, Statement[]>();
+
+/** Keeps the runnable statements of these sections and lets their trees go; parseSection parses again if asked. */
+export async function releaseParseTrees(sections: readonly { section: SqlSection; file: string }[]): Promise<void> {
+  for (const { section, file } of sections) {
+    await runnableStatements(section, file);
+    parsedSections.delete(section);
+  }
+}
+
 type ParseTree = { stmts?: { stmt?: Record<string, unknown>; stmt_location?: number; stmt_len?: number }[] };
 
 async function parseSectionUncached(section: SqlSection, file: string): Promise<ParsedSection> {
@@ -3451,7 +3476,8 @@ export interface Queryable {
 
 /** A connection that can also run a transaction and be closed: the lease's heartbeat and the pooler probe use one. */
 export interface Connection extends Queryable {
-  transaction<T>(work: (tx: Queryable) => Promise<T>): Promise<T>;
+  /** Runs `work` in a transaction, then the SQL `last` gives (if any) and COMMIT; rolls back if anything fails. */
+  transaction<T>(work: (tx: Queryable) => Promise<T>, last?: () => string): Promise<T>;
   close(): Promise<void>;
 }
 
@@ -3736,7 +3762,15 @@ function driverConnection(client: postgres.Sql, url: string, label: string, guar
   return {
     query: (text, params) => wrap(() => base.query(text, params)),
     exec: (text) => wrap(() => base.exec(text)),
-    transaction: (work) => wrap(() => client.begin((tx) => work(driverQueryable(tx))) as Promise<never>),
+    transaction: (work, last) =>
+      wrap(() =>
+        client.begin(async (tx) => {
+          const result = await work(driverQueryable(tx));
+          const closing = last?.();
+          if (closing) await tx.unsafe(closing);
+          return result;
+        }) as Promise<never>
+      ),
     close: () => client.end({ timeout: 5 }),
   };
 }
@@ -3748,19 +3782,36 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
   // The working session: once it closes, it stays closed (see the section's introduction).
   let closed = false;
   let opened = false;
+  // What is in flight when the session closes fails then: on Bun the driver can drop a socket without settling
+  // what was sent on it (postgres.js's own transactions race their queries against the close the same way).
+  const inFlight = new Set<(error: Error) => void>();
   const client = openDriver(url, label, "safemigrate", () => {
-    if (opened) closed = true;
+    if (!opened) return;
+    closed = true;
+    // The driver's own error, where it gives one, goes first.
+    setTimeout(() => {
+      for (const fail of inFlight) fail(new ConnectionLostError(`the connection to ${label} was lost`));
+    }, 0);
   });
+  const untilClosed = <T>(pending: Promise<T>): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      inFlight.add(reject);
+      pending.then(resolve, reject).finally(() => inFlight.delete(reject));
+    });
   const working = driverConnection(client, url, label, () => {
     if (closed) throw new ConnectionLostError(`the connection to ${label} was lost`);
   });
   let announced: number | null = null;
   // Opened on the first successful query; a failed first connect is an ordinary connection error.
   const query: Queryable["query"] = async (text, params) => {
-    const rows = await working.query(text, params);
+    const rows = await untilClosed(working.query(text, params));
     opened = true;
     announced ??= (rows as { state?: { pid?: number } }).state?.pid ?? null;
     return rows as never;
+  };
+  const exec: Queryable["exec"] = async (text) => {
+    await untilClosed(working.exec(text));
+    opened = true;
   };
   return {
     label,
@@ -3768,15 +3819,58 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
     server: true,
     lease: null,
     query,
-    exec: async (text) => {
-      await working.exec(text);
-      opened = true;
-    },
-    transaction: (work) => working.transaction(work),
+    exec,
+    transaction: (work, last) => transactionInMessages({ query, exec }, work, last),
     openSide: async () => driverConnection(openDriver(url, label, "safemigrate-lease"), url, label),
     announcedPid: () => announced,
     close: () => working.close(),
   };
+}
+
+/**
+ * A transaction on the working session in as few round trips as it takes:
+ * BEGIN goes out in one simple-protocol message with the first SQL `work`
+ * sends, and `last()` (a migration's history row) in one with COMMIT, so a
+ * migration of one statement costs two round trips instead of postgres.js's
+ * four. This is safe on the working session only, which never reconnects
+ * behind the run's back (once closed it refuses every query); and the COMMIT
+ * message begins with a SAVEPOINT, which fails outside a transaction block,
+ * so even a session that was somehow replaced could never commit `last`
+ * without the work before it. Positions in errors count from the caller's text.
+ */
+async function transactionInMessages<T>(session: Queryable, work: (tx: Queryable) => Promise<T>, last?: () => string): Promise<T> {
+  let begin = "begin;\n";
+  let sent = false;
+  const tx: Queryable = {
+    query: async (text, params) => {
+      if (begin) await session.exec(begin);
+      begin = "";
+      sent = true;
+      return await session.query(text, params);
+    },
+    exec: async (text) => {
+      const ahead = begin;
+      begin = "";
+      sent = true;
+      try {
+        await session.exec(ahead + text);
+      } catch (error) {
+        const e = error as { position?: string | number };
+        if (ahead && Number(e?.position) > ahead.length) e.position = String(Number(e.position) - ahead.length);
+        throw error;
+      }
+    },
+  };
+  try {
+    const result = await work(tx);
+    const closing = last?.();
+    sent = true;
+    await session.exec(`${begin}savepoint safemigrate_commit; release safemigrate_commit;\n${closing ? `${closing};\n` : ""}commit`);
+    return result;
+  } catch (error) {
+    if (sent) await session.exec("rollback").catch(() => {});
+    throw error;
+  }
 }
 
 /**
@@ -3876,7 +3970,13 @@ export async function connectPglite(url: string, options: ConnectOptions = {}): 
   });
   const connection: Connection = {
     ...queryable(db),
-    transaction: (work) => db.transaction((tx) => work(queryable(tx))),
+    transaction: (work, last) =>
+      db.transaction(async (tx) => {
+        const result = await work(queryable(tx));
+        const closing = last?.();
+        if (closing) await tx.exec(closing);
+        return result;
+      }),
     close: () => db.close(),
   };
   return {
@@ -4454,6 +4554,8 @@ export interface SectionRun {
     progress(q: Queryable, done: number): Promise<void>;
     /** A statement failed on a live connection: say which, so the next run reports a failure, not an interruption. */
     failed(q: Queryable, statement: number, message: string): Promise<void>;
+    /** All statements ran: the migration is applied (in place of `record`). */
+    complete(q: Queryable, durationMs: number): Promise<void>;
   };
 }
 
@@ -4486,18 +4588,19 @@ function watchBlockers(db: Database, lockTimeoutMs: number): { seen: () => Promi
 }
 
 /**
- * Runs one SQL section (the up or down of a migration) and then `record`,
- * which writes the history. In a transaction both commit together or not at
- * all, behind the lease's fence, and a lock timeout retries the whole
- * transaction; with `transaction: false` the statements run one by one, each
- * after a fence check, a lock timeout retries only the statement that hit it,
- * and `record` runs after the last. Returns the duration in ms.
+ * Runs one SQL section (the up or down of a migration) and then the SQL
+ * `record` gives, which writes the history. In a transaction both commit
+ * together or not at all, behind the lease's fence, and a lock timeout retries
+ * the whole transaction; with `transaction: false` the statements run one by
+ * one, each after a fence check, a lock timeout retries only the statement
+ * that hit it, and the marker is completed (or `record` run) after the last.
+ * Returns the duration in ms.
  */
 export async function runSection(
   db: Database,
   section: SqlSection,
   what: SectionRun,
-  record: (db: Queryable, durationMs: number) => Promise<void>,
+  record: (durationMs: number) => string,
   settings: ExecutionSettings = DEFAULT_EXECUTION,
 ): Promise<number> {
   const started = performance.now();
@@ -4529,7 +4632,7 @@ export async function runSection(
     sectionFailure(what, line, error, consequence, lockTimeout);
 
   // Statement by statement, so an error names the statement that failed even when the server gives no position.
-  const { statements } = await parseSection(section, what.file);
+  const statements = await runnableStatements(section, what.file);
   /** The file line an error points at; `prefix` is SQL sent ahead of the statement in the same query. */
   const lineOf = (statement: Statement, error: unknown, prefix = "") => {
     const position = Number((error as { position?: string | number }).position ?? 0) - prefix.length;
@@ -4540,7 +4643,8 @@ export async function runSection(
   whenLost = (e) => failure(section.line, e, "it had not started: nothing of it took effect");
 
   if (section.transaction) {
-    // The timeouts and the fence ride along with the first batch: no extra round trip per migration.
+    // BEGIN, the timeouts and the fence ride along with the first batch, the history row with COMMIT:
+    // a migration of one statement costs two round trips.
     const prefix = `${timeouts("local")}; ${fence}`;
     // Many statements per round trip (see statementBatches); a failure is traced back to its statement below.
     const batches = statementBatches(statements, BATCH_CHARS);
@@ -4560,10 +4664,11 @@ export async function runSection(
             announce(first);
             await tx.exec(sent + batch.text);
           }
-          failed = null;
-          await record(tx, performance.now() - started);
+        }, () => {
+          // The history row goes out with COMMIT: from here a lost connection may have committed.
           failed = { batch: null, prefix: "COMMIT" };
           whenLost = (e) => failure(section.line, e, transactionalConsequence(e, -1, statements.length, true));
+          return record(performance.now() - started);
         })
       );
     } catch (error) {
@@ -4608,7 +4713,8 @@ export async function runSection(
     }
     const durationMs = performance.now() - started;
     try {
-      await record(db, durationMs);
+      if (what.marker) await what.marker.complete(db, durationMs);
+      else await db.exec(record(durationMs));
     } catch (error) {
       throw failure(section.line, error, `all ${plural(statements.length, "statement")} took effect, but recording it failed`);
     }
@@ -4742,24 +4848,20 @@ function historyValues(migration: Migration, phase: string, note: string | null)
  * transaction: a plain insert, so a second application of the same migration
  * fails on the primary key and rolls back whatever else happened. Only a row
  * that records no application (a delay's detection, an interrupted start) is
- * replaced. Values go in as literals over the simple protocol: one round
- * trip, where a parameterised query costs two without prepared statements.
+ * replaced. Values go in as literals over the simple protocol, so the row
+ * can ride in the same message as COMMIT (see runSection).
  */
-async function recordApplied(
-  db: Queryable,
+function appliedRowSql(
   table: HistoryTable,
   migration: Migration,
   phase: string,
   durationMs: number | null,
   note: string | null = null,
-): Promise<void> {
+): string {
   const v = historyValues(migration, phase, note);
-  await db.exec(
-    `delete from ${table.sql} where id = ${v.id} and applied_at is null;
-     insert into ${table.sql} (id, checksum, safe, phase, applied_at, duration_ms, down_sql, depends, note)
-     values (${v.id}, ${v.checksum}, ${v.safe}, ${v.phase}, clock_timestamp(), ${sqlLiteral(durationMs === null ? null : Math.round(durationMs))},
-             ${v.down_sql}, ${v.depends}, ${v.note})`,
-  );
+  return `delete from ${table.sql} where id = ${v.id} and applied_at is null;
+insert into ${table.sql} (id, checksum, safe, phase, applied_at, duration_ms, down_sql, depends, note)
+values (${v.id}, ${v.checksum}, ${v.safe}, ${v.phase}, clock_timestamp(), ${sqlLiteral(durationMs === null ? null : Math.round(durationMs))}, ${v.down_sql}, ${v.depends}, ${v.note})`;
 }
 
 /**
@@ -4769,6 +4871,13 @@ async function recordApplied(
 function startMarker(table: HistoryTable, migration: Migration, phase: string): NonNullable<SectionRun["marker"]> {
   const v = historyValues(migration, phase, null);
   return {
+    complete: async (q, durationMs) => {
+      const rows = await q.query(
+        `update ${table.sql} set applied_at = clock_timestamp(), duration_ms = $2 where id = $1 and applied_at is null returning id`,
+        [migration.id, Math.round(durationMs)],
+      );
+      if (rows.length !== 1) throw new DatabaseError(`${migration.file}: the marker of ${migration.id} in ${table.name} disappeared while it ran`);
+    },
     start: (q) =>
       q.exec(
         `delete from ${table.sql} where id = ${v.id} and applied_at is null;
@@ -4779,14 +4888,6 @@ function startMarker(table: HistoryTable, migration: Migration, phase: string): 
     failed: (q, statement, message) =>
       q.exec(`update ${table.sql} set note = ${sqlLiteral(`failed: ${message}`)}, statements_done = ${statement - 1} where id = ${v.id} and applied_at is null`),
   };
-}
-
-async function completeMarker(db: Queryable, table: HistoryTable, migration: Migration, durationMs: number): Promise<void> {
-  const rows = await db.query(
-    `update ${table.sql} set applied_at = clock_timestamp(), duration_ms = $2 where id = $1 and applied_at is null returning id`,
-    [migration.id, Math.round(durationMs)],
-  );
-  if (rows.length !== 1) throw new DatabaseError(`${migration.file}: the marker of ${migration.id} in ${table.name} disappeared while it ran`);
 }
 
 /** Runs one migration's up SQL; its history row commits with it or not at all. */
@@ -4809,7 +4910,8 @@ export function applyMigration(
       statementTimeoutMs: migration.statementTimeoutMs,
       marker: transactional ? undefined : startMarker(table, migration, phase),
     },
-    (q, durationMs) => transactional ? recordApplied(q, table, migration, phase, durationMs) : completeMarker(q, table, migration, durationMs),
+    // transaction: false completes its marker instead.
+    (durationMs) => appliedRowSql(table, migration, phase, durationMs),
     settings,
   );
 }
@@ -4820,9 +4922,7 @@ export function revertMigration(db: Database, step: RevertStep, settings: Execut
     db,
     step.down!,
     { id: step.id, file: step.source, verb: "rollback of" },
-    async (q) => {
-      await q.exec(`delete from ${db.history.sql} where id = ${sqlLiteral(step.id)}`);
-    },
+    () => `delete from ${db.history.sql} where id = ${sqlLiteral(step.id)}`,
     settings,
   );
 }
@@ -5040,6 +5140,8 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
     for (const m of result.plan.apply) await parseSection(m.up, m.file);
     refuseUnfencedThroughPooler(db, result.plan.apply.map((m) => ({ id: m.id, file: m.file, section: m.up })));
     if (options.lint !== false) result.findings = await refuseUnsafe(db, migrations, result.plan.apply, options);
+    // The analysis has read the trees: applying needs only the statements.
+    await releaseParseTrees(result.plan.apply.map((m) => ({ section: m.up, file: m.file })));
     result.invalidIndexes = await repairInvalidIndexes(db, Boolean(options.repairInvalidIndexes), options.onEvent);
     result.applied = await applyAll(db, result.plan.apply, options.phase, options);
     await recordDetected(db, result.plan, migrations);
@@ -5230,7 +5332,7 @@ export async function recordWithoutRunning(
     const record = dependencyOrder(migrations.filter((m) => wanted.has(m.id)));
     await db.transaction(async (tx) => {
       for (const m of record) {
-        await recordApplied(tx, db.history, m, kind, null, `recorded by --${kind} ${id} without running its SQL`);
+        await tx.exec(appliedRowSql(db.history, m, kind, null, `recorded by --${kind} ${id} without running its SQL`));
       }
     });
     return record.map((m) => m.id);
