@@ -4603,115 +4603,137 @@ export async function runSection(
   record: (durationMs: number) => string,
   settings: ExecutionSettings = DEFAULT_EXECUTION,
 ): Promise<number> {
-  const started = performance.now();
+  const run = sectionRunner(db, section, what, settings, await runnableStatements(section, what.file));
+  // Until a statement is sent, a lost connection means nothing of this section ran.
+  whenLost = (e) => run.failure(section.line, e, "it had not started: nothing of it took effect");
+  try {
+    return section.transaction ? await runInTransaction(run, record) : await runStatementByStatement(run, record);
+  } finally {
+    whenLost = null;
+  }
+}
+
+/** What both ways of running a section share: its statements, timeouts, fence, retries and how a failure is told. */
+interface SectionRunner {
+  db: Database;
+  section: SqlSection;
+  what: SectionRun;
+  started: number;
+  /** Statement by statement, so an error names the statement that failed even when the server gives no position. */
+  statements: Statement[];
+  /** The fence on the lease row, with its `; `, or "" without a lease (PGlite). */
+  fence: string;
+  timeouts: (scope: "local" | "session") => string;
+  /** Runs `attempt` until it does not fail on lock_timeout, at most settings.attempts times. */
+  withRetries: (line: number, attempt: () => Promise<void>) => Promise<void>;
+  announce: (statement: Statement) => void;
+  failure: (line: number, error: unknown, consequence: string) => SafemigrateError;
+  /** The file line an error points at; `prefix` is SQL sent ahead of the statement in the same query. */
+  lineOf: (statement: Statement, error: unknown, prefix?: string) => number;
+}
+
+function sectionRunner(db: Database, section: SqlSection, what: SectionRun, settings: ExecutionSettings, statements: Statement[]): SectionRunner {
   const lockTimeout = what.lockTimeoutMs ?? settings.lockTimeoutMs;
   const statementTimeout = what.statementTimeoutMs ?? settings.statementTimeoutMs;
-  /** Runs `attempt` until it does not fail on lock_timeout, at most settings.attempts times. */
-  const withRetries = async (line: number, attempt: () => Promise<void>) => {
-    for (let n = 1;; n++) {
-      const watch = watchBlockers(db, lockTimeout);
-      try {
-        return await attempt();
-      } catch (error) {
-        if (!isLockTimeout(error) || n >= settings.attempts) throw Object.assign(error as object, { attempts: n });
-        const waitMs = backoffMs(n);
-        settings.onEvent?.({
-          type: "lock-timeout", id: what.id, file: what.file, line, attempt: n, attempts: settings.attempts, waitMs, blockers: await watch.seen(),
-        });
-        await sleep(waitMs);
-      } finally {
-        watch.stop();
-      }
-    }
+  const local = (scope: "local" | "session") => (scope === "local" ? "local " : "");
+  return {
+    db, section, what, statements, started: performance.now(),
+    fence: db.lease ? `${db.lease.fence}; ` : "",
+    timeouts: (scope) => `set ${local(scope)}lock_timeout = ${lockTimeout}; set ${local(scope)}statement_timeout = ${statementTimeout}`,
+    withRetries: (line, attempt) => retryOnLockTimeout(db, what, settings, lockTimeout, line, attempt),
+    announce: (statement) => settings.onEvent?.({ type: "statement", id: what.id, file: what.file, line: statement.line, sql: statement.sql }),
+    failure: (line, error, consequence) => sectionFailure(what, line, error, consequence, lockTimeout),
+    lineOf: (statement, error, prefix = "") => {
+      const position = Number((error as { position?: string | number }).position ?? 0) - prefix.length;
+      return statement.line + (position > 0 ? statement.sql.slice(0, position - 1).match(/\n/g)?.length ?? 0 : 0);
+    },
   };
-  const announce = (statement: Statement) =>
-    settings.onEvent?.({ type: "statement", id: what.id, file: what.file, line: statement.line, sql: statement.sql });
-  const timeouts = (scope: "local" | "session") =>
-    `set ${scope === "local" ? "local " : ""}lock_timeout = ${lockTimeout}; set ${scope === "local" ? "local " : ""}statement_timeout = ${statementTimeout}`;
-  const failure = (line: number, error: unknown, consequence: string) =>
-    sectionFailure(what, line, error, consequence, lockTimeout);
+}
 
-  // Statement by statement, so an error names the statement that failed even when the server gives no position.
-  const statements = await runnableStatements(section, what.file);
-  /** The file line an error points at; `prefix` is SQL sent ahead of the statement in the same query. */
-  const lineOf = (statement: Statement, error: unknown, prefix = "") => {
-    const position = Number((error as { position?: string | number }).position ?? 0) - prefix.length;
-    return statement.line + (position > 0 ? statement.sql.slice(0, position - 1).match(/\n/g)?.length ?? 0 : 0);
-  };
-  const fence = db.lease ? `${db.lease.fence}; ` : "";
-  // Until a statement is sent, a lost connection means nothing of this section ran.
-  whenLost = (e) => failure(section.line, e, "it had not started: nothing of it took effect");
-
-  if (section.transaction) {
-    // BEGIN, the timeouts and the fence ride along with the first batch, the history row with COMMIT:
-    // a migration of one statement costs two round trips.
-    const prefix = `${timeouts("local")}; ${fence}`;
-    // Many statements per round trip (see statementBatches); a failure is traced back to its statement below.
-    const batches = statementBatches(statements, BATCH_CHARS);
-    let failed: { batch: number | null; prefix: string } | null = null;
+async function retryOnLockTimeout(
+  db: Database, what: SectionRun, settings: ExecutionSettings, lockTimeout: number, line: number, attempt: () => Promise<void>,
+): Promise<void> {
+  for (let n = 1;; n++) {
+    const watch = watchBlockers(db, lockTimeout);
     try {
-      await withRetries(section.line, () =>
-        db.transaction(async (tx) => {
-          checkLease(db, what);
-          failed = { batch: null, prefix };
-          if (batches.length === 0) await tx.exec(prefix);
-          for (const [index, batch] of batches.entries()) {
-            checkLease(db, what);
-            const sent = index === 0 ? prefix : "";
-            failed = { batch: index, prefix: sent };
-            const first = batch.statements[0];
-            whenLost = (e) => failure(first.line, e, transactionalConsequence(e, statements.indexOf(first), statements.length, false));
-            announce(first);
-            await tx.exec(sent + batch.text);
-          }
-        }, () => {
-          // The history row goes out with COMMIT: from here a lost connection may have committed.
-          failed = { batch: null, prefix: "COMMIT" };
-          whenLost = (e) => failure(section.line, e, transactionalConsequence(e, -1, statements.length, true));
-          return record(performance.now() - started);
-        })
-      );
+      return await attempt();
     } catch (error) {
-      const at = failed as { batch: number | null; prefix: string } | null;
-      const found = at?.batch != null ? await failedStatement(db, batches, at.batch, error, at.prefix, prefix, lineOf) : null;
-      const atCommit = at?.prefix === "COMMIT";
-      const index = found ? statements.indexOf(found.statement) : -1;
-      throw failure(found?.line ?? section.line, found?.error ?? error, transactionalConsequence(error, index, statements.length, atCommit));
+      if (!isLockTimeout(error) || n >= settings.attempts) throw Object.assign(error as object, { attempts: n });
+      const waitMs = backoffMs(n);
+      settings.onEvent?.({
+        type: "lock-timeout", id: what.id, file: what.file, line, attempt: n, attempts: settings.attempts, waitMs, blockers: await watch.seen(),
+      });
+      await sleep(waitMs);
     } finally {
-      whenLost = null;
+      watch.stop();
     }
-    return performance.now() - started;
   }
+}
 
-  // Outside a transaction (CREATE INDEX CONCURRENTLY): each statement commits on its own, each after the fence.
+/**
+ * BEGIN, the timeouts and the fence ride along with the first batch, the
+ * history row with COMMIT: a migration of one statement costs two round
+ * trips. Many statements go per round trip (see statementBatches); a failure
+ * is traced back to its statement afterwards.
+ */
+async function runInTransaction(run: SectionRunner, record: (durationMs: number) => string): Promise<number> {
+  const { db, section, what, statements, started, failure } = run;
+  const prefix = `${run.timeouts("local")}; ${run.fence}`;
+  const batches = statementBatches(statements, BATCH_CHARS);
+  let failed: { batch: number | null; prefix: string } | null = null;
+  try {
+    await run.withRetries(section.line, () =>
+      db.transaction(async (tx) => {
+        checkLease(db, what);
+        failed = { batch: null, prefix };
+        if (batches.length === 0) await tx.exec(prefix);
+        for (const [index, batch] of batches.entries()) {
+          checkLease(db, what);
+          const sent = index === 0 ? prefix : "";
+          failed = { batch: index, prefix: sent };
+          const first = batch.statements[0];
+          whenLost = (e) => failure(first.line, e, transactionalConsequence(e, statements.indexOf(first), statements.length, false));
+          run.announce(first);
+          await tx.exec(sent + batch.text);
+        }
+      }, () => {
+        // The history row goes out with COMMIT: from here a lost connection may have committed.
+        failed = { batch: null, prefix: "COMMIT" };
+        whenLost = (e) => failure(section.line, e, transactionalConsequence(e, -1, statements.length, true));
+        return record(performance.now() - started);
+      })
+    );
+  } catch (error) {
+    const at = failed as { batch: number | null; prefix: string } | null;
+    const found = at?.batch != null ? await failedStatement(db, batches, at.batch, error, at.prefix, prefix, run.lineOf) : null;
+    const index = found ? statements.indexOf(found.statement) : -1;
+    throw failure(found?.line ?? section.line, found?.error ?? error, transactionalConsequence(error, index, statements.length, at?.prefix === "COMMIT"));
+  }
+  return performance.now() - started;
+}
+
+/** Outside a transaction (CREATE INDEX CONCURRENTLY): each statement commits on its own, each after the fence; the marker follows its progress. */
+async function runStatementByStatement(run: SectionRunner, record: (durationMs: number) => string): Promise<number> {
+  const { db, section, what, statements, fence, failure } = run;
   refuseUnfencedThroughPooler(db, [{ id: what.id, file: what.file, section }]);
   checkLease(db, what);
-  if (what.marker) {
-    try {
-      await db.transaction(async (tx) => {
-        if (fence) await tx.exec(fence);
-        await what.marker!.start(tx);
-      });
-    } catch (error) {
-      throw failure(section.line, error, "nothing of it ran");
-    }
-  }
-  await db.exec(timeouts("session"));
+  if (what.marker) await writeMarkerBehindFence(run);
+  await db.exec(run.timeouts("session"));
   try {
     for (const [index, statement] of statements.entries()) {
       try {
         checkLease(db, what);
         whenLost = (e) => failure(statement.line, e, nonTransactionalConsequence(e, statements, index, Boolean(what.marker)));
         if (fence) await db.exec(fence);
-        announce(statement);
-        await withRetries(statement.line, () => db.exec(statement.sql));
+        run.announce(statement);
+        await run.withRetries(statement.line, () => db.exec(statement.sql));
         await what.marker?.progress(db, index + 1);
       } catch (error) {
         if (!isConnectionLoss(error)) await what.marker?.failed(db, index + 1, (error as Error).message).catch(() => {});
-        throw failure(lineOf(statement, error), error, nonTransactionalConsequence(error, statements, index, Boolean(what.marker)));
+        throw failure(run.lineOf(statement, error), error, nonTransactionalConsequence(error, statements, index, Boolean(what.marker)));
       }
     }
-    const durationMs = performance.now() - started;
+    const durationMs = performance.now() - run.started;
     try {
       if (what.marker) await what.marker.complete(db, durationMs);
       else await db.exec(record(durationMs));
@@ -4722,6 +4744,18 @@ export async function runSection(
   } finally {
     whenLost = null;
     await db.exec("reset lock_timeout; reset statement_timeout").catch(() => {});
+  }
+}
+
+/** The marker row is written behind the fence before the first statement, so an interruption is always named by the next run. */
+async function writeMarkerBehindFence({ db, section, what, fence, failure }: SectionRunner): Promise<void> {
+  try {
+    await db.transaction(async (tx) => {
+      if (fence) await tx.exec(fence);
+      await what.marker!.start(tx);
+    });
+  } catch (error) {
+    throw failure(section.line, error, "nothing of it ran");
   }
 }
 
