@@ -6821,12 +6821,31 @@ export function parseArgs(
   project: ProjectSettings | null = null,
 ): CliOptions {
   const args = mri(valueAfterItsCommand(argv), { boolean: BOOLEAN_FLAGS, string: STRING_FLAGS, alias: { h: "help", v: "version" } });
-  const setting = (name: (typeof SETTINGS)[number]) => settingOf(name, args, env, project);
-  const options: CliOptions = {
+  const setting: SettingReader = (name) => settingOf(name, args, env, project);
+  rejectUnknownOptions(args);
+  const options = defaultOptions(args, env, setting);
+  if (args.help) return options;
+  if (args.version) return { ...options, command: "version" };
+  rejectMissingValues(args);
+  options.command = commandOf(args);
+  if (ID_COMMANDS.includes(options.command)) options.target = args[options.command] || null;
+  readRunSettings(options, args, setting);
+  readTargetSettings(options, args, setting, project);
+  return options;
+}
+
+// What mri gives: the flags by name, and the bare words.
+type Args = { _: string[]; [flag: string]: any };
+type SettingReader = (name: (typeof SETTINGS)[number]) => ReturnType<typeof settingOf>;
+
+/** Every option before the command line and the settings say otherwise. */
+function defaultOptions(args: Args, env: Record<string, string | undefined>, setting: SettingReader): CliOptions {
+  const json = Boolean(setting("json")?.value);
+  return {
     command: "help",
     target: null,
     plan: Boolean(args.plan),
-    json: Boolean(setting("json")?.value),
+    json,
     force: Boolean(args.force),
     verbose: Boolean(setting("verbose")?.value),
     sql: Boolean(args.sql),
@@ -6839,7 +6858,7 @@ export function parseArgs(
     mode: "strict",
     lockWaitMs: 5 * 60_000,
     waitMs: 0,
-    format: "human",
+    format: json ? "json" : "human",
     lint: setting("lint")?.value !== false,
     smallTableBytes: DEFAULT_SMALL_TABLE_BYTES,
     lintAfter: (setting("lint-after")?.value as string | undefined) ?? null,
@@ -6852,14 +6871,17 @@ export function parseArgs(
     leaseMs: DEFAULT_LEASE_MS,
     after: args.after ?? null,
   };
-  options.format = options.json ? "json" : "human";
+}
+
+function rejectUnknownOptions(args: Args): void {
   for (const key of Object.keys(args)) {
     if (key === "_" || key === "h" || key === "v" || BOOLEAN_FLAGS.includes(key) || STRING_FLAGS.includes(key)) continue;
     const meant = closest(key, [...BOOLEAN_FLAGS, ...STRING_FLAGS]);
     throw new InputError(`unknown option ${key.length === 1 ? "-" : "--"}${key}${meant ? ` — did you mean --${meant}?` : ""} (see --help)`);
   }
-  if (args.help) return options;
-  if (args.version) return { ...options, command: "version" };
+}
+
+function rejectMissingValues(args: Args): void {
   if (args._.length > 0 && args.lint !== true) throw new InputError(`unexpected argument "${args._[0]}" (see --help)`);
   for (const key of STRING_FLAGS) {
     if (Array.isArray(args[key]) && key !== "rerun" && key !== "database-url") throw new InputError(`--${key} is given more than once`);
@@ -6870,7 +6892,10 @@ export function parseArgs(
       );
     }
   }
+}
 
+/** Exactly one command, and only the options that go with it. */
+function commandOf(args: Args): Command {
   // mri reads --no-lint as lint: false, which is an option, not the --lint command.
   const commands = COMMANDS.filter((c) => args[c] !== undefined && args[c] !== false);
   if (commands.length === 0) {
@@ -6879,36 +6904,38 @@ export function parseArgs(
     );
   }
   if (commands.length > 1) throw new InputError(`choose one of ${commands.map((c) => `--${c}`).join(", ")}`);
-  options.command = commands[0];
-  if (args.plan && !PLANNABLE.includes(options.command)) {
-    throw new InputError(`--plan goes with --pre, --all, --rollback or --sync, not --${options.command}`);
-  }
+  const command = commands[0];
+  if (args.plan && !PLANNABLE.includes(command)) throw new InputError(`--plan goes with --pre, --all, --rollback or --sync, not --${command}`);
   if (args.sql && !args.plan) throw new InputError("--sql goes with --plan: it shows the SQL that would run");
-  if (args.last && options.command !== "rollback") throw new InputError("--last goes with --rollback");
-  if (args.after !== undefined && options.command !== "rehearse") throw new InputError("--after goes with --rehearse");
-  if (options.command === "rollback" && args.last && args.rollback !== "") {
-    throw new InputError("give --rollback either a migration id or --last, not both");
-  }
-  if (ID_COMMANDS.includes(options.command)) options.target = args[options.command] || null;
+  if (args.last && command !== "rollback") throw new InputError("--last goes with --rollback");
+  if (args.after !== undefined && command !== "rehearse") throw new InputError("--after goes with --rehearse");
+  if (command === "rollback" && args.last && args.rollback !== "") throw new InputError("give --rollback either a migration id or --last, not both");
+  if (args.format !== undefined && command !== "lint") throw new InputError("--format goes with --lint");
+  if (args.rerun !== undefined && command !== "pre" && command !== "all") throw new InputError("--rerun goes with --pre or --all");
+  return command;
+}
 
+/** A duration setting in ms (undefined when not set); with allowOff, "off" or 0 is 0. */
+function durationSetting(setting: SettingReader, name: (typeof SETTINGS)[number], allowOff = false): number | undefined {
+  const given = setting(name);
+  if (given === undefined) return undefined;
+  const text = String(given.value);
+  if (allowOff && (text === "off" || text === "0")) return 0;
+  const parsed = parseDuration(text);
+  if (parsed === null) throw new InputError(`${given.from} "${text}" is not a duration (like 500ms, 30s or 5m${allowOff ? `, or "off"` : ""})`);
+  return parsed;
+}
+
+/** How the run behaves: mode, waits, timeouts, retries, the gate's threshold, the output format, what to re-run. */
+function readRunSettings(options: CliOptions, args: Args, setting: SettingReader): void {
   const mode = setting("mode") ?? { value: "strict", from: "--mode" };
-  if (!(MODES as readonly string[]).includes(mode.value as string)) {
-    throw new InputError(`${mode.from} must be strict, nonstrict or disabled, not "${mode.value}"`);
-  }
+  if (!(MODES as readonly string[]).includes(mode.value as string)) throw new InputError(`${mode.from} must be strict, nonstrict or disabled, not "${mode.value}"`);
   options.mode = mode.value as Mode;
-  const duration = (name: (typeof SETTINGS)[number], allowOff = false): number | undefined => {
-    const given = setting(name);
-    if (given === undefined) return undefined;
-    const text = String(given.value);
-    if (allowOff && (text === "off" || text === "0")) return 0;
-    const parsed = parseDuration(text);
-    if (parsed === null) throw new InputError(`${given.from} "${text}" is not a duration (like 500ms, 30s or 5m${allowOff ? `, or "off"` : ""})`);
-    return parsed;
-  };
-  options.lockWaitMs = duration("lock-wait") ?? options.lockWaitMs;
-  options.waitMs = duration("wait", true) ?? options.waitMs;
-  options.execution.lockTimeoutMs = duration("lock-timeout") ?? options.execution.lockTimeoutMs;
-  options.execution.statementTimeoutMs = duration("statement-timeout", true) ?? options.execution.statementTimeoutMs;
+  options.lockWaitMs = durationSetting(setting, "lock-wait") ?? options.lockWaitMs;
+  options.waitMs = durationSetting(setting, "wait", true) ?? options.waitMs;
+  options.leaseMs = durationSetting(setting, "lease") ?? options.leaseMs;
+  options.execution.lockTimeoutMs = durationSetting(setting, "lock-timeout") ?? options.execution.lockTimeoutMs;
+  options.execution.statementTimeoutMs = durationSetting(setting, "statement-timeout", true) ?? options.execution.statementTimeoutMs;
   const retries = setting("lock-retries");
   if (retries !== undefined) {
     const attempts = Number(retries.value);
@@ -6916,10 +6943,7 @@ export function parseArgs(
     options.execution.attempts = attempts;
   }
   if (args.format !== undefined) {
-    if (!["human", "github", "json"].includes(args.format)) {
-      throw new InputError(`--format must be human, github or json, not "${args.format}"`);
-    }
-    if (options.command !== "lint") throw new InputError("--format goes with --lint");
+    if (!["human", "github", "json"].includes(args.format)) throw new InputError(`--format must be human, github or json, not "${args.format}"`);
     options.format = args.format;
     options.json ||= args.format === "json";
   }
@@ -6929,6 +6953,11 @@ export function parseArgs(
     if (bytes === null) throw new InputError(`${smallTable.from} "${smallTable.value}" is not a size (like 10MB, 512kB or 0)`);
     options.smallTableBytes = bytes;
   }
+  if (args.rerun !== undefined) options.rerun = [args.rerun].flat().map((id: string) => id.replace(/\.sql$/, ""));
+}
+
+/** Where: the migrations' directory, the database or databases (a fleet), the history table. */
+function readTargetSettings(options: CliOptions, args: Args, setting: SettingReader, project: ProjectSettings | null): void {
   options.dir = (setting("dir")?.value as string | undefined) ?? options.dir;
   const url = setting("database-url");
   if (url && !url.from.startsWith(project?.file ?? "\0")) options.databaseUrl = url.value as string;
@@ -6945,12 +6974,6 @@ export function parseArgs(
     if (!Number.isInteger(parallel) || parallel < 1) throw new InputError("--parallel must be a whole number of databases, 1 or more");
     options.parallel = parallel;
   }
-  options.leaseMs = duration("lease") ?? options.leaseMs;
-  if (args.rerun !== undefined) {
-    if (options.command !== "pre" && options.command !== "all") throw new InputError("--rerun goes with --pre or --all");
-    options.rerun = [args.rerun].flat().map((id: string) => id.replace(/\.sql$/, ""));
-  }
-  return options;
 }
 
 /**
