@@ -7449,6 +7449,8 @@ async function runRehearse(
   process.on("SIGINT", onInt);
   process.on("SIGTERM", onTerm);
   try {
+    // The scratch database is dropped at the end: its commits need not wait for the disk.
+    if (scratch.db.server) await scratch.db.exec("set synchronous_commit = off");
     if (!options.json) output.out(`safemigrate --rehearse on a scratch database (${scratch.label})`);
     const result = await rehearse(scratch.db, migrations, {
       after: options.after,
