@@ -8,12 +8,14 @@
  *
  *   bun bench/corpus.ts                     # regenerates bench/.corpus/<project>/ (gitignored)
  *   bun bench/rehearse.ts [--corpus bench/.corpus] [--runs 3] [--only sourcegraph] [--pglite]
- *       [--database-url postgres://postgres@127.0.0.1:5432/postgres]
+ *       [--database-url postgres://postgres@127.0.0.1:5432/postgres] [--verify]
  *
  * Whole processes, runs interleaved (psql, rehearsal, psql, ...), medians;
  * peak memory (RSS) of the rehearsal process from /usr/bin/time. With
  * --pglite the rehearsal also runs once on the embedded database. Prints one
- * line per project and what the rehearsal found.
+ * line per project and what the rehearsal found. With --verify it instead
+ * rehearses each project in this process comparing every incremental schema
+ * read with a full one (slow), and says where they first differ.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -21,9 +23,9 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import mri from "mri";
 import postgres from "postgres";
-import { dependencyOrder, hasNoStatements, type Migration, readMigrations } from "../safemigrate.ts";
+import { connect, dependencyOrder, hasNoStatements, type Migration, readMigrations, rehearse } from "../safemigrate.ts";
 
-const args = mri(process.argv.slice(2), { string: ["corpus", "runs", "only", "database-url"], boolean: ["pglite"] });
+const args = mri(process.argv.slice(2), { string: ["corpus", "runs", "only", "database-url"], boolean: ["pglite", "verify"] });
 const CORPUS = resolve(args.corpus ?? join(import.meta.dir, ".corpus"));
 const RUNS = Number(args.runs ?? 3);
 const URL_ = args["database-url"] ?? process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
@@ -69,6 +71,25 @@ async function psqlPasses(script: string): Promise<number> {
   return seconds;
 }
 
+/** Every incremental read against a full one, on a scratch database of the server. */
+async function verify(project: string, migrations: readonly Migration[]): Promise<void> {
+  const name = `safemigrate_bench_verify_${process.pid}`;
+  await admin.unsafe(`drop database if exists ${name} with (force)`);
+  await admin.unsafe(`create database ${name}`);
+  const url = new URL(URL_);
+  url.pathname = `/${name}`;
+  const db = await connect(url.toString());
+  try {
+    const result = await rehearse(db, migrations, { verifySnapshots: true });
+    console.log(`${project}: every incremental read matched a full read (${result.problems.length} problems found)`);
+  } catch (error) {
+    console.log(`${project}: ${(error as Error).message}`);
+  } finally {
+    await db.close();
+    await admin.unsafe(`drop database ${name} with (force)`);
+  }
+}
+
 const projects = readdirSync(CORPUS).filter((p) => !args.only || String(args.only).split(",").includes(p)).sort();
 const work = mkdtempSync(join(tmpdir(), "safemigrate-bench-rehearse-"));
 try {
@@ -76,6 +97,10 @@ try {
     const dir = join(CORPUS, project);
     const migrations = readMigrations(dir);
     const script = join(work, `${project}.sql`);
+    if (args.verify) {
+      await verify(project, migrations);
+      continue;
+    }
     writeFileSync(script, threePasses(migrations));
     const psql: number[] = [];
     const rehearsal: number[] = [];

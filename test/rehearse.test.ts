@@ -9,14 +9,16 @@ import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { join } from "node:path";
 import postgres from "postgres";
 import {
+  connect,
   diffSchemas,
   InputError,
   readMigrations,
   rehearse,
   type RehearsalProblem,
+  SchemaTracker,
   snapshotSchema,
 } from "../safemigrate.ts";
-import { BACKENDS, cleanup, type CliRun, failure, migrationsDir, open, ROOT, runCli, SERVER_URL, tables } from "./helpers.ts";
+import { BACKENDS, cleanup, type CliRun, failure, migrationsDir, open, ROOT, runCli, SERVER_URL, serverDatabaseUrl, tables } from "./helpers.ts";
 
 // A guard against a hang, not a speed target (speed lives in bench/): on a loaded 2-core machine one
 // PGlite start took 21 s and a whole pipeline test minutes, so no test may fail for being slow.
@@ -54,6 +56,35 @@ const FORGETS_INDEX = {
 const WRONG_COLUMN = {
   "0001_t": TABLE,
   "0002_b": "alter table t add column if not exists b text;\n-- migrate:down\nalter table t drop column a;",
+};
+
+/**
+ * Changes that alter how other objects render (a view names the column it
+ * reads, an index names its table, a column its enum array type, a partition
+ * has its parent's columns) while the event triggers report only the object
+ * changed: the near misses of reading only what a step touched. All but the
+ * last restore cleanly; the last renames a column the view reads and keeps it
+ * (so its second up fails too).
+ */
+const RENDERED_ELSEWHERE = {
+  "0001_base": [
+    "create type mood as enum ('a', 'b');",
+    "create table t (id int primary key, a int, n int, m mood[]);",
+    "create view v as select a from t;",
+    "create table p (a int, b int) partition by range (a);",
+    "create table p1 partition of p for values from (0) to (10) partition by range (b);",
+    "create table p11 partition of p1 for values from (0) to (10);",
+    "-- migrate:down",
+    "drop view v; drop table p; drop table t; drop type mood;",
+  ].join("\n"),
+  "0002_rename_column": "alter table t rename column a to b;\n-- migrate:down\nalter table t rename column b to a;",
+  // The type change rebuilds the index under a new oid without reporting it; the down then drops it.
+  "0003_retype": "create index t_n on t (n);\nalter table t alter column n type bigint;\n-- migrate:down\nalter table t alter column n type int;\ndrop index t_n;",
+  // Renaming the primary key's index renames its constraint, which is not reported.
+  "0004_rename_pk": "alter index t_pkey rename to t_pk;\n-- migrate:down\nalter index t_pk rename to t_pkey;",
+  "0005_rename_enum": "alter type mood rename to feeling;\n-- migrate:down\nalter type feeling rename to mood;",
+  "0006_partition_column": "alter table p add column c text;\n-- migrate:down\nalter table p drop column c;",
+  "0007_rename_kept": "alter table t rename column b to c;\n-- migrate:down\nselect 1;",
 };
 
 for (const backend of BACKENDS) {
@@ -264,6 +295,28 @@ for (const backend of BACKENDS) {
       expect(result.problems).toEqual([]);
     });
 
+    test("renames, rebuilt indexes, partitions and enum arrays: every incremental schema read equals a full read", async () => {
+      const db = await open(await backend.databaseUrl());
+      // verifySnapshots reads the whole schema after every incremental read and throws where they differ:
+      // a stale view text, index or column type would fail the rehearsal here instead of passing unseen.
+      const result = await rehearse(db, readMigrations(migrationsDir(RENDERED_ELSEWHERE)), { verifySnapshots: true });
+      expect(kinds(result.problems)).toEqual(["0007_rename_kept: down does not restore", "0007_rename_kept: up fails again"]);
+      // The view's text changed with the column it reads: that is seen, not only the column.
+      const [view, ...columns] = differencesOf(result.problems, "0007_rename_kept");
+      expect(view).toStartWith("changed: view public.v:");
+      expect(view).toMatch(/\+ SELECT (t\.)?c AS a/);
+      expect(columns).toEqual(["left behind: column public.t.c (integer)", "missing: column public.t.b (integer)"]);
+    });
+
+    test("the same history without the check finds the same, and leaves no trace of its event triggers", async () => {
+      const db = await open(await backend.databaseUrl());
+      const result = await rehearse(db, readMigrations(migrationsDir(RENDERED_ELSEWHERE)));
+      expect(kinds(result.problems)).toEqual(["0007_rename_kept: down does not restore", "0007_rename_kept: up fails again"]);
+      expect(differencesOf(result.problems, "0007_rename_kept")[0]).toMatch(/^changed: view public\.v:[^]*\+ SELECT (t\.)?c AS a/);
+      const left = await db.query(`select evtname from pg_event_trigger union all select nspname from pg_namespace where nspname = 'safemigrate_rehearsal'`);
+      expect(left).toEqual([]);
+    });
+
     test("a real difference in a function body is shown as a line diff", async () => {
       const db = await open(await backend.databaseUrl());
       const result = await rehearse(db, readMigrations(migrationsDir({
@@ -385,6 +438,34 @@ describe("the embedded database rehearses real projects", () => {
     const again = await runCli(["--rollback", "0002_users", "--dir", dir], { cwd });
     expectExit(again, 0);
     expectExit(await runCli(["--all", "--dir", dir], { cwd }), 0);
+  });
+});
+
+describe.skipIf(!SERVER_URL)("a rehearsal as a role that may not create event triggers", () => {
+  test("reads what changed from the catalog fingerprint instead, and finds the same", async () => {
+    const url = await serverDatabaseUrl();
+    const name = new URL(url).pathname.slice(1);
+    const role = `safemigrate_test_owner_${process.pid}`;
+    const admin = postgres(SERVER_URL!, { max: 1, onnotice: () => {} });
+    await admin.unsafe(`drop role if exists ${role}`);
+    await admin.unsafe(`create role ${role} login`);
+    // The database's owner owns its public schema (PostgreSQL 15), so it can create there; it is no superuser.
+    await admin.unsafe(`alter database ${name} owner to ${role}`);
+    const asRole = new URL(url);
+    asRole.username = role;
+    const db = await connect(asRole.toString());
+    try {
+      const tracker = new SchemaTracker(db, { events: true });
+      await tracker.refresh();
+      expect(tracker.finds).toBe("fingerprint");
+      const result = await rehearse(db, readMigrations(migrationsDir(RENDERED_ELSEWHERE)), { verifySnapshots: true });
+      expect(kinds(result.problems)).toEqual(["0007_rename_kept: down does not restore", "0007_rename_kept: up fails again"]);
+    } finally {
+      await db.close();
+      await admin.unsafe(`drop database if exists ${name} with (force)`);
+      await admin.unsafe(`drop role ${role}`);
+      await admin.end();
+    }
   });
 });
 

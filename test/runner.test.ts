@@ -67,6 +67,25 @@ for (const backend of BACKENDS) {
       expect(row.downSql).toBe(down);
     });
 
+    test("a history row that cannot be written (it goes out with COMMIT) rolls its migration back; the session stays usable", async () => {
+      const dir = migrationsDir({
+        "0001_guard": "-- safe: before_deploy\ncreate function refuse() returns trigger language plpgsql as $$ begin " +
+          "if new.id = '0002_refused' then raise exception 'history refused'; end if; return new; end $$;\n" +
+          "create trigger refuse before insert on safemigrate_history for each row execute function refuse();",
+        "0002_refused": "-- safe: before_deploy\ncreate table refused (id int);",
+        "0003_later": "-- safe: before_deploy\ncreate table later (id int);",
+      });
+      const db = await open(await backend.databaseUrl());
+      const error = await failure(migrate(db, readMigrations(dir), pre));
+      expect(error).toBeInstanceOf(DatabaseError);
+      expect(error.message).toContain(`${dir}/0002_refused.sql:2: migration 0002_refused failed: history refused`);
+      expect(error.message).toContain("did not commit: nothing of it took effect");
+      // The same session answers: the failed transaction was rolled back, not left open.
+      expect(await tables(db)).not.toContain("refused");
+      expect(await tables(db)).not.toContain("later");
+      expect(await appliedIds(db)).toEqual(["0001_guard"]);
+    });
+
     test("a SQL error rolls back its whole migration and stops the run", async () => {
       const dir = migrationsDir({
         "0001_ok": "-- safe: before_deploy\ncreate table ok (id int);",
