@@ -3759,13 +3759,18 @@ function driverConnection(
   guard: () => void = () => {},
   lost: () => void = () => {},
 ): Connection {
+  // A lost connection has nothing left to finish: closing it need not wait (postgres.js would wait out its timeout).
+  let gone = false;
   const wrap = async <T>(run: () => Promise<T>): Promise<T> => {
     try {
       guard();
       return await run();
     } catch (error) {
       const described = (await withoutSslExplained(error, url, label)) ?? asDriverError(error, label);
-      if (isConnectionLoss(described)) lost();
+      if (isConnectionLoss(described)) {
+        gone = true;
+        lost();
+      }
       throw described;
     }
   };
@@ -3782,7 +3787,7 @@ function driverConnection(
           return result;
         }) as Promise<never>
       ),
-    close: () => client.end({ timeout: 5 }),
+    close: () => client.end({ timeout: gone ? 0 : 5 }),
   };
 }
 
