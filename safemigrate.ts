@@ -1700,9 +1700,11 @@ export interface Plan {
 }
 
 export function pendingMigrations(migrations: readonly Migration[], history: readonly HistoryRow[]): Migration[] {
-  const rows = new Map(history.map((row) => [row.id, row]));
-  return migrations.filter((m) => !isApplied(rows.get(m.id)));
+  return pendingIn(migrations, new Map(history.map((row) => [row.id, row])));
 }
+
+const pendingIn = (migrations: readonly Migration[], rows: ReadonlyMap<string, HistoryRow>): Migration[] =>
+  migrations.filter((m) => !isApplied(rows.get(m.id)));
 
 /**
  * The deploy-phase filter, after django-safemigrate 6.0. Pending migrations
@@ -1715,7 +1717,7 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   if (problems.length > 0) throw new CheckError(problems);
 
   const { rows, files } = index;
-  const pending = dependencyOrder(migrations.filter((m) => !isApplied(rows.get(m.id))));
+  const pending = dependencyOrder(pendingIn(migrations, rows));
   const missingFiles = history.filter((row) => isApplied(row) && !files.has(row.id)).map((row) => row.id);
   const plan: Plan = { phase, mode, apply: [], delayed: [], blocked: [], detect: [], refused: false, early: [], missingFiles };
   const dueAt = (m: Migration): Date | null => {
@@ -2627,7 +2629,11 @@ function dropFindings(removeType: string, names: string[], concurrent: boolean, 
 /** What a DROP removes is no longer known: its indexes, its foreign keys both ways, its long name. */
 function forgetDropped(removeType: string, names: string[], state: AnalysisState): void {
   if (removeType === "OBJECT_TABLE") {
-    for (const n of names) (state.tables.delete(n), state.droppedTables.add(n), state.references.delete(n));
+    for (const n of names) {
+      state.tables.delete(n);
+      state.droppedTables.add(n);
+      state.references.delete(n);
+    }
     for (const from of state.references.values()) for (const n of names) from.delete(n);
   }
   if (removeType === "OBJECT_INDEX") for (const n of names) state.indexes.delete(n);
@@ -2645,16 +2651,13 @@ const renameRule: StatementRule = (node, context) => {
   const why = "old code breaks if it runs before the deploy, new code if it runs after; no phase makes a rename safe";
   const location = relation.location ?? context.at;
   const key = tableKey(relation);
-  const carryType = () => {
-    const type = state.columnTypes.get(`${key}.${node.subname}`);
-    if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
-  };
   if (["OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW"].includes(node.renameType)) {
     lockFinding("rename-table", key, `renaming ${node.renameType === "OBJECT_TABLE" ? "table" : "view"} ${quoted(relation)} to ${node.newname}: ${why}`, location);
   } else if (node.renameType === "OBJECT_COLUMN") {
     // Dropping a column and renaming its replacement to its name: code using the name finds a column either way.
     if (!scope.dropped.has(`${key}.${node.newname}`)) lockFinding("rename-column", key, `renaming column ${quoted(relation)}.${node.subname} to ${node.newname}: ${why}`, location);
-    carryType();
+    const type = state.columnTypes.get(`${key}.${node.subname}`);
+    if (type) state.columnTypes.set(`${key}.${node.newname}`, type);
   }
   if (context.inTransaction) scope.exclusive.set(key, context.statement.line);
 };
@@ -3780,12 +3783,7 @@ function driverConnection(
     exec: (text) => wrap(() => base.exec(text)),
     transaction: (work, last) =>
       wrap(() =>
-        client.begin(async (tx) => {
-          const result = await work(driverQueryable(tx));
-          const closing = last?.();
-          if (closing) await tx.unsafe(closing);
-          return result;
-        }) as Promise<never>
+        client.begin((tx) => thenClosing(work, last)(driverQueryable(tx))) as Promise<never>
       ),
     close: () => client.end({ timeout: gone ? 0 : 5 }),
   };
@@ -3795,13 +3793,13 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
   await loadPostgres();
   rememberPassword(url);
   const label = describeUrl(url);
-  // The working session: once it closes, it stays closed (see the section's introduction). A query can fail
-  // because the connection went (a reset socket) before the driver reports the close: from then on too,
-  // nothing more is sent on it. A query sent on a socket that is going may never settle: on Bun the lease's
-  // release did that, and the run spun at 100% CPU instead of exiting 1 (test/faults.test.ts).
+  // The working session: once it closes, it stays closed (see the section's introduction). It counts as closed
+  // when the driver reports the close, and earlier when a query fails because the connection went (a reset
+  // socket): nothing more is sent on it. A query sent on a socket that is going may never settle: on Bun the
+  // lease's release did that, and the run spun at 100% CPU instead of exiting 1 (test/faults.test.ts).
   let closed = false;
   let opened = false;
-  // A query that failed because the connection went marks it lost too, before the driver reports the close.
+  const lost = () => new ConnectionLostError(`the connection to ${label} was lost`);
   const lose = () => {
     if (opened) closed = true;
   };
@@ -3809,12 +3807,9 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
   // what was sent on it (postgres.js's own transactions race their queries against the close the same way).
   const inFlight = new Set<(error: Error) => void>();
   const client = openDriver(url, label, "safemigrate", () => {
-    if (!opened) return;
-    closed = true;
+    lose();
     // The driver's own error, where it gives one, goes first.
-    setTimeout(() => {
-      for (const fail of inFlight) fail(new ConnectionLostError(`the connection to ${label} was lost`));
-    }, 0);
+    if (closed) setTimeout(() => inFlight.forEach((fail) => fail(lost())), 0);
   });
   const untilClosed = <T>(pending: Promise<T>): Promise<T> =>
     new Promise<T>((resolve, reject) => {
@@ -3822,7 +3817,7 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
       pending.then(resolve, reject).finally(() => inFlight.delete(reject));
     });
   const working = driverConnection(client, url, label, () => {
-    if (closed) throw new ConnectionLostError(`the connection to ${label} was lost`);
+    if (closed) throw lost();
   }, lose);
   let announced: number | null = null;
   // Opened on the first successful query; a failed first connect is an ordinary connection error.
@@ -3849,6 +3844,14 @@ export async function connectPostgres(url: string, options: ConnectOptions = {})
     close: () => working.close(),
   };
 }
+
+/** A transaction's work followed by the SQL `last` gives (a migration's history row), before COMMIT. */
+const thenClosing = <T>(work: (tx: Queryable) => Promise<T>, last?: () => string) => async (tx: Queryable): Promise<T> => {
+  const result = await work(tx);
+  const closing = last?.();
+  if (closing) await tx.exec(closing);
+  return result;
+};
 
 /**
  * A transaction on the working session in as few round trips as it takes:
@@ -3994,12 +3997,7 @@ export async function connectPglite(url: string, options: ConnectOptions = {}): 
   const connection: Connection = {
     ...queryable(db),
     transaction: (work, last) =>
-      db.transaction(async (tx) => {
-        const result = await work(queryable(tx));
-        const closing = last?.();
-        if (closing) await tx.exec(closing);
-        return result;
-      }),
+      db.transaction((tx) => thenClosing(work, last)(queryable(tx))),
     close: () => db.close(),
   };
   return {
@@ -6406,13 +6404,14 @@ export function humanRunSummary(output: Output, result: RunResult, total: number
     for (const index of result.invalidIndexes) {
       output.out(`  ${red(output, "invalid index")}  ${index.name}  ${dim(output, "(a run would refuse until --repair-invalid-indexes drops it)")}`);
     }
+    const wouldApply = (m: Migration) => `  ${green(output, "would apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`;
     if (showSql) {
       for (const m of plan.apply) {
-        output.out(`  ${green(output, "would apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`);
+        output.out(wouldApply(m));
         planSql(output, m.up);
       }
     } else {
-      outLines(output, plan.apply.map((m) => `  ${green(output, "would apply")}  ${m.id}  ${dim(output, `(${m.safe})`)}`));
+      outLines(output, plan.apply.map(wouldApply));
     }
   }
   outLines(output, plan.delayed.map((d) => `  ${yellow(output, "waits")}  ${d.id}  ${dim(output, `(${delayNote(d, now)})`)}`));
