@@ -5694,7 +5694,8 @@ const TRACKING_SQL = `
   alter event trigger ${TRACKING}_ddl enable always;
   alter event trigger ${TRACKING}_drop enable always;
   create function ${TRACKING}.changes() returns table (key text, def text, unit text, parent text)
-  language plpgsql set plan_cache_mode = force_generic_plan set jit = off as $fn$
+  language plpgsql set plan_cache_mode = force_generic_plan set jit = off
+  set enable_seqscan = off set enable_hashjoin = off set enable_mergejoin = off as $fn$
   #variable_conflict use_column
   declare
     units text[];

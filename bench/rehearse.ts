@@ -8,14 +8,17 @@
  *
  *   bun bench/corpus.ts                     # regenerates bench/.corpus/<project>/ (gitignored)
  *   bun bench/rehearse.ts [--corpus bench/.corpus] [--runs 3] [--only sourcegraph] [--pglite]
- *       [--database-url postgres://postgres@127.0.0.1:5432/postgres] [--verify]
+ *       [--database-url postgres://postgres@127.0.0.1:5432/postgres] [--verify] [--baseline /work/main/safemigrate.ts]
  *
  * Whole processes, runs interleaved (psql, rehearsal, psql, ...), medians;
  * peak memory (RSS) of the rehearsal process from /usr/bin/time. With
  * --pglite the rehearsal also runs once on the embedded database. Prints one
  * line per project and what the rehearsal found. With --verify it instead
  * rehearses each project in this process comparing every incremental schema
- * read with a full one (slow), and says where they first differ.
+ * read with a full one (slow), and says where they first differ. With
+ * --baseline another safemigrate.ts (another checkout's) runs in the same
+ * rounds (psql, rehearsal, baseline, ...), so a change is measured against
+ * the code before it under the same load.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -25,11 +28,12 @@ import mri from "mri";
 import postgres from "postgres";
 import { connect, dependencyOrder, hasNoStatements, type Migration, readMigrations, rehearse } from "../safemigrate.ts";
 
-const args = mri(process.argv.slice(2), { string: ["corpus", "runs", "only", "database-url"], boolean: ["pglite", "verify"] });
+const args = mri(process.argv.slice(2), { string: ["corpus", "runs", "only", "database-url", "baseline"], boolean: ["pglite", "verify"] });
 const CORPUS = resolve(args.corpus ?? join(import.meta.dir, ".corpus"));
 const RUNS = Number(args.runs ?? 3);
 const URL_ = args["database-url"] ?? process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 const CLI = join(import.meta.dir, "..", "safemigrate.ts");
+const BASELINE = args.baseline ? resolve(args.baseline) : null;
 
 if (!existsSync(CORPUS)) {
   console.error(`no corpus in ${CORPUS}: run "bun bench/corpus.ts" first`);
@@ -105,6 +109,7 @@ try {
     const psql: number[] = [];
     const rehearsal: number[] = [];
     const rss: number[] = [];
+    const baseline: number[] = [];
     let report: { counts: Record<string, number>; problems: { id: string; kind: string }[] } | null = null;
     for (let run = 0; run < RUNS; run++) {
       psql.push(await psqlPasses(script));
@@ -112,6 +117,7 @@ try {
       rehearsal.push(r.seconds);
       rss.push(r.rssMb);
       report = JSON.parse(r.stdout.trim().split("\n").pop()!);
+      if (BASELINE) baseline.push(timed([process.execPath, BASELINE, "--rehearse", "--json", "--dir", dir, "--database-url", URL_]).seconds);
     }
     const ratio = median(rehearsal) / median(psql);
     console.log(
@@ -119,6 +125,11 @@ try {
         `--rehearse ${median(rehearsal).toFixed(1)} s (${ratio.toFixed(2)}x), peak RSS ${Math.round(Math.max(...rss))} MB ` +
         `(medians of ${RUNS} interleaved runs)`,
     );
+    if (BASELINE) {
+      console.log(`  baseline ${BASELINE}: ${median(baseline).toFixed(1)} s (${(median(baseline) / median(psql)).toFixed(2)}x); ` +
+        `runs: psql ${psql.map((t) => t.toFixed(2)).join(" ")}, rehearsal ${rehearsal.map((t) => t.toFixed(2)).join(" ")}, ` +
+        `baseline ${baseline.map((t) => t.toFixed(2)).join(" ")}`);
+    }
     console.log(`  found: ${JSON.stringify(report!.counts)}`);
     const byKind = new Map<string, string[]>();
     for (const p of report!.problems) byKind.set(p.kind, [...(byKind.get(p.kind) ?? []), p.id]);
