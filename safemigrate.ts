@@ -4553,6 +4553,12 @@ export interface ExecutionSettings {
   statementTimeoutMs: number;
   /** Attempts for a statement that hit lock_timeout (default 5). */
   attempts: number;
+  /**
+   * A transactional section of at least this many statements is sent in
+   * batches (default BATCH_FROM_STATEMENTS); a shorter one statement by
+   * statement, so that a lost connection names the statement in flight.
+   */
+  batchFrom?: number;
   onEvent?: (event: RunEvent) => void;
 }
 
@@ -4643,6 +4649,8 @@ interface SectionRunner {
   started: number;
   /** Statement by statement, so an error names the statement that failed even when the server gives no position. */
   statements: Statement[];
+  /** From how many statements a transactional section goes in batches. */
+  batchFrom: number;
   /** The fence on the lease row, with its `; `, or "" without a lease (PGlite). */
   fence: string;
   timeouts: (scope: "local" | "session") => string;
@@ -4659,7 +4667,7 @@ function sectionRunner(db: Database, section: SqlSection, what: SectionRun, sett
   const statementTimeout = what.statementTimeoutMs ?? settings.statementTimeoutMs;
   const local = (scope: "local" | "session") => (scope === "local" ? "local " : "");
   return {
-    db, section, what, statements, started: performance.now(),
+    db, section, what, statements, started: performance.now(), batchFrom: settings.batchFrom ?? BATCH_FROM_STATEMENTS,
     fence: db.lease ? `${db.lease.fence}; ` : "",
     timeouts: (scope) => `set ${local(scope)}lock_timeout = ${lockTimeout}; set ${local(scope)}statement_timeout = ${statementTimeout}`,
     withRetries: (line, attempt) => retryOnLockTimeout(db, what, settings, lockTimeout, line, attempt),
@@ -4701,7 +4709,7 @@ async function retryOnLockTimeout(
 async function runInTransaction(run: SectionRunner, record: (durationMs: number) => string): Promise<number> {
   const { db, section, what, statements, started, failure } = run;
   const prefix = `${run.timeouts("local")}; ${run.fence}`;
-  const batches = statementBatches(statements, BATCH_CHARS);
+  const batches = statementBatches(statements, BATCH_CHARS, run.batchFrom);
   let failed: { batch: number | null; prefix: string } | null = null;
   try {
     await run.withRetries(section.line, () =>
@@ -5564,9 +5572,18 @@ function snapshotQuery(units: string[] | null): string {
   }).join("\n union all ");
 }
 
-/** The same rows for the oids in the arrays r_oids, p_oids, ... (variables of the function that reads them). */
-const snapshotOfArrays = SNAPSHOT_QUERIES.map((query) => snapshotRows(query, `${query.sql} and ${query.oid} = any(${query.kind}_oids)`))
-  .join("\n union all ");
+/**
+ * The same rows for the oids in the arrays r_oids, p_oids, ... (variables of
+ * the function that reads them), as plpgsql: one query per kind of unit, run
+ * only when there are units of that kind. Most reads touch only tables, and
+ * every query not run is plan nodes not set up (their set-up was a third of a read).
+ */
+const snapshotOfArrays = [...new Set(SNAPSHOT_QUERIES.map((q) => q.kind))].map((kind) => {
+  const rows = SNAPSHOT_QUERIES.filter((q) => q.kind === kind)
+    .map((query) => snapshotRows(query, `${query.sql} and ${query.oid} = any(${kind}_oids)`))
+    .join("\n union all ");
+  return `if cardinality(${kind}_oids) > 0 then\n      return query ${rows};\n    end if;`;
+}).join("\n    ");
 
 /** Per catalog: how many rows an object has there and the sum of their xmins; any insert, update or delete changes it. */
 const rowVersions = (catalog: string, id: string, where = "true") =>
@@ -5720,7 +5737,7 @@ const TRACKING_SQL = `
       insert into ${TRACKING}.names select * from identified
       on conflict (classid, objid, objsubid) do update set identity = excluded.identity
     ),
-    touched (unit, follow) as (
+    touched (unit, follow) as materialized (
       select case
                when d.type in ('table constraint', 'default value', 'trigger', 'rule', 'policy')
                  then 'r' || to_regclass(format('%I.%I', d.address[1], d.address[2]))::oid
@@ -5760,7 +5777,7 @@ const TRACKING_SQL = `
       into units;
     ${oidsOfKind("r")} ${oidsOfKind("p")} ${oidsOfKind("t")} ${oidsOfKind("n")} ${oidsOfKind("e")}
     return query select null::text, null::text, u, null::text from unnest(units) u;
-    return query ${snapshotOfArrays};
+    ${snapshotOfArrays}
   end $fn$;
   delete from ${TRACKING}.touched;`;
 
@@ -6120,13 +6137,22 @@ const messageOf = (error: unknown) => (error as Error).message;
 /** A migration before `--after`: applied, not rehearsed. */
 async function applyOnce(db: Database, m: Migration, problem: Problem): Promise<StepOutcome> {
   try {
-    await applyMigration(db, m, "rehearse");
+    await applyMigration(db, m, "rehearse", REHEARSAL_EXECUTION);
     return { status: "applied" };
   } catch (error) {
     problem("up failed", messageOf(error));
     return { status: "failed" };
   }
 }
+
+/**
+ * The runner's settings, except that a transactional section goes in one
+ * round trip (batched as the runner batches a long section) instead of one
+ * per statement: on a scratch database no one needs to know which statement
+ * was in flight when the connection went, and a statement that fails is still
+ * found and named with its line. About a quarter fewer round trips on crates.io.
+ */
+const REHEARSAL_EXECUTION: ExecutionSettings = { ...DEFAULT_EXECUTION, batchFrom: 1 };
 
 const fileStep = (m: Migration): RevertStep => ({ id: m.id, source: m.file, origin: "file", down: m.down, irreversible: false, note: null });
 
@@ -6148,19 +6174,19 @@ async function roundTrip(db: Database, m: Migration, tracker: SchemaTracker, pro
       return false;
     }
   };
-  if (!(await run(applyMigration(db, m, "rehearse"), "up failed"))) return { status: "failed" };
+  if (!(await run(applyMigration(db, m, "rehearse", REHEARSAL_EXECUTION), "up failed"))) return { status: "failed" };
   if (!m.down) {
     problem("no down", `${m.file}: has no "-- migrate:down" section`);
     return { status: "ok" };
   }
   if (!reversible) return { status: "irreversible" };
   const afterUp = await tracker.now();
-  if (!(await run(revertMigration(db, fileStep(m)), "down failed"))) return { status: "ok" };
+  if (!(await run(revertMigration(db, fileStep(m), REHEARSAL_EXECUTION), "down failed"))) return { status: "ok" };
   const differences = diffSchemas(before!, await tracker.now());
   if (differences.length > 0) {
     problem("down does not restore", `${m.file}:${m.down.line}: the down section does not restore the schema from before the up`, differences);
   }
-  if (!(await run(applyMigration(db, m, "rehearse"), "up fails again"))) return { status: "failed" };
+  if (!(await run(applyMigration(db, m, "rehearse", REHEARSAL_EXECUTION), "up fails again"))) return { status: "failed" };
   const again = diffSchemas(afterUp, await tracker.now());
   if (again.length > 0) {
     problem("second up differs", `${m.file}:${m.up.line}: applied again after its down, the up leaves a different schema than the first time`, again);
@@ -6181,7 +6207,7 @@ async function rehearseRollback(
   for (const [index, m] of newestFirst.entries()) {
     try {
       tracker.touched();
-      await revertMigration(db, fileStep(m));
+      await revertMigration(db, fileStep(m), REHEARSAL_EXECUTION);
     } catch (error) {
       problems.push({
         id: m.id,
