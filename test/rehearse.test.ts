@@ -225,6 +225,32 @@ for (const backend of BACKENDS) {
       expect(result.rollback).toEqual({ ids: ["0006_last", "0005_next"], reverted: 2 });
     });
 
+    test("a section sent in one round trip still names the statement that failed, and none of it stays", async () => {
+      // The rehearsal sends a transactional section as one batch; a unique violation carries no position,
+      // so the statement is found by running the section again, statement by statement, and rolling back.
+      const db = await open(await backend.databaseUrl());
+      const result = await rehearse(db, readMigrations(migrationsDir({
+        "0001_t": TABLE,
+        "0002_rows": [
+          "alter table t add column b int;",
+          "insert into t (id) values (1);",
+          "insert into t (id) values (1);",
+          "create table after_it (id int);",
+          "-- migrate:down",
+          "alter table t drop column b;",
+        ].join("\n"),
+      })));
+      expect(kinds(result.problems)).toEqual(["0002_rows: up failed"]);
+      expect(result.problems[0].message).toContain("0002_rows.sql:3: migration 0002_rows failed");
+      expect(result.problems[0].message).toContain("duplicate key value");
+      expect(result.problems[0].message).toContain("(statement 3 of 4): nothing of it took effect");
+      expect(await tables(db)).not.toContain("after_it");
+      expect(await db.query(`select column_name from information_schema.columns where table_name = 't' order by 1`)).toEqual([
+        { column_name: "a" },
+        { column_name: "id" },
+      ]);
+    });
+
     test("--after applies the earlier migrations without a round trip and rehearses the rest", async () => {
       const db = await open(await backend.databaseUrl());
       const result = await rehearse(db, readMigrations(migrationsDir({
