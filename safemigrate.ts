@@ -1975,10 +1975,12 @@ export function rollbackPlan(
     id = target.replace(/\.sql$/, "");
     if (!applied.some((row) => row.id === id)) {
       const known = [...migrations.map((m) => m.id), ...applied.map((row) => row.id)];
-      const meant = known.includes(id) ? null : closest(id, known);
+      const meant = known.includes(id) ? null : known.find((k) => k.startsWith(`${id}_`)) ?? closest(id, known);
+      // "--rollback 1" is how some tools say "one step".
+      const steps = !meant && /^\d+$/.test(id) ? ` — --rollback takes a migration id; --rollback --last undoes the most recent` : "";
       throw new InputError(
         known.includes(id) ? `${id} is not applied; there is nothing to roll back`
-          : `no migration "${id}" is known${meant ? ` — did you mean "${meant}"?` : ""}`,
+          : `no migration "${id}" is known${meant ? ` — did you mean "${meant}"?` : steps}`,
       );
     }
   } else {
