@@ -5586,7 +5586,7 @@ function snapshotQuery(units: string[] | null): string {
  * The same rows for the oids in the arrays r_oids, p_oids, ... (variables of
  * the function that reads them), as plpgsql: one query per kind of unit, run
  * only when there are units of that kind. Most reads touch only tables, and
- * every query not run is plan nodes not set up (their set-up was a third of a read).
+ * every query not run is plan nodes not set up (setting them up was a quarter of a read).
  */
 const snapshotOfArrays = [...new Set(SNAPSHOT_QUERIES.map((q) => q.kind))].map((kind) => {
   const rows = SNAPSHOT_QUERIES.filter((q) => q.kind === kind)
@@ -5695,8 +5695,8 @@ const oidsOfKind = (kind: string) => `${kind}_oids := array(select substr(u, 2):
  * are generic and never compiled (JIT), so a read costs no planning; and they
  * look objects up by index only (no sequential scans, hash or merge joins):
  * a generic plan does not know that `c.oid = any(r_oids)` holds a few oids,
- * and scanned all of pg_class for them in five places per read (reads cost
- * the server half the CPU time they did, on the benchmark's histories).
+ * and scanned all of pg_class for them in five places per read (a read after
+ * DDL on the crates.io schema now costs the server half the CPU time it did).
  */
 const TRACKING_SQL = `
   drop event trigger if exists ${TRACKING}_ddl; drop event trigger if exists ${TRACKING}_drop;
@@ -5751,6 +5751,7 @@ const TRACKING_SQL = `
       insert into ${TRACKING}.names select * from identified
       on conflict (classid, objid, objsubid) do update set identity = excluded.identity
     ),
+    -- Materialized: inlined, the unit's expression and its subqueries were copied into the sort, group and filter.
     touched (unit, follow) as materialized (
       select case
                when d.type in ('table constraint', 'default value', 'trigger', 'rule', 'policy')
