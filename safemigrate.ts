@@ -468,6 +468,16 @@ function applyDirective(
 export function parseMigration(id: string, file: string, text: string): Omit<Migration, "depends" | "dependsLine"> & {
   declaredDepends: { value: string[]; line: number } | null;
 } {
+  const { depends, dependsLine, ...rest } = migrationFrom(id, file, text, null);
+  return { ...rest, declaredDepends: dependsLine === null ? null : { value: depends, line: dependsLine } };
+}
+
+/**
+ * parseMigration's work, building the Migration itself: `previous` (the id
+ * before it) is its dependency unless it declares its own. readMigrations
+ * builds 10,000 of these on a large no-op, so no object is copied.
+ */
+function migrationFrom(id: string, file: string, text: string, previous: string | null): Migration {
   const source = text.includes("\r") ? text.replace(/\r\n?/g, "\n") : text;
   const at = (index: number) => `${file}:${index + 1}`;
   // Where each line starts; a section is a slice of `source` (a big file is not copied line by line).
@@ -576,7 +586,8 @@ export function parseMigration(id: string, file: string, text: string): Omit<Mig
     id,
     file,
     safe: up.safe?.value ?? "after_deploy",
-    declaredDepends: up.depends ?? null,
+    depends: up.depends ? up.depends.value : previous === null ? [] : [previous],
+    dependsLine: up.depends?.line ?? null,
     delayMs: up.delay?.value ?? null,
     lockTimeoutMs: up["lock-timeout"]?.value ?? null,
     statementTimeoutMs: up["statement-timeout"]?.value ?? null,
@@ -773,16 +784,11 @@ export function readMigrations(dir: string): Migration[] {
   const migrations: Migration[] = [];
   // join(dir, name) for a name without slashes, joined once.
   const prefix = join(dir, "x").slice(0, -1);
-  for (const [index, id] of names.entries()) {
+  for (let index = 0; index < names.length; index++) {
+    const id = names[index];
     const file = `${prefix}${id}.sql`;
     try {
-      const parsed = parseMigration(id, file, readMigrationText(file));
-      const { declaredDepends, ...rest } = parsed;
-      migrations.push({
-        ...rest,
-        depends: declaredDepends ? declaredDepends.value : index === 0 ? [] : [names[index - 1]],
-        dependsLine: declaredDepends?.line ?? null,
-      });
+      migrations.push(migrationFrom(id, file, readMigrationText(file), index === 0 ? null : names[index - 1]));
     } catch (error) {
       if (!(error instanceof InputError)) throw error;
       problems.push(error.message);
@@ -4319,13 +4325,19 @@ export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
   return await queryHistory(db);
 }
 
-/** The history as --status shows it: five columns of each row, not the down SQL and the rest. */
+/**
+ * The history as --status shows it: not the down SQL and the rest. The stored
+ * dependencies are read to be checked: --status is where a hand-edited row
+ * that a rollback could not read is named.
+ */
 export async function readStatusRows(db: Queryable): Promise<StatusHistoryRow[]> {
   if (!(await historyTableExists(db))) return [];
-  const rows = await db.query<Record<string, unknown>>(`select id, checksum, safe, detected_at, applied_at from ${tableOf(db).sql} order by id`);
+  const rows = await db.query<Record<string, unknown>>(`select id, checksum, safe, detected_at, applied_at, depends from ${tableOf(db).sql} order by id`);
+  const table = tableOf(db).name;
   const history: StatusHistoryRow[] = new Array(rows.length);
   for (let i = 0; i < rows.length; i++) {
     const row = rows[i];
+    storedDepends(table, row.id as string, row.depends as string | null);
     history[i] = {
       id: row.id as string,
       checksum: row.checksum as string | null,
