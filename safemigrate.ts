@@ -1561,25 +1561,36 @@ export function consistencyFindings(
 interface PlanIndex<R extends PlanRow = PlanRow> {
   migrations: readonly Migration[];
   history: readonly R[];
-  files: ReadonlyMap<string, Migration>;
-  rows: ReadonlyMap<string, R>;
+  /** By id; built on first use (a no-op whose history lines up with its files needs neither map). */
+  readonly files: ReadonlyMap<string, Migration>;
+  readonly rows: ReadonlyMap<string, R>;
   /** The history row of each file, at the file's position in `migrations`. */
   rowOf: readonly (R | undefined)[];
-  /** `migrations` is sorted by id (as readMigrations gives it). */
+  /** `migrations` is sorted by id (as readMigrations gives it), so no id comes twice. */
   inOrder: boolean;
+  /** The history's rows are the first files' rows, in the same order: every row has its file. */
+  linedUp: boolean;
 }
 function indexOf<R extends PlanRow>(migrations: readonly Migration[], history: readonly R[]): PlanIndex<R> {
-  const files = new Map<string, Migration>();
-  for (const m of migrations) files.set(m.id, m);
-  const rows = new Map<string, R>();
-  for (const row of history) rows.set(row.id, row);
-  const rowOf: (R | undefined)[] = new Array(migrations.length);
+  let files: Map<string, Migration> | null = null;
+  let rows: Map<string, R> | null = null;
+  const rowsById = () => (rows ??= new Map(history.map((row) => [row.id, row])));
   let inOrder = true;
-  for (let i = 0; i < migrations.length; i++) {
-    rowOf[i] = rows.get(migrations[i].id);
-    if (i > 0 && inOrder) inOrder = compareIds(migrations[i - 1].id, migrations[i].id) < 0;
-  }
-  return { migrations, history, files, rows, rowOf, inOrder };
+  for (let i = 1; i < migrations.length && inOrder; i++) inOrder = compareIds(migrations[i - 1].id, migrations[i].id) < 0;
+  // The history comes in byte order (collate "C"), the files' order: then each file's row is the one at its position.
+  let linedUp = inOrder && history.length <= migrations.length;
+  for (let i = 0; i < history.length && linedUp; i++) linedUp = history[i].id === migrations[i].id;
+  const rowOf: (R | undefined)[] = linedUp ? history.slice() : migrations.map((m) => rowsById().get(m.id));
+  rowOf.length = migrations.length;
+  return {
+    migrations, history, rowOf, inOrder, linedUp,
+    get files() {
+      return (files ??= new Map(migrations.map((m) => [m.id, m])));
+    },
+    get rows() {
+      return rowsById();
+    },
+  };
 }
 
 /** `d`, a dependency of migrations[i], is the file just before it: its default dependency, known without a lookup. */
@@ -1601,14 +1612,15 @@ function dependsOnlyOnEarlierIds({ migrations, inOrder }: PlanIndex): boolean {
 }
 
 function consistencyFindingsIn(index: PlanIndex, rename: (m: Migration) => string = newNames(index.migrations, index.history)): CheckProblem[] {
-  const { migrations, files, rows, rowOf } = index;
+  const { migrations, rowOf } = index;
   const problems: CheckProblem[] = [];
   const error = (message: string, fix: Edit | null = null) => problems.push({ level: "error", message, fix });
 
   for (let i = 0; i < migrations.length; i++) {
     const m = migrations[i];
     for (const d of m.depends) {
-      if (isPreviousFile(migrations, i, d) || files.has(d) || isApplied(rows.get(d))) continue;
+      if (isPreviousFile(migrations, i, d) || index.files.has(d) || isApplied(index.rows.get(d))) continue;
+      const { files, rows } = index;
       const meant = closest(d, [...files.keys()].filter((id) => id !== m.id));
       const words = d.split(/\s+/);
       const spaced = words.length > 1 && words.every((w) => files.has(w.replace(/\.sql$/, "")) || isApplied(rows.get(w)));
@@ -1621,11 +1633,11 @@ function consistencyFindingsIn(index: PlanIndex, rename: (m: Migration) => strin
     }
   }
 
-  const cycle = dependsOnlyOnEarlierIds(index) ? null : findCycle(migrations, files);
+  const cycle = dependsOnlyOnEarlierIds(index) ? null : findCycle(migrations, index.files);
   if (cycle) {
     error(
       `dependency cycle: ${cycle.join(" -> ")} — each waits for the next, so none can run; ` +
-        `remove one of these "depends:" entries (${files.get(cycle[0])!.file})`,
+        `remove one of these "depends:" entries (${index.files.get(cycle[0])!.file})`,
     );
   }
 
@@ -1646,7 +1658,7 @@ function consistencyFindingsIn(index: PlanIndex, rename: (m: Migration) => strin
   for (let i = 0; i < migrations.length; i++) {
     const m = migrations[i];
     if (m.dependsLine === null || !isApplied(rowOf[i])) continue;
-    for (const d of m.depends.filter((d) => files.has(d) && !isApplied(rows.get(d)))) {
+    for (const d of m.depends.filter((d) => index.files.has(d) && !isApplied(index.rows.get(d)))) {
       error(
         `${m.file}:${m.dependsLine}: inconsistent history: ${m.id} is applied, but its "depends:" names ${d}, which is not: ` +
           `was the line edited after ${m.id} was applied? Correct it (front-matter is not part of the checksum)`,
@@ -1681,14 +1693,15 @@ export function consistencyProblems(migrations: readonly Migration[], history: r
  * if it is pending. Renaming exactly these makes every applied file's parent
  * applied, in one round.
  */
-function pendingAmongApplied({ migrations, rows, rowOf, inOrder }: PlanIndex): [Migration, Migration][] {
+function pendingAmongApplied(index: PlanIndex): [Migration, Migration][] {
+  const { migrations, rowOf, inOrder } = index;
   // readMigrations gives them in id order already; only another caller's list is sorted here.
   const sorted = inOrder ? migrations : [...migrations].sort((a, b) => compareIds(a.id, b.id));
   const found: [Migration, Migration][] = [];
   let child: Migration | null = null;
   for (let i = sorted.length - 1; i >= 0; i--) {
     const m = sorted[i];
-    const applied = isApplied(inOrder ? rowOf[i] : rows.get(m.id));
+    const applied = isApplied(inOrder ? rowOf[i] : index.rows.get(m.id));
     if (child && !applied) {
       found.push([m, child]);
       continue;
@@ -1753,12 +1766,10 @@ export function pendingMigrations(migrations: readonly Migration[], history: rea
 
 const pendingIn = ({ migrations, rowOf }: PlanIndex): Migration[] => migrations.filter((_, i) => !isApplied(rowOf[i]));
 
-/** Applied migrations with no file, in history order. None when every applied row was matched to a file (one file each). */
-function missingFiles({ migrations, history, files, rowOf }: PlanIndex): string[] {
-  const appliedRows = history.reduce((n, row) => (isApplied(row) ? n + 1 : n), 0);
-  const matched = rowOf.reduce((n, row) => (isApplied(row) ? n + 1 : n), 0);
-  if (matched === appliedRows && files.size === migrations.length) return [];
-  return history.filter((row) => isApplied(row) && !files.has(row.id)).map((row) => row.id);
+/** Applied migrations with no file, in history order. */
+function missingFiles(index: PlanIndex): string[] {
+  if (index.linedUp) return [];
+  return index.history.filter((row) => isApplied(row) && !index.files.has(row.id)).map((row) => row.id);
 }
 
 /**
@@ -1771,11 +1782,10 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   const problems = consistencyFindingsIn(index);
   if (problems.length > 0) throw new CheckError(problems);
 
-  const { rows } = index;
   const pending = dependencyOrder(pendingIn(index));
   const plan: Plan = { phase, mode, apply: [], delayed: [], blocked: [], detect: [], refused: false, early: [], missingFiles: missingFiles(index) };
   const dueAt = (m: Migration): Date | null => {
-    const detectedAt = rows.get(m.id)?.detectedAt;
+    const detectedAt = m.delayMs === null ? null : index.rows.get(m.id)?.detectedAt;
     return m.delayMs !== null && detectedAt ? new Date(detectedAt.getTime() + m.delayMs) : null;
   };
 
@@ -1841,7 +1851,7 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   // 6. Start the clock on delayed migrations the first time a --pre run sees them.
   const byId = new Map(pending.map((m) => [m.id, m]));
   plan.detect = plan.delayed
-    .filter((d) => byId.get(d.id)!.delayMs !== null && !rows.get(d.id)?.detectedAt)
+    .filter((d) => byId.get(d.id)!.delayMs !== null && !index.rows.get(d.id)?.detectedAt)
     .map((d) => d.id);
   return plan;
 }
@@ -1866,9 +1876,7 @@ export type StatusHistoryRow = Pick<HistoryRow, "id" | "checksum" | "safe" | "de
  */
 export function migrationStatus(migrations: readonly Migration[], history: readonly StatusHistoryRow[]): StatusRow[] {
   const index = indexOf(migrations, history);
-  if (index.inOrder && index.files.size === migrations.length && missingFiles(index).length === 0) {
-    return migrations.map((m, i) => statusRow(m.id, m, index.rowOf[i]));
-  }
+  if (index.linedUp) return migrations.map((m, i) => statusRow(m.id, m, index.rowOf[i]));
   const { files, rows } = index;
   const ids = [...new Set([...files.keys(), ...history.filter(isApplied).map((row) => row.id)])].sort(compareIds);
   return ids.map((id) => statusRow(id, files.get(id), rows.get(id)));
@@ -4302,7 +4310,7 @@ async function queryHistory(db: Queryable): Promise<HistoryRow[]> {
  */
 export async function queryPlanRows(db: Queryable): Promise<PlanRow[]> {
   const rows = await db.query<Record<string, unknown>>(
-    `select id, checksum, detected_at, applied_at, started_at, statements_done, note from ${tableOf(db).sql} order by id`,
+    `select id, checksum, detected_at, applied_at, started_at, statements_done, note from ${tableOf(db).sql} order by id collate "C"`,
   );
   const history: PlanRow[] = new Array(rows.length);
   for (let i = 0; i < rows.length; i++) {
@@ -4332,7 +4340,7 @@ export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
  */
 export async function readStatusRows(db: Queryable): Promise<StatusHistoryRow[]> {
   if (!(await historyTableExists(db))) return [];
-  const rows = await db.query<Record<string, unknown>>(`select id, checksum, safe, detected_at, applied_at, depends from ${tableOf(db).sql} order by id`);
+  const rows = await db.query<Record<string, unknown>>(`select id, checksum, safe, detected_at, applied_at, depends from ${tableOf(db).sql} order by id collate "C"`);
   const table = tableOf(db).name;
   const history: StatusHistoryRow[] = new Array(rows.length);
   for (let i = 0; i < rows.length; i++) {
