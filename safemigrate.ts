@@ -2047,10 +2047,12 @@ export function rollbackPlan(
     id = target.replace(/\.sql$/, "");
     if (!applied.some((row) => row.id === id)) {
       const known = [...migrations.map((m) => m.id), ...applied.map((row) => row.id)];
-      const meant = known.includes(id) ? null : closest(id, known);
+      const meant = known.includes(id) ? null : known.find((k) => k.startsWith(`${id}_`)) ?? closest(id, known);
+      // "--rollback 1" is how some tools say "one step".
+      const steps = !meant && /^\d+$/.test(id) ? ` — --rollback takes a migration id; --rollback --last undoes the most recent` : "";
       throw new InputError(
         known.includes(id) ? `${id} is not applied; there is nothing to roll back`
-          : `no migration "${id}" is known${meant ? ` — did you mean "${meant}"?` : ""}`,
+          : `no migration "${id}" is known${meant ? ` — did you mean "${meant}"?` : steps}`,
       );
     }
   } else {
@@ -2784,6 +2786,10 @@ const lockTableRule: StatementRule = (node, { lockFinding }) => {
   lockFinding("lock-table", relation ? tableKey(relation) : null, `LOCK TABLE holds its lock until the migration commits; every conflicting query queues behind it`);
 };
 
+/** " (and 2 more BEGIN/COMMIT statements)" after the first of `count`. */
+const andMoreTransactionControl = (count: number): string =>
+  count > 1 ? ` (and ${count - 1} more BEGIN/COMMIT statement${count > 2 ? "s" : ""})` : "";
+
 /** One finding per migration says it all, however many COMMITs it has. */
 const transactionControlRule: StatementRule = (node, { scope, inTransaction, once, lockFinding }) => {
   if (!TRANSACTION_CONTROL.has(node.kind)) return;
@@ -2793,7 +2799,7 @@ const transactionControlRule: StatementRule = (node, { scope, inTransaction, onc
   const count = scope.transactionControl;
   lockFinding(
     "transaction-control", null,
-    `${node.kind.replace("TRANS_STMT_", "")}${count > 1 ? ` (and ${count - 1} more BEGIN/COMMIT statements)` : ""} inside a migration safemigrate runs in one transaction: ` +
+    `${node.kind.replace("TRANS_STMT_", "")}${andMoreTransactionControl(count)} inside a migration safemigrate runs in one transaction: ` +
       `it commits part of the migration, so a later failure leaves that part applied`,
   );
 };
@@ -3511,6 +3517,7 @@ export async function analyzeDown(migration: Migration): Promise<Finding[]> {
     return [finding("syntax-error", error.message.replace(/^.*?: SQL syntax error: /, "SQL syntax error: "), { line, column: 1 })];
   }
   const findings: Finding[] = [];
+  const transactionControl: { kind: string; offset: number }[] = [];
   for (const { node, offset } of parsed.statements) {
     const [kind, body] = Object.entries(node)[0] as [string, Node];
     const concurrently = body.concurrent || (kind === "ReindexStmt" && (body.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently")) ||
@@ -3518,9 +3525,12 @@ export async function analyzeDown(migration: Migration): Promise<Finding[]> {
     if (concurrently && down.transaction) {
       findings.push(finding("concurrently-in-transaction", `${statementWords(kind)} cannot run inside a transaction: the rollback would fail`, parsed.place(offset)));
     }
-    if (kind === "TransactionStmt" && down.transaction && TRANSACTION_CONTROL.has(body.kind)) {
-      findings.push(finding("transaction-control", `${body.kind.replace("TRANS_STMT_", "")} inside a down section safemigrate runs in one transaction: it commits part of the rollback`, parsed.place(offset)));
-    }
+    if (kind === "TransactionStmt" && down.transaction && TRANSACTION_CONTROL.has(body.kind)) transactionControl.push({ kind: body.kind, offset });
+  }
+  // As for an up: one finding per section says it all, however many COMMITs it has (Sourcegraph has downs with 150).
+  const [first, ...more] = transactionControl;
+  if (first) {
+    findings.push(finding("transaction-control", `${first.kind.replace("TRANS_STMT_", "")}${andMoreTransactionControl(1 + more.length)} inside a down section safemigrate runs in one transaction: it commits part of the rollback`, parsed.place(first.offset)));
   }
   return findings;
 }

@@ -643,6 +643,16 @@ describe("down sections", () => {
     expect(await analyzeDown(withDown("-- transaction: false\ndrop index concurrently users_email;"))).toEqual([]);
   });
 
+  test("COMMITs in a transactional down are one finding at the first, with the count; with transaction: false there is none", async () => {
+    const steps = "alter table a add column x int; commit and chain;\nalter table b add column x int; commit and chain;\nalter table c add column x int; commit;";
+    const findings = await analyzeDown(withDown(steps));
+    expect(findings.map((f) => [f.rule, f.line])).toEqual([["transaction-control", 6]]);
+    expect(findings[0].message).toStartWith("down section: COMMIT (and 2 more BEGIN/COMMIT statements) inside a down section");
+    const [single] = await analyzeDown(withDown("alter table a add column x int; commit;"));
+    expect(single.message).toStartWith("down section: COMMIT inside a down section");
+    expect(await analyzeDown(withDown(`-- transaction: false\n${steps}`))).toEqual([]);
+  });
+
   test("--lint reports down problems with the file and line, exit 2", async () => {
     const dir = migrationsDir({ "0001_a": "-- safe: before_deploy\ncreate table t (id int);\n-- migrate:down\ndrop tabel t;" });
     const run = await runCli(["--lint", "--dir", dir]);

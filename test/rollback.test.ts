@@ -579,6 +579,21 @@ describe("rollback and sync plans (pure)", () => {
     expect(steps.map((s) => s.id)).toEqual(["0002_b"]);
   });
 
+  test("an id's number alone is taken as a guess at that id; a bare step count says how to undo the most recent", () => {
+    const a = withDown("0001_a", [], "a");
+    const b = withDown("0012_b", ["0001_a"], "b");
+    const refused = (target: string) => {
+      try {
+        rollbackPlan(target, [a, b], [row(a), row(b)]);
+      } catch (error) {
+        return (error as Error).message;
+      }
+      return "planned";
+    };
+    expect(refused("0012")).toBe(`no migration "0012" is known — did you mean "0012_b"?`);
+    expect(refused("3")).toBe(`no migration "3" is known — --rollback takes a migration id; --rollback --last undoes the most recent`);
+  });
+
   test("sync plans to undo what the branch does not have and apply what it has, newest first", () => {
     const m1 = withDown("0001_a", [], "a");
     const gone = withDown("0002_gone", ["0001_a"], "gone");
