@@ -4318,7 +4318,7 @@ async function queryHistory(db: Queryable): Promise<HistoryRow[]> {
  * column). Leaving out the down SQL, the stored dependencies (a JSON.parse a
  * row) and the rest cut a no-op's decoding of 10,000 rows by a quarter.
  */
-export async function queryPlanRows(db: Queryable): Promise<PlanRow[]> {
+async function queryPlanRows(db: Queryable): Promise<PlanRow[]> {
   const rows = await db.query<Record<string, unknown>>(
     `select id, checksum, ${epochMs("detected_at")}, ${epochMs("applied_at")}, ${epochMs("started_at")}, statements_done, note
        from ${tableOf(db).sql} order by id collate "C"`,
@@ -4349,7 +4349,7 @@ export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
  * dependencies are read to be checked: --status is where a hand-edited row
  * that a rollback could not read is named.
  */
-export async function readStatusRows(db: Queryable): Promise<StatusHistoryRow[]> {
+async function readStatusRows(db: Queryable): Promise<StatusHistoryRow[]> {
   if (!(await historyTableExists(db))) return [];
   const rows = await db.query<Record<string, unknown>>(`select id, checksum, safe, ${epochMs("detected_at")}, ${epochMs("applied_at")}, depends from ${tableOf(db).sql} order by id collate "C"`);
   const table = tableOf(db).name;
@@ -4381,18 +4381,17 @@ const dateOf = (value: unknown): Date | null =>
 const epochMs = (column: string) => `round(extract(epoch from date_trunc('milliseconds', ${column})) * 1000)::float8 as ${column}`;
 
 function historyRowFrom(row: Record<string, unknown>, table: string): HistoryRow {
-  const date = dateOf;
   return {
     id: row.id as string,
     checksum: row.checksum as string | null,
     safe: row.safe as string | null,
     phase: row.phase as string | null,
-    detectedAt: date(row.detected_at),
-    appliedAt: date(row.applied_at),
+    detectedAt: dateOf(row.detected_at),
+    appliedAt: dateOf(row.applied_at),
     durationMs: row.duration_ms as number | null,
     downSql: row.down_sql as string | null,
     depends: storedDepends(table, row.id as string, (row.depends as string | null | undefined) ?? null),
-    startedAt: date(row.started_at),
+    startedAt: dateOf(row.started_at),
     statementsDone: (row.statements_done as number | null) ?? null,
     note: (row.note as string | null) ?? null,
   };
