@@ -154,6 +154,13 @@ export interface HistoryRow {
   note?: string | null;
 }
 
+/**
+ * A history row as far as planning `--pre` or `--all` reads it: applied or
+ * not, the checksum for drift, the delay clock, an interrupted run. The no-op
+ * reads only these columns (half of a row's values on a typical history).
+ */
+export type PlanRow = Pick<HistoryRow, "id" | "checksum" | "detectedAt" | "appliedAt" | "startedAt" | "statementsDone" | "note">;
+
 /** An error meant for the user: one readable message and the exit code it maps to. */
 export class SafemigrateError extends Error {
   // Declared fields, not constructor parameter properties: Node runs this file by stripping types only.
@@ -461,6 +468,16 @@ function applyDirective(
 export function parseMigration(id: string, file: string, text: string): Omit<Migration, "depends" | "dependsLine"> & {
   declaredDepends: { value: string[]; line: number } | null;
 } {
+  const { depends, dependsLine, ...rest } = migrationFrom(id, file, text, null);
+  return { ...rest, declaredDepends: dependsLine === null ? null : { value: depends, line: dependsLine } };
+}
+
+/**
+ * parseMigration's work, building the Migration itself: `previous` (the id
+ * before it) is its dependency unless it declares its own. readMigrations
+ * builds 10,000 of these on a large no-op, so no object is copied.
+ */
+function migrationFrom(id: string, file: string, text: string, previous: string | null): Migration {
   const source = text.includes("\r") ? text.replace(/\r\n?/g, "\n") : text;
   const at = (index: number) => `${file}:${index + 1}`;
   // Where each line starts; a section is a slice of `source` (a big file is not copied line by line).
@@ -569,7 +586,8 @@ export function parseMigration(id: string, file: string, text: string): Omit<Mig
     id,
     file,
     safe: up.safe?.value ?? "after_deploy",
-    declaredDepends: up.depends ?? null,
+    depends: up.depends ? up.depends.value : previous === null ? [] : [previous],
+    dependsLine: up.depends?.line ?? null,
     delayMs: up.delay?.value ?? null,
     lockTimeoutMs: up["lock-timeout"]?.value ?? null,
     statementTimeoutMs: up["statement-timeout"]?.value ?? null,
@@ -766,16 +784,11 @@ export function readMigrations(dir: string): Migration[] {
   const migrations: Migration[] = [];
   // join(dir, name) for a name without slashes, joined once.
   const prefix = join(dir, "x").slice(0, -1);
-  for (const [index, id] of names.entries()) {
+  for (let index = 0; index < names.length; index++) {
+    const id = names[index];
     const file = `${prefix}${id}.sql`;
     try {
-      const parsed = parseMigration(id, file, readMigrationText(file));
-      const { declaredDepends, ...rest } = parsed;
-      migrations.push({
-        ...rest,
-        depends: declaredDepends ? declaredDepends.value : index === 0 ? [] : [names[index - 1]],
-        dependsLine: declaredDepends?.line ?? null,
-      });
+      migrations.push(migrationFrom(id, file, readMigrationText(file), index === 0 ? null : names[index - 1]));
     } catch (error) {
       if (!(error instanceof InputError)) throw error;
       problems.push(error.message);
@@ -1320,7 +1333,7 @@ export function newMigrationText(previous: Migration | undefined): string {
 // 3. The dependency graph and the consistency checks
 // ============================================================================
 
-const isApplied = (row: HistoryRow | undefined): boolean => row?.appliedAt != null;
+const isApplied = (row: PlanRow | undefined): boolean => row?.appliedAt != null;
 
 /**
  * A binary heap: the planners take "the smallest ready id" or "the newest
@@ -1499,7 +1512,7 @@ export const versionOf = (id: string): string | null => /^\d+(?:[-_]\d+(?=[-_.]|
  * directory's own style: the version one past the highest (same width and
  * separators), then the file's own separator and name, case kept.
  */
-export function newNames(migrations: readonly Migration[], history: readonly HistoryRow[]): (m: Migration) => string {
+export function newNames(migrations: readonly Migration[], history: readonly PlanRow[]): (m: Migration) => string {
   const digits = (v: string) => BigInt(v.replace(/\D/g, ""));
   // The highest version is looked for on the first rename: nearly every run renames nothing.
   let last: string | null | undefined;
@@ -1534,34 +1547,80 @@ export function newNames(migrations: readonly Migration[], history: readonly His
  */
 export function consistencyFindings(
   migrations: readonly Migration[],
-  history: readonly HistoryRow[],
+  history: readonly PlanRow[],
   rename: (m: Migration) => string = newNames(migrations, history),
 ): CheckProblem[] {
   return consistencyFindingsIn(indexOf(migrations, history), rename);
 }
 
-/** The files and the history rows by id: built once per plan, not once per check (10,000 of each in a large no-op). */
-interface PlanIndex {
+/**
+ * The files and the history rows by id, built once per plan, not once per
+ * check: a no-op over 10,000 applied migrations runs every check on cold code,
+ * where each Map lookup counts, so each file's row is looked up once here.
+ */
+interface PlanIndex<R extends PlanRow = PlanRow> {
   migrations: readonly Migration[];
-  history: readonly HistoryRow[];
-  files: ReadonlyMap<string, Migration>;
-  rows: ReadonlyMap<string, HistoryRow>;
+  history: readonly R[];
+  /** By id; built on first use (a no-op whose history lines up with its files needs neither map). */
+  readonly files: ReadonlyMap<string, Migration>;
+  readonly rows: ReadonlyMap<string, R>;
+  /** The history row of each file, at the file's position in `migrations`. */
+  rowOf: readonly (R | undefined)[];
+  /** `migrations` is sorted by id (as readMigrations gives it), so no id comes twice. */
+  inOrder: boolean;
+  /** The history's rows are the first files' rows, in the same order: every row has its file. */
+  linedUp: boolean;
 }
-const indexOf = (migrations: readonly Migration[], history: readonly HistoryRow[]): PlanIndex => ({
-  migrations,
-  history,
-  files: new Map(migrations.map((m) => [m.id, m])),
-  rows: new Map(history.map((row) => [row.id, row])),
-});
+function indexOf<R extends PlanRow>(migrations: readonly Migration[], history: readonly R[]): PlanIndex<R> {
+  let files: Map<string, Migration> | null = null;
+  let rows: Map<string, R> | null = null;
+  const rowsById = () => (rows ??= new Map(history.map((row) => [row.id, row])));
+  let inOrder = true;
+  for (let i = 1; i < migrations.length && inOrder; i++) inOrder = compareIds(migrations[i - 1].id, migrations[i].id) < 0;
+  // The history comes in byte order (collate "C"), the files' order: then each file's row is the one at its position.
+  let linedUp = inOrder && history.length <= migrations.length;
+  for (let i = 0; i < history.length && linedUp; i++) linedUp = history[i].id === migrations[i].id;
+  const rowOf: (R | undefined)[] = linedUp ? history.slice() : migrations.map((m) => rowsById().get(m.id));
+  rowOf.length = migrations.length;
+  return {
+    migrations, history, rowOf, inOrder, linedUp,
+    get files() {
+      return (files ??= new Map(migrations.map((m) => [m.id, m])));
+    },
+    get rows() {
+      return rowsById();
+    },
+  };
+}
+
+/** `d`, a dependency of migrations[i], is the file just before it: its default dependency, known without a lookup. */
+const isPreviousFile = (migrations: readonly Migration[], i: number, d: string): boolean => i > 0 && migrations[i - 1].id === d;
+
+/**
+ * Every dependency sorts before its dependent, so the dependencies only point
+ * back in id order and cannot form a cycle: no search needed. Nearly always
+ * true (a file's default dependency is the one before it).
+ */
+function dependsOnlyOnEarlierIds({ migrations, inOrder }: PlanIndex): boolean {
+  for (let i = 0; i < migrations.length; i++) {
+    const { id, depends } = migrations[i];
+    for (let k = 0; k < depends.length; k++) {
+      if (!(inOrder && isPreviousFile(migrations, i, depends[k])) && compareIds(depends[k], id) >= 0) return false;
+    }
+  }
+  return true;
+}
 
 function consistencyFindingsIn(index: PlanIndex, rename: (m: Migration) => string = newNames(index.migrations, index.history)): CheckProblem[] {
-  const { migrations, files, rows } = index;
+  const { migrations, rowOf } = index;
   const problems: CheckProblem[] = [];
   const error = (message: string, fix: Edit | null = null) => problems.push({ level: "error", message, fix });
 
-  for (const m of migrations) {
+  for (let i = 0; i < migrations.length; i++) {
+    const m = migrations[i];
     for (const d of m.depends) {
-      if (files.has(d) || isApplied(rows.get(d))) continue;
+      if (isPreviousFile(migrations, i, d) || index.files.has(d) || isApplied(index.rows.get(d))) continue;
+      const { files, rows } = index;
       const meant = closest(d, [...files.keys()].filter((id) => id !== m.id));
       const words = d.split(/\s+/);
       const spaced = words.length > 1 && words.every((w) => files.has(w.replace(/\.sql$/, "")) || isApplied(rows.get(w)));
@@ -1574,15 +1633,15 @@ function consistencyFindingsIn(index: PlanIndex, rename: (m: Migration) => strin
     }
   }
 
-  const cycle = findCycle(migrations, files);
+  const cycle = dependsOnlyOnEarlierIds(index) ? null : findCycle(migrations, index.files);
   if (cycle) {
     error(
       `dependency cycle: ${cycle.join(" -> ")} — each waits for the next, so none can run; ` +
-        `remove one of these "depends:" entries (${files.get(cycle[0])!.file})`,
+        `remove one of these "depends:" entries (${index.files.get(cycle[0])!.file})`,
     );
   }
 
-  for (const [pending, appliedAfter] of pendingAmongApplied(migrations, rows)) {
+  for (const [pending, appliedAfter] of pendingAmongApplied(index)) {
     const to = rename(pending);
     error(
       `inconsistent history: ${appliedAfter.id} is applied, but it depends on ${pending.id}, which is not` +
@@ -1596,9 +1655,10 @@ function consistencyFindingsIn(index: PlanIndex, rename: (m: Migration) => strin
   if (problems.some((p) => p.fix && "rename" in p.fix)) {
     problems.push(...renamedReferences(migrations, problems, afterFixes(migrations, problems)));
   }
-  for (const m of migrations) {
-    if (!isApplied(rows.get(m.id)) || m.dependsLine === null) continue;
-    for (const d of m.depends.filter((d) => files.has(d) && !isApplied(rows.get(d)))) {
+  for (let i = 0; i < migrations.length; i++) {
+    const m = migrations[i];
+    if (m.dependsLine === null || !isApplied(rowOf[i])) continue;
+    for (const d of m.depends.filter((d) => index.files.has(d) && !isApplied(index.rows.get(d)))) {
       error(
         `${m.file}:${m.dependsLine}: inconsistent history: ${m.id} is applied, but its "depends:" names ${d}, which is not: ` +
           `was the line edited after ${m.id} was applied? Correct it (front-matter is not part of the checksum)`,
@@ -1606,8 +1666,9 @@ function consistencyFindingsIn(index: PlanIndex, rename: (m: Migration) => strin
     }
   }
 
-  for (const m of migrations) {
-    const row = rows.get(m.id);
+  for (let i = 0; i < migrations.length; i++) {
+    const m = migrations[i];
+    const row = rowOf[i];
     if (isApplied(row) && row!.checksum !== null && row!.checksum !== m.checksum) {
       error(
         `${m.file}: the up SQL changed after the migration was applied (checksum ${row!.checksum!.slice(0, 12)} ` +
@@ -1621,7 +1682,7 @@ function consistencyFindingsIn(index: PlanIndex, rename: (m: Migration) => strin
   return problems;
 }
 
-export function consistencyProblems(migrations: readonly Migration[], history: readonly HistoryRow[]): string[] {
+export function consistencyProblems(migrations: readonly Migration[], history: readonly PlanRow[]): string[] {
   return consistencyFindings(migrations, history).map((p) => p.message);
 }
 
@@ -1632,15 +1693,15 @@ export function consistencyProblems(migrations: readonly Migration[], history: r
  * if it is pending. Renaming exactly these makes every applied file's parent
  * applied, in one round.
  */
-function pendingAmongApplied(migrations: readonly Migration[], rows: ReadonlyMap<string, HistoryRow>): [Migration, Migration][] {
+function pendingAmongApplied(index: PlanIndex): [Migration, Migration][] {
+  const { migrations, rowOf, inOrder } = index;
   // readMigrations gives them in id order already; only another caller's list is sorted here.
-  const inOrder = migrations.every((m, i) => i === 0 || compareIds(migrations[i - 1].id, m.id) < 0);
   const sorted = inOrder ? migrations : [...migrations].sort((a, b) => compareIds(a.id, b.id));
   const found: [Migration, Migration][] = [];
   let child: Migration | null = null;
   for (let i = sorted.length - 1; i >= 0; i--) {
     const m = sorted[i];
-    const applied = isApplied(rows.get(m.id));
+    const applied = isApplied(inOrder ? rowOf[i] : index.rows.get(m.id));
     if (child && !applied) {
       found.push([m, child]);
       continue;
@@ -1656,7 +1717,7 @@ function pendingAmongApplied(migrations: readonly Migration[], rows: ReadonlyMap
 
 export interface PlanInput {
   migrations: readonly Migration[];
-  history: readonly HistoryRow[];
+  history: readonly PlanRow[];
   now: Date;
   mode: Mode;
   phase: Phase;
@@ -1699,12 +1760,17 @@ export interface Plan {
   advice?: CheckProblem[];
 }
 
-export function pendingMigrations(migrations: readonly Migration[], history: readonly HistoryRow[]): Migration[] {
-  return pendingIn(migrations, new Map(history.map((row) => [row.id, row])));
+export function pendingMigrations(migrations: readonly Migration[], history: readonly PlanRow[]): Migration[] {
+  return pendingIn(indexOf(migrations, history));
 }
 
-const pendingIn = (migrations: readonly Migration[], rows: ReadonlyMap<string, HistoryRow>): Migration[] =>
-  migrations.filter((m) => !isApplied(rows.get(m.id)));
+const pendingIn = ({ migrations, rowOf }: PlanIndex): Migration[] => migrations.filter((_, i) => !isApplied(rowOf[i]));
+
+/** Applied migrations with no file, in history order. */
+function missingFiles(index: PlanIndex): string[] {
+  if (index.linedUp) return [];
+  return index.history.filter((row) => isApplied(row) && !index.files.has(row.id)).map((row) => row.id);
+}
 
 /**
  * The deploy-phase filter, after django-safemigrate 6.0. Pending migrations
@@ -1716,12 +1782,10 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   const problems = consistencyFindingsIn(index);
   if (problems.length > 0) throw new CheckError(problems);
 
-  const { rows, files } = index;
-  const pending = dependencyOrder(pendingIn(migrations, rows));
-  const missingFiles = history.filter((row) => isApplied(row) && !files.has(row.id)).map((row) => row.id);
-  const plan: Plan = { phase, mode, apply: [], delayed: [], blocked: [], detect: [], refused: false, early: [], missingFiles };
+  const pending = dependencyOrder(pendingIn(index));
+  const plan: Plan = { phase, mode, apply: [], delayed: [], blocked: [], detect: [], refused: false, early: [], missingFiles: missingFiles(index) };
   const dueAt = (m: Migration): Date | null => {
-    const detectedAt = rows.get(m.id)?.detectedAt;
+    const detectedAt = m.delayMs === null ? null : index.rows.get(m.id)?.detectedAt;
     return m.delayMs !== null && detectedAt ? new Date(detectedAt.getTime() + m.delayMs) : null;
   };
 
@@ -1787,7 +1851,7 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   // 6. Start the clock on delayed migrations the first time a --pre run sees them.
   const byId = new Map(pending.map((m) => [m.id, m]));
   plan.detect = plan.delayed
-    .filter((d) => byId.get(d.id)!.delayMs !== null && !rows.get(d.id)?.detectedAt)
+    .filter((d) => byId.get(d.id)!.delayMs !== null && !index.rows.get(d.id)?.detectedAt)
     .map((d) => d.id);
   return plan;
 }
@@ -1802,29 +1866,37 @@ export interface StatusRow {
   detectedAt: Date | null;
 }
 
-/** Every migration known from the files or the history, in id order. */
-export function migrationStatus(migrations: readonly Migration[], history: readonly HistoryRow[]): StatusRow[] {
-  const rows = new Map(history.map((row) => [row.id, row]));
-  const files = new Map(migrations.map((m) => [m.id, m]));
+/** What --status reads of a history row (columns every version of the table has). */
+export type StatusHistoryRow = Pick<HistoryRow, "id" | "checksum" | "safe" | "detectedAt" | "appliedAt">;
+
+/**
+ * Every migration known from the files or the history, in id order. The files
+ * come sorted and unique from readMigrations: when no applied row lacks its
+ * file, that order is the answer and nothing is sorted.
+ */
+export function migrationStatus(migrations: readonly Migration[], history: readonly StatusHistoryRow[]): StatusRow[] {
+  const index = indexOf(migrations, history);
+  if (index.linedUp) return migrations.map((m, i) => statusRow(m.id, m, index.rowOf[i]));
+  const { files, rows } = index;
   const ids = [...new Set([...files.keys(), ...history.filter(isApplied).map((row) => row.id)])].sort(compareIds);
-  return ids.map((id) => {
-    const m = files.get(id);
-    const row = rows.get(id);
-    const state: MigrationState = !m
-      ? "file missing"
-      : !isApplied(row)
-      ? "pending"
-      : row!.checksum !== null && row!.checksum !== m.checksum
-      ? "changed"
-      : "applied";
-    return {
-      id,
-      safe: m?.safe ?? row?.safe ?? null,
-      state,
-      appliedAt: row?.appliedAt ?? null,
-      detectedAt: row?.detectedAt ?? null,
-    };
-  });
+  return ids.map((id) => statusRow(id, files.get(id), rows.get(id)));
+}
+
+function statusRow(id: string, m: Migration | undefined, row: StatusHistoryRow | undefined): StatusRow {
+  const state: MigrationState = !m
+    ? "file missing"
+    : !isApplied(row)
+    ? "pending"
+    : row!.checksum !== null && row!.checksum !== m.checksum
+    ? "changed"
+    : "applied";
+  return {
+    id,
+    safe: m?.safe ?? row?.safe ?? null,
+    state,
+    appliedAt: row?.appliedAt ?? null,
+    detectedAt: row?.detectedAt ?? null,
+  };
 }
 
 // ---- Rollback, sync and --check (pure) ----------------------------------------
@@ -3547,7 +3619,8 @@ const secrets = new Set<string>();
  * "postgres" would mangle the output and tell the reader what it was.)
  */
 export function redact(text: string): string {
-  let out = text.replace(/(\w+:\/\/[^:/@\s]*:)(?!<password>@)[^@\s]*@/g, "$1***@");
+  // Most text holds no URL: the pattern needs "://", so a 10,000-line listing is not scanned for it.
+  let out = text.includes("://") ? text.replace(/(\w+:\/\/[^:/@\s]*:)(?!<password>@)[^@\s]*@/g, "$1***@") : text;
   for (const secret of secrets) {
     out = out.split(`:${secret}@`).join(":***@");
     if (secret.length >= 12) out = out.split(secret).join("***");
@@ -4217,7 +4290,8 @@ const SESSION_SETTINGS = `(select count(set_config(name, '0', false)) from pg_se
    where name in ('idle_session_timeout', 'idle_in_transaction_session_timeout'))`;
 
 export async function historyTableExists(db: Queryable): Promise<boolean> {
-  const [row] = await db.query<{ found: string | null }>(`select to_regclass($1)::text as found`, [tableOf(db).sql]);
+  // A literal, not a parameter: one round trip instead of postgres.js's two.
+  const [row] = await db.query<{ found: string | null }>(`select to_regclass(${sqlLiteral(tableOf(db).sql)})::text as found`);
   return row.found !== null;
 }
 
@@ -4239,25 +4313,85 @@ async function queryHistory(db: Queryable): Promise<HistoryRow[]> {
   return history;
 }
 
+/**
+ * What a plan needs of the history, under the lease (so the table has every
+ * column). Leaving out the down SQL, the stored dependencies (a JSON.parse a
+ * row) and the rest cut a no-op's decoding of 10,000 rows by a quarter.
+ */
+async function queryPlanRows(db: Queryable): Promise<PlanRow[]> {
+  const rows = await db.query<Record<string, unknown>>(
+    `select id, checksum, ${epochMs("detected_at")}, ${epochMs("applied_at")}, ${epochMs("started_at")}, statements_done, note
+       from ${tableOf(db).sql} order by id collate "C"`,
+  );
+  const history: PlanRow[] = new Array(rows.length);
+  for (let i = 0; i < rows.length; i++) {
+    const row = rows[i];
+    history[i] = {
+      id: row.id as string,
+      checksum: row.checksum as string | null,
+      detectedAt: dateOf(row.detected_at),
+      appliedAt: dateOf(row.applied_at),
+      startedAt: dateOf(row.started_at),
+      statementsDone: row.statements_done as number | null,
+      note: row.note as string | null,
+    };
+  }
+  return history;
+}
+
 export async function readHistory(db: Queryable): Promise<HistoryRow[]> {
   if (!(await historyTableExists(db))) return [];
   return await queryHistory(db);
 }
 
+/**
+ * The history as --status shows it: not the down SQL and the rest. The stored
+ * dependencies are read to be checked: --status is where a hand-edited row
+ * that a rollback could not read is named.
+ */
+async function readStatusRows(db: Queryable): Promise<StatusHistoryRow[]> {
+  if (!(await historyTableExists(db))) return [];
+  const rows = await db.query<Record<string, unknown>>(`select id, checksum, safe, ${epochMs("detected_at")}, ${epochMs("applied_at")}, depends from ${tableOf(db).sql} order by id collate "C"`);
+  const table = tableOf(db).name;
+  const history: StatusHistoryRow[] = new Array(rows.length);
+  for (let i = 0; i < rows.length; i++) {
+    const row = rows[i];
+    storedDepends(table, row.id as string, row.depends as string | null);
+    history[i] = {
+      id: row.id as string,
+      checksum: row.checksum as string | null,
+      safe: row.safe as string | null,
+      detectedAt: dateOf(row.detected_at),
+      appliedAt: dateOf(row.applied_at),
+    };
+  }
+  return history;
+}
+
+/** A timestamp column: the drivers give a Date; milliseconds (epochMs) or a string (a JSON copy of a row) are converted. */
+const dateOf = (value: unknown): Date | null =>
+  value === null || value === undefined ? null : value instanceof Date ? value : new Date(value as string | number);
+
+/**
+ * A timestamp column as milliseconds since 1970 (a float8), under its own
+ * name: a number costs the client a quarter of parsing the timestamp's text
+ * (10,000 rows: 2 ms against 7). Cut to the millisecond first, as Date
+ * parsing the text does, so both give the same Date.
+ */
+const epochMs = (column: string) => `round(extract(epoch from date_trunc('milliseconds', ${column})) * 1000)::float8 as ${column}`;
+
 function historyRowFrom(row: Record<string, unknown>, table: string): HistoryRow {
-  // The drivers give a Date; a string (a JSON copy of a row) is parsed.
-  const date = (value: unknown) => (value === null || value === undefined ? null : value instanceof Date ? value : new Date(value as string));
   return {
     id: row.id as string,
     checksum: row.checksum as string | null,
     safe: row.safe as string | null,
     phase: row.phase as string | null,
-    detectedAt: date(row.detected_at),
-    appliedAt: date(row.applied_at),
+    detectedAt: dateOf(row.detected_at),
+    appliedAt: dateOf(row.applied_at),
     durationMs: row.duration_ms as number | null,
     downSql: row.down_sql as string | null,
     depends: storedDepends(table, row.id as string, (row.depends as string | null | undefined) ?? null),
-    startedAt: date(row.started_at),
+    startedAt: dateOf(row.started_at),
     statementsDone: (row.statements_done as number | null) ?? null,
     note: (row.note as string | null) ?? null,
   };
@@ -4485,12 +4619,14 @@ function startHeartbeat(db: Database, lease: Lease, leaseMs: number): () => Prom
 
 /**
  * Everything that writes runs here: with the tables in place, under the
- * lease, reading the history only once the lease is held.
+ * lease, reading the history (with `read`: all of it, or what a plan needs)
+ * only once the lease is held.
  */
-export async function underLock<T>(
+export async function underLock<T, R extends PlanRow>(
   db: Database,
   options: LockOptions,
-  work: (history: HistoryRow[]) => Promise<T>,
+  read: (db: Database) => Promise<R[]>,
+  work: (history: R[]) => Promise<T>,
 ): Promise<T> {
   const { serverPid } = await prepareTables(db);
   const lease = await acquireLease(db, serverPid, {
@@ -4500,7 +4636,7 @@ export async function underLock<T>(
   });
   db.lease = lease;
   try {
-    return await work(await queryHistory(db));
+    return await work(await read(db));
   } finally {
     db.lease = null;
     await lease.release();
@@ -5002,6 +5138,7 @@ export function revertMigration(db: Database, step: RevertStep, settings: Execut
 }
 
 async function recordDetected(db: Database, plan: Plan, migrations: readonly Migration[]): Promise<void> {
+  if (plan.detect.length === 0) return;
   const byId = new Map(migrations.map((m) => [m.id, m]));
   const t = db.history.sql;
   for (const id of plan.detect) {
@@ -5014,7 +5151,7 @@ async function recordDetected(db: Database, plan: Plan, migrations: readonly Mig
 }
 
 /** Migrations a run started outside a transaction and never finished (a marker with no application). */
-export function interruptedMigrations(history: readonly HistoryRow[], rerun: readonly string[] = []): HistoryRow[] {
+export function interruptedMigrations<R extends PlanRow>(history: readonly R[], rerun: readonly string[] = []): R[] {
   return history.filter((row) => row.startedAt && !row.appliedAt && !rerun.includes(row.id));
 }
 
@@ -5022,7 +5159,7 @@ export function interruptedMigrations(history: readonly HistoryRow[], rerun: rea
  * The refusal for an interrupted migration: by name, what took effect, what
  * may have, and the two ways on. Never a bare "already exists" on the re-run.
  */
-export async function interruptedReport(rows: readonly HistoryRow[], migrations: readonly Migration[]): Promise<string> {
+export async function interruptedReport(rows: readonly PlanRow[], migrations: readonly Migration[]): Promise<string> {
   const files = new Map(migrations.map((m) => [m.id, m]));
   const parts: string[] = [];
   for (const row of rows) {
@@ -5192,7 +5329,7 @@ async function parseBeforeActing(revert: readonly RevertStep[], apply: readonly 
 /** `--pre` / `--all`: plan against the history as it is once the lock is held, apply, record detection. */
 export async function migrate(db: Database, migrations: readonly Migration[], options: RunOptions): Promise<RunResult> {
   const now = options.now ?? (() => new Date());
-  const plan = (history: HistoryRow[]) =>
+  const plan = (history: PlanRow[]) =>
     planRun({ migrations, history, now: now(), mode: options.mode, phase: options.phase });
   if (options.dryRun) {
     const invalidIndexes = (await findInvalidIndexes(db)).map((index) => ({ ...index, dropped: false }));
@@ -5202,7 +5339,7 @@ export async function migrate(db: Database, migrations: readonly Migration[], op
     return { plan: planned, applied: [], dryRun: true, invalidIndexes, findings };
   }
 
-  return await underLock(db, options, async (history) => {
+  return await underLock(db, options, queryPlanRows, async (history) => {
     const result: RunResult = { plan: plan(history), applied: [], dryRun: false, invalidIndexes: [] };
     const interrupted = interruptedMigrations(history, options.rerun);
     if (interrupted.length > 0) throw new InputError(await interruptedReport(interrupted, migrations));
@@ -5328,7 +5465,7 @@ export async function rollback(
     await parseBeforeActing(steps);
     return { steps, reverted: [], dryRun: true };
   }
-  return await underLock(db, options, async (history) => {
+  return await underLock(db, options, queryHistory, async (history) => {
     const steps = rollbackPlan(target, migrations, history);
     await parseBeforeActing(steps);
     return { steps, reverted: (await runSteps(db, steps, [], "rollback", options)).reverted, dryRun: false };
@@ -5355,7 +5492,7 @@ export async function sync(
     options.onPlan?.(plan);
     return { plan, reverted: [], applied: [], dryRun: true };
   }
-  return await underLock(db, options, async (history) => {
+  return await underLock(db, options, queryHistory, async (history) => {
     const interrupted = interruptedMigrations(history);
     if (interrupted.length > 0) throw new InputError(await interruptedReport(interrupted, migrations));
     const plan = syncPlan(migrations, history, now());
@@ -5389,7 +5526,7 @@ export async function recordWithoutRunning(
 ): Promise<string[]> {
   const files = new Map(migrations.map((m) => [m.id, m]));
   const { id } = migrationNamed(migrations, target);
-  return await underLock(db, options, async (history) => {
+  return await underLock(db, options, queryHistory, async (history) => {
     const applied = new Set(history.filter(isApplied).map((row) => row.id));
     if (applied.has(id)) throw new InputError(`${id} is already applied; --${kind} only records migrations that are not`);
     const wanted = new Set([id]);
@@ -5426,7 +5563,7 @@ export async function acceptChanged(
 ): Promise<{ id: string; from: string; to: string; downRefreshed: boolean }> {
   const m = migrationNamed(migrations, target);
   const id = m.id;
-  return await underLock(db, options, async (history) => {
+  return await underLock(db, options, queryHistory, async (history) => {
     const row = history.find((r) => r.id === id);
     if (!isApplied(row)) throw new InputError(`${id} is not applied; there is no recorded checksum to replace`);
     const down = m.down?.raw ?? null;
@@ -6268,7 +6405,7 @@ export function run(db: Database, migrations: readonly Migration[], options: Omi
 
 /** `--status`: every migration from the files or the history, with its state. */
 export async function status(db: Queryable, migrations: readonly Migration[]): Promise<StatusRow[]> {
-  return migrationStatus(migrations, await readHistory(db));
+  return migrationStatus(migrations, await readStatusRows(db));
 }
 
 /** `--lint`: every finding of the deploy-safety analysis, waived ones with their reason. No database. */
@@ -6527,12 +6664,23 @@ export function humanStatus(output: Output, rows: StatusRow[]): void {
   // Not Math.max(...rows): Deno's V8 cannot take 200,000 arguments (RangeError).
   const width = rows.reduce((max, r) => Math.max(max, r.id.length), 2);
   const lines = [`${"id".padEnd(width)}  ${"safe".padEnd(13)}  ${"state".padEnd(12)}  applied at`];
+  // The state and safe columns take a handful of values: each is padded (and coloured) once, not once a row.
+  const states: Record<MigrationState, string> = {
+    applied: green(output, "applied".padEnd(12)),
+    pending: yellow(output, "pending".padEnd(12)),
+    changed: red(output, "changed".padEnd(12)),
+    "file missing": red(output, "file missing".padEnd(12)),
+  };
+  const safeCells = new Map<string, string>();
   for (const row of rows) {
-    const state = row.state === "applied" ? green(output, row.state.padEnd(12))
-      : row.state === "pending" ? yellow(output, row.state.padEnd(12))
-      : red(output, row.state.padEnd(12));
+    const safe = row.safe ?? "?";
+    let safeCell = safeCells.get(safe);
+    if (safeCell === undefined) {
+      safeCell = safe.padEnd(13);
+      safeCells.set(safe, safeCell);
+    }
     const detected = row.state === "pending" && row.detectedAt ? `(delay clock started ${row.detectedAt.toISOString()})` : "";
-    lines.push(`${row.id.padEnd(width)}  ${(row.safe ?? "?").padEnd(13)}  ${state}  ${row.appliedAt?.toISOString() ?? detected}`);
+    lines.push(`${row.id.padEnd(width)}  ${safeCell}  ${states[row.state]}  ${row.appliedAt?.toISOString() ?? detected}`);
   }
   outLines(output, lines);
 }
@@ -7400,7 +7548,7 @@ const DATABASE_COMMANDS: Record<DatabaseCommand, (run: CommandRun) => Promise<nu
 };
 
 async function statusCommand({ db, migrations, output, label, json, printJson }: CommandRun): Promise<number> {
-  const rows = migrationStatus(migrations, await readHistory(db));
+  const rows = migrationStatus(migrations, await readStatusRows(db));
   if (json) printJson({ ok: true, exitCode: 0, command: "status", database: label, migrations: rows });
   else humanStatus(output, rows);
   return EXIT.ok;

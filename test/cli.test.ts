@@ -731,6 +731,31 @@ describe.skipIf(!SERVER_URL)("CLI against the PostgreSQL server", () => {
       expect(statusStates(status.stdout)).toEqual({ "0001_a": "changed", "0002_b": "pending" });
     });
 
+    test("a history whose collation orders ids otherwise than byte order: the no-op reads it in the files' order, an edit is drift, --status lists byte order", async () => {
+      // Byte order: 0001-c, 0001_B, 0001_a, 0002_Z; ICU's: 0001_a, 0001_B, 0001-c, 0002_Z.
+      const ids = ["0001-c", "0001_B", "0001_a", "0002_Z"];
+      const dir = migrationsDir(Object.fromEntries(ids.map((id, i) => [id, `-- safe: before_deploy\ncreate table t${i} (id int);\n`])));
+      const url = await serverDatabaseUrl();
+      expectExit(await cli(dir, url, ["--all"]), 0);
+      const db = await open(url);
+      const [icu] = await db.query<{ found: boolean }>(`select exists (select from pg_collation where collname = 'und-x-icu') as found`);
+      if (icu.found) await db.exec(`alter table safemigrate_history alter column id type text collate "und-x-icu"`);
+
+      const noop = await cli(dir, url, ["--pre"]);
+      expectExit(noop, 0);
+      expect(noop.stdout).toContain("Nothing to apply.");
+      const listed = await cli(dir, url, ["--status"]);
+      expectExit(listed, 0);
+      expect(listed.stdout.split("\n").slice(1, 5).map((line) => line.split(/\s+/)[0])).toEqual(ids);
+      expect(Object.values(statusStates(listed.stdout))).toEqual(["applied", "applied", "applied", "applied"]);
+
+      writeFileSync(join(dir, "0001_B.sql"), "-- safe: before_deploy\ncreate table t1 (id bigint);\n");
+      const drift = await cli(dir, url, ["--all"]);
+      expectExit(drift, 2);
+      expect(drift.stderr).toContain(`${join(dir, "0001_B.sql")}: the up SQL changed after the migration was applied`);
+      expect(statusStates((await cli(dir, url, ["--status"])).stdout)).toEqual({ "0001-c": "applied", "0001_B": "changed", "0001_a": "applied", "0002_Z": "applied" });
+    });
+
     test("editing only the front-matter, the down section or the line endings is not drift", async () => {
       const dir = migrationsDir({ "0001_a": original });
       const url = await serverDatabaseUrl();
