@@ -4260,23 +4260,33 @@ export async function createHistoryTable(db: Queryable): Promise<void> {
  * first runs can both try to create a table; the loser sees a duplicate and
  * simply checks again.
  */
-async function prepareTables(db: Database): Promise<{ serverPid: number | null }> {
+/** The working session as the server knows it: a lease taken by it names it, so that a run can tell when it is gone. */
+interface ServerSession {
+  pid: number | null;
+  /** pg_stat_activity's backend_start, as text in this session's own format. */
+  backendStart: string | null;
+}
+
+async function prepareTables(db: Database): Promise<ServerSession> {
   const t = db.history;
   for (let attempt = 1;; attempt++) {
-    const [state] = await db.query<{ history: boolean; lease: boolean; current: boolean; pid: number | null }>(
+    const [state] = await db.query<{ history: boolean; lease: boolean; current: boolean; pid: number | null; backend_start: string | null }>(
       // Literals, not parameters: a parameterised query costs postgres.js a second round trip (Parse/Describe first).
       `select to_regclass(${sqlLiteral(t.sql)}) is not null as history, to_regclass(${sqlLiteral(t.lockSql)}) is not null as lease,
               exists (select from pg_attribute where attrelid = to_regclass(${sqlLiteral(t.sql)}) and attname = 'statements_done'
                       and not attisdropped) as current,
-              ${db.server ? SESSION_SETTINGS : "0"} as settings, pg_backend_pid() as pid`,
+              ${db.server ? SESSION_SETTINGS : "0"} as settings, pg_backend_pid() as pid,
+              (select backend_start::text from pg_stat_activity where pid = pg_backend_pid()) as backend_start`,
     );
-    if (state.history && state.lease && state.current) return { serverPid: state.pid };
+    const session = { pid: state.pid, backendStart: state.backend_start };
+    if (state.history && state.lease && state.current) return session;
     try {
       await db.exec([historyDdl(t), historyUpgradeDdl(t), leaseDdl(t)].join(";\n"));
-      return { serverPid: state.pid };
+      return session;
     } catch (error) {
       const code = (error as { code?: string }).code;
-      if (attempt >= 3 || (code !== "23505" && code !== "42P07")) throw await historyTableRefused(db, error);
+      // Runs creating the tables at once: the loser sees a duplicate key in the catalog, the table, or its row type.
+      if (attempt >= 3 || !["23505", "42P07", "42710"].includes(code ?? "")) throw await historyTableRefused(db, error);
     }
   }
 }
@@ -4515,12 +4525,19 @@ end $fence$`;
  * so one round trip and its own transaction: its lock timeout is set (locally,
  * for that transaction) by `set_config` in the row it inserts from, which is
  * computed before the insert can wait for the lease row's lock.
+ *
+ * pg_stat_activity is read nowhere else in this statement: the server takes
+ * its snapshot of it once per transaction, at the first read. Read before a
+ * wait on the lease row (for this session's own backend_start, as it once
+ * was), that snapshot predates the holder found after the wait, and a live
+ * holder that connected meanwhile looked gone. The session's own start comes
+ * from prepareTables instead.
  */
-const TAKE_LEASE = (t: HistoryTable, token: string, holder: string, leaseMs: number, direct: boolean) => `
+const TAKE_LEASE = (t: HistoryTable, token: string, holder: string, leaseMs: number, session: ServerSession | null) => `
 insert into ${t.lockSql} as l (id, owner, holder, pid, backend_start, acquired_at, expires_at)
 select 1, ${sqlLiteral(token)}, ${sqlLiteral(holder)}, p.pid, p.backend_start, clock_timestamp(), clock_timestamp() + ${sqlLiteral(Math.round(leaseMs))} * interval '1 millisecond'
-  from (select case when ${direct} then pg_backend_pid() end as pid,
-               case when ${direct} then (select backend_start from pg_stat_activity where pid = pg_backend_pid()) end as backend_start,
+  from (select ${session?.backendStart ? "pg_backend_pid()" : "null::integer"} as pid,
+               ${session?.backendStart ? `${sqlLiteral(session.backendStart)}::timestamptz` : "null::timestamptz"} as backend_start,
                set_config('lock_timeout', '1000', true) as lock_timeout) p
 on conflict (id) do update
    set owner = excluded.owner, holder = excluded.holder, pid = excluded.pid, backend_start = excluded.backend_start,
@@ -4545,10 +4562,11 @@ async function currentHolder(db: Database): Promise<string> {
  * migration would make that wait endless, so each attempt waits at most a
  * second and the caller keeps to --lock-wait.
  */
-async function takeLease(db: Database, token: string, holder: string, leaseMs: number, direct: boolean): Promise<boolean> {
+/** `session` is null through a pooler: the backend then says nothing about the run. */
+async function takeLease(db: Database, token: string, holder: string, leaseMs: number, session: ServerSession | null): Promise<boolean> {
   try {
     // Literals, not parameters: one round trip instead of two (see prepareTables).
-    return (await db.query(TAKE_LEASE(db.history, token, holder, leaseMs, direct))).length > 0;
+    return (await db.query(TAKE_LEASE(db.history, token, holder, leaseMs, session))).length > 0;
   } catch (error) {
     if ((error as { code?: string }).code === LOCK_NOT_AVAILABLE) return false;
     throw error;
@@ -4557,17 +4575,17 @@ async function takeLease(db: Database, token: string, holder: string, leaseMs: n
 
 export async function acquireLease(
   db: Database,
-  serverPid: number | null,
+  session: ServerSession,
   options: { waitMs: number; leaseMs: number; onWait?: (holder: string) => void },
 ): Promise<Lease> {
   const t = db.history;
   const token = crypto.randomUUID();
   const announced = db.server ? db.announcedPid() : null;
-  const pooled = db.server && (announced === null || announced !== serverPid);
+  const pooled = db.server && (announced === null || announced !== session.pid);
   const holder = `${builtin("node:os").hostname()} pid ${process.pid}${pooled ? " (through a pooler)" : ""}`;
   const deadline = Date.now() + options.waitMs;
   for (let attempt = 0;; attempt++) {
-    if (await takeLease(db, token, holder, options.leaseMs, !pooled)) break;
+    if (await takeLease(db, token, holder, options.leaseMs, pooled ? null : session)) break;
     if (attempt === 0) options.onWait?.(await currentHolder(db));
     if (Date.now() >= deadline) {
       throw new DatabaseError(
@@ -4628,8 +4646,8 @@ export async function underLock<T, R extends PlanRow>(
   read: (db: Database) => Promise<R[]>,
   work: (history: R[]) => Promise<T>,
 ): Promise<T> {
-  const { serverPid } = await prepareTables(db);
-  const lease = await acquireLease(db, serverPid, {
+  const session = await prepareTables(db);
+  const lease = await acquireLease(db, session, {
     waitMs: options.lockWaitMs ?? 5 * 60_000,
     leaseMs: options.leaseMs ?? DEFAULT_LEASE_MS,
     onWait: (holder) => options.onEvent?.({ type: "waiting-for-lock", holder }),

@@ -239,6 +239,45 @@ describe.skipIf(!SERVER_URL)("the migration lock on the server", () => {
   });
 });
 
+describe.skipIf(!SERVER_URL)("the lease is never taken from a live run", () => {
+  test("a run that waited for the lease row does not take it from a run whose session connected while it waited", async () => {
+    // The server's activity snapshot (pg_stat_activity) is taken once per transaction. A lease
+    // statement that read it before waiting on the row judged the holder it found after the wait by
+    // that old snapshot: a session younger than the snapshot looked dead, and its live lease was taken
+    // over (seen as "another run took it over" in 1 of 3 runs of eight concurrent --all under load).
+    const url = await BACKENDS[0].databaseUrl();
+    const base = { "0001_base": "-- safe: before_deploy\ncreate table base (id int);" };
+    await migrate(await open(url), readMigrations(migrationsDir(base)), { ...pre, lint: false });
+    const watch = postgres(url, { max: 1, onnotice: () => {} });
+    const previous = postgres(url, { max: 1, onnotice: () => {} });
+    const younger = postgres(url, { max: 1, onnotice: () => {} });
+    try {
+      // A lease held by `previous`, whose row stays locked (as by a fenced transaction) while the run starts waiting.
+      const row = await previous.reserve();
+      await row.unsafe(`insert into safemigrate_history_lock (id, owner, holder, pid, backend_start, acquired_at, expires_at)
+        select 1, 'previous', 'test', pid, backend_start, now(), now() + interval '1 hour' from pg_stat_activity where pid = pg_backend_pid()`);
+      await row.unsafe("begin; update safemigrate_history_lock set holder = 'test, handing over' where id = 1");
+      const dir = migrationsDir({ ...base, "0002_a": "-- safe: before_deploy\ncreate table a (id int);" });
+      const waiting = failure(migrate(await open(url), readMigrations(dir), { ...pre, lint: false, lockWaitMs: 3_000 }));
+      while (!(await watch.unsafe(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%into%safemigrate_history_lock%'`)).length) {
+        await Bun.sleep(10);
+      }
+      // While it waits, a session that did not exist when its statement began takes the lease over, alive and unexpired.
+      const [session] = await younger.unsafe(`select pid, backend_start::text as started from pg_stat_activity where pid = pg_backend_pid()`);
+      await row.unsafe(`update safemigrate_history_lock set owner = 'younger', pid = ${session.pid}, backend_start = '${session.started}' where id = 1; commit`);
+      row.release();
+
+      const error = await waiting;
+      expect(error.message).toContain("another safemigrate run holds the migration lock");
+      const [lease] = await watch.unsafe("select owner from safemigrate_history_lock");
+      expect(lease.owner).toBe("younger");
+      expect(await tables(await open(url))).not.toContain("a");
+    } finally {
+      await Promise.all([watch.end(), previous.end(), younger.end()]);
+    }
+  });
+});
+
 describe("splitting statements with the PostgreSQL parser", () => {
   test("semicolons in strings, dollar quotes and comments do not split; each statement knows its line", async () => {
     const sql = [
