@@ -4255,11 +4255,6 @@ export async function createHistoryTable(db: Queryable): Promise<void> {
   await db.exec(`${historyDdl(tableOf(db))}; ${historyUpgradeDdl(tableOf(db))}`);
 }
 
-/**
- * Checks the tables in one round trip and creates what is missing. Racing
- * first runs can both try to create a table; the loser sees a duplicate and
- * simply checks again.
- */
 /** The working session as the server knows it: a lease taken by it names it, so that a run can tell when it is gone. */
 interface ServerSession {
   pid: number | null;
@@ -4267,6 +4262,11 @@ interface ServerSession {
   backendStart: string | null;
 }
 
+/**
+ * Checks the tables in one round trip and creates what is missing. Racing
+ * first runs can both try to create a table; the loser sees a duplicate and
+ * simply checks again. Also returns the session's pid and start.
+ */
 async function prepareTables(db: Database): Promise<ServerSession> {
   const t = db.history;
   for (let attempt = 1;; attempt++) {
