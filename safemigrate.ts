@@ -472,6 +472,106 @@ export function parseMigration(id: string, file: string, text: string): Omit<Mig
   return { ...rest, declaredDepends: dependsLine === null ? null : { value: depends, line: dependsLine } };
 }
 
+/** Where each line starts: a section is a slice of the source (a big file is not copied line by line). */
+function lineIndex(source: string) {
+  const starts: number[] = [];
+  for (let offset = 0; offset >= 0; offset = source.indexOf("\n", offset) + 1 || -1) starts.push(offset);
+  const count = starts.length;
+  return {
+    starts,
+    count,
+    /** Where line `i` ends, before its newline. */
+    end: (i: number) => (i + 1 < count ? starts[i + 1] - 1 : source.length),
+    /** Lines `start` up to (not including) `end`, as one slice. */
+    from: (start: number, end = count) => source.slice(starts[start], end < count ? starts[end] - 1 : source.length),
+  };
+}
+type LineIndex = ReturnType<typeof lineIndex>;
+
+/** What one pass over a file's lines finds: each section's directives, and where its SQL starts and ends (line indexes, -1 for none). */
+interface SectionScan {
+  up: ParsedDirectives;
+  down: ParsedDirectives;
+  section: "up" | "down";
+  inFrontMatter: boolean;
+  upStart: number;
+  upEnd: number;
+  downMarker: number;
+  downStart: number;
+}
+
+/**
+ * One pass over the lines: markers, front-matter directives, and directives
+ * that come too late to count. Most lines are SQL: one that starts (after
+ * spaces and tabs) with an ASCII character other than `-` is neither blank, a
+ * comment nor a marker, and is looked at no further once the front-matter has ended.
+ */
+function scanSections(source: string, lines: LineIndex, at: (index: number) => string): SectionScan {
+  const scan: SectionScan = {
+    up: {}, down: {}, section: "up", inFrontMatter: true, upStart: -1, upEnd: lines.count, downMarker: -1, downStart: -1,
+  };
+  for (let i = 0; i < lines.count; i++) {
+    const end = lines.end(i);
+    let first = lines.starts[i];
+    while (first < end && (source.charCodeAt(first) === 32 || source.charCodeAt(first) === 9)) first++;
+    const code = first < end ? source.charCodeAt(first) : 0;
+    if (code > 32 && code < 128 && code !== 45 && !scan.inFrontMatter) continue;
+    const trimmed = source.slice(first, end).trim();
+    const marker = trimmed.startsWith("--") ? SECTION_MARKER.exec(trimmed) : null;
+    if (marker) sectionMarker(scan, marker, i, at);
+    else if (scan.inFrontMatter) frontMatterLine(scan, trimmed, i, at);
+    else refuseLateDirective(scan, trimmed, i, at);
+  }
+  return scan;
+}
+
+/** `-- migrate:up` (only before any SQL) or `-- migrate:down` (once), with an optional `transaction:` of its own. */
+function sectionMarker(scan: SectionScan, marker: RegExpExecArray, i: number, at: (index: number) => string): void {
+  if (marker[1].toLowerCase() === "up") {
+    if (scan.section === "down" || !scan.inFrontMatter) {
+      throw new InputError(`${at(i)}: "-- migrate:up" must come before the up SQL and before "-- migrate:down"`);
+    }
+  } else {
+    if (scan.section === "down") throw new InputError(`${at(i)}: a second "-- migrate:down" (the first is on line ${scan.downMarker + 1})`);
+    scan.section = "down";
+    scan.inFrontMatter = true;
+    scan.downMarker = i;
+    scan.upEnd = i;
+  }
+  const option = /transaction\s*:\s*(\S+)/i.exec(marker[2]);
+  if (option) applyDirective(scan.section === "up" ? scan.up : scan.down, "transaction", option[1], i + 1, at(i));
+}
+
+/** A blank line or comment of the front-matter (a directive, maybe), or the first SQL line, which ends it. */
+function frontMatterLine(scan: SectionScan, trimmed: string, i: number, at: (index: number) => string): void {
+  if (trimmed === "" || COMMENT_LINE.test(trimmed)) {
+    const directive = trimmed === "" ? null : directiveOn(trimmed, at(i));
+    if (!directive) return;
+    if (scan.section === "down" && directive.key !== "transaction") {
+      throw new InputError(
+        `${at(i)}: "${directive.key}:" belongs in the front-matter at the top of the file; ` +
+          `the down section may only set "transaction:"`,
+      );
+    }
+    applyDirective(scan.section === "up" ? scan.up : scan.down, directive.key, directive.value, i + 1, at(i));
+    return;
+  }
+  scan.inFrontMatter = false;
+  if (scan.section === "up") scan.upStart = i;
+  else scan.downStart = i;
+}
+
+/** Below the front-matter a directive has no effect: say so instead of ignoring it. */
+function refuseLateDirective(scan: SectionScan, trimmed: string, i: number, at: (index: number) => string): void {
+  if (!COMMENT_LINE.test(trimmed)) return;
+  const directive = directiveOn(trimmed, at(i));
+  if (!directive) return;
+  throw new InputError(
+    `${at(i)}: "-- ${directive.key}:" has no effect here — directives must be in the front-matter ` +
+      `before the first SQL (line ${(scan.section === "up" ? scan.upStart : scan.downStart) + 1}); move it to the top of the ${scan.section === "up" ? "file" : "down section"}`,
+  );
+}
+
 /**
  * parseMigration's work, building the Migration itself: `previous` (the id
  * before it) is its dependency unless it declares its own. readMigrations
@@ -480,89 +580,8 @@ export function parseMigration(id: string, file: string, text: string): Omit<Mig
 function migrationFrom(id: string, file: string, text: string, previous: string | null): Migration {
   const source = text.includes("\r") ? text.replace(/\r\n?/g, "\n") : text;
   const at = (index: number) => `${file}:${index + 1}`;
-  // Where each line starts; a section is a slice of `source` (a big file is not copied line by line).
-  const lineStarts: number[] = [];
-  for (let offset = 0; offset >= 0; offset = source.indexOf("\n", offset) + 1 || -1) lineStarts.push(offset);
-  const lineCount = lineStarts.length;
-  const linesFrom = (start: number, end = lineCount) => source.slice(lineStarts[start], end < lineCount ? lineStarts[end] - 1 : source.length);
-
-  const up: ParsedDirectives = {};
-  const down: ParsedDirectives = {};
-  let section: "up" | "down" = "up";
-  let inFrontMatter = true;
-  let upStart = -1;
-  let upEnd = lineCount;
-  let downMarker = -1;
-  let downStart = -1;
-  let firstSqlLine = -1;
-
-  for (let i = 0; i < lineCount; i++) {
-    const start = lineStarts[i];
-    const end = i + 1 < lineCount ? lineStarts[i + 1] - 1 : source.length;
-    // Most lines are SQL: one that starts (after spaces and tabs) with an ASCII character other than `-` is
-    // neither blank, a comment nor a marker, and is looked at no further once the front-matter has ended.
-    let first = start;
-    while (first < end && (source.charCodeAt(first) === 32 || source.charCodeAt(first) === 9)) first++;
-    const code = first < end ? source.charCodeAt(first) : 0;
-    if (code > 32 && code < 128 && code !== 45 && !inFrontMatter) continue;
-    const trimmed = source.slice(first, end).trim();
-    const marker = trimmed.startsWith("--") ? SECTION_MARKER.exec(trimmed) : null;
-
-    if (marker) {
-      const kind = marker[1].toLowerCase();
-      const options = marker[2];
-      if (kind === "up") {
-        if (section === "down" || !inFrontMatter) {
-          throw new InputError(`${at(i)}: "-- migrate:up" must come before the up SQL and before "-- migrate:down"`);
-        }
-      } else {
-        if (section === "down") throw new InputError(`${at(i)}: a second "-- migrate:down" (the first is on line ${downMarker + 1})`);
-        section = "down";
-        inFrontMatter = true;
-        downMarker = i;
-        upEnd = i;
-      }
-      const option = /transaction\s*:\s*(\S+)/i.exec(options);
-      if (option) applyDirective(section === "up" ? up : down, "transaction", option[1], i + 1, at(i));
-      continue;
-    }
-
-    if (inFrontMatter && (trimmed === "" || COMMENT_LINE.test(trimmed))) {
-      const directive = trimmed === "" ? null : directiveOn(trimmed, at(i));
-      if (directive) {
-        if (section === "down" && directive.key !== "transaction") {
-          throw new InputError(
-            `${at(i)}: "${directive.key}:" belongs in the front-matter at the top of the file; ` +
-              `the down section may only set "transaction:"`,
-          );
-        }
-        applyDirective(section === "up" ? up : down, directive.key, directive.value, i + 1, at(i));
-      }
-      continue;
-    }
-
-    if (inFrontMatter) {
-      inFrontMatter = false;
-      if (section === "up") {
-        upStart = i;
-        firstSqlLine = i;
-      } else {
-        downStart = i;
-      }
-      continue;
-    }
-
-    // Below the front-matter a directive has no effect: say so instead of ignoring it.
-    if (COMMENT_LINE.test(trimmed)) {
-      const directive = directiveOn(trimmed, at(i));
-      if (directive) {
-        throw new InputError(
-          `${at(i)}: "-- ${directive.key}:" has no effect here — directives must be in the front-matter ` +
-            `before the first SQL (line ${(section === "up" ? firstSqlLine : downStart) + 1}); move it to the top of the ${section === "up" ? "file" : "down section"}`,
-        );
-      }
-    }
-  }
+  const lines = lineIndex(source);
+  const { up, down, upStart, upEnd, downMarker, downStart } = scanSections(source, lines, at);
 
   if (up.delay && up.safe && up.safe.value !== "after_deploy") {
     throw new InputError(
@@ -571,13 +590,13 @@ function migrationFrom(id: string, file: string, text: string, previous: string 
     );
   }
 
-  const upSql = upStart < 0 ? "" : linesFrom(upStart, upEnd).trimEnd();
+  const upSql = upStart < 0 ? "" : lines.from(upStart, upEnd).trimEnd();
   const downSection = downMarker < 0
     ? null
     : {
       // From the marker on, so dbmate's `-- migrate:down transaction:false` survives in the stored copy.
-      raw: linesFrom(downMarker).trim(),
-      sql: downStart < 0 ? "" : linesFrom(downStart).trimEnd(),
+      raw: lines.from(downMarker).trim(),
+      sql: downStart < 0 ? "" : lines.from(downStart).trimEnd(),
       line: downStart < 0 ? downMarker + 2 : downStart + 1,
       transaction: down.transaction?.value ?? true,
     };
