@@ -1804,8 +1804,10 @@ export function planRun({ migrations, history, now, mode, phase }: PlanInput): P
   const pending = dependencyOrder(pendingIn(index));
   const plan: Plan = { phase, mode, apply: [], delayed: [], blocked: [], detect: [], refused: false, early: [], missingFiles: missingFiles(index) };
   const dueAt = (m: Migration): Date | null => {
-    const detectedAt = m.delayMs === null ? null : index.rows.get(m.id)?.detectedAt;
-    return m.delayMs !== null && detectedAt ? new Date(detectedAt.getTime() + m.delayMs) : null;
+    // Only a delayed migration looks its row up (the map of rows is built on first use).
+    if (m.delayMs === null) return null;
+    const detectedAt = index.rows.get(m.id)?.detectedAt;
+    return detectedAt ? new Date(detectedAt.getTime() + m.delayMs) : null;
   };
 
   if (phase === "all" || mode === "disabled") {
@@ -3536,7 +3538,7 @@ export async function analyzeDown(migration: Migration): Promise<Finding[]> {
     return [finding("syntax-error", error.message.replace(/^.*?: SQL syntax error: /, "SQL syntax error: "), { line, column: 1 })];
   }
   const findings: Finding[] = [];
-  const transactionControl: { kind: string; offset: number }[] = [];
+  let transactionControl: { kind: string; offset: number; count: number } | null = null;
   for (const { node, offset } of parsed.statements) {
     const [kind, body] = Object.entries(node)[0] as [string, Node];
     const concurrently = body.concurrent || (kind === "ReindexStmt" && (body.params ?? []).some((p: Node) => p.DefElem?.defname === "concurrently")) ||
@@ -3544,12 +3546,15 @@ export async function analyzeDown(migration: Migration): Promise<Finding[]> {
     if (concurrently && down.transaction) {
       findings.push(finding("concurrently-in-transaction", `${statementWords(kind)} cannot run inside a transaction: the rollback would fail`, parsed.place(offset)));
     }
-    if (kind === "TransactionStmt" && down.transaction && TRANSACTION_CONTROL.has(body.kind)) transactionControl.push({ kind: body.kind, offset });
+    if (kind === "TransactionStmt" && down.transaction && TRANSACTION_CONTROL.has(body.kind)) {
+      transactionControl ??= { kind: body.kind, offset, count: 0 };
+      transactionControl.count++;
+    }
   }
   // As for an up: one finding per section says it all, however many COMMITs it has (Sourcegraph has downs with 150).
-  const [first, ...more] = transactionControl;
-  if (first) {
-    findings.push(finding("transaction-control", `${first.kind.replace("TRANS_STMT_", "")}${andMoreTransactionControl(1 + more.length)} inside a down section safemigrate runs in one transaction: it commits part of the rollback`, parsed.place(first.offset)));
+  if (transactionControl) {
+    const { kind, offset, count } = transactionControl;
+    findings.push(finding("transaction-control", `${kind.replace("TRANS_STMT_", "")}${andMoreTransactionControl(count)} inside a down section safemigrate runs in one transaction: it commits part of the rollback`, parsed.place(offset)));
   }
   return findings;
 }
@@ -7585,7 +7590,7 @@ const DATABASE_COMMANDS: Record<DatabaseCommand, (run: CommandRun) => Promise<nu
 };
 
 async function statusCommand({ db, migrations, output, label, json, printJson }: CommandRun): Promise<number> {
-  const rows = migrationStatus(migrations, await readStatusRows(db));
+  const rows = await status(db, migrations);
   if (json) printJson({ ok: true, exitCode: 0, command: "status", database: label, migrations: rows });
   else humanStatus(output, rows);
   return EXIT.ok;
