@@ -44,10 +44,35 @@ const builtin = <T extends keyof BuiltinModules>(name: T): BuiltinModules[T] =>
   (process as unknown as { getBuiltinModule(id: string): unknown }).getBuiltinModule(name) as BuiltinModules[T];
 interface BuiltinModules {
   "node:child_process": typeof import("node:child_process");
+  "node:v8": typeof import("node:v8");
   "node:crypto": typeof import("node:crypto");
   "node:os": typeof import("node:os");
   "node:tty": typeof import("node:tty");
   "node:url": typeof import("node:url");
+}
+
+/**
+ * Whether WebAssembly stays at V8's baseline compiler under Node: set by the
+ * command line (a program that imports safemigrate keeps its own V8 settings).
+ * V8 recompiles the hot functions of libpg-query's parser and of PGlite's
+ * PostgreSQL with its optimising compiler; in a run of seconds that costs more
+ * than it saves, and memory peaks at about 0.6 GB for the parser and 1.1–1.4 GB
+ * for PGlite. At the baseline tier the peaks are about 0.1 GB and 0.45 GB and
+ * the runs are faster, long rehearsals included (README, "WebAssembly under
+ * Node and Deno"). Deno takes the same flags only on its command line
+ * (`--v8-flags`); Bun's JavaScriptCore has no such switch.
+ */
+let baselineWasmWanted = false; // set by the command line, cleared once the flags are set
+
+/** Called before libpg-query or PGlite compiles its WebAssembly module; the flags apply to modules compiled after them. */
+function beforeWebAssembly(): void {
+  if (!baselineWasmWanted || "Bun" in globalThis || "Deno" in globalThis || !process.versions.v8) return;
+  baselineWasmWanted = false;
+  try {
+    const v8 = builtin("node:v8");
+    v8.setFlagsFromString("--no-wasm-tier-up");
+    v8.setFlagsFromString("--no-wasm-dynamic-tiering");
+  } catch { /* a runtime without them only keeps its default */ }
 }
 
 // ============================================================================
@@ -1071,6 +1096,7 @@ type ParseTree = { stmts?: { stmt?: Record<string, unknown>; stmt_location?: num
 async function parseSectionUncached(section: SqlSection, file: string): Promise<ParsedSection> {
   const place = sectionPlaces(section);
   if (section.sql.trim() === "") return { statements: [], place };
+  beforeWebAssembly();
   const { parse, normalize } = await import("libpg-query");
   const sql = section.sql;
   // A section that fits one piece needs no cutting (the parser is its own lexer), unless its INSERTs are to be only syntax-checked.
@@ -4068,6 +4094,7 @@ async function saveTemplate(db: { dumpDataDir(compression?: "gzip"): Promise<Blo
 export async function connectPglite(url: string, options: ConnectOptions = {}): Promise<Database> {
   const target = url.slice("pglite:".length);
   const inMemory = target === "memory" || target === "";
+  beforeWebAssembly();
   const { PGlite } = await import("@electric-sql/pglite");
   const extensions = await pgliteExtensions(options.extensions ?? []);
   // Only into nothing: a template is never unpacked over files already there.
@@ -8180,6 +8207,7 @@ function isMainModule(): boolean {
 }
 
 if (isMainModule()) {
+  baselineWasmWanted = true;
   const output = consoleOutput(process.env);
   const argv = process.argv.slice(2);
   const env = argv.length === 1 && ["--version", "-v", "--help", "-h"].includes(argv[0]) ? process.env : withEnvFiles(process.env, process.cwd());

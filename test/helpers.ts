@@ -124,6 +124,8 @@ export interface CliRun {
   code: number;
   stdout: string;
   stderr: string;
+  /** The process's peak resident memory (maxrss), in bytes. */
+  peakRssBytes?: number;
 }
 
 /** The environment a user's shell would give the CLI, minus anything that changes its defaults. */
@@ -189,7 +191,7 @@ export async function runCli(
     new Response(child.stderr).text(),
     child.exited,
   ]);
-  return { code, stdout, stderr };
+  return { code, stdout, stderr, peakRssBytes: child.resourceUsage()?.maxRSS };
 }
 
 /** Names of the ordinary tables in the public schema, sorted. */
