@@ -72,6 +72,8 @@ const CLI = join(WORK, "safemigrate.ts");
 copyFileSync(join(ROOT, "safemigrate.ts"), CLI);
 copyFileSync(join(ROOT, "package.json"), join(WORK, "package.json")); // Deno resolves npm imports through it
 symlinkSync(join(ROOT, "node_modules"), join(WORK, "node_modules"));
+const STACK_FLOOR = join(WORK, "stack-floor.ts");
+copyFileSync(join(import.meta.dir, "stack-floor.ts"), STACK_FLOOR);
 /** --rev: the same snapshot of safemigrate.ts at that revision, in its own folder beside the first. */
 const REV = opts.rev ?? null;
 const REV_CLI = REV ? join(WORK, "rev", "safemigrate.ts") : null;
@@ -88,6 +90,13 @@ const BASE_ENV: Record<string, string> = Object.fromEntries(
   Object.entries(process.env).filter(([k, v]) => v !== undefined && !["NODE_EXTRA_CA_CERTS", "DATABASE_URL", "SAFEMIGRATE", "CI"].includes(k)),
 ) as Record<string, string>;
 BASE_ENV.NO_COLOR = "1";
+/** A Node that runs .ts files (22.18+): $SAFEMIGRATE_TEST_NODE, the one on PATH, or the one .ci/run installs; null if none. */
+const NODE_TS = [process.env.SAFEMIGRATE_TEST_NODE, Bun.which("node"), join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? "/root", ".cache"), "safemigrate-ci", "node24", "node_modules", ".bin", "node")]
+  .find((node) => {
+    if (!node || !existsSync(node)) return false;
+    const [major, minor] = Bun.spawnSync([node, "-p", "process.versions.node"]).stdout.toString().trim().split(".").map(Number);
+    return major > 22 || (major === 22 && minor >= 18);
+  }) ?? null;
 
 // ---------------------------------------------------------------------------
 // peers
@@ -223,23 +232,23 @@ interface Command {
   argv: string[];
   cwd?: string;
   env?: Record<string, string>;
-  /** Not a peer: the floor, or safemigrate itself. */
-  kind: "floor" | "self" | "peer";
+  /** Not a peer: the floor, safemigrate itself, or the least a program on safemigrate's stack can do (bench/stack-floor.ts). */
+  kind: "floor" | "self" | "peer" | "stack";
   /** Exit codes that mean it worked (graphile-migrate and sqitch status exit 1 when something is pending). */
   okCodes?: number[];
 }
 
 /** How each tool is told to do `action` with migrations in `dir` on `url`. */
-function commandOf(tool: Tool, action: "apply" | "noop" | "status" | "plan", dir: string, url: string, extra: { ca?: boolean; deno?: boolean; phase?: "pre" | "all"; rev?: boolean } = {}): Command {
+function commandOf(tool: Tool, action: "apply" | "noop" | "status" | "plan", dir: string, url: string, extra: { ca?: boolean; deno?: boolean; node?: boolean; phase?: "pre" | "all"; rev?: boolean } = {}): Command {
   const env = { ...BASE_ENV, ...(extra.ca && CA ? { NODE_EXTRA_CA_CERTS: CA } : {}) };
   const suffix = extra.ca ? " +CA" : "";
   switch (tool) {
     case "safemigrate": {
       const script = extra.rev && REV_CLI ? REV_CLI : CLI;
-      const runtime = extra.deno ? ["deno", "run", "-A", script] : [process.execPath, script];
+      const runtime = extra.deno ? ["deno", "run", "-A", script] : extra.node && NODE_TS ? [NODE_TS, script] : [process.execPath, script];
       const args = action === "status" ? ["--status"] : action === "plan" ? ["--all", "--plan"] : [`--${extra.phase ?? "all"}`];
       const label = action === "noop" ? `safemigrate --${extra.phase ?? "all"}` : action === "status" ? "safemigrate --status" : action === "plan" ? "safemigrate --all --plan" : "safemigrate --all";
-      const name = label + (extra.deno ? " (deno)" : "") + (extra.rev ? ` @${REV}` : "");
+      const name = label + (extra.deno ? " (deno)" : extra.node ? " (node)" : "") + (extra.rev ? ` @${REV}` : "");
       return { name, argv: [...runtime, ...args, "--dir", dir, "--database-url", url], env, kind: "self" };
     }
     case "dbmate": {
@@ -420,11 +429,21 @@ async function appliedDatabases(tools: Tool[], n: number, tag: string): Promise<
 
 const fixed = (command: Command) => ({ name: command.name, prepare: async () => command });
 
+/** bench/stack-floor.ts: postgres.js connecting and reading the history, and with `dir` reading and hashing every file too. */
+function stackFloor(url: string, dir: string | null, deno = false): Command {
+  const runtime = deno ? ["deno", "run", "-A"] : [process.execPath];
+  const name = `stack: ${deno ? "deno" : "bun"} + postgres.js, read the history${dir ? ", read and hash the files" : ""}`;
+  return { name, argv: [...runtime, STACK_FLOOR, url, ...(dir ? [dir] : [])], env: BASE_ENV, kind: "stack" };
+}
+
 async function noopWorkload(n: number, tag: string, withVariants: boolean): Promise<string> {
   const dbs = await appliedDatabases(["safemigrate", ...peersFor(n, `no-op ${n}`)], n, tag);
   const sm = dbs.get("safemigrate")!;
   const contenders = [
     fixed(commandOf("psql", "noop", sm.dir, sm.url)),
+    fixed(stackFloor(sm.url, null)),
+    fixed(stackFloor(sm.url, sm.dir)),
+    ...(withVariants && Bun.which("deno") ? [fixed(stackFloor(sm.url, sm.dir, true))] : []),
     fixed(commandOf("safemigrate", "noop", sm.dir, sm.url, { phase: "pre" })),
     fixed(commandOf("safemigrate", "noop", sm.dir, sm.url, { phase: "all" })),
     ...(withVariants && Bun.which("deno") ? [fixed(commandOf("safemigrate", "noop", sm.dir, sm.url, { phase: "pre", deno: true }))] : []),
@@ -471,15 +490,17 @@ async function planWorkload(n: number): Promise<string> {
 
 async function applyWorkload(n: number, sqlOf: typeof small, tag: string, title: string, runs = RUNS): Promise<string> {
   const tools: Tool[] = ["psql", "safemigrate", ...peersFor(n, title.split(" (")[0])];
-  const contenders = tools.map((tool) => {
+  // safemigrate under Node as well: its memory there depends on how V8 compiles libpg-query (README, "WebAssembly under Node and Deno").
+  const variants: { tool: Tool; node?: boolean }[] = tools.flatMap((tool) => tool === "safemigrate" && NODE_TS ? [{ tool }, { tool, node: true }] : [{ tool }]);
+  const contenders = variants.map(({ tool, node }) => {
     const dir = generate(tool, n, sqlOf, tag);
     let url = "";
     return {
       name: tool,
       prepare: async () => {
-        url = await freshDatabase(`${tool}_${tag}`);
+        url = await freshDatabase(`${tool}_${tag}${node ? "_node" : ""}`);
         await admin.unsafe("checkpoint");
-        return commandOf(tool, "apply", dir, url);
+        return commandOf(tool, "apply", dir, url, { node });
       },
       check: async () => {
         const count = await historyCount(url, HISTORY_TABLE[tool]);
@@ -489,7 +510,7 @@ async function applyWorkload(n: number, sqlOf: typeof small, tag: string, title:
     };
   });
   const rows = await interleaved(contenders, runs);
-  for (const [i, row] of rows.entries()) row.name = commandOf(tools[i], "apply", "", "").name;
+  for (const [i, row] of rows.entries()) row.name = commandOf(variants[i].tool, "apply", "", "", { node: variants[i].node }).name;
   return report(title, rows);
 }
 
