@@ -44,11 +44,11 @@ const builtin = <T extends keyof BuiltinModules>(name: T): BuiltinModules[T] =>
   (process as unknown as { getBuiltinModule(id: string): unknown }).getBuiltinModule(name) as BuiltinModules[T];
 interface BuiltinModules {
   "node:child_process": typeof import("node:child_process");
-  "node:v8": typeof import("node:v8");
   "node:crypto": typeof import("node:crypto");
   "node:os": typeof import("node:os");
   "node:tty": typeof import("node:tty");
   "node:url": typeof import("node:url");
+  "node:v8": typeof import("node:v8");
 }
 
 /**

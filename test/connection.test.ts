@@ -12,7 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, te
 import { chmodSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
-import { libpqUrl, postgresOptions } from "../safemigrate.ts";
+import { connectPostgres, libpqUrl, postgresOptions } from "../safemigrate.ts";
 import { appliedIds, cleanup, type CliRun, migrationsDir, open, runCli, SERVER_URL, serverDatabaseUrl, tempDir } from "./helpers.ts";
 
 // Creating a cluster and spawning CLIs takes a while on a loaded machine.
@@ -125,6 +125,24 @@ describe.skipIf(!SERVER_URL)("PG* variables on the command line", () => {
       expect(run.stderr).toContain(`safemigrate: error: ${message}`);
     });
   }
+});
+
+describe.skipIf(!SERVER_URL)("closing a session", () => {
+  // close() returns once the Terminate message is written, without waiting for the server to hang up:
+  // the server must still see the session end, in a process that goes on living (a fleet, the API).
+  test("an idle session's close ends it on the server, though close does not wait for that", async () => {
+    const url = await serverDatabaseUrl();
+    const db = await connectPostgres(url);
+    const [{ pid }] = await db.query<{ pid: number }>("select pg_backend_pid() as pid");
+    await db.close();
+    const watch = await open(url);
+    let alive = true;
+    for (let waited = 0; alive && waited < 30_000; waited += 50) {
+      alive = (await watch.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity where pid = ${pid}`))[0].n > 0;
+      if (alive) await Bun.sleep(50);
+    }
+    expect(alive).toBe(false);
+  });
 });
 
 // ----------------------------------------------------------------------------
