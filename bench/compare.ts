@@ -435,6 +435,11 @@ function stackFloor(url: string, dir: string | null, deno = false): Command {
   const name = `stack: ${deno ? "deno" : "bun"} + postgres.js, read the history${dir ? ", read and hash the files" : ""}`;
   return { name, argv: [...runtime, STACK_FLOOR, url, ...(dir ? [dir] : [])], env: BASE_ENV, kind: "stack" };
 }
+/** bench/stack-floor.ts --parse or --apply under Bun. */
+function stackCommand(what: string, args: string[]): Command {
+  const library = args[0] === "--parse" ? "libpg-query" : "postgres.js";
+  return { name: `stack: bun + ${library}, ${what}`, argv: [process.execPath, STACK_FLOOR, ...args], env: BASE_ENV, kind: "stack" };
+}
 
 async function noopWorkload(n: number, tag: string, withVariants: boolean): Promise<string> {
   const dbs = await appliedDatabases(["safemigrate", ...peersFor(n, `no-op ${n}`)], n, tag);
@@ -509,8 +514,27 @@ async function applyWorkload(n: number, sqlOf: typeof small, tag: string, title:
       },
     };
   });
-  const rows = await interleaved(contenders, runs);
-  for (const [i, row] of rows.entries()) row.name = commandOf(variants[i].tool, "apply", "", "", { node: variants[i].node }).name;
+  // The stack's floor for applying: libpg-query parsing the files (the gate's part), postgres.js applying them.
+  const stackDir = generate("safemigrate", n, sqlOf, tag);
+  let stackUrl = "";
+  const stack = [
+    { name: "stack: bun + libpg-query, parse the files", prepare: async () => stackCommand("parse the files", ["--parse", stackDir]) },
+    {
+      name: "stack: bun + postgres.js, apply the files (two round trips each)",
+      prepare: async () => {
+        stackUrl = await freshDatabase(`stack_${tag}`);
+        await admin.unsafe("checkpoint");
+        return stackCommand("apply the files (two round trips each)", ["--apply", stackUrl, stackDir]);
+      },
+      check: async () => {
+        const count = await historyCount(stackUrl, "stack_history");
+        if (count !== n) throw new Error(`the stack floor applied ${count} of ${n}`);
+        await dropDatabase(stackUrl);
+      },
+    },
+  ];
+  const rows = await interleaved([...contenders, ...stack], runs);
+  for (const [i, row] of rows.entries()) if (i < variants.length) row.name = commandOf(variants[i].tool, "apply", "", "", { node: variants[i].node }).name;
   return report(title, rows);
 }
 
