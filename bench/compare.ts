@@ -23,7 +23,7 @@
  * it (it costs every Node start 100–200 ms).
  *
  * With --rev, safemigrate.ts as committed at that revision runs next to the
- * working tree's in the start-up, no-op, status and plan workloads (named
+ * working tree's in the start-up, no-op, apply, status and plan workloads (named
  * "@<rev>"), so a change is measured before and after in the same rounds.
  *
  * Scratch databases are named smcmp_<pid>_* and dropped at the end.
@@ -496,16 +496,19 @@ async function planWorkload(n: number): Promise<string> {
 async function applyWorkload(n: number, sqlOf: typeof small, tag: string, title: string, runs = RUNS): Promise<string> {
   const tools: Tool[] = ["psql", "safemigrate", ...peersFor(n, title.split(" (")[0])];
   // safemigrate under Node as well: its memory there depends on how V8 compiles libpg-query (README, "WebAssembly under Node and Deno").
-  const variants: { tool: Tool; node?: boolean }[] = tools.flatMap((tool) => tool === "safemigrate" && NODE_TS ? [{ tool }, { tool, node: true }] : [{ tool }]);
-  const contenders = variants.map(({ tool, node }) => {
+  type Variant = { tool: Tool; node?: boolean; rev?: boolean };
+  const variants = tools.flatMap((tool): Variant[] =>
+    tool !== "safemigrate" ? [{ tool }] : [{ tool }, ...(NODE_TS ? [{ tool, node: true }] : []), ...(REV ? [{ tool, rev: true }] : [])]
+  );
+  const contenders = variants.map(({ tool, node, rev }) => {
     const dir = generate(tool, n, sqlOf, tag);
     let url = "";
     return {
       name: tool,
       prepare: async () => {
-        url = await freshDatabase(`${tool}_${tag}${node ? "_node" : ""}`);
+        url = await freshDatabase(`${tool}_${tag}${node ? "_node" : ""}${rev ? "_rev" : ""}`);
         await admin.unsafe("checkpoint");
-        return commandOf(tool, "apply", dir, url, { node });
+        return commandOf(tool, "apply", dir, url, { node, rev });
       },
       check: async () => {
         const count = await historyCount(url, HISTORY_TABLE[tool]);
@@ -534,7 +537,7 @@ async function applyWorkload(n: number, sqlOf: typeof small, tag: string, title:
     },
   ];
   const rows = await interleaved([...contenders, ...stack], runs);
-  for (const [i, row] of rows.entries()) if (i < variants.length) row.name = commandOf(variants[i].tool, "apply", "", "", { node: variants[i].node }).name;
+  for (const [i, row] of rows.entries()) if (i < variants.length) row.name = commandOf(variants[i].tool, "apply", "", "", variants[i]).name;
   return report(title, rows);
 }
 

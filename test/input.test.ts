@@ -17,6 +17,7 @@ import {
   lexStatements,
   parseMigration,
   parseSection,
+  parseSections,
   readMigrations,
   statementAt,
   statementBatches,
@@ -311,6 +312,45 @@ describe("splitting into statements", () => {
     const drop = findings.find((f) => f.rule === "drop-column");
     expect(drop).toBeDefined();
     expect([drop!.line, drop!.column]).toEqual([6_003, 17]);
+  });
+
+  test("sections parsed together give each the statements, lines, offsets and trees it has parsed alone", async () => {
+    // Every way a section can end: its own semicolon or none, a line comment with no line break after it,
+    // multi-byte text before later statements (offsets are bytes), PostgreSQL 18's list locations (IN lists).
+    const texts = [
+      ...TRICKY.map((sql, i) => `-- safe: always\n${sql}${i % 2 ? ";" : ""}`),
+      "select 'ünï ✓' as a; select 2 where 1 in (1, 2, 3) -- no line break after this",
+      "\n\n  update t set v = 1 where id in (1, 2);\n-- only a comment after the last statement\n",
+      "with x as (select 1) select * from x",
+    ];
+    const sectionsOf = () => texts.map((sql, i) => ({ section: { sql, line: 3 + i, transaction: true }, file: `${i}.sql` }));
+    const together = sectionsOf();
+    await parseSections(together);
+    for (const [i, alone] of sectionsOf().entries()) {
+      const a = await parseSection(alone.section, alone.file);
+      const b = await parseSection(together[i].section, together[i].file);
+      expect(b.statements).toEqual(a.statements);
+      expect(b.statements.map((s) => b.place(s.offset))).toEqual(a.statements.map((s) => a.place(s.offset)));
+    }
+  });
+
+  test("sections parsed together still name the file and line of a syntax error, and of SQL left open at a section's end", async () => {
+    const unterminated = [
+      { section: { sql: "create table a (id int);", line: 2, transaction: true }, file: "a.sql" },
+      { section: { sql: "create function f() returns int as $$ select 1", line: 2, transaction: true }, file: "b.sql" },
+      { section: { sql: "select 2; $$ language sql;", line: 2, transaction: true }, file: "c.sql" },
+    ];
+    // Joined, b's open dollar quote would run into c: each is parsed alone instead.
+    await parseSections(unterminated);
+    expect((await parseSection(unterminated[0].section, "a.sql")).statements.map((s) => s.sql)).toEqual(["create table a (id int)"]);
+    await expect(parseSection(unterminated[1].section, "b.sql")).rejects.toThrow(/^b\.sql:2: SQL syntax error: unterminated dollar-quoted string/);
+    await expect(parseSection(unterminated[2].section, "c.sql")).rejects.toThrow(/^c\.sql:2: SQL syntax error: /);
+
+    const broken = ["create table a (id int);", "create table b (id int);\n\ncreat table c (id int);", "create table d (id int);"]
+      .map((sql, i) => ({ section: { sql, line: 4, transaction: true }, file: `${i}.sql` }));
+    await parseSections(broken);
+    await expect(parseSection(broken[1].section, "1.sql")).rejects.toThrow(/^1\.sql:6: SQL syntax error: syntax error at or near "creat"/);
+    expect((await parseSection(broken[2].section, "2.sql")).statements.map((s) => s.sql)).toEqual(["create table d (id int)"]);
   });
 
   test("a syntax error deep in a big file names its line", async () => {
