@@ -620,7 +620,7 @@ const header = [
   `## safemigrate vs peers (${started.toISOString().slice(0, 16)}Z)`,
   "",
   `\`bun bench/compare.ts ${process.argv.slice(2).join(" ")}\`; ${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, load average at start ${loadavg().map((l) => l.toFixed(2)).join(" ")}; ` +
-    `PostgreSQL ${pgVersion}; Bun ${Bun.version}; ${version(["deno", "--version"])}; Node ${version(["node", "--version"])}; ` +
+    `PostgreSQL ${pgVersion}; Bun ${Bun.version}; ${version(["deno", "--version"])}; Node ${version(["node", "--version"])} (peers)${NODE_TS ? `, ${version([NODE_TS, "--version"])} (safemigrate under Node)` : ""}; ` +
     `${version([DBMATE(), "--version"])}; node-pg-migrate ${JSON.parse(readFileSync(join(PEERS, "node_modules", "node-pg-migrate", "package.json"), "utf8")).version}; ` +
     `graphile-migrate ${JSON.parse(readFileSync(join(PEERS, "node_modules", "graphile-migrate", "package.json"), "utf8")).version}; ` +
     `${Bun.which("sqitch") ? version(["sqitch", "--version"]) : "sqitch not installed"}. ${RUNS} interleaved runs per command (start-up: ${Math.max(RUNS, 11)}).`,
