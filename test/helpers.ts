@@ -2,13 +2,15 @@
  * Shared fixtures: temporary migration directories, fresh databases (one per
  * test, on the real server and on real PGlite), and running the CLI as a user would.
  */
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import postgres from "postgres";
 import { type Database, connect, type Migration, parseMigration, type RunOptions } from "../safemigrate.ts";
 
 export const ROOT = resolve(import.meta.dir, "..");
+/** GNU time, which reports one process's peak memory (.ci/run installs it); null when missing. */
+export const TIME = existsSync("/usr/bin/time") ? "/usr/bin/time" : null;
 export const CLI = join(ROOT, "safemigrate.ts");
 
 /** The server the integration tests use; each test creates its own database on it. */
@@ -124,7 +126,7 @@ export interface CliRun {
   code: number;
   stdout: string;
   stderr: string;
-  /** The process's peak resident memory (maxrss), in bytes. */
+  /** With `measureMemory`: the process's peak resident memory, in bytes (from /usr/bin/time). */
   peakRssBytes?: number;
 }
 
@@ -176,9 +178,11 @@ export function cliCommand(runtime: Runtime, args: string[]): string[] {
 /** Runs `bun safemigrate.ts ...args` (or under another runtime) as a separate process, the way a user does. */
 export async function runCli(
   args: string[],
-  options: { env?: Record<string, string | undefined>; cwd?: string; runtime?: Runtime } = {},
+  options: { env?: Record<string, string | undefined>; cwd?: string; runtime?: Runtime; measureMemory?: boolean } = {},
 ): Promise<CliRun> {
-  const command = cliCommand(options.runtime ?? "bun", args);
+  // The peak of this one process: Bun's resourceUsage() gives the largest of every child reaped so far.
+  const timeFile = options.measureMemory ? join(tempDir(), "time.txt") : null;
+  const command = [...(timeFile ? [TIME, "-f", "%M", "-o", timeFile] : []), ...cliCommand(options.runtime ?? "bun", args)];
   const child = Bun.spawn(command, {
     cwd: options.cwd ?? ROOT,
     env: cleanEnv(options.env),
@@ -191,7 +195,8 @@ export async function runCli(
     new Response(child.stderr).text(),
     child.exited,
   ]);
-  return { code, stdout, stderr, peakRssBytes: child.resourceUsage()?.maxRSS };
+  const peakRssBytes = timeFile ? Number(readFileSync(timeFile, "utf8").trim().split("\n").pop()) * 1024 : undefined;
+  return { code, stdout, stderr, peakRssBytes };
 }
 
 /** Names of the ordinary tables in the public schema, sorted. */

@@ -4,7 +4,7 @@
  * A runtime that is not installed is skipped visibly, except under CI, where it fails.
  */
 import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { appliedIds, cleanup, migrationsDir, open, runCli, type Runtime, RUNTIMES, RUNTIMES_REQUIRED, SERVER_URL, serverDatabaseUrl, tables } from "./helpers.ts";
+import { appliedIds, cleanup, migrationsDir, open, runCli, type Runtime, RUNTIMES, RUNTIMES_REQUIRED, SERVER_URL, serverDatabaseUrl, tables, TIME } from "./helpers.ts";
 
 // A guard against a hang, not a speed target (speed lives in bench/): on a loaded 2-core machine one
 // PGlite start took 21 s and a whole pipeline test minutes, so no test may fail for being slow.
@@ -80,16 +80,19 @@ describe("WebAssembly under Node stays at V8's baseline tier", () => {
     "0001_a": "-- safe: before_deploy\ncreate table a (id int primary key, v text);\ncreate index concurrently a_v on a (v);\n",
     "0002_b": "create table b (id int);\nalter table b add column c int not null default 0;\n",
   };
-  test.skipIf(!RUNTIMES.node && !RUNTIMES_REQUIRED)("node: linting loads the parser in well under 300 MB", async () => {
-    const lint = await runCli(["--lint", "--dir", migrationsDir(files)], { runtime: "node" });
+  const can = (RUNTIMES.node && TIME) || RUNTIMES_REQUIRED;
+  test.skipIf(!can)("node: linting loads the parser in well under 300 MB", async () => {
+    if (!TIME) throw new Error("/usr/bin/time is missing (CI is set, so this fails instead of skipping): apt-get install time");
+    const lint = await runCli(["--lint", "--dir", migrationsDir(files)], { runtime: "node", measureMemory: true });
     expect(lint.code).toBe(2); // the concurrent index in a transaction gates: the parser really ran
     expect(lint.stdout + lint.stderr).toContain("0001_a.sql:3");
     expect(lint.peakRssBytes).toBeGreaterThan(0);
     expect(lint.peakRssBytes!).toBeLessThan(300 * 2 ** 20);
   });
-  test.skipIf(!RUNTIMES.node && !RUNTIMES_REQUIRED)("node: applying to PGlite stays under 800 MB", async () => {
+  test.skipIf(!can)("node: applying to PGlite stays under 800 MB", async () => {
+    if (!TIME) throw new Error("/usr/bin/time is missing (CI is set, so this fails instead of skipping): apt-get install time");
     const plain = { "0001_a": "create table a (id int primary key, v text);\n", "0002_b": files["0002_b"] };
-    const all = await runCli(["--all", "--dir", migrationsDir(plain), "--database-url", "pglite:memory"], { runtime: "node" });
+    const all = await runCli(["--all", "--dir", migrationsDir(plain), "--database-url", "pglite:memory"], { runtime: "node", measureMemory: true });
     expect(all.code).toBe(0);
     expect(all.stdout).toMatch(/applied\s+0002_b/);
     expect(all.peakRssBytes!).toBeLessThan(800 * 2 ** 20);
