@@ -857,6 +857,8 @@ export function readMigrations(dir: string): Migration[] {
 
 /** Characters of SQL given to the parser at once: big enough that a normal migration is one piece. */
 const PARSE_PIECE_CHARS = 1 << 18;
+/** A section the parser takes whole: it fits one piece, and has no INSERTs to be only syntax-checked. */
+const fitsOnePiece = (sql: string) => sql.length <= PARSE_PIECE_CHARS && !/^\s*insert\b/im.test(sql);
 
 /**
  * Statement kinds whose tree the analysis never reads (it asks only their
@@ -1006,6 +1008,12 @@ function parsePieces(statements: LexedStatement[], size: number): Piece[] {
 /** UTF-8 length of one UTF-16 code unit (a surrogate pair counts 4 on its first half, 0 on its second). */
 const utf8Width = (c: number) => c < 0x80 ? 1 : c < 0x800 ? 2 : c >= 0xd800 && c < 0xdc00 ? 4 : c >= 0xdc00 && c < 0xe000 ? 0 : 3;
 
+const utf8Length = (text: string): number => {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) bytes += utf8Width(text.charCodeAt(i));
+  return bytes;
+};
+
 /** Byte offset -> file line and column in a SQL section, through line starts found in one pass. */
 function sectionPlaces(section: SqlSection): (offset: number) => { line: number; column: number } {
   const sql = section.sql;
@@ -1066,6 +1074,12 @@ export async function parseSection(section: SqlSection, file: string): Promise<P
 
 const parsedSections = new WeakMap<SqlSection, Promise<ParsedSection>>();
 
+/** libpg-query, loaded on first use (under Node after beforeWebAssembly). */
+async function loadParser(): Promise<typeof import("libpg-query")> {
+  beforeWebAssembly();
+  return await import("libpg-query");
+}
+
 /**
  * Parses many small sections in few calls of the parser, and caches each
  * section's own statements as parseSection would. JavaScriptCore compiles a
@@ -1081,11 +1095,10 @@ const parsedSections = new WeakMap<SqlSection, Promise<ParsedSection>>();
  */
 export async function parseSections(sections: readonly { section: SqlSection; file: string }[]): Promise<void> {
   const small = sections.filter(({ section }) =>
-    !parsedSections.has(section) && section.sql.trim() !== "" && section.sql.length <= PARSE_PIECE_CHARS && !/^\s*insert\b/im.test(section.sql)
+    !parsedSections.has(section) && section.sql.trim() !== "" && fitsOnePiece(section.sql)
   );
   if (small.length < 2) return;
-  beforeWebAssembly();
-  const { parse } = await import("libpg-query");
+  const { parse } = await loadParser();
   for (const chunk of chunksOfSections(small.map((s) => s.section), PARSE_PIECE_CHARS)) {
     const joined = chunk.map((section) => section.sql).join(SECTION_JOINER);
     const tree = await (parse(joined) as Promise<ParseTree>).catch(() => null);
@@ -1123,13 +1136,12 @@ function chunksOfSections(sections: readonly SqlSection[], chars: number): SqlSe
  * that follows its section.
  */
 function splitJoinedTree(chunk: readonly SqlSection[], tree: ParseTree): ParseTree[] | null {
-  const encoder = new TextEncoder();
   const joinerBytes = SECTION_JOINER.length;
   const starts: number[] = [];
   let at = 0;
   for (const section of chunk) {
     starts.push(at);
-    at += encoder.encode(section.sql).length + joinerBytes;
+    at += utf8Length(section.sql) + joinerBytes;
   }
   const total = at - joinerBytes;
   const trees: ParseTree[] = chunk.map(() => ({ stmts: [] }));
@@ -1179,11 +1191,10 @@ type ParseTree = { stmts?: { stmt?: Record<string, unknown>; stmt_location?: num
 async function parseSectionUncached(section: SqlSection, file: string): Promise<ParsedSection> {
   const place = sectionPlaces(section);
   if (section.sql.trim() === "") return { statements: [], place };
-  beforeWebAssembly();
-  const { parse, normalize } = await import("libpg-query");
+  const { parse, normalize } = await loadParser();
   const sql = section.sql;
   // A section that fits one piece needs no cutting (the parser is its own lexer), unless its INSERTs are to be only syntax-checked.
-  const pieces = sql.length <= PARSE_PIECE_CHARS && !/^\s*insert\b/im.test(sql)
+  const pieces = fitsOnePiece(sql)
     ? [{ statements: [{ start: 0, end: sql.length, first: "" }], data: false }]
     : parsePieces(lexStatements(sql), PARSE_PIECE_CHARS);
   const statements: Statement[] = [];
@@ -3064,12 +3075,6 @@ const LONG_ASCII_WORD = /[\w$]{64}|"[^"]{64}/;
 const LONG_WORD = /[\w$\u0080-\uffff]{22}|"[^"]{22}/;
 const NOT_ASCII = /[^\x00-\x7f]/;
 const mayHoldLongName = (sql: string): boolean => LONG_ASCII_WORD.test(sql) || (NOT_ASCII.test(sql) && LONG_WORD.test(sql));
-
-const utf8Length = (text: string): number => {
-  let bytes = 0;
-  for (let i = 0; i < text.length; i++) bytes += utf8Width(text.charCodeAt(i));
-  return bytes;
-};
 
 /** The name as PostgreSQL keeps it: at most 63 bytes, never half a character. */
 function cutIdentifier(name: string): string {

@@ -429,16 +429,11 @@ async function appliedDatabases(tools: Tool[], n: number, tag: string): Promise<
 
 const fixed = (command: Command) => ({ name: command.name, prepare: async () => command });
 
-/** bench/stack-floor.ts: postgres.js connecting and reading the history, and with `dir` reading and hashing every file too. */
-function stackFloor(url: string, dir: string | null, deno = false): Command {
-  const runtime = deno ? ["deno", "run", "-A"] : [process.execPath];
-  const name = `stack: ${deno ? "deno" : "bun"} + postgres.js, read the history${dir ? ", read and hash the files" : ""}`;
-  return { name, argv: [...runtime, STACK_FLOOR, url, ...(dir ? [dir] : [])], env: BASE_ENV, kind: "stack" };
-}
-/** bench/stack-floor.ts --parse or --apply under Bun. */
-function stackCommand(what: string, args: string[]): Command {
+/** bench/stack-floor.ts with `args` (see there), under Bun or Deno; `what` names what it does. */
+function stackFloor(what: string, args: string[], deno = false): Command {
   const library = args[0] === "--parse" ? "libpg-query" : "postgres.js";
-  return { name: `stack: bun + ${library}, ${what}`, argv: [process.execPath, STACK_FLOOR, ...args], env: BASE_ENV, kind: "stack" };
+  const runtime = deno ? ["deno", "run", "-A"] : [process.execPath];
+  return { name: `stack: ${deno ? "deno" : "bun"} + ${library}, ${what}`, argv: [...runtime, STACK_FLOOR, ...args], env: BASE_ENV, kind: "stack" };
 }
 
 async function noopWorkload(n: number, tag: string, withVariants: boolean): Promise<string> {
@@ -446,9 +441,9 @@ async function noopWorkload(n: number, tag: string, withVariants: boolean): Prom
   const sm = dbs.get("safemigrate")!;
   const contenders = [
     fixed(commandOf("psql", "noop", sm.dir, sm.url)),
-    fixed(stackFloor(sm.url, null)),
-    fixed(stackFloor(sm.url, sm.dir)),
-    ...(withVariants && Bun.which("deno") ? [fixed(stackFloor(sm.url, sm.dir, true))] : []),
+    fixed(stackFloor("read the history", [sm.url])),
+    fixed(stackFloor("read the history, read and hash the files", [sm.url, sm.dir])),
+    ...(withVariants && Bun.which("deno") ? [fixed(stackFloor("read the history, read and hash the files", [sm.url, sm.dir], true))] : []),
     fixed(commandOf("safemigrate", "noop", sm.dir, sm.url, { phase: "pre" })),
     fixed(commandOf("safemigrate", "noop", sm.dir, sm.url, { phase: "all" })),
     ...(withVariants && Bun.which("deno") ? [fixed(commandOf("safemigrate", "noop", sm.dir, sm.url, { phase: "pre", deno: true }))] : []),
@@ -521,13 +516,13 @@ async function applyWorkload(n: number, sqlOf: typeof small, tag: string, title:
   const stackDir = generate("safemigrate", n, sqlOf, tag);
   let stackUrl = "";
   const stack = [
-    { name: "stack: bun + libpg-query, parse the files", prepare: async () => stackCommand("parse the files", ["--parse", stackDir]) },
+    { name: "stack: bun + libpg-query, parse the files", prepare: async () => stackFloor("parse the files", ["--parse", stackDir]) },
     {
       name: "stack: bun + postgres.js, apply the files (two round trips each)",
       prepare: async () => {
         stackUrl = await freshDatabase(`stack_${tag}`);
         await admin.unsafe("checkpoint");
-        return stackCommand("apply the files (two round trips each)", ["--apply", stackUrl, stackDir]);
+        return stackFloor("apply the files (two round trips each)", ["--apply", stackUrl, stackDir]);
       },
       check: async () => {
         const count = await historyCount(stackUrl, "stack_history");

@@ -29,7 +29,7 @@ async function noop(url: string, dir?: string): Promise<string> {
   let hashed = 0;
   if (dir) {
     const bun = (globalThis as { Bun?: { SHA256: { hash(data: Uint8Array, encoding: "hex"): string } } }).Bun;
-    for (const name of readdirSync(dir)) {
+    for (const name of files(dir)) {
       const bytes = readFileSync(`${dir}/${name}`);
       // As safemigrate hashes: Bun's own SHA-256 there, node:crypto (loaded only then) elsewhere.
       const hex = bun ? bun.SHA256.hash(bytes, "hex") : process.getBuiltinModule("node:crypto").createHash("sha256").update(bytes).digest("hex");
